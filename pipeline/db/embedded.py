@@ -1,0 +1,244 @@
+"""Embedded PostgreSQL under ``RERANK_HOME/pg`` for a machine with no server configured.
+
+The server binaries come from the ``pgserver`` wheel (PostgreSQL 16) or, failing that, from a Debian-style
+install (``/usr/lib/postgresql/<major>/bin``). PostgreSQL refuses to run as root, so as root the data
+directory is owned by, and the server runs as, an unprivileged system user (``pgserver``'s own user for the
+wheel, ``postgres`` for system binaries) through ``runuser``. The server listens on 127.0.0.1 only, on a
+TCP port chosen at the first start (or ``RERANK_PG_PORT``), so the URL works for psql, SQLAlchemy, Dask
+workers and Airflow alike. ``up`` is safe to call from several processes at once (a file lock).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from pipeline.errors import EmbeddedPostgresError
+
+DB_NAME = "rerank"
+SUPERUSER = "postgres"
+
+
+@dataclass(frozen=True)
+class Binaries:
+    """Where the server binaries are and which system user runs them (None: the current user)."""
+
+    bin_dir: Path
+    run_as: str | None
+    origin: str
+
+    @property
+    def major(self) -> int:
+        out = subprocess.run(
+            [str(self.bin_dir / "postgres"), "--version"], capture_output=True, text=True, check=True
+        ).stdout
+        return int(out.split()[-1].split(".")[0])
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def find_binaries() -> Binaries:
+    """The pgserver wheel's binaries, else a system install; raise a clear error when neither exists."""
+    try:
+        from pgserver._commands import POSTGRES_BIN_PATH
+        from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+
+        run_as = None
+        if _is_root():
+            run_as = "pgserver"
+            ensure_user_exists(run_as)
+            ensure_prefix_permissions(POSTGRES_BIN_PATH)
+            import stat
+
+            read_perm = stat.S_IRGRP | stat.S_IROTH
+            ensure_folder_permissions(POSTGRES_BIN_PATH, stat.S_IXGRP | stat.S_IXOTH | read_perm)
+            ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", read_perm)
+        return Binaries(Path(POSTGRES_BIN_PATH), run_as, "pgserver wheel")
+    except ImportError:
+        pass
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), reverse=True)
+    found = shutil.which("postgres")
+    if candidates:
+        bin_dir = candidates[0].parent
+    elif found:
+        bin_dir = Path(found).parent
+    else:
+        raise EmbeddedPostgresError(
+            "no PostgreSQL server binaries found",
+            "install the project (pgserver wheel) or a PostgreSQL server, or set RERANK_DATABASE_URL",
+        )
+    return Binaries(bin_dir, "postgres" if _is_root() else None, "system")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class EmbeddedPostgres:
+    """One data directory, one server. ``up`` is idempotent; ``url`` is a libpq URI."""
+
+    def __init__(self, home: Path, port: int = 0) -> None:
+        self.root = Path(home).expanduser().resolve() / "pg"
+        self.pgdata = self.root / "data"
+        self.log = self.root / "server.log"
+        self.port_file = self.root / "port"
+        self.requested_port = port
+        self._lock = FileLock(str(self.root) + ".lock", timeout=120)
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _run(self, bins: Binaries, exe: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        cmd = [str(bins.bin_dir / exe), *args]
+        if bins.run_as:
+            cmd = ["runuser", "-u", bins.run_as, "--", *cmd]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd="/")
+        return proc
+
+    def _postmaster_port(self) -> int | None:
+        pid_file = self.pgdata / "postmaster.pid"
+        try:
+            lines = pid_file.read_text().splitlines()
+            pid, port = int(lines[0]), int(lines[3])
+        except (OSError, IndexError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return port
+
+    def is_running(self) -> bool:
+        port = self._postmaster_port()
+        return port is not None and _port_in_use(port)
+
+    def url(self, database: str = DB_NAME) -> str:
+        port = self._postmaster_port()
+        if port is None:
+            raise EmbeddedPostgresError(f"the embedded server under {self.root} is not running", "rerank db up")
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{port}/{database}"
+
+    def _check_version(self, bins: Binaries) -> None:
+        version_file = self.pgdata / "PG_VERSION"
+        if version_file.exists():
+            have = int(version_file.read_text().strip().split(".")[0])
+            if have != bins.major:
+                raise EmbeddedPostgresError(
+                    f"data directory {self.pgdata} was made by PostgreSQL {have}, "
+                    f"but the available server ({bins.origin}) is PostgreSQL {bins.major}",
+                    f"dump it with PostgreSQL {have}'s pg_dump, or move {self.root} aside and run `rerank db up`",
+                )
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def up(self) -> str:
+        """Initialise (first time) and start the server; return its URL. Safe under concurrency."""
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if self.is_running():
+                return self.url()
+            bins = find_binaries()
+            self._check_version(bins)
+            if bins.run_as:
+                self._chown_tree(bins.run_as)
+            if not (self.pgdata / "PG_VERSION").exists():
+                self.pgdata.mkdir(exist_ok=True)
+                if bins.run_as:
+                    self._chown_tree(bins.run_as)
+                proc = self._run(
+                    bins, "initdb", "-D", str(self.pgdata), "-U", SUPERUSER, "--auth=trust",
+                    "--encoding=UTF8", "--locale=C", timeout=120,
+                )
+                if proc.returncode != 0:
+                    raise EmbeddedPostgresError(f"initdb failed: {proc.stderr.strip()[-500:]}", str(self.pgdata))
+            self._start(bins)
+            self._ensure_database(bins)
+            return self.url()
+
+    def _chown_tree(self, user: str) -> None:
+        import pwd
+
+        from pgserver.utils import ensure_prefix_permissions
+
+        entry = pwd.getpwnam(user)
+        ensure_prefix_permissions(self.root)
+        for path in [self.root, *self.root.rglob("*")]:
+            try:
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+            except FileNotFoundError:
+                continue
+
+    def _start(self, bins: Binaries) -> None:
+        port = self.requested_port or (int(self.port_file.read_text()) if self.port_file.exists() else 0)
+        if port and _port_in_use(port):
+            if self.requested_port:
+                raise EmbeddedPostgresError(
+                    f"port {port} on 127.0.0.1 is taken by another process", "set RERANK_PG_PORT to a free port or 0"
+                )
+            port = 0  # the remembered port was taken meanwhile: pick another
+        last_err = ""
+        for _ in range(3):
+            port = port or _free_port()
+            opts = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories='' -c fsync=on"
+            proc = self._run(bins, "pg_ctl", "-D", str(self.pgdata), "-l", str(self.log), "-w", "-t", "60",
+                             "-o", opts, "start", timeout=90)
+            if proc.returncode == 0:
+                self.port_file.write_text(str(port))
+                for _ in range(50):
+                    if self.is_running():
+                        return
+                    time.sleep(0.1)
+            last_err = (proc.stderr or proc.stdout).strip()[-300:]
+            if self.log.exists():
+                last_err += " | " + self.log.read_text()[-300:]
+            port = 0
+        raise EmbeddedPostgresError(f"the embedded PostgreSQL did not start: {last_err}", str(self.log))
+
+    def _ensure_database(self, bins: Binaries) -> None:
+        import psycopg2
+
+        conn = psycopg2.connect(self.url("postgres"))
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,))
+                if cur.fetchone() is None:
+                    cur.execute(f'CREATE DATABASE "{DB_NAME}"')
+        finally:
+            conn.close()
+
+    def down(self) -> bool:
+        """Stop the server (fast shutdown). Returns False when it was not running."""
+        with self._lock:
+            if not self.is_running():
+                return False
+            bins = find_binaries()
+            proc = self._run(bins, "pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop", timeout=60)
+            if proc.returncode != 0:
+                raise EmbeddedPostgresError(f"pg_ctl stop failed: {proc.stderr.strip()}", str(self.log))
+            return True
+
+    def status(self) -> dict[str, object]:
+        running = self.is_running()
+        return {
+            "data_dir": str(self.pgdata),
+            "initialised": (self.pgdata / "PG_VERSION").exists(),
+            "running": running,
+            "url": self.url() if running else None,
+        }

@@ -1,0 +1,61 @@
+"""Writing a whole shop (users, items, events) and quarantined rows through COPY."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from pipeline.db.copy import copy_frame
+from pipeline.frames import EVENT_COLUMNS, ITEM_COLUMNS, USER_COLUMNS, ShopFrames
+
+
+def _jsonify(col: pd.Series) -> pd.Series:
+    return col.map(lambda v: v if isinstance(v, str) or v is None else json.dumps(v, ensure_ascii=False))
+
+
+def _prepare(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    out = pd.DataFrame({c: df[c] if c in df.columns else None for c in columns})
+    if "attrs" in out.columns:
+        out["attrs"] = _jsonify(out["attrs"].where(out["attrs"].notna(), "{}"))
+    for c in out.columns:
+        if out[c].dtype.kind == "M":
+            out[c] = out[c].dt.strftime("%Y-%m-%d %H:%M:%S.%f%z").str.replace(r"\+0000$", "+00", regex=True)
+    return out
+
+
+def load_shop(cur, frames: ShopFrames, *, replace: bool = True) -> dict[str, int]:
+    """COPY a shop into ``shop.*`` (truncating first when ``replace``, so a reload is idempotent)."""
+    if replace:
+        cur.execute("TRUNCATE shop.events, shop.items, shop.users")
+    counts = {
+        "users": copy_frame(cur, "shop.users", _prepare(frames.users, USER_COLUMNS)),
+        "items": copy_frame(cur, "shop.items", _prepare(frames.items, ITEM_COLUMNS)),
+        "events": copy_frame(cur, "shop.events", _prepare(frames.events, EVENT_COLUMNS)),
+    }
+    cur.execute("ANALYZE shop.users; ANALYZE shop.items; ANALYZE shop.events")
+    return counts
+
+
+def _safe_json(raw: object) -> str:
+    """JSON text Postgres jsonb accepts: no NUL characters, invalid UTF-8 already replaced."""
+    text = json.dumps(raw, ensure_ascii=False, default=str)
+    return text.replace("\\u0000", "\\\\u0000")
+
+
+def quarantine(cur, rejects: pd.DataFrame, run_id: str) -> int:
+    """Store refused rows with their reasons in ``recsys.quarantine``; returns the count."""
+    if rejects is None or rejects.empty:
+        return 0
+    out = pd.DataFrame(
+        {
+            "source": rejects["source"].astype(str),
+            "raw": rejects["raw"].map(_safe_json),
+            "reason": rejects["reason"].astype(str).str.replace("\x00", "\\0", regex=False),
+            "run_id": run_id,
+        }
+    )
+    return copy_frame(cur, "recsys.quarantine", out)
+
+
+__all__ = ["load_shop", "quarantine"]

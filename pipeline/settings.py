@@ -1,0 +1,102 @@
+"""The one settings object (env prefix ``RERANK_``).
+
+Every key is documented here with its default (Gorse-style: one place). Unknown ``RERANK_*`` keys in a
+``.env`` file are rejected; a malformed value becomes one :class:`~pipeline.errors.ConfigError` line.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.errors import ConfigError
+
+EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "search")
+
+
+class Settings(BaseSettings):
+    """Runtime configuration of ecom-rerank."""
+
+    model_config = SettingsConfigDict(env_prefix="RERANK_", extra="forbid", frozen=True)
+
+    #: The shop's Postgres (libpq URI). Unset: the embedded server under ``home`` is started and used.
+    database_url: str | None = None
+    #: Artefacts: Parquet snapshots, models, reports, the embedded server's data directory.
+    home: str = ".rerank"
+    #: An existing Dask scheduler (``tcp://host:8786``). Unset: a LocalCluster.
+    dask_address: str | None = None
+    #: Workers of the LocalCluster when ``dask_address`` is unset.
+    dask_workers: int = Field(2, ge=1)
+    #: Ranker device: ``auto`` picks CUDA when available.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: Candidates per user after the recall merge.
+    candidates: int = Field(300, ge=1)
+    #: Length of each user's published list.
+    top_n: int = Field(50, ge=1, le=1000)
+    #: Published runs kept for ``rerank publish rollback``.
+    keep_runs: int = Field(3, ge=2)
+    #: Port for the embedded server (0: pick a free one).
+    pg_port: int = Field(0, ge=0, le=65535)
+    #: Where the public datasets live (never committed).
+    shared_data: str = "../shared/data"
+    #: Interaction weight per event type (view < click < add_to_cart < purchase).
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
+    )
+    #: Half-life in days of each event type's weight.
+    half_life_days: dict[str, float] = Field(
+        default_factory=lambda: {"view": 7.0, "click": 10.0, "add_to_cart": 14.0, "purchase": 30.0}
+    )
+    #: Days of recent events that make up re-targeting and "recently viewed" recall.
+    recent_days: int = Field(7, ge=1)
+    #: Seed for everything random in a run.
+    seed: int = 42
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("postgresql://", "postgres://", "postgresql+psycopg2://")):
+            raise ValueError(f"not a libpq URI: {v!r}; expected postgresql://user:pass@host:port/db")
+        return v
+
+    @field_validator("event_weights", "half_life_days")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: w for k, w in v.items() if k not in EVENT_TYPES or w <= 0}
+        if bad:
+            raise ValueError(f"unknown event types or non-positive values: {bad}")
+        return v
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser().resolve()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; turn a validation failure into one clear ConfigError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            key = "RERANK_" + "_".join(str(p) for p in err["loc"]).upper()
+            parts.append(f"{key}: {err['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(parts), "the RERANK_* environment variables") from None
+
+
+@lru_cache(maxsize=1)
+def _cached(env_key: tuple[tuple[str, str], ...]) -> Settings:
+    return load_settings()
+
+
+def get_settings() -> Settings:
+    """Settings for the current environment (cached per distinct RERANK_* environment)."""
+    key = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("RERANK_")))
+    return _cached(key)
