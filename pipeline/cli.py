@@ -1,0 +1,309 @@
+"""``rerank``: one subcommand per stage (the exact forms in ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.errors import ConfigError, PipelineError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="ecom-rerank: Postgres in, Postgres out.")
+db_app = typer.Typer(no_args_is_help=True, help="The database: embedded server and migrations.")
+run_app = typer.Typer(no_args_is_help=True, help="Run a workflow without Airflow.")
+publish_app = typer.Typer(no_args_is_help=True, help="Publication of the read views.")
+app.add_typer(db_app, name="db")
+app.add_typer(run_app, name="run")
+app.add_typer(publish_app, name="publish")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _settings():
+    from pipeline.settings import get_settings
+
+    return get_settings()
+
+
+def _url(start: bool = True) -> str:
+    from pipeline.db.engine import database_url
+
+    return database_url(_settings(), start=start)
+
+
+def _embedded():
+    from pipeline.db.embedded import EmbeddedPostgres
+
+    s = _settings()
+    if s.database_url:
+        raise ConfigError("RERANK_DATABASE_URL is set, so there is no embedded server to manage",
+                          "unset RERANK_DATABASE_URL to use the embedded PostgreSQL")
+    return EmbeddedPostgres(s.home_path, s.pg_port)
+
+
+# --- db -----------------------------------------------------------------------------------------------
+@db_app.command("up")
+def db_up() -> None:
+    """Start the embedded PostgreSQL (initialised on first use) and print its URL."""
+    pg = _embedded()
+    url = pg.up()
+    out.print(f"embedded PostgreSQL running, data in {pg.pgdata}")
+    print(url)
+
+
+@db_app.command("down")
+def db_down() -> None:
+    """Stop the embedded PostgreSQL."""
+    stopped = _embedded().down()
+    print("stopped" if stopped else "not running")
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """Say whether the database is reachable and at which schema revision."""
+    s = _settings()
+    if s.database_url:
+        from pipeline.db import migrate
+
+        print(json.dumps({"url": _redacted(s.database_url), "revision": migrate.current(_url())}))
+        return
+    st = _embedded().status()
+    if st["running"]:
+        from pipeline.db import migrate
+
+        st["revision"] = migrate.current(st["url"])
+    print(json.dumps(st))
+
+
+@db_app.command("url")
+def db_url() -> None:
+    """Print a libpq URI on the last line (starts the embedded server if needed)."""
+    print(_url())
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply the Alembic migrations under sql/."""
+    from pipeline.db import migrate
+
+    rev = migrate.upgrade(_url())
+    print(f"database at revision {rev}")
+
+
+def _redacted(url: str) -> str:
+    from pipeline.db.engine import _redact
+
+    return _redact(url)
+
+
+# --- data ---------------------------------------------------------------------------------------------
+@app.command()
+def generate(
+    tier: str | None = typer.Option(None, help="S, M or L (10k/2k/500k, 100k/20k/5M, 1M/100k/50M)"),
+    users: int | None = typer.Option(None, help="Number of users"),
+    items: int | None = typer.Option(None, help="Number of items"),
+    days: int = typer.Option(30, help="Days of history"),
+    seed: int = typer.Option(42, help="Random seed"),
+    events_per_user: float | None = typer.Option(None, help="Mean events per user (default: tier ratio)"),
+) -> None:
+    """Generate a synthetic shop into shop.* (replacing what is there)."""
+    from pipeline.datagen import generate_shop, tier_sizes
+
+    kwargs = {}
+    if tier:
+        users_t, items_t, events_t = tier_sizes(tier)
+        users, items = users or users_t, items or items_t
+        kwargs["events_per_user"] = events_per_user or events_t / users_t
+    elif events_per_user:
+        kwargs["events_per_user"] = events_per_user
+    if users is None or items is None:
+        raise ConfigError("give --tier or both --users and --items", "rerank generate --help")
+    for name, v in {"--users": users, "--items": items, "--days": days}.items():
+        if v <= 0:
+            raise ConfigError(f"{name} must be positive, got {v}")
+    from pipeline.db.migrate import require_schema
+
+    url = _url()
+    require_schema(url)
+    stats = generate_shop(url, users=users, items=items, days=days, seed=seed, **kwargs)
+    print(f"generated shop: {stats.users} users, {stats.items} items, {stats.events} events "
+          f"(build {stats.build_seconds:.1f}s, load {stats.load_seconds:.1f}s)")
+
+
+@app.command("import")
+def import_(
+    fmt: str = typer.Argument(..., metavar="FORMAT", help="movielens|taobao|amazon-s3rec|diginetica|csv|parquet"),
+    path: Path = typer.Argument(..., help="File or folder of the dataset"),
+    mapping: str | None = typer.Option(None, help='csv/parquet column mapping as JSON, e.g. {"user_id": "uid"}'),
+) -> None:
+    """Import a dataset into shop.*; invalid rows go to recsys.quarantine. Last line: both counts."""
+    from pipeline.db.migrate import require_schema
+    from pipeline.ingest import import_dataset
+
+    url = _url()
+    require_schema(url)
+    try:
+        mapping_d = json.loads(mapping) if mapping else None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--mapping is not valid JSON: {exc}") from None
+    result = import_dataset(url, fmt, path, mapping=mapping_d)
+    print(result.summary_line())
+
+
+# --- runs ---------------------------------------------------------------------------------------------
+@run_app.command("nightly")
+def run_nightly_cmd(
+    as_of: str | None = typer.Option(None, "--as-of", help="Use events before this date/time (default: today)"),
+    stage: str | None = typer.Option(None, help="Run one stage only"),
+    retrain: bool = typer.Option(True, "--retrain/--no-retrain", help="Retrain the ranker"),
+    users: str | None = typer.Option(None, help="Comma-separated user ids to re-score (others keep their lists)"),
+    top_n: int | None = typer.Option(None, help="List length (default RERANK_TOP_N)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Everything but the publication"),
+) -> None:
+    """The nightly run's stages in order, without Airflow."""
+    from pipeline.nightly import run_nightly
+    from pipeline.runs import parse_as_of
+
+    try:
+        user_ids = [int(u) for u in users.split(",")] if users else None
+    except ValueError:
+        raise ConfigError(f"--users must be comma-separated integers, got {users!r}") from None
+    ts = parse_as_of(as_of)
+
+    def show(name: str, info: dict, secs: float) -> None:
+        brief = {k: v for k, v in info.items() if not isinstance(v, dict | list)}
+        out.print(f"[bold]{name:<14}[/bold] {secs:7.2f}s  {brief}")
+
+    res = run_nightly(_settings(), as_of=ts, retrain=retrain, only_stage=stage, user_ids=user_ids, top_n=top_n,
+                      dry_run=dry_run, on_stage=show)
+    print(f"run {res['run_id']} finished")
+
+
+@app.command()
+def recommend(
+    user_id: int = typer.Argument(..., help="The user"),
+    n: int = typer.Option(10, "--n", help="How many rows"),
+    as_json: bool = typer.Option(False, "--json", help="JSON output"),
+) -> None:
+    """A user's published list with reasons (what downstream SQL reads)."""
+    from pipeline.db.engine import connect
+
+    with connect(_url()) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT r.rank, r.item_id, i.title, i.category, r.score, r.reason, r.source, r.run_id "
+            "FROM recsys.user_recommendations r JOIN shop.items i USING (item_id) "
+            "WHERE r.user_id = %s ORDER BY r.rank LIMIT %s",
+            (user_id, n),
+        )
+        rows = cur.fetchall()
+    cols = ["rank", "item_id", "title", "category", "score", "reason", "source", "run_id"]
+    if as_json:
+        print(json.dumps([dict(zip(cols, r, strict=True)) for r in rows], ensure_ascii=False, default=str))
+        return
+    if not rows:
+        print(f"user {user_id} has no published list")
+        return
+    table = Table(title=f"user {user_id} (run {rows[0][-1]})")
+    for c in ["rank", "item", "title", "category", "score", "reason"]:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(str(r[0]), str(r[1]), str(r[2])[:40], str(r[3]), f"{r[4]:.4f}", r[5])
+    out.print(table)
+
+
+@app.command()
+def evaluate(
+    fmt: str = typer.Option(..., "--format", help="Dataset format (as for `rerank import`)"),
+    path: Path = typer.Option(..., help="Dataset path"),
+    protocol: str = typer.Option(..., help="msr-stratified | leave-one-out | temporal"),
+    k: int = typer.Option(10, help="Cut-off"),
+    models: str = typer.Option("random,popularity,item-cf", help="Comma-separated model names"),
+    out_dir: Path = typer.Option(..., "--out", help="Output folder (metrics.json, report.html, splits, lists)"),
+) -> None:
+    """Import -> train -> recommend -> score on a throwaway database; write metrics.json and report.html."""
+    from pipeline.evaluate.runner import run_evaluation
+
+    with _throwaway_database() as url:
+        result = run_evaluation(fmt, path, protocol=protocol, k=k, models=[m for m in models.split(",") if m],
+                                out_dir=out_dir, url=url)
+    table = Table(title=f"{result['dataset']} / {result['protocol']} / k={result['k']}")
+    keys = [f"ndcg@{k}", f"map@{k}", f"precision@{k}", f"recall@{k}", "coverage", "train_seconds"]
+    table.add_column("model")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for r in result["results"]:
+        table.add_row(r["model"], *[f"{r.get(key, float('nan')):.4f}" for key in keys])
+    out.print(table)
+    print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'report.html'}")
+
+
+class _throwaway_database:
+    """A private database on the configured server, dropped afterwards (never the shop's own)."""
+
+    def __enter__(self) -> str:
+        import uuid
+        from urllib.parse import urlsplit, urlunsplit
+
+        import psycopg2
+
+        from pipeline.db import migrate
+
+        base = _url()
+        self.name = f"rerank_eval_{uuid.uuid4().hex[:10]}"
+        self.admin = urlunsplit(urlsplit(base)._replace(path="/postgres"))
+        conn = psycopg2.connect(self.admin)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{self.name}"')
+        conn.close()
+        url = urlunsplit(urlsplit(base)._replace(path="/" + self.name))
+        migrate.upgrade(url)
+        return url
+
+    def __exit__(self, *exc: object) -> None:
+        import psycopg2
+
+        from pipeline.db.engine import sa_engine
+
+        sa_engine.cache_clear()
+        conn = psycopg2.connect(self.admin)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        conn.close()
+
+
+@publish_app.command("rollback")
+def publish_rollback() -> None:
+    """Make the previous publication live again."""
+    from pipeline.publish import rollback
+
+    res = rollback(_url())
+    print(f"live again: run {res['run_id']} (publication {res['publication_id']})")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except PipelineError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+__all__ = ["app", "main"]

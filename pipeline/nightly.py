@@ -1,0 +1,245 @@
+"""The nightly run's stages, each one plain function with explicit arguments (the DAG calls them one per
+task; ``rerank run nightly`` calls them in order through :func:`run_nightly`).
+
+Big results stay in RERANK_HOME/runs/<run_id>/ (Parquet) and in Postgres; stage functions return small
+dicts of counts and keys, which is all that crosses XCom.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import runs
+from pipeline.dask_client import dask_client
+from pipeline.errors import PipelineError
+from pipeline.settings import Settings, get_settings
+
+STAGES = ("validate", "extract", "item_features", "user_features", "cf_build", "train_ranker",
+          "evaluate_gate", "score_users", "quality_gate", "publish", "report")
+
+
+def _dir(home: str | Path, run_id: str) -> Path:
+    return runs.run_dir(home, run_id)
+
+
+def _params(home: str | Path, run_id: str) -> dict:
+    p = _dir(home, run_id) / "params.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def begin(url: str, home: str, as_of: datetime, *, dag: str = "rerank_nightly", params: dict | None = None) -> str:
+    """Record the run in recsys.runs and its params under RERANK_HOME; return the run_id."""
+    from pipeline.db.migrate import require_schema
+
+    require_schema(url)
+    run_id = runs.start_run(url, dag=dag, as_of=as_of, params=params)
+    (_dir(home, run_id) / "params.json").write_text(json.dumps(params or {}, default=str, sort_keys=True))
+    return run_id
+
+
+def validate(url: str, run_id: str, as_of: datetime, max_bad_share: float = 0.01) -> dict:
+    from pipeline.validate import validate_source
+
+    return validate_source(url, run_id, as_of, max_bad_share=max_bad_share)
+
+
+def extract(url: str, home: str, run_id: str, as_of: datetime, dask_address: str | None = None) -> dict:
+    from pipeline.extract import extract_snapshot
+
+    with dask_client(address=dask_address) as client:
+        return extract_snapshot(url, _dir(home, run_id) / "snapshot", as_of, client)
+
+
+def item_features(home: str, run_id: str, as_of: datetime, dask_address: str | None = None) -> dict:
+    from pipeline.features import build_item_features
+
+    s = get_settings()
+    with dask_client(address=dask_address) as client:
+        feats = build_item_features(_dir(home, run_id) / "snapshot", as_of, client,
+                                    weights=s.event_weights, half_life_days=s.half_life_days)
+    return {"items": len(feats), "items_with_activity": int((feats["events"] > 0).sum())}
+
+
+def user_features(home: str, run_id: str, as_of: datetime) -> dict:
+    """Per-user activity summary (events, recency, distinct items) for segments and the report."""
+    from pipeline.extract import read_snapshot
+
+    snap = _dir(home, run_id) / "snapshot"
+    events, _, users = read_snapshot(snap)
+    g = events.groupby("user_id")
+    feats = pd.DataFrame({"events": g.size(), "items": g["item_id"].nunique(), "last_ts": g["ts"].max(),
+                          "purchases": g["event_type"].agg(lambda s: int((s == "purchase").sum()))})
+    feats = users.set_index("user_id").join(feats, how="left").fillna({"events": 0, "items": 0, "purchases": 0})
+    feats["new_user"] = feats["events"] == 0
+    feats.reset_index().to_parquet(snap / "user_features.parquet", index=False)
+    return {"users": len(feats), "users_without_events": int(feats["new_user"].sum())}
+
+
+def cf_build(home: str, run_id: str, as_of: datetime, k: int = 20) -> dict:
+    from pipeline.recall.neighbours import build_neighbours
+
+    s = get_settings()
+    nb = build_neighbours(_dir(home, run_id) / "snapshot", as_of, weights=s.event_weights,
+                          half_life_days=s.half_life_days, k=k)
+    return {"neighbour_rows": len(nb), "items_with_neighbours": int(nb["item_id"].nunique())}
+
+
+def train_ranker(url: str, home: str, run_id: str, as_of: datetime, retrain: bool = True) -> dict:
+    """Walking skeleton: no learned ranker yet (issue 6); the lists are ordered by recall probability."""
+    return {"model_version": "recall-only", "trained": False, "retrain_requested": retrain}
+
+
+def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime) -> dict:
+    """Walking skeleton: there is no candidate model to gate yet; record that plainly."""
+    return {"gated": False, "reason": "no learned ranker in this build; recall-only ordering is used"}
+
+
+def _score_shard(users: np.ndarray, snap: str, as_of: datetime, top_n: int, n_candidates: int,
+                 recent_days: int, weights: dict, half_life: dict) -> pd.DataFrame:
+    """One Dask task: recall + score + re-rank for a shard of users."""
+    from pipeline.recall.candidates import RecallConfig, generate_candidates
+    from pipeline.rerank import finalize_lists
+
+    snap_p = Path(snap)
+    events = pd.read_parquet(snap_p / "events", filters=[("user_id", "in", users.tolist())])
+    feats = pd.read_parquet(snap_p / "item_features.parquet")
+    items = pd.read_parquet(snap_p / "items.parquet", columns=["item_id", "title"])
+    feats = feats.merge(items, on="item_id", how="left")
+    neighbours = pd.read_parquet(snap_p / "neighbours.parquet", columns=["item_id", "similar_item_id", "score"])
+    cfg = RecallConfig(as_of=as_of, n_candidates=n_candidates, recent_days=recent_days, weights=weights,
+                       half_life_days=half_life)
+    cand = generate_candidates(users, events, neighbours, feats, cfg)
+    cand["p_rank"] = 1.0
+    bought = events.loc[events["event_type"] == "purchase", ["user_id", "item_id"]].dropna().astype("int64")
+    return finalize_lists(cand, feats, top_n=top_n, bought=bought)
+
+
+def score_users(home: str, run_id: str, as_of: datetime, *, top_n: int, n_candidates: int,
+                model_version: str = "recall-only", user_ids: Sequence[int] | None = None,
+                dask_address: str | None = None, shards: int | None = None) -> dict:
+    """Recall + score + re-rank every user (or ``user_ids``), sharded by user over Dask."""
+    s = get_settings()
+    snap = _dir(home, run_id) / "snapshot"
+    users = pd.read_parquet(snap / "users.parquet")["user_id"].to_numpy()
+    if user_ids:
+        users = np.intersect1d(users, np.asarray(list(user_ids), dtype="int64"))
+    with dask_client(address=dask_address) as client:
+        n_shards = shards or max(1, min(len(users) // 500 + 1, 4 * len(client.scheduler_info()["workers"])))
+        parts = [p for p in np.array_split(users, n_shards) if len(p)]
+        futures = client.map(_score_shard, parts, snap=str(snap), as_of=as_of, top_n=top_n,
+                             n_candidates=n_candidates, recent_days=s.recent_days, weights=s.event_weights,
+                             half_life=s.half_life_days, pure=False)
+        frames = client.gather(futures)
+    recs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    recs["variant"] = "control"
+    recs["model_version"] = model_version
+    recs["run_id"] = run_id
+    recs["generated_at"] = pd.Timestamp(as_of)
+    recs = recs.sort_values(["user_id", "rank"]).reset_index(drop=True)
+    recs.to_parquet(_dir(home, run_id) / "recs.parquet", index=False)
+    return {"users": int(recs["user_id"].nunique()) if len(recs) else 0, "rows": len(recs), "shards": len(parts),
+            "sources": recs["source"].value_counts().to_dict() if len(recs) else {}}
+
+
+def quality_gate(home: str, run_id: str, thresholds: dict | None = None) -> dict:
+    from pipeline.publish import GateThresholds, check_output
+
+    d = _dir(home, run_id)
+    recs = pd.read_parquet(d / "recs.parquet")
+    items = pd.read_parquet(d / "snapshot" / "items.parquet")
+    users = pd.read_parquet(d / "snapshot" / "users.parquet")["user_id"]
+    subset = _params(home, run_id).get("user_ids")
+    if subset:
+        users = users[users.isin(subset)]
+    return check_output(recs, users=users, items=items, thresholds=GateThresholds(**(thresholds or {})))
+
+
+def publish(url: str, home: str, run_id: str, *, keep: int = 3, dry_run: bool = False) -> dict:
+    """Swap the read views to this run's lists; with a user subset, other users keep their live rows."""
+    from pipeline.db.engine import sa_engine
+    from pipeline.publish import live_publication, publish_run
+
+    d = _dir(home, run_id)
+    recs = pd.read_parquet(d / "recs.parquet")
+    if dry_run:
+        return {"published": False, "dry_run": True, "rows": len(recs)}
+    subset = _params(home, run_id).get("user_ids")
+    live = live_publication(url)
+    if subset and live:
+        from psycopg2 import sql
+
+        q = sql.SQL("SELECT * FROM {}").format(sql.Identifier("recsys", live["recs_table"]))
+        with sa_engine(url).connect() as conn:
+            old = pd.read_sql(q.as_string(conn.connection.dbapi_connection), conn)
+        recs = pd.concat([old[~old["user_id"].isin(recs["user_id"])], recs], ignore_index=True)
+    nb = pd.read_parquet(d / "snapshot" / "neighbours.parquet")
+    generated_at = pd.Timestamp(recs["generated_at"].max()).to_pydatetime() if len(recs) else datetime.now()
+    return publish_run(url, run_id, recs, nb, generated_at=generated_at, keep=keep)
+
+
+def report(url: str, home: str, run_id: str) -> dict:
+    """Write the run's summary (stage figures, counts) to RERANK_HOME/reports/<run_id>/run.json."""
+    stats = runs.run_stats(url, run_id)
+    out = Path(home).expanduser().resolve() / "reports" / run_id
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.json").write_text(json.dumps(stats, indent=2, default=str))
+    return {"report": str(out / "run.json")}
+
+
+def finish(url: str, run_id: str, status: str = "success", error: str | None = None) -> None:
+    runs.finish_run(url, run_id, status, error)
+
+
+def run_nightly(settings: Settings | None = None, *, as_of: datetime, retrain: bool = True,
+                only_stage: str | None = None, user_ids: Sequence[int] | None = None, top_n: int | None = None,
+                dry_run: bool = False, on_stage: Callable[[str, dict, float], None] | None = None) -> dict:
+    """All stages in order without Airflow (``rerank run nightly``); returns per-stage results."""
+    from pipeline.db.engine import database_url
+
+    s = settings or get_settings()
+    url, home = database_url(s), str(s.home_path)
+    top_n = top_n or s.top_n
+    params = {"as_of": as_of.isoformat(), "retrain": retrain, "user_ids": list(user_ids or []), "top_n": top_n,
+              "dry_run": dry_run}
+    run_id = begin(url, home, as_of, params=params)
+    steps: dict[str, Callable[[], dict]] = {
+        "validate": lambda: validate(url, run_id, as_of),
+        "extract": lambda: extract(url, home, run_id, as_of, s.dask_address),
+        "item_features": lambda: item_features(home, run_id, as_of, s.dask_address),
+        "user_features": lambda: user_features(home, run_id, as_of),
+        "cf_build": lambda: cf_build(home, run_id, as_of),
+        "train_ranker": lambda: train_ranker(url, home, run_id, as_of, retrain),
+        "evaluate_gate": lambda: evaluate_gate(url, home, run_id, as_of),
+        "score_users": lambda: score_users(home, run_id, as_of, top_n=top_n, n_candidates=s.candidates,
+                                           user_ids=user_ids, dask_address=s.dask_address),
+        "quality_gate": lambda: quality_gate(home, run_id),
+        "publish": lambda: publish(url, home, run_id, keep=s.keep_runs, dry_run=dry_run),
+        "report": lambda: report(url, home, run_id),
+    }
+    selected = [only_stage] if only_stage else list(STAGES)
+    unknown = [x for x in selected if x not in steps]
+    if unknown:
+        raise PipelineError(f"unknown stage {unknown[0]!r}", f"one of {', '.join(STAGES)}")
+    results: dict[str, dict] = {"run_id": run_id}  # type: ignore[dict-item]
+    for name in selected:
+        t0 = time.perf_counter()
+        try:
+            out = steps[name]()
+        except Exception as exc:
+            finish(url, run_id, "failed", f"{name}: {exc}")
+            raise
+        secs = time.perf_counter() - t0
+        runs.record_stage(url, run_id, name, {"seconds": round(secs, 3), **out})
+        results[name] = out
+        if on_stage:
+            on_stage(name, out, secs)
+    if not only_stage or only_stage == "report":
+        finish(url, run_id, "success")
+    return results
