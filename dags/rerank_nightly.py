@@ -15,10 +15,9 @@ published lists live. Params: `as_of` (default: the data interval's end), `retra
 from __future__ import annotations
 
 import pendulum
+from _common import DEFAULT_ARGS, as_of_from, database_url, rerank_home
 from airflow.sdk import Param, dag, task
 from airflow.sdk.definitions.asset import Asset
-
-from _common import DEFAULT_ARGS, as_of_from, database_url, rerank_home
 
 RECS_ASSET = Asset("postgres://rerank/recsys/user_recommendations")
 
@@ -26,11 +25,11 @@ RECS_ASSET = Asset("postgres://rerank/recsys/user_recommendations")
 def _on_failure(context: dict) -> None:
     """Mark the run failed in recsys.runs (the live lists stay)."""
     ti = context["ti"]
-    run_id = ti.xcom_pull(task_ids="begin")
-    if run_id:
+    rid = ti.xcom_pull(task_ids="begin")
+    if rid:
         from pipeline.nightly import finish
 
-        finish(database_url(), run_id, "failed", f"{ti.task_id}: {context.get('exception')}")
+        finish(database_url(), rid, "failed", f"{ti.task_id}: {context.get('exception')}")
 
 
 @dag(
@@ -62,97 +61,97 @@ def rerank_nightly() -> None:
         return nightly.begin(database_url(), rerank_home(), parse_as_of(as_of), params={**p, "as_of": as_of})
 
     @task
-    def validate(run_id: str) -> dict:
+    def validate(rid: str) -> dict:
         from pipeline import nightly
 
         url = database_url()
-        return nightly.validate(url, run_id, _as_of(url, run_id))
+        return nightly.validate(url, rid, _as_of(url, rid))
 
     @task
-    def extract(run_id: str, _v: dict) -> dict:
+    def extract(rid: str, _v: dict) -> dict:
         from pipeline import nightly
 
         url = database_url()
-        return nightly.extract(url, rerank_home(), run_id, _as_of(url, run_id), _dask())
+        return nightly.extract(url, rerank_home(), rid, _as_of(url, rid), _dask())
 
     @task
-    def item_features(run_id: str, _e: dict) -> dict:
+    def item_features(rid: str, _e: dict) -> dict:
         from pipeline import nightly
 
-        return nightly.item_features(rerank_home(), run_id, _as_of(database_url(), run_id), _dask())
+        return nightly.item_features(rerank_home(), rid, _as_of(database_url(), rid), _dask())
 
     @task
-    def user_features(run_id: str, _e: dict) -> dict:
+    def user_features(rid: str, _e: dict) -> dict:
         from pipeline import nightly
 
-        return nightly.user_features(rerank_home(), run_id, _as_of(database_url(), run_id))
+        return nightly.user_features(rerank_home(), rid, _as_of(database_url(), rid))
 
     @task
-    def cf_build(run_id: str, _e: dict) -> dict:
+    def cf_build(rid: str, _e: dict) -> dict:
         from pipeline import nightly
 
-        return nightly.cf_build(rerank_home(), run_id, _as_of(database_url(), run_id))
+        return nightly.cf_build(rerank_home(), rid, _as_of(database_url(), rid))
 
     @task(pool="default_pool")
-    def train_ranker(run_id: str, *_deps: dict, **context) -> dict:
+    def train_ranker(rid: str, *_deps: dict, **context) -> dict:
         from pipeline import nightly
 
         url = database_url()
-        return nightly.train_ranker(url, rerank_home(), run_id, _as_of(url, run_id), context["params"]["retrain"])
+        return nightly.train_ranker(url, rerank_home(), rid, _as_of(url, rid), context["params"]["retrain"])
 
     @task
-    def evaluate_gate(run_id: str, _t: dict) -> dict:
+    def evaluate_gate(rid: str, _t: dict) -> dict:
         from pipeline import nightly
 
         url = database_url()
-        return nightly.evaluate_gate(url, rerank_home(), run_id, _as_of(url, run_id))
+        return nightly.evaluate_gate(url, rerank_home(), rid, _as_of(url, rid))
 
     @task
-    def score_users(run_id: str, _g: dict, **context) -> dict:
+    def score_users(rid: str, _g: dict, **context) -> dict:
         from pipeline import nightly
         from pipeline.settings import get_settings
 
         p = context["params"]
-        return nightly.score_users(rerank_home(), run_id, _as_of(database_url(), run_id), top_n=p["top_n"],
+        return nightly.score_users(rerank_home(), rid, _as_of(database_url(), rid), top_n=p["top_n"],
                                    n_candidates=get_settings().candidates, user_ids=p["user_ids"] or None,
                                    dask_address=_dask())
 
     @task
-    def quality_gate(run_id: str, _s: dict) -> dict:
+    def quality_gate(rid: str, _s: dict) -> dict:
         from pipeline import nightly
 
-        return nightly.quality_gate(rerank_home(), run_id)
+        return nightly.quality_gate(rerank_home(), rid)
 
     @task(outlets=[RECS_ASSET])
-    def publish(run_id: str, _q: dict, **context) -> dict:
+    def publish(rid: str, _q: dict, **context) -> dict:
         from pipeline import nightly
         from pipeline.settings import get_settings
 
-        return nightly.publish(database_url(), rerank_home(), run_id, keep=get_settings().keep_runs,
+        return nightly.publish(database_url(), rerank_home(), rid, keep=get_settings().keep_runs,
                                dry_run=context["params"]["dry_run"])
 
     @task
-    def report(run_id: str, _p: dict) -> dict:
+    def report(rid: str, _p: dict) -> dict:
         from pipeline import nightly
 
         url = database_url()
-        out = nightly.report(url, rerank_home(), run_id)
-        nightly.finish(url, run_id, "success")
+        out = nightly.report(url, rerank_home(), rid)
+        nightly.finish(url, rid, "success")
         return out
 
-    run_id = begin()
-    v = validate(run_id)
-    e = extract(run_id, v)
-    f_items, f_users, cf = item_features(run_id, e), user_features(run_id, e), cf_build(run_id, e)
-    t = train_ranker(run_id, f_items, f_users, cf)
-    s = score_users(run_id, evaluate_gate(run_id, t))
-    report(run_id, publish(run_id, quality_gate(run_id, s)))
+    rid = begin()
+    v = validate(rid)
+    e = extract(rid, v)
+    f_items, f_users, cf = item_features(rid, e), user_features(rid, e), cf_build(rid, e)
+    t = train_ranker(rid, f_items, f_users, cf)
+    s = score_users(rid, evaluate_gate(rid, t))
+    report(rid, publish(rid, quality_gate(rid, s)))
 
 
-def _as_of(url: str, run_id: str):  # noqa: ANN202 - datetime
+def _as_of(url: str, rid: str):  # noqa: ANN202 - datetime
     from pipeline.runs import parse_as_of, run_stats
 
-    return parse_as_of(run_stats(url, run_id)["params"]["as_of"])
+    return parse_as_of(run_stats(url, rid)["params"]["as_of"])
 
 
 def _dask() -> str | None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -50,19 +51,31 @@ def validate(url: str, run_id: str, as_of: datetime, max_bad_share: float = 0.01
     return validate_source(url, run_id, as_of, max_bad_share=max_bad_share)
 
 
-def extract(url: str, home: str, run_id: str, as_of: datetime, dask_address: str | None = None) -> dict:
+@contextmanager
+def _client(client: object | None, dask_address: str | None) -> Iterator[object]:
+    """The caller's client when given (one cluster for a whole run), else one for this stage."""
+    if client is not None:
+        yield client
+        return
+    with dask_client(address=dask_address) as own:
+        yield own
+
+
+def extract(url: str, home: str, run_id: str, as_of: datetime, dask_address: str | None = None,
+            client: object | None = None) -> dict:
     from pipeline.extract import extract_snapshot
 
-    with dask_client(address=dask_address) as client:
-        return extract_snapshot(url, _dir(home, run_id) / "snapshot", as_of, client)
+    with _client(client, dask_address) as c:
+        return extract_snapshot(url, _dir(home, run_id) / "snapshot", as_of, c)
 
 
-def item_features(home: str, run_id: str, as_of: datetime, dask_address: str | None = None) -> dict:
+def item_features(home: str, run_id: str, as_of: datetime, dask_address: str | None = None,
+                  client: object | None = None) -> dict:
     from pipeline.features import build_item_features
 
     s = get_settings()
-    with dask_client(address=dask_address) as client:
-        feats = build_item_features(_dir(home, run_id) / "snapshot", as_of, client,
+    with _client(client, dask_address) as c:
+        feats = build_item_features(_dir(home, run_id) / "snapshot", as_of, c,
                                     weights=s.event_weights, half_life_days=s.half_life_days)
     return {"items": len(feats), "items_with_activity": int((feats["events"] > 0).sum())}
 
@@ -123,14 +136,14 @@ def _score_shard(users: np.ndarray, snap: str, as_of: datetime, top_n: int, n_ca
 
 def score_users(home: str, run_id: str, as_of: datetime, *, top_n: int, n_candidates: int,
                 model_version: str = "recall-only", user_ids: Sequence[int] | None = None,
-                dask_address: str | None = None, shards: int | None = None) -> dict:
+                dask_address: str | None = None, shards: int | None = None, client: object | None = None) -> dict:
     """Recall + score + re-rank every user (or ``user_ids``), sharded by user over Dask."""
     s = get_settings()
     snap = _dir(home, run_id) / "snapshot"
     users = pd.read_parquet(snap / "users.parquet")["user_id"].to_numpy()
     if user_ids:
         users = np.intersect1d(users, np.asarray(list(user_ids), dtype="int64"))
-    with dask_client(address=dask_address) as client:
+    with _client(client, dask_address) as client:
         n_shards = shards or max(1, min(len(users) // 500 + 1, 4 * len(client.scheduler_info()["workers"])))
         parts = [p for p in np.array_split(users, n_shards) if len(p)]
         futures = client.map(_score_shard, parts, snap=str(snap), as_of=as_of, top_n=top_n,
@@ -209,16 +222,24 @@ def run_nightly(settings: Settings | None = None, *, as_of: datetime, retrain: b
     params = {"as_of": as_of.isoformat(), "retrain": retrain, "user_ids": list(user_ids or []), "top_n": top_n,
               "dry_run": dry_run}
     run_id = begin(url, home, as_of, params=params)
+    with dask_client(s) as client:
+        return _run_steps(s, url, home, run_id, as_of, client, retrain=retrain, only_stage=only_stage,
+                          user_ids=user_ids, top_n=top_n, dry_run=dry_run, on_stage=on_stage)
+
+
+def _run_steps(s: Settings, url: str, home: str, run_id: str, as_of: datetime, client: object, *, retrain: bool,
+               only_stage: str | None, user_ids: Sequence[int] | None, top_n: int, dry_run: bool,
+               on_stage: Callable[[str, dict, float], None] | None) -> dict:
     steps: dict[str, Callable[[], dict]] = {
         "validate": lambda: validate(url, run_id, as_of),
-        "extract": lambda: extract(url, home, run_id, as_of, s.dask_address),
-        "item_features": lambda: item_features(home, run_id, as_of, s.dask_address),
+        "extract": lambda: extract(url, home, run_id, as_of, client=client),
+        "item_features": lambda: item_features(home, run_id, as_of, client=client),
         "user_features": lambda: user_features(home, run_id, as_of),
         "cf_build": lambda: cf_build(home, run_id, as_of),
         "train_ranker": lambda: train_ranker(url, home, run_id, as_of, retrain),
         "evaluate_gate": lambda: evaluate_gate(url, home, run_id, as_of),
         "score_users": lambda: score_users(home, run_id, as_of, top_n=top_n, n_candidates=s.candidates,
-                                           user_ids=user_ids, dask_address=s.dask_address),
+                                           user_ids=user_ids, client=client),
         "quality_gate": lambda: quality_gate(home, run_id),
         "publish": lambda: publish(url, home, run_id, keep=s.keep_runs, dry_run=dry_run),
         "report": lambda: report(url, home, run_id),

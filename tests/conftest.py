@@ -38,15 +38,21 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if given:
         yield given
         return
+    # Not under pytest's basetemp: pytest resets that folder to mode 0700, and as root the server runs as
+    # an unprivileged user that must traverse the path.
+    import shutil
+    import tempfile
+
     from pipeline.db.embedded import EmbeddedPostgres
 
-    home = tmp_path_factory.mktemp("pghome")
+    home = Path(tempfile.mkdtemp(prefix="rerank-test-pg-"))
     pg = EmbeddedPostgres(home)
     url = pg.up()
     try:
         yield url
     finally:
         pg.down()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -28,10 +28,7 @@ def copy_frame(cur, table: str | sql.Composable, df: pd.DataFrame | pa.Table,
         table = sql.Identifier(*table.split("."))
     columns = list(columns) if columns is not None else list(df.column_names if isinstance(df, pa.Table)
                                                               else df.columns)
-    if isinstance(df, pd.DataFrame):
-        df = df[columns]
-    else:
-        df = df.select(columns)
+    df = df[columns] if isinstance(df, pd.DataFrame) else df.select(columns)
     n = len(df) if isinstance(df, pd.DataFrame) else df.num_rows
     if n == 0:
         return 0

@@ -18,9 +18,6 @@ def _prepare(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     out = pd.DataFrame({c: df[c] if c in df.columns else None for c in columns})
     if "attrs" in out.columns:
         out["attrs"] = _jsonify(out["attrs"].where(out["attrs"].notna(), "{}"))
-    for c in out.columns:
-        if out[c].dtype.kind == "M":
-            out[c] = out[c].dt.strftime("%Y-%m-%d %H:%M:%S.%f%z").str.replace(r"\+0000$", "+00", regex=True)
     return out
 
 

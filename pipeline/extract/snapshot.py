@@ -16,6 +16,14 @@ from pipeline.frames import EVENT_COLUMNS
 from pipeline.validate.sqlchecks import clean_events_predicate
 
 ROWS_PER_PARTITION = 250_000
+# Explicit dtypes: inferring them from a few head rows would make item_id int64 and break on a search
+# event's NULL item.
+EVENTS_META = pd.DataFrame({
+    "user_id": pd.Series(dtype="int64"), "item_id": pd.Series(dtype="Int64"),
+    "event_type": pd.Series(dtype="object"), "query": pd.Series(dtype="object"),
+    "session_id": pd.Series(dtype="object"), "quantity": pd.Series(dtype="int64"),
+    "ts": pd.Series(dtype="datetime64[us, UTC]"),
+}, index=pd.Index([], dtype="int64", name="event_id"))
 
 
 def _events_query(as_of: datetime):  # noqa: ANN202 - sqlalchemy Select
@@ -44,7 +52,8 @@ def extract_snapshot(url: str, out_dir: str | Path, as_of: datetime, client: obj
         divisions = [lo + i * step for i in range(parts)] + [hi + 1]
         divisions = sorted(set(divisions))
         sa_url = url.replace("postgresql://", "postgresql+psycopg2://", 1)
-        ddf = dd.read_sql_query(_events_query(as_of), sa_url, index_col="event_id", divisions=divisions)
+        ddf = dd.read_sql_query(_events_query(as_of), sa_url, index_col="event_id", divisions=divisions,
+                                meta=EVENTS_META)
         ddf = ddf.reset_index()
         import shutil
 

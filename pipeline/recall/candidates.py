@@ -58,6 +58,8 @@ def generate_candidates(users: np.ndarray, events: pd.DataFrame, neighbours: pd.
     available = item_feats.loc[item_feats["in_stock"] & item_feats["visible"], ["item_id", "activity",
                                                                               "top_category", "trend"]]
     frames = []
+    if available.empty:  # nothing can be recommended; the output gate reports the empty lists
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in [*CAND_COLUMNS, "p_recall"]})
 
     recent = hist[(hist["last_ts"] >= pd.Timestamp(cfg.as_of) - pd.Timedelta(days=cfg.recent_days))
                   & ~hist["bought"]]

@@ -1,0 +1,46 @@
+"""``generate_shop``: build a synthetic shop and load it, with its ground truth, in one transaction."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from pipeline.datagen.build import DEFAULT_END, build_shop, check_sizes
+from pipeline.db.copy import copy_frame
+from pipeline.db.engine import connect
+from pipeline.db.shop import load_shop
+
+TASTE_COLUMNS = ["user_id", "dimension", "key", "weight"]
+
+
+@dataclass(frozen=True)
+class GenerateStats:
+    """Row counts written and where the time went."""
+
+    users: int
+    items: int
+    events: int
+    tastes: int
+    build_seconds: float
+    load_seconds: float
+
+
+def generate_shop(url: str, *, users: int, items: int, days: int, seed: int = 42,
+                  end: datetime | None = None) -> GenerateStats:
+    """Replace ``shop.users/items/events`` and ``datagen.user_tastes`` with a generated shop.
+
+    Everything is truncated and copied in one transaction, so a second run leaves the same rows and a
+    failure leaves the previous shop in place.
+    """
+    check_sizes(users, items, days)
+    t0 = time.perf_counter()
+    frames, tastes = build_shop(users, items, days, seed, end=end or DEFAULT_END)
+    t1 = time.perf_counter()
+    with connect(url) as conn, conn.cursor() as cur:
+        counts = load_shop(cur, frames, replace=True)
+        cur.execute("TRUNCATE datagen.user_tastes")
+        n_tastes = copy_frame(cur, "datagen.user_tastes", tastes, TASTE_COLUMNS)
+        cur.execute("ANALYZE datagen.user_tastes")
+    return GenerateStats(users=counts["users"], items=counts["items"], events=counts["events"],
+                         tastes=n_tastes, build_seconds=t1 - t0, load_seconds=time.perf_counter() - t1)

@@ -1,0 +1,1 @@
+"""Recall sources: item-CF, matrix factorisation, content ANN, popularity/trending, candidate merge."""

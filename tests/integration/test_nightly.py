@@ -1,0 +1,152 @@
+"""The nightly run without Airflow, end to end on a generated shop in a real Postgres."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pandas as pd
+import psycopg2
+import pytest
+
+from pipeline.db.engine import connect
+from pipeline.errors import QualityGateFailed, ValidationFailed
+from pipeline.nightly import run_nightly
+from pipeline.settings import load_settings
+
+pytestmark = pytest.mark.integration
+AS_OF = datetime(2026, 11, 24, tzinfo=UTC)
+
+
+@pytest.fixture
+def shop(rerank_env: dict[str, str]) -> str:
+    from pipeline.datagen import generate_shop
+
+    url = rerank_env["RERANK_DATABASE_URL"]
+    generate_shop(url, users=400, items=150, days=14, seed=7, end=AS_OF)
+    return url
+
+
+def _lists(url: str) -> pd.DataFrame:
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT user_id, rank, item_id, score, reason, source, run_id "
+                    "FROM recsys.user_recommendations ORDER BY user_id, rank")
+        return pd.DataFrame(cur.fetchall(), columns=["user_id", "rank", "item_id", "score", "reason", "source",
+                                                     "run_id"])
+
+
+def _settings(env: dict[str, str], **kw: object):
+    base = {"database_url": env["RERANK_DATABASE_URL"], "home": env["RERANK_HOME"], "dask_workers": 1,
+            "top_n": 20, "candidates": 60}
+    return load_settings(**{**base, **kw})
+
+
+def test_every_user_gets_a_full_list_with_reasons(shop: str, rerank_env: dict[str, str]) -> None:
+    res = run_nightly(_settings(rerank_env), as_of=AS_OF)
+    lists = _lists(shop)
+    with connect(shop) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM shop.users WHERE created_at < %s", (AS_OF,))
+        n_users = cur.fetchone()[0]
+        cur.execute("SELECT status FROM recsys.runs WHERE run_id = %s", (res["run_id"],))
+        assert cur.fetchone() == ("success",)
+    sizes = lists.groupby("user_id").size()
+    assert len(sizes) == n_users
+    assert (sizes == 20).all()
+    assert not lists.duplicated(["user_id", "item_id"]).any()
+    assert lists["reason"].str.len().gt(0).all()
+    assert set(lists["source"]) >= {"item-cf", "popularity"}
+    assert lists["run_id"].nunique() == 1
+    # Personal sources reach returning users: not everyone gets the same popularity list.
+    assert lists.groupby("user_id")["item_id"].apply(tuple).nunique() > n_users // 4
+
+
+def test_rerun_of_the_same_date_gives_the_same_lists(shop: str, rerank_env: dict[str, str]) -> None:
+    run_nightly(_settings(rerank_env), as_of=AS_OF)
+    first = _lists(shop)
+    run_nightly(_settings(rerank_env), as_of=AS_OF)
+    second = _lists(shop)
+    pd.testing.assert_frame_equal(first, second)
+    with connect(shop) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM recsys.runs")
+        assert cur.fetchone() == (1,)
+
+
+def test_bad_rows_are_quarantined_and_counted(shop: str, rerank_env: dict[str, str]) -> None:
+    with connect(shop) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE shop.events SET event_type = 'teleport' WHERE event_id IN "
+                    "(SELECT event_id FROM shop.events ORDER BY event_id LIMIT 3)")
+        cur.execute("UPDATE shop.events SET item_id = 999999999 WHERE event_id IN "
+                    "(SELECT event_id FROM shop.events WHERE event_type = 'view' ORDER BY event_id DESC LIMIT 2)")
+    res = run_nightly(_settings(rerank_env), as_of=AS_OF)
+    v = res["validate"]["shop.events"]
+    assert v["quarantined"] == 5
+    assert v["clean"] + v["quarantined"] == v["read"]
+    with connect(shop) as conn, conn.cursor() as cur:
+        cur.execute("SELECT reason, count(*) FROM recsys.quarantine WHERE run_id = %s GROUP BY 1 ORDER BY 1",
+                    (res["run_id"],))
+        assert cur.fetchall() == [("event_type not in the allowed set", 3), ("item_id not in shop.items", 2)]
+
+
+def test_failed_run_keeps_the_previous_publication_live(shop: str, rerank_env: dict[str, str]) -> None:
+    run_nightly(_settings(rerank_env), as_of=AS_OF)
+    before = _lists(shop)
+    with connect(shop) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE shop.events SET event_type = 'teleport' WHERE event_id % 10 = 0")
+    with pytest.raises(ValidationFailed, match="event_type not in the allowed set"):
+        run_nightly(_settings(rerank_env), as_of=datetime(2026, 11, 23, tzinfo=UTC))
+    pd.testing.assert_frame_equal(before, _lists(shop))
+    with connect(shop) as conn, conn.cursor() as cur:
+        cur.execute("SELECT status FROM recsys.runs WHERE run_id = 'nightly_20261123T0000'")
+        assert cur.fetchone() == ("failed",)
+
+
+def test_quality_gate_refusal_keeps_live_run(shop: str, rerank_env: dict[str, str]) -> None:
+    run_nightly(_settings(rerank_env), as_of=AS_OF)
+    before = _lists(shop)
+    # The whole catalogue goes out of stock: every list would be empty, the gate must refuse.
+    with connect(shop) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE shop.items SET in_stock = false")
+    with pytest.raises(QualityGateFailed, match="users have an empty list"):
+        run_nightly(_settings(rerank_env, top_n=20), as_of=datetime(2026, 11, 23, tzinfo=UTC))
+    with connect(shop) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE shop.items SET in_stock = true")
+    pd.testing.assert_frame_equal(before, _lists(shop))
+
+
+def test_reader_role_reads_lists_and_nothing_else(shop: str, rerank_env: dict[str, str]) -> None:
+    run_nightly(_settings(rerank_env), as_of=AS_OF)
+    uid = int(_lists(shop)["user_id"].iloc[0])
+    with connect(shop) as conn, conn.cursor() as cur:
+        cur.execute("SET ROLE rerank_reader")
+        cur.execute("SELECT item_id, reason FROM recsys.user_recommendations WHERE user_id = %s "
+                    "ORDER BY rank LIMIT 10", (uid,))
+        assert len(cur.fetchall()) == 10
+        cur.execute("SELECT count(*) FROM recsys.similar_items")
+        assert cur.fetchone()[0] > 0
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute("SELECT * FROM recsys.publications")
+
+
+def test_rollback_restores_previous_publication(shop: str, rerank_env: dict[str, str]) -> None:
+    from pipeline.publish import rollback
+
+    run_nightly(_settings(rerank_env), as_of=datetime(2026, 11, 23, tzinfo=UTC))
+    run_nightly(_settings(rerank_env), as_of=AS_OF)
+    assert set(_lists(shop)["run_id"]) == {"nightly_20261124T0000"}
+    rollback(shop)
+    assert set(_lists(shop)["run_id"]) == {"nightly_20261123T0000"}
+
+
+def test_read_view_hides_items_gone_out_of_stock_and_bought(shop: str, rerank_env: dict[str, str]) -> None:
+    run_nightly(_settings(rerank_env), as_of=AS_OF)
+    lists = _lists(shop)
+    uid, first_item = int(lists["user_id"].iloc[0]), int(lists["item_id"].iloc[0])
+    second_item = int(lists["item_id"].iloc[1])
+    with connect(shop) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE shop.items SET in_stock = false WHERE item_id = %s", (first_item,))
+        cur.execute("INSERT INTO shop.events (event_id, user_id, item_id, event_type, quantity, ts) "
+                    "SELECT max(event_id) + 1, %s, %s, 'purchase', 1, %s FROM shop.events",
+                    (uid, second_item, AS_OF))
+    after = _lists(shop)
+    mine = after[after["user_id"] == uid]["item_id"].tolist()
+    assert first_item not in mine and second_item not in mine
+    assert len(mine) == 18
