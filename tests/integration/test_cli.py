@@ -1,0 +1,59 @@
+"""The `rerank` command line: bad settings exit non-zero with one clear line; the main forms work."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+RERANK = str(Path(sys.executable).with_name("rerank"))
+
+
+def _run(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("RERANK_")}
+    full.update(env)
+    return subprocess.run([RERANK, *args], capture_output=True, text=True, timeout=300, env=full)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["db", "url"], {"RERANK_DATABASE_URL": "mysql://x"}, "RERANK_DATABASE_URL: Value error, not a libpq URI"),
+        (["db", "url"], {"RERANK_TOP_N": "-3"}, "RERANK_TOP_N: Input should be greater than or equal to 1"),
+        (["generate", "--tier", "XL"], {}, "unknown tier 'XL'"),
+        (["generate", "--users", "-5", "--items", "10"], {}, "--users must be positive, got -5"),
+        (["run", "nightly", "--as-of", "yesterday-ish"], {}, "as_of 'yesterday-ish' is not an ISO date"),
+    ],
+)
+def test_bad_settings_exit_non_zero_with_one_line(args: list[str], env: dict[str, str], message: str,
+                                                   tmp_path: Path) -> None:
+    proc = _run(args, RERANK_HOME=str(tmp_path), **env)
+    assert proc.returncode == 1
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert message in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_generate_run_recommend_and_rollback(db_url: str, tmp_path: Path) -> None:
+    env = {"RERANK_DATABASE_URL": db_url, "RERANK_HOME": str(tmp_path), "RERANK_DASK_WORKERS": "1",
+           "RERANK_TOP_N": "10", "RERANK_CANDIDATES": "40"}
+    assert _run(["generate", "--users", "200", "--items", "80", "--days", "7"], **env).returncode == 0
+    proc = _run(["db", "status"], **env)
+    assert json.loads(proc.stdout)["revision"]
+    for as_of in ["2026-11-23", "2026-11-24"]:
+        proc = _run(["run", "nightly", "--as-of", as_of], **env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run(["recommend", "5", "--json"], **env)
+    rows = json.loads(proc.stdout)
+    assert [r["rank"] for r in rows] == list(range(1, 11))
+    assert all(r["reason"] for r in rows) and {r["run_id"] for r in rows} == {"nightly_20261124T0000"}
+    proc = _run(["publish", "rollback"], **env)
+    assert proc.returncode == 0 and "nightly_20261123T0000" in proc.stdout
+    rows = json.loads(_run(["recommend", "5", "--json"], **env).stdout)
+    assert {r["run_id"] for r in rows} == {"nightly_20261123T0000"}

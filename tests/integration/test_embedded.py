@@ -1,0 +1,96 @@
+"""The embedded PostgreSQL: concurrent `up`, a taken port, a data directory from another major version."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from pipeline.db.embedded import EmbeddedPostgres
+from pipeline.errors import EmbeddedPostgresError
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    # Outside pytest's 0700 basetemp: as root the server runs as an unprivileged user that must reach it.
+    path = Path(tempfile.mkdtemp(prefix="rerank-test-home-"))
+    yield path
+    pg = EmbeddedPostgres(path)
+    if pg.is_running():
+        pg.down()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_two_processes_calling_up_at_once_share_one_server(home: Path) -> None:
+    code = f"from pipeline.db.embedded import EmbeddedPostgres; print(EmbeddedPostgres({str(home)!r}).up())"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    urls = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        urls.append(out.strip().splitlines()[-1])
+    assert urls[0] == urls[1]
+    conn = psycopg2.connect(urls[0])
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_database()")
+        assert cur.fetchone() == ("rerank",)
+    conn.close()
+    pg = EmbeddedPostgres(home)
+    assert pg.status()["running"] is True
+    assert pg.down() is True
+    assert pg.status()["running"] is False
+    assert pg.down() is False
+
+
+def test_up_again_after_down_reuses_the_data(home: Path) -> None:
+    pg = EmbeddedPostgres(home)
+    conn = psycopg2.connect(pg.up())
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (7)")
+    conn.close()
+    pg.down()
+    conn = psycopg2.connect(pg.up())
+    with conn.cursor() as cur:
+        cur.execute("SELECT x FROM kept")
+        assert cur.fetchone() == (7,)
+    conn.close()
+
+
+def test_a_taken_port_is_named(home: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(EmbeddedPostgresError, match=f"port {port} .* is taken"):
+            EmbeddedPostgres(home, port=port).up()
+
+
+def test_remembered_port_taken_meanwhile_picks_another(home: Path) -> None:
+    pg = EmbeddedPostgres(home)
+    first = pg.up()
+    pg.down()
+    port = int(pg.port_file.read_text())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        second = pg.up()
+    assert second != first and f":{port}/" not in second
+
+
+def test_data_directory_from_another_major_version_is_a_clear_error(home: Path) -> None:
+    data = home / "pg" / "data"
+    data.mkdir(parents=True)
+    (data / "PG_VERSION").write_text("11\n")
+    with pytest.raises(EmbeddedPostgresError, match="made by PostgreSQL 11"):
+        EmbeddedPostgres(home).up()
