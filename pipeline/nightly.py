@@ -7,6 +7,8 @@ dicts of counts and keys, which is all that crosses XCom.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +28,30 @@ STAGES = ("validate", "extract", "item_features", "user_features", "cf_build", "
           "evaluate_gate", "score_users", "quality_gate", "publish", "report")
 
 
+def _stage(name: str) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
+    """Time a stage and keep its figures in RERANK_HOME/runs/<run_id>/stages.json, whoever calls it (the DAG
+    or run_nightly); the report stage copies them into recsys.runs."""
+
+    def wrap(fn: Callable[..., dict]) -> Callable[..., dict]:
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def run(*args: object, **kwargs: object) -> dict:
+            bound = sig.bind(*args, **kwargs)
+            home = bound.arguments.get("home") or str(get_settings().home_path)
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            path = _dir(str(home), str(bound.arguments["run_id"])) / "stages.json"
+            stages = json.loads(path.read_text()) if path.exists() else {}
+            stages[name] = {"seconds": round(time.perf_counter() - t0, 3), **out}
+            path.write_text(json.dumps(stages, default=str))
+            return out
+
+        return run
+
+    return wrap
+
+
 def _dir(home: str | Path, run_id: str) -> Path:
     return runs.run_dir(home, run_id)
 
@@ -41,10 +67,12 @@ def begin(url: str, home: str, as_of: datetime, *, dag: str = "rerank_nightly", 
 
     require_schema(url)
     run_id = runs.start_run(url, dag=dag, as_of=as_of, params=params)
+    (_dir(home, run_id) / "stages.json").unlink(missing_ok=True)  # a re-run starts its figures afresh
     (_dir(home, run_id) / "params.json").write_text(json.dumps(params or {}, default=str, sort_keys=True))
     return run_id
 
 
+@_stage("validate")
 def validate(url: str, run_id: str, as_of: datetime, max_bad_share: float = 0.01) -> dict:
     from pipeline.validate import validate_source
 
@@ -61,6 +89,7 @@ def _client(client: object | None, dask_address: str | None) -> Iterator[object]
         yield own
 
 
+@_stage("extract")
 def extract(url: str, home: str, run_id: str, as_of: datetime, dask_address: str | None = None,
             client: object | None = None) -> dict:
     from pipeline.extract import extract_snapshot
@@ -69,6 +98,7 @@ def extract(url: str, home: str, run_id: str, as_of: datetime, dask_address: str
         return extract_snapshot(url, _dir(home, run_id) / "snapshot", as_of, c)
 
 
+@_stage("item_features")
 def item_features(home: str, run_id: str, as_of: datetime, dask_address: str | None = None,
                   client: object | None = None) -> dict:
     from pipeline.features import build_item_features
@@ -80,6 +110,7 @@ def item_features(home: str, run_id: str, as_of: datetime, dask_address: str | N
     return {"items": len(feats), "items_with_activity": int((feats["events"] > 0).sum())}
 
 
+@_stage("user_features")
 def user_features(home: str, run_id: str, as_of: datetime) -> dict:
     """Per-user activity summary (events, recency, distinct items) for segments and the report."""
     from pipeline.extract import read_snapshot
@@ -95,6 +126,7 @@ def user_features(home: str, run_id: str, as_of: datetime) -> dict:
     return {"users": len(feats), "users_without_events": int(feats["new_user"].sum())}
 
 
+@_stage("cf_build")
 def cf_build(home: str, run_id: str, as_of: datetime, k: int = 20) -> dict:
     from pipeline.recall.neighbours import build_neighbours
 
@@ -104,11 +136,13 @@ def cf_build(home: str, run_id: str, as_of: datetime, k: int = 20) -> dict:
     return {"neighbour_rows": len(nb), "items_with_neighbours": int(nb["item_id"].nunique())}
 
 
+@_stage("train_ranker")
 def train_ranker(url: str, home: str, run_id: str, as_of: datetime, retrain: bool = True) -> dict:
     """Walking skeleton: no learned ranker yet (issue 6); the lists are ordered by recall probability."""
     return {"model_version": "recall-only", "trained": False, "retrain_requested": retrain}
 
 
+@_stage("evaluate_gate")
 def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime) -> dict:
     """Walking skeleton: there is no candidate model to gate yet; record that plainly."""
     return {"gated": False, "reason": "no learned ranker in this build; recall-only ordering is used"}
@@ -134,6 +168,7 @@ def _score_shard(users: np.ndarray, snap: str, as_of: datetime, top_n: int, n_ca
     return finalize_lists(cand, feats, top_n=top_n, bought=bought)
 
 
+@_stage("score_users")
 def score_users(home: str, run_id: str, as_of: datetime, *, top_n: int, n_candidates: int,
                 model_version: str = "recall-only", user_ids: Sequence[int] | None = None,
                 dask_address: str | None = None, shards: int | None = None, client: object | None = None) -> dict:
@@ -161,6 +196,7 @@ def score_users(home: str, run_id: str, as_of: datetime, *, top_n: int, n_candid
             "sources": recs["source"].value_counts().to_dict() if len(recs) else {}}
 
 
+@_stage("quality_gate")
 def quality_gate(home: str, run_id: str, thresholds: dict | None = None) -> dict:
     from pipeline.publish import GateThresholds, check_output
 
@@ -174,6 +210,7 @@ def quality_gate(home: str, run_id: str, thresholds: dict | None = None) -> dict
     return check_output(recs, users=users, items=items, thresholds=GateThresholds(**(thresholds or {})))
 
 
+@_stage("publish")
 def publish(url: str, home: str, run_id: str, *, keep: int = 3, dry_run: bool = False) -> dict:
     """Swap the read views to this run's lists; with a user subset, other users keep their live rows."""
     from pipeline.db.engine import sa_engine
@@ -198,7 +235,10 @@ def publish(url: str, home: str, run_id: str, *, keep: int = 3, dry_run: bool = 
 
 
 def report(url: str, home: str, run_id: str) -> dict:
-    """Write the run's summary (stage figures, counts) to RERANK_HOME/reports/<run_id>/run.json."""
+    """Copy the stage figures into recsys.runs and write the run's summary to RERANK_HOME/reports/<run_id>/."""
+    path = _dir(home, run_id) / "stages.json"
+    for name, info in (json.loads(path.read_text()) if path.exists() else {}).items():
+        runs.record_stage(url, run_id, name, info)
     stats = runs.run_stats(url, run_id)
     out = Path(home).expanduser().resolve() / "reports" / run_id
     out.mkdir(parents=True, exist_ok=True)
@@ -257,7 +297,6 @@ def _run_steps(s: Settings, url: str, home: str, run_id: str, as_of: datetime, c
             finish(url, run_id, "failed", f"{name}: {exc}")
             raise
         secs = time.perf_counter() - t0
-        runs.record_stage(url, run_id, name, {"seconds": round(secs, 3), **out})
         results[name] = out
         if on_stage:
             on_stage(name, out, secs)

@@ -150,3 +150,14 @@ def test_read_view_hides_items_gone_out_of_stock_and_bought(shop: str, rerank_en
     mine = after[after["user_id"] == uid]["item_id"].tolist()
     assert first_item not in mine and second_item not in mine
     assert len(mine) == 18
+
+
+def test_stage_figures_are_recorded_in_runs(shop: str, rerank_env: dict[str, str]) -> None:
+    res = run_nightly(_settings(rerank_env), as_of=AS_OF)
+    with connect(shop) as conn, conn.cursor() as cur:
+        cur.execute("SELECT stats->'stages' FROM recsys.runs WHERE run_id = %s", (res["run_id"],))
+        stages = cur.fetchone()[0]
+    assert set(stages) == {"validate", "extract", "item_features", "user_features", "cf_build", "train_ranker",
+                           "evaluate_gate", "score_users", "quality_gate", "publish"}
+    assert stages["score_users"]["rows"] == res["score_users"]["rows"]
+    assert all(v["seconds"] >= 0 for v in stages.values())
