@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.db.engine import connect, database_url
+from pipeline.nightly import STAGES
 from pipeline.runs import make_run_id, parse_as_of, run_stats
 
 READ_SQL = ("SELECT item_id, reason FROM recsys.user_recommendations "
@@ -26,11 +27,20 @@ def main(argv: list[str] | None = None) -> None:
     table.add_column("stage")
     table.add_column("seconds", justify="right")
     table.add_column("figures", overflow="fold")
-    for name, info in stats.get("stages", {}).items():
-        info = dict(info)
+    stages = stats.get("stages", {})
+    for name in [n for n in STAGES if n in stages]:
+        info = dict(stages[name])
         secs = info.pop("seconds", 0.0)
-        table.add_row(name, f"{secs:.2f}", ", ".join(f"{k}={v}" for k, v in info.items()
-                                                     if not isinstance(v, dict | list)))
+        parts = []
+        for k, v in info.items():
+            if isinstance(v, dict) and all(not isinstance(x, dict | list) for x in v.values()):
+                parts.append(f"{k}: " + " ".join(f"{kk}={vv}" for kk, vv in v.items()))
+            elif isinstance(v, dict):  # e.g. validate's per-table counts
+                inner = {kk: vv for kk, vv in v.items() if not isinstance(vv, dict | list)}
+                parts.append(f"{k}: " + " ".join(f"{kk}={vv}" for kk, vv in inner.items()))
+            elif not isinstance(v, list):
+                parts.append(f"{k}={v}")
+        table.add_row(name, f"{secs:.2f}", ", ".join(parts))
     console.print(table)
 
     with connect(url) as conn, conn.cursor() as cur:
