@@ -48,6 +48,11 @@ def _is_root() -> bool:
 
 def find_binaries() -> Binaries:
     """The pgserver wheel's binaries, else a system install; raise a clear error when neither exists."""
+    import warnings
+
+    # pgserver asks platformdirs for a runtime dir at import; on servers without XDG_RUNTIME_DIR that warns
+    # on every command although we never use that directory.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     try:
         from pgserver._commands import POSTGRES_BIN_PATH
         from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
