@@ -15,7 +15,7 @@ export AIRFLOW__CORE__PARALLELISM := 4
 export AIRFLOW__CORE__UNIT_TEST_MODE := False
 DEMO_AS_OF ?= 2026-11-24T00:00:00+00:00
 
-.PHONY: setup demo test test-all lint eval bench clean
+.PHONY: setup demo test lint eval bench deploy-check clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,7 @@ demo: setup
 	@$(BIN)/rerank generate --users 5000 --items 1000 --days 30 --seed 42
 	@mkdir -p $(AIRFLOW_HOME)
 	@test -f $(AIRFLOW_HOME)/airflow.db || $(BIN)/airflow db migrate >/dev/null 2>&1
+	@$(BIN)/airflow pools set gpu 1 "ecom-rerank ranker training: one slot per GPU" >/dev/null 2>&1
 	@echo "running rerank_nightly through Airflow (airflow dags test) ..."
 	@$(BIN)/airflow dags test rerank_nightly -c '{"as_of": "$(DEMO_AS_OF)"}' > $(RERANK_HOME)/airflow-demo.log 2>&1 \
 		|| (tail -n 60 $(RERANK_HOME)/airflow-demo.log; echo "airflow dags test failed; full log: $(RERANK_HOME)/airflow-demo.log"; exit 1)
@@ -51,6 +52,9 @@ eval: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_generate.py --tier S
 	$(BIN)/python benchmarks/bench_evaluate.py
+
+deploy-check: setup
+	$(BIN)/python -m pytest -q tests/deploy
 
 clean:
 	-$(BIN)/rerank db down

@@ -6,158 +6,180 @@ features and the CF neighbours, (re)train and gate the ranker, recall + score + 
 shards, check the output quality gate, publish atomically (the `recsys.user_recommendations` view swaps in
 one transaction) and write the run's report.
 
-Every task calls one function of `pipeline.nightly` with explicit arguments; big data stays in Postgres
-and `RERANK_HOME/runs/<run_id>/`, only keys and counts cross XCom. A failed task leaves the previously
-published lists live. Params: `as_of` (default: the data interval's end), `retrain`, `user_ids`,
-`top_n`, `dry_run`.
+**Wiring.** Every task calls one function of `pipeline.nightly` with explicit arguments; big data stays in
+Postgres and `RERANK_HOME/runs/<run_id>/`, only keys and counts cross XCom. The database comes from the
+Airflow connection `rerank_postgres` (else `RERANK_DATABASE_URL`); Dask stages use `RERANK_DASK_ADDRESS`
+(else a LocalCluster per stage), so `RERANK_HOME` must be storage every worker sees.
+
+**Params** (JSON schema, a bad trigger conf is rejected): `as_of` (ISO; default the data interval's end),
+`retrain`, `user_ids` (re-score only these users), `top_n` (1..1000), `dry_run` (no swap).
+
+**Assets.** Each stage task updates `rerank.nightly.<stage>` (`x-rerank://nightly/<stage>`, event extra:
+`run_id` and the stage's counts); `publish` also updates `rerank.recsys.user_recommendations`. Schedule a
+downstream DAG with `schedule=[Asset.ref(name="rerank.recsys.user_recommendations")]`.
+
+**Operations.** Retries with exponential backoff, an `execution_timeout` per stage, training in the pool
+`gpu` (create it: `airflow pools set gpu 1 "ecom-rerank ranker training: one slot per GPU"`). A task that
+fails for good marks the run `failed` in `recsys.runs`; the previous publication stays live.
 """
 
 from __future__ import annotations
 
 import pendulum
-from _common import DEFAULT_ARGS, as_of_from, database_url, rerank_home
-from airflow.sdk import Param, dag, task
-from airflow.sdk.definitions.asset import Asset
+from _common import (
+    DEFAULT_ARGS,
+    GPU_POD_TEMPLATE,
+    GPU_POOL,
+    RECS_ASSET,
+    TIMEOUTS,
+    as_of_from,
+    dask_address,
+    database_url,
+    emit,
+    mark_run_failed,
+    nightly_params,
+    rerank_home,
+    run_as_of,
+    stage_asset,
+)
+from airflow.sdk import dag, task
 
-RECS_ASSET = Asset("postgres://rerank/recsys/user_recommendations")
+DAG_ID = "rerank_nightly"
+ASSETS = {name: stage_asset("nightly", name) for name in TIMEOUTS if name != "begin"}
 
 
-def _on_failure(context: dict) -> None:
-    """Mark the run failed in recsys.runs (the live lists stay)."""
-    ti = context["ti"]
-    rid = ti.xcom_pull(task_ids="begin")
-    if rid:
-        from pipeline.nightly import finish
-
-        finish(database_url(), rid, "failed", f"{ti.task_id}: {context.get('exception')}")
+def _stage(name: str, *extra_outlets, **kwargs):  # noqa: ANN202 - the @task decorator
+    """``@task`` for one stage: its Asset, its timeout."""
+    return task(task_id=name, outlets=[ASSETS[name], *extra_outlets], execution_timeout=TIMEOUTS[name], **kwargs)
 
 
 @dag(
-    dag_id="rerank_nightly",
+    dag_id=DAG_ID,
     schedule="@daily",
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args={**DEFAULT_ARGS, "on_failure_callback": _on_failure},
+    default_args={**DEFAULT_ARGS, "on_failure_callback": mark_run_failed},
     doc_md=__doc__,
     tags=["ecom-rerank"],
-    params={
-        "as_of": Param(None, type=["null", "string"], format="date-time",
-                       description="Use events before this time (ISO); default the data interval's end"),
-        "retrain": Param(True, type="boolean"),
-        "user_ids": Param([], type="array", items={"type": "integer"}, description="Re-score only these users"),
-        "top_n": Param(50, type="integer", minimum=1, maximum=1000),
-        "dry_run": Param(False, type="boolean"),
-    },
+    params=nightly_params(),
 )
 def rerank_nightly() -> None:
-    @task
+    @task(execution_timeout=TIMEOUTS["begin"])
     def begin(**context) -> str:
         from pipeline import nightly
         from pipeline.runs import parse_as_of
 
-        p = context["params"]
         as_of = as_of_from(context)
-        return nightly.begin(database_url(), rerank_home(), parse_as_of(as_of), params={**p, "as_of": as_of})
+        params = {**context["params"], "as_of": as_of}
+        return nightly.begin(database_url(), rerank_home(), parse_as_of(as_of), dag=DAG_ID, params=params)
 
-    @task
-    def validate(rid: str) -> dict:
+    @_stage("validate")
+    def validate(rid: str, **context) -> dict:
         from pipeline import nightly
 
         url = database_url()
-        return nightly.validate(url, rid, _as_of(url, rid))
+        out = nightly.validate(url, rid, run_as_of(url, rid))
+        emit(context, ASSETS["validate"], rid)
+        return out
 
-    @task
-    def extract(rid: str, _v: dict) -> dict:
+    @_stage("extract")
+    def extract(rid: str, _v: dict, **context) -> dict:
         from pipeline import nightly
 
         url = database_url()
-        return nightly.extract(url, rerank_home(), rid, _as_of(url, rid), _dask())
+        out = nightly.extract(url, rerank_home(), rid, run_as_of(url, rid), dask_address())
+        emit(context, ASSETS["extract"], rid, out)
+        return out
 
-    @task
-    def item_features(rid: str, _e: dict) -> dict:
+    @_stage("item_features")
+    def item_features(rid: str, _e: dict, **context) -> dict:
         from pipeline import nightly
 
-        return nightly.item_features(rerank_home(), rid, _as_of(database_url(), rid), _dask())
+        out = nightly.item_features(rerank_home(), rid, run_as_of(database_url(), rid), dask_address())
+        emit(context, ASSETS["item_features"], rid, out)
+        return out
 
-    @task
-    def user_features(rid: str, _e: dict) -> dict:
+    @_stage("user_features")
+    def user_features(rid: str, _e: dict, **context) -> dict:
         from pipeline import nightly
 
-        return nightly.user_features(rerank_home(), rid, _as_of(database_url(), rid))
+        out = nightly.user_features(rerank_home(), rid, run_as_of(database_url(), rid))
+        emit(context, ASSETS["user_features"], rid, out)
+        return out
 
-    @task
-    def cf_build(rid: str, _e: dict) -> dict:
+    @_stage("cf_build")
+    def cf_build(rid: str, _e: dict, **context) -> dict:
         from pipeline import nightly
 
-        return nightly.cf_build(rerank_home(), rid, _as_of(database_url(), rid))
+        out = nightly.cf_build(rerank_home(), rid, run_as_of(database_url(), rid))
+        emit(context, ASSETS["cf_build"], rid, out)
+        return out
 
-    @task(pool="default_pool")
+    @_stage("train_ranker", pool=GPU_POOL, executor_config={"pod_template_file": GPU_POD_TEMPLATE})
     def train_ranker(rid: str, *_deps: dict, **context) -> dict:
         from pipeline import nightly
 
         url = database_url()
-        return nightly.train_ranker(url, rerank_home(), rid, _as_of(url, rid), context["params"]["retrain"])
+        out = nightly.train_ranker(url, rerank_home(), rid, run_as_of(url, rid), context["params"]["retrain"])
+        emit(context, ASSETS["train_ranker"], rid, out)
+        return out
 
-    @task
-    def evaluate_gate(rid: str, _t: dict) -> dict:
+    @_stage("evaluate_gate")
+    def evaluate_gate(rid: str, _t: dict, **context) -> dict:
         from pipeline import nightly
 
         url = database_url()
-        return nightly.evaluate_gate(url, rerank_home(), rid, _as_of(url, rid))
+        out = nightly.evaluate_gate(url, rerank_home(), rid, run_as_of(url, rid))
+        emit(context, ASSETS["evaluate_gate"], rid, out)
+        return out
 
-    @task
+    @_stage("score_users")
     def score_users(rid: str, _g: dict, **context) -> dict:
         from pipeline import nightly
         from pipeline.settings import get_settings
 
         p = context["params"]
-        return nightly.score_users(rerank_home(), rid, _as_of(database_url(), rid), top_n=p["top_n"],
-                                   n_candidates=get_settings().candidates, user_ids=p["user_ids"] or None,
-                                   dask_address=_dask())
+        out = nightly.score_users(rerank_home(), rid, run_as_of(database_url(), rid), top_n=p["top_n"],
+                                  n_candidates=get_settings().candidates, user_ids=p["user_ids"] or None,
+                                  dask_address=dask_address())
+        emit(context, ASSETS["score_users"], rid, out)
+        return out
 
-    @task
-    def quality_gate(rid: str, _s: dict) -> dict:
+    @_stage("quality_gate")
+    def quality_gate(rid: str, _s: dict, **context) -> dict:
         from pipeline import nightly
 
-        return nightly.quality_gate(rerank_home(), rid)
+        out = nightly.quality_gate(rerank_home(), rid)
+        emit(context, ASSETS["quality_gate"], rid, out)
+        return out
 
-    @task(outlets=[RECS_ASSET])
+    @_stage("publish", RECS_ASSET)
     def publish(rid: str, _q: dict, **context) -> dict:
         from pipeline import nightly
         from pipeline.settings import get_settings
 
-        return nightly.publish(database_url(), rerank_home(), rid, keep=get_settings().keep_runs,
-                               dry_run=context["params"]["dry_run"])
+        out = nightly.publish(database_url(), rerank_home(), rid, keep=get_settings().keep_runs,
+                              dry_run=context["params"]["dry_run"])
+        emit(context, ASSETS["publish"], rid, out)
+        emit(context, RECS_ASSET, rid, out)
+        return out
 
-    @task
-    def report(rid: str, _p: dict) -> dict:
+    @_stage("report")
+    def report(rid: str, _p: dict, **context) -> dict:
         from pipeline import nightly
 
         url = database_url()
         out = nightly.report(url, rerank_home(), rid)
         nightly.finish(url, rid, "success")
+        emit(context, ASSETS["report"], rid, out)
         return out
 
     rid = begin()
-    v = validate(rid)
-    e = extract(rid, v)
-    f_items, f_users, cf = item_features(rid, e), user_features(rid, e), cf_build(rid, e)
-    t = train_ranker(rid, f_items, f_users, cf)
+    e = extract(rid, validate(rid))
+    t = train_ranker(rid, item_features(rid, e), user_features(rid, e), cf_build(rid, e))
     s = score_users(rid, evaluate_gate(rid, t))
     report(rid, publish(rid, quality_gate(rid, s)))
-
-
-def _as_of(url: str, rid: str):  # noqa: ANN202 - datetime
-    from pipeline.runs import parse_as_of, run_stats
-
-    return parse_as_of(run_stats(url, rid)["params"]["as_of"])
-
-
-def _dask() -> str | None:
-    from pipeline.settings import get_settings
-
-    return get_settings().dask_address
 
 
 rerank_nightly()

@@ -1,0 +1,177 @@
+"""docker-compose.yml, docker/ and .env.example agree with each other and with what the code reads."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+AIRFLOW_SERVICES = {"airflow-api-server": "api-server", "airflow-scheduler": "scheduler",
+                    "airflow-dag-processor": "dag-processor", "airflow-triggerer": "triggerer"}
+DASK_WORKERS = ("dask-worker-1", "dask-worker-2")
+HOME = "/opt/rerank/home"
+
+
+def _env(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    return dict(env) if isinstance(env, dict) else dict(e.split("=", 1) for e in env)
+
+
+def _mounts(service: dict) -> dict[str, str]:
+    return {v.split(":")[1]: v.split(":")[0] for v in service.get("volumes", []) if isinstance(v, str)}
+
+
+def _cmd(service: dict) -> list[str]:
+    cmd = service.get("command", [])
+    return cmd.split() if isinstance(cmd, str) else list(cmd)
+
+
+def test_every_service_is_present(compose: dict) -> None:
+    expected = {"postgres", "airflow-init", *AIRFLOW_SERVICES, "dask-scheduler", *DASK_WORKERS, "dask-worker-gpu"}
+    assert expected <= set(compose["services"])
+
+
+def test_postgres_16_with_publish_settings(compose: dict) -> None:
+    pg = compose["services"]["postgres"]
+    assert pg["image"].startswith("postgres:16")
+    cmd = " ".join(_cmd(pg))
+    assert "maintenance_work_mem=" in cmd and "max_wal_size=" in cmd
+    assert any(v.startswith("./docker/postgres-init:") for v in pg["volumes"])
+    assert (REPO / "docker" / "postgres-init" / "01-airflow-db.sh").exists()
+
+
+def test_airflow_services_share_one_image_with_the_project(compose: dict) -> None:
+    services = compose["services"]
+    for name, command in AIRFLOW_SERVICES.items():
+        svc = services[name]
+        assert svc["image"] == "ecom-rerank-airflow:latest", name
+        assert svc["build"]["target"] == "airflow", name
+        assert _cmd(svc) == [command], name
+        env = _env(svc)
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor", name
+        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].startswith("http://airflow-api-server:8080/"), name
+        assert env["RERANK_HOME"] == HOME and _mounts(svc)[HOME] == "rerank-home", name
+        assert svc["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully", name
+        assert svc["depends_on"]["postgres"]["condition"] == "service_healthy", name
+    assert "8080:8080" in services["airflow-api-server"]["ports"]
+    init = services["airflow-init"]
+    assert init["image"] == "ecom-rerank-airflow:latest" and init["command"] == ["/opt/rerank/airflow-init.sh"]
+
+
+def test_long_running_services_have_healthchecks(compose: dict) -> None:
+    for name, svc in compose["services"].items():
+        if name == "airflow-init":
+            continue
+        test = svc.get("healthcheck", {}).get("test")
+        assert test and test[0] in ("CMD", "CMD-SHELL"), name
+    assert "/api/v2/version" in " ".join(compose["services"]["airflow-api-server"]["healthcheck"]["test"])
+    assert _env(compose["services"]["airflow-scheduler"])["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "True"
+
+
+def test_dask_cluster_is_where_the_code_looks(compose: dict, env_example: dict[str, str]) -> None:
+    services = compose["services"]
+    address = _env(services["airflow-scheduler"])["RERANK_DASK_ADDRESS"]
+    assert address == env_example["RERANK_DASK_ADDRESS"] == "tcp://dask-scheduler:8786"
+    sched = _cmd(services["dask-scheduler"])
+    assert sched[:2] == ["dask", "scheduler"] and sched[sched.index("--port") + 1] == "8786"
+    for name in (*DASK_WORKERS, "dask-worker-gpu"):
+        svc = services[name]
+        cmd = _cmd(svc)
+        assert cmd[:3] == ["dask", "worker", address], name
+        assert svc["build"]["target"] == "dask-worker", name
+        assert _mounts(svc)[HOME] == "rerank-home", name
+        assert _env(svc)["RERANK_HOME"] == HOME, name
+        assert svc["depends_on"]["dask-scheduler"]["condition"] == "service_healthy", name
+    assert len(DASK_WORKERS) == 2 and all("profiles" not in services[w] for w in DASK_WORKERS)
+    assert "rerank-home" in compose["volumes"]
+
+
+def test_gpu_profile_has_a_gpu_worker(compose: dict) -> None:
+    services = compose["services"]
+    gpu = services["dask-worker-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    cmd = _cmd(gpu)
+    assert cmd[cmd.index("--resources") + 1] == "GPU=1"
+    assert _env(gpu)["RERANK_DEVICE"] == "cuda"
+    assert "cu" in gpu["build"]["args"]["TORCH_INDEX"].rsplit("/", 1)[-1]
+    assert [n for n, s in services.items() if "profiles" in s] == ["dask-worker-gpu"]
+
+
+def test_dockerfile_targets_and_copies(compose: dict) -> None:
+    text = (REPO / "docker" / "Dockerfile").read_text()
+    targets = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", text, flags=re.M))
+    used = {s["build"]["target"] for s in compose["services"].values() if "build" in s}
+    assert used <= targets == {"airflow", "dask-worker"}
+    pyproject = (REPO / "pyproject.toml").read_text()
+    airflow_pin = re.search(r"apache-airflow>=([\d.]+)", pyproject).group(1)
+    assert f"ARG AIRFLOW_VERSION={airflow_pin}" in text
+    assert f"ARG PYTHON_VERSION={sys.version_info.major}.{sys.version_info.minor}" in text  # client == cluster
+    torch_pin = re.search(r'"torch==([\d.]+)"', pyproject).group(1)
+    assert text.count(f"torch=={torch_pin}") == 2
+    ignore = (REPO / "docker" / "Dockerfile.dockerignore").read_text().split()
+    for src in re.findall(r"^COPY\s+(?:--\S+\s+)*(.+)\s+\S+$", text, flags=re.M):
+        for path in src.split():
+            assert (REPO / path).exists(), path
+            assert f"!{path}" in ignore or f"!{path}/" in ignore, f"{path} is excluded by Dockerfile.dockerignore"
+
+
+def test_init_creates_the_gpu_pool_and_schemas(dag_constants: dict) -> None:
+    GPU_POD_TEMPLATE, GPU_POOL = dag_constants["GPU_POD_TEMPLATE"], dag_constants["GPU_POOL"]
+
+    script = (REPO / "docker" / "airflow-init.sh").read_text()
+    assert "airflow db migrate" in script and "rerank db migrate" in script
+    assert re.search(rf"airflow pools set {GPU_POOL} ", script)
+    assert (REPO / "docker" / "pod_templates" / Path(GPU_POD_TEMPLATE).name).exists()
+    assert "COPY --chown=airflow:root docker/pod_templates " + str(Path(GPU_POD_TEMPLATE).parent) in (
+        REPO / "docker" / "Dockerfile").read_text()
+
+
+def _code_rerank_vars() -> set[str]:
+    found: set[str] = set()
+    for folder in ("pipeline", "dags"):
+        for path in (REPO / folder).rglob("*.py"):
+            found |= set(re.findall(r"\bRERANK_[A-Z][A-Z0-9_]*\b", path.read_text()))
+    return found - {"RERANK_"}
+
+
+def test_every_rerank_variable_is_documented_and_set(env_example: dict[str, str]) -> None:
+    fields = {f"RERANK_{name.upper()}" for name in Settings.model_fields}
+    used = fields | _code_rerank_vars()
+    missing = sorted(used - set(env_example))
+    assert not missing, f"set (and explain) these in .env.example: {missing}"
+    lines = (REPO / ".env.example").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.split("=", 1)[0] in used:
+            assert lines[i - 1].startswith("#"), f"{line.split('=')[0]} has no comment above it"
+    unknown = sorted(k for k in env_example if k.startswith("RERANK_") and k not in used)
+    assert not unknown, f".env.example sets RERANK_ keys the code never reads: {unknown}"
+
+
+def test_env_example_values_are_valid_settings(env_example: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in list(__import__("os").environ) if k.startswith("RERANK_")]:
+        monkeypatch.delenv(key)
+    for key, value in env_example.items():
+        if key.startswith("RERANK_"):
+            monkeypatch.setenv(key, value)
+    s = load_settings()
+    assert s.dask_address == "tcp://dask-scheduler:8786" and s.home == HOME
+    assert env_example["AIRFLOW_CONN_RERANK_POSTGRES"] == env_example["RERANK_DATABASE_URL"]
+    user, pw, db = env_example["POSTGRES_USER"], env_example["POSTGRES_PASSWORD"], env_example["POSTGRES_DB"]
+    assert env_example["RERANK_DATABASE_URL"] == f"postgresql://{user}:{pw}@postgres:5432/{db}"
+    assert f"airflow:{env_example['AIRFLOW_DB_PASSWORD']}@postgres:5432/airflow" in env_example[
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+
+
+def test_compose_interpolations_are_in_env_example(env_example: dict[str, str]) -> None:
+    text = (REPO / "docker-compose.yml").read_text()
+    names = set(re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)", text))
+    assert names and names <= set(env_example), sorted(names - set(env_example))
+    for service in ("postgres", "airflow-api-server", "dask-worker-1"):
+        assert "env_file" in __import__("yaml").safe_load(text)["services"][service]
