@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(tastes):,} taste rows) in {build_s:.2f} s = {n_events / build_s:,.0f} events/s")
 
     url = args.url or database_url()
+    from pipeline.db import migrate
+
+    migrate.upgrade(url)  # idempotent: a fresh RERANK_HOME has no schema yet
     probe = Probe()
     undo = probe.install()
     with connect(url) as conn, conn.cursor() as cur:
