@@ -16,9 +16,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="ecom-rerank:
 db_app = typer.Typer(no_args_is_help=True, help="The database: embedded server and migrations.")
 run_app = typer.Typer(no_args_is_help=True, help="Run a workflow without Airflow.")
 publish_app = typer.Typer(no_args_is_help=True, help="Publication of the read views.")
+models_app = typer.Typer(no_args_is_help=True, help="The ranker registry (recsys.models).")
 app.add_typer(db_app, name="db")
 app.add_typer(run_app, name="run")
 app.add_typer(publish_app, name="publish")
+app.add_typer(models_app, name="models")
 
 out = Console()
 err = Console(stderr=True)
@@ -285,6 +287,40 @@ def publish_rollback() -> None:
 
     res = rollback(_url())
     print(f"live again: run {res['run_id']} (publication {res['publication_id']})")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Every registered ranker with its status and validation nDCG@10."""
+    from pipeline.rank.registry import list_models
+
+    rows = list_models(_url())
+    table = Table(title="recsys.models")
+    for c in ["model_version", "status", "trained_at", "ndcg@10", "run_id"]:
+        table.add_column(c)
+    for r in rows:
+        ndcg = (r.get("metrics") or {}).get("ndcg@10")
+        table.add_row(str(r["model_version"]), str(r["status"]), str(r["trained_at"])[:19],
+                      "" if ndcg is None else f"{ndcg:.4f}", str(r.get("run_id") or ""))
+    out.print(table)
+
+
+@models_app.command("promote")
+def models_promote(version: str = typer.Argument(..., help="model_version to make champion")) -> None:
+    """Make VERSION the champion (the current one is retired)."""
+    from pipeline.rank.registry import promote
+
+    promote(_url(), version)
+    print(f"champion: {version}")
+
+
+@models_app.command("rollback")
+def models_rollback() -> None:
+    """Restore the previous champion."""
+    from pipeline.rank.registry import rollback as model_rollback
+
+    res = model_rollback(_url())
+    print(f"champion: {res['champion']} (rolled back {res['rolled_back']})")
 
 
 def main() -> None:

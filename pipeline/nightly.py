@@ -127,31 +127,51 @@ def user_features(home: str, run_id: str, as_of: datetime) -> dict:
 
 
 @_stage("cf_build")
-def cf_build(home: str, run_id: str, as_of: datetime, k: int = 20) -> dict:
-    from pipeline.recall.neighbours import build_neighbours
+def cf_build(home: str, run_id: str, as_of: datetime, k: int = 20, dask_address: str | None = None,
+             client: object | None = None) -> dict:
+    """Item-item neighbours (blocked on Dask) and ALS factors for the run."""
+    from pipeline.recall.stage import build_recall_models
 
     s = get_settings()
-    nb = build_neighbours(_dir(home, run_id) / "snapshot", as_of, weights=s.event_weights,
-                          half_life_days=s.half_life_days, k=k)
-    return {"neighbour_rows": len(nb), "items_with_neighbours": int(nb["item_id"].nunique())}
+    with _client(client, dask_address) as c:
+        return build_recall_models(_dir(home, run_id) / "snapshot", as_of, c, weights=s.event_weights,
+                                   half_life_days=s.half_life_days, k=k, seed=s.seed)
 
 
 @_stage("train_ranker")
 def train_ranker(url: str, home: str, run_id: str, as_of: datetime, retrain: bool = True) -> dict:
-    """Walking skeleton: no learned ranker yet (issue 6); the lists are ordered by recall probability."""
-    return {"model_version": "recall-only", "trained": False, "retrain_requested": retrain}
+    """Train a candidate ranker on point-in-time windows of the snapshot and register it (GPU when present)."""
+    from pipeline.rank.model import RankerConfig
+    from pipeline.rank.stage import train_ranker as train
+
+    s = get_settings()
+    cfg = RankerConfig(seed=s.seed, max_epochs=s.rank_max_epochs, event_weights=dict(s.event_weights),
+                       half_life_days=dict(s.half_life_days))
+    return train(url, home, run_id, as_of, retrain=retrain, device=s.device, seed=s.seed,
+                 n_windows=s.rank_windows, config=cfg)
 
 
 @_stage("evaluate_gate")
-def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime) -> dict:
-    """Walking skeleton: there is no candidate model to gate yet; record that plainly."""
-    return {"gated": False, "reason": "no learned ranker in this build; recall-only ordering is used"}
+def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime, tolerance: float | None = None) -> dict:
+    """Promote the candidate only if it is not worse than the champion on the same holdout; record which model
+    this run scores with (RERANK_HOME/runs/<run_id>/model.json) so every shard uses the same one."""
+    from pipeline.rank.registry import champion
+    from pipeline.rank.stage import evaluate_gate as gate
+
+    tol = get_settings().gate_tolerance if tolerance is None else tolerance
+    out = gate(url, home, run_id, as_of, tolerance=tol)
+    row = champion(url)
+    chosen = {"model_version": row["model_version"], "artifact_uri": row["artifact_uri"]} if row else {
+        "model_version": "recall-only", "artifact_uri": None}
+    (_dir(home, run_id) / "model.json").write_text(json.dumps(chosen))
+    return {**out, "scoring_model": chosen["model_version"]}
 
 
 def _score_shard(users: np.ndarray, snap: str, as_of: datetime, top_n: int, n_candidates: int,
-                 recent_days: int, weights: dict, half_life: dict) -> pd.DataFrame:
+                 recent_days: int, weights: dict, half_life: dict, artifact_uri: str | None = None) -> pd.DataFrame:
     """One Dask task: recall + score + re-rank for a shard of users."""
-    from pipeline.recall.candidates import RecallConfig, generate_candidates
+    from pipeline.recall.candidates import RecallConfig
+    from pipeline.recall.stage import candidates_for_users
     from pipeline.rerank import finalize_lists
 
     snap_p = Path(snap)
@@ -159,11 +179,15 @@ def _score_shard(users: np.ndarray, snap: str, as_of: datetime, top_n: int, n_ca
     feats = pd.read_parquet(snap_p / "item_features.parquet")
     items = pd.read_parquet(snap_p / "items.parquet", columns=["item_id", "title"])
     feats = feats.merge(items, on="item_id", how="left")
-    neighbours = pd.read_parquet(snap_p / "neighbours.parquet", columns=["item_id", "similar_item_id", "score"])
     cfg = RecallConfig(as_of=as_of, n_candidates=n_candidates, recent_days=recent_days, weights=weights,
                        half_life_days=half_life)
-    cand = generate_candidates(users, events, neighbours, feats, cfg)
-    cand["p_rank"] = 1.0
+    cand = candidates_for_users(users, snap_p, as_of, cfg, events=events)
+    if artifact_uri and len(cand):
+        from pipeline.rank.score import load_model  # cached per worker process
+
+        cand["p_rank"] = load_model(artifact_uri).score(cand, events, feats, as_of)
+    else:
+        cand["p_rank"] = 1.0
     bought = events.loc[events["event_type"] == "purchase", ["user_id", "item_id"]].dropna().astype("int64")
     return finalize_lists(cand, feats, top_n=top_n, bought=bought)
 
@@ -178,12 +202,15 @@ def score_users(home: str, run_id: str, as_of: datetime, *, top_n: int, n_candid
     users = pd.read_parquet(snap / "users.parquet")["user_id"].to_numpy()
     if user_ids:
         users = np.intersect1d(users, np.asarray(list(user_ids), dtype="int64"))
+    chosen_path = _dir(home, run_id) / "model.json"
+    chosen = json.loads(chosen_path.read_text()) if chosen_path.exists() else {}
+    model_version = chosen.get("model_version") or model_version
     with _client(client, dask_address) as client:
         n_shards = shards or max(1, min(len(users) // 500 + 1, 4 * len(client.scheduler_info()["workers"])))
         parts = [p for p in np.array_split(users, n_shards) if len(p)]
         futures = client.map(_score_shard, parts, snap=str(snap), as_of=as_of, top_n=top_n,
                              n_candidates=n_candidates, recent_days=s.recent_days, weights=s.event_weights,
-                             half_life=s.half_life_days, pure=False)
+                             half_life=s.half_life_days, artifact_uri=chosen.get("artifact_uri"), pure=False)
         frames = client.gather(futures)
     recs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     recs["variant"] = "control"
@@ -275,7 +302,7 @@ def _run_steps(s: Settings, url: str, home: str, run_id: str, as_of: datetime, c
         "extract": lambda: extract(url, home, run_id, as_of, client=client),
         "item_features": lambda: item_features(home, run_id, as_of, client=client),
         "user_features": lambda: user_features(home, run_id, as_of),
-        "cf_build": lambda: cf_build(home, run_id, as_of),
+        "cf_build": lambda: cf_build(home, run_id, as_of, client=client),
         "train_ranker": lambda: train_ranker(url, home, run_id, as_of, retrain),
         "evaluate_gate": lambda: evaluate_gate(url, home, run_id, as_of),
         "score_users": lambda: score_users(home, run_id, as_of, top_n=top_n, n_candidates=s.candidates,

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     )
     #: Days of recent events that make up re-targeting and "recently viewed" recall.
     recent_days: int = Field(7, ge=1)
+    #: Daily point-in-time windows the ranker trains on (before the gate's holdout day).
+    rank_windows: int = Field(7, ge=1, le=60)
+    #: Upper bound on ranker training epochs (early stopping usually ends sooner).
+    rank_max_epochs: int = Field(20, ge=1)
+    #: A candidate ranker is promoted only if its holdout nDCG@10 >= champion's - this tolerance.
+    gate_tolerance: float = Field(0.01, ge=0.0)
     #: Seed for everything random in a run.
     seed: int = 42
 

@@ -16,6 +16,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE_DB = "rerank_test_template"
+#: Test runs train the ranker on few windows and epochs: behaviour is what the suite checks, not quality.
+SMALL_RUN_ENV = {"RERANK_RANK_WINDOWS": "2", "RERANK_RANK_MAX_EPOCHS": "3"}
 
 
 def _with_db(url: str, name: str) -> str:
@@ -94,7 +96,7 @@ def db_url(pg_server: str, template_url: str) -> Iterator[str]:
 @pytest.fixture
 def rerank_env(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Environment for running pipeline code against ``db_url`` with a private RERANK_HOME."""
-    env = {"RERANK_DATABASE_URL": db_url, "RERANK_HOME": str(tmp_path / "home")}
+    env = {"RERANK_DATABASE_URL": db_url, "RERANK_HOME": str(tmp_path / "home"), **SMALL_RUN_ENV}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return env

@@ -9,7 +9,7 @@ gives dense scores over ``item_ids`` and lets a protocol supply a newer history 
 Users unknown at fit time get the popularity ranking, so every user gets a full list.
 
 The registry maps names to factories; later stages add theirs with :func:`register_model`
-(``content``, ``ranker`` and ``pipeline`` are reserved for the modules that will register them).
+(``ranker`` and ``pipeline`` are reserved for the modules that will register them).
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
-from pipeline.errors import ModelError, NonFiniteWeightsError  # noqa: E402
+from pipeline.errors import ModelError  # noqa: E402
 from pipeline.frames import ITEM_COL, RANK_COL, RATING_COL, SCORE_COL, USER_COL  # noqa: E402
+from pipeline.recall.factors import fold_in, train_als, train_bpr  # noqa: E402
 from pipeline.recall.itemcf import item_similarity_topk, score_from_similarity  # noqa: E402
 from pipeline.recall.popularity import distinct_user_counts  # noqa: E402
 
@@ -221,16 +222,6 @@ class SARModel(ItemCFModel):
         super().__init__(neighbours=neighbours, method=method, use_ratings=use_ratings, **kw)
 
 
-def _threadpool_limit():  # noqa: ANN202 - a context manager
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl ships with scipy's stack
-        from contextlib import nullcontext
-
-        return nullcontext()
-    return threadpool_limits(1, "blas")
-
-
 class _ImplicitModel(Recommender):
     """Shared parts of the implicit (CPU) factorisation models."""
 
@@ -242,25 +233,21 @@ class _ImplicitModel(Recommender):
         self.factors, self.regularization, self.iterations = factors, regularization, iterations
         self.num_threads = num_threads
 
-    def _build(self) -> Any:
+    def _train(self, user_items: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def _fit(self, user_items: sp.csr_matrix) -> None:
-        with _threadpool_limit():
-            self.model = self._build()
-            self.model.fit(user_items, show_progress=False)
-        uf, itf = np.asarray(self.model.user_factors), np.asarray(self.model.item_factors)
-        if not (np.isfinite(uf).all() and np.isfinite(itf).all()):
-            raise NonFiniteWeightsError(f"{self.name}: NaN/inf factors after training",
-                                        "lower the learning rate or raise regularization")
-        self.user_factors, self.item_factors = uf, itf
+        # training lives in pipeline.recall.factors, shared with the nightly run (NaN checks included)
+        self.user_factors, self.item_factors = self._train(user_items)
 
     def _score(self, rows: np.ndarray, history: sp.csr_matrix, supplied: bool) -> np.ndarray:
         uf = self.user_factors[rows]
         if supplied and self.uses_history:
-            with _threadpool_limit():
-                uf = np.asarray(self.model.recalculate_user(rows, history))
+            uf = self._fold_in(history)
         return (uf @ self.item_factors.T).astype(np.float32)
+
+    def _fold_in(self, history: sp.csr_matrix) -> np.ndarray:
+        raise NotImplementedError
 
 
 class ALSModel(_ImplicitModel):
@@ -280,12 +267,14 @@ class ALSModel(_ImplicitModel):
                          use_ratings=use_ratings, **kw)
         self.alpha = alpha
 
-    def _build(self) -> Any:
-        from implicit.cpu.als import AlternatingLeastSquares
+    def _train(self, user_items: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        uf, itf, _ = train_als(user_items, factors=self.factors, regularization=self.regularization,
+                               alpha=self.alpha, iterations=self.iterations, seed=self.seed,
+                               num_threads=self.num_threads)
+        return uf, itf
 
-        return AlternatingLeastSquares(factors=self.factors, regularization=self.regularization,
-                                       alpha=self.alpha, iterations=self.iterations,
-                                       num_threads=self.num_threads, random_state=self.seed)
+    def _fold_in(self, history: sp.csr_matrix) -> np.ndarray:
+        return fold_in(history, self.item_factors, self.regularization, alpha=self.alpha)
 
 
 class BPRModel(_ImplicitModel):
@@ -304,12 +293,55 @@ class BPRModel(_ImplicitModel):
                          use_ratings=use_ratings, **kw)
         self.learning_rate = learning_rate
 
-    def _build(self) -> Any:
-        from implicit.cpu.bpr import BayesianPersonalizedRanking
+    def _train(self, user_items: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        uf, itf, _ = train_bpr(user_items, factors=self.factors, learning_rate=self.learning_rate,
+                               regularization=self.regularization, iterations=self.iterations, seed=self.seed,
+                               num_threads=self.num_threads)
+        return uf, itf
 
-        return BayesianPersonalizedRanking(factors=self.factors, learning_rate=self.learning_rate,
-                                           regularization=self.regularization, iterations=self.iterations,
-                                           num_threads=self.num_threads, random_state=self.seed)
+
+class ContentModel(Recommender):
+    """Content recall (pipeline.recall.content): cosine of each item to the mean embedding of the user's items.
+
+    Embeddings come from ``embeddings`` (item_id, embedding) or from the text of ``items`` (title, brand,
+    category; hashed TF-IDF), given as a parameter or as the items frame passed to fit. Items nobody has
+    interacted with are scored like any other, which is the point of this source.
+    """
+
+    name = "content"
+
+    def __init__(self, *, embeddings: pd.DataFrame | None = None, items: pd.DataFrame | None = None,
+                 use_ratings: bool = False, **kw: Any) -> None:
+        super().__init__(use_ratings=use_ratings, **kw)
+        self.embeddings, self.items = embeddings, items
+
+    def fit(self, train: pd.DataFrame, items: pd.DataFrame | None = None) -> Recommender:
+        if self.items is None and items is not None and "title" in items.columns:
+            self.items = items
+        return super().fit(train, items)
+
+    def _fit(self, user_items: sp.csr_matrix) -> None:
+        from pipeline.recall.text import text_embeddings
+
+        emb = self.embeddings
+        if emb is None:
+            if self.items is None or "title" not in self.items.columns:
+                raise ModelError("content: no item embeddings and no item text",
+                                 "pass embeddings= or items= (with a title column) in the model params")
+            emb = text_embeddings(self.items.drop_duplicates(ITEM_COL))
+        emb = emb.drop_duplicates(ITEM_COL).set_index(ITEM_COL)["embedding"]
+        dim = len(emb.iloc[0]) if len(emb) else 1
+        E = np.zeros((len(self.item_ids), dim), np.float32)
+        have = np.isin(self.item_ids, emb.index.to_numpy())
+        if have.any():
+            E[have] = np.vstack(emb.loc[self.item_ids[have]].to_numpy())
+        E /= np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-12)
+        self.E = E
+
+    def _score(self, rows: np.ndarray, history: sp.csr_matrix, supplied: bool) -> np.ndarray:
+        prof = np.asarray(sp.csr_matrix(history, dtype=np.float32) @ self.E)
+        prof /= np.maximum(np.linalg.norm(prof, axis=1, keepdims=True), 1e-12)
+        return (prof @ self.E.T).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -347,5 +379,5 @@ def get_model(name: str, **params: Any) -> Recommender:
     return _REGISTRY[name](**params)
 
 
-for _cls in (RandomModel, PopularityModel, ItemCFModel, SARModel, ALSModel, BPRModel):
+for _cls in (RandomModel, PopularityModel, ItemCFModel, SARModel, ALSModel, BPRModel, ContentModel):
     register_model(_cls.name, _cls)

@@ -47,6 +47,65 @@ def _prepare(user_items: sp.spmatrix, method: str,
     return Xc, Xc.T.tocsr(), norms
 
 
+def block_topk(XT_block: sp.csr_matrix, Xc: sp.csc_matrix, norms: np.ndarray, start: int, *, method: str,
+               shrink: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` neighbours of the items ``start .. start + XT_block.shape[0]`` (one block: ``B x n_items``
+    dense floats at most). Pure, so it runs the same in a loop or as a Dask task."""
+    stop = start + XT_block.shape[0]
+    dots = (XT_block @ Xc).toarray()
+    nb = norms[start:stop, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if method == "cosine":
+            sim = dots / (nb * norms[None, :] + shrink)
+        elif method == "jaccard":
+            sim = dots / (nb + norms[None, :] - dots)
+        elif method == "lift":
+            sim = dots / (nb * norms[None, :])
+        else:
+            sim = dots
+    sim = np.nan_to_num(sim, nan=0.0, posinf=0.0, neginf=0.0)
+    sim[np.arange(stop - start), np.arange(start, stop)] = 0.0  # an item is not its own neighbour
+    idx, v = _topk_rows(sim, k)
+    # best first; equal scores by lower neighbour index, so the output is deterministic
+    order = np.lexsort((idx, -v), axis=1) if v.size else idx
+    return np.take_along_axis(idx, order, axis=1), np.maximum(np.take_along_axis(v, order, axis=1), 0.0)
+
+
+def similarity_topk_dask(
+    user_items: sp.spmatrix,
+    client: object,
+    *,
+    k: int = 100,
+    method: Method = "cosine",
+    shrink: float = 0.0,
+    binary: bool = False,
+    block_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`similarity_topk_dense` with the item blocks spread over the workers of ``client``.
+
+    The matrix is scattered once (broadcast); each task multiplies one block of item columns against it and
+    returns only its top-``k``, so a worker holds at most ``block_size x n_items`` dense floats per thread
+    and the client receives ``n_items x k``. Same output as the single-process version.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown similarity method {method!r}; valid: {', '.join(METHODS)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    Xc, XT, norms = _prepare(user_items, method, binary)
+    n_items = Xc.shape[1]
+    kk = min(k, max(n_items, 1))
+    if n_items == 0:
+        return np.zeros((0, kk), np.int64), np.zeros((0, kk), np.float32)
+    step = _block_rows(n_items, block_size)
+    starts = list(range(0, n_items, step))
+    xc_f, norms_f = client.scatter([Xc, norms], broadcast=True)  # type: ignore[attr-defined]
+    futures = [client.submit(block_topk, XT[s: min(s + step, n_items)], xc_f, norms_f, s,  # type: ignore[attr-defined]
+                             method=method, shrink=shrink, k=kk, pure=False) for s in starts]
+    parts = client.gather(futures)  # type: ignore[attr-defined]
+    return (np.vstack([p[0] for p in parts]).astype(np.int64, copy=False),
+            np.vstack([p[1] for p in parts]).astype(np.float32, copy=False))
+
+
 def similarity_topk_dense(
     user_items: sp.spmatrix,
     *,
@@ -75,24 +134,8 @@ def similarity_topk_dense(
     step = _block_rows(n_items, block_size)
     for start in range(0, n_items, step):
         stop = min(start + step, n_items)
-        dots = (XT[start:stop] @ Xc).toarray()
-        nb = norms[start:stop, None]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            if method == "cosine":
-                sim = dots / (nb * norms[None, :] + shrink)
-            elif method == "jaccard":
-                sim = dots / (nb + norms[None, :] - dots)
-            elif method == "lift":
-                sim = dots / (nb * norms[None, :])
-            else:
-                sim = dots
-        sim = np.nan_to_num(sim, nan=0.0, posinf=0.0, neginf=0.0)
-        sim[np.arange(stop - start), np.arange(start, stop)] = 0.0  # an item is not its own neighbour
-        idx, v = _topk_rows(sim, kk)
-        # best first; equal scores by lower neighbour index, so the output is deterministic
-        order = np.lexsort((idx, -v), axis=1) if v.size else idx
-        out_idx[start:stop] = np.take_along_axis(idx, order, axis=1)
-        out_val[start:stop] = np.maximum(np.take_along_axis(v, order, axis=1), 0.0)
+        out_idx[start:stop], out_val[start:stop] = block_topk(XT[start:stop], Xc, norms, start, method=method,
+                                                              shrink=shrink, k=kk)
     return out_idx, out_val
 
 

@@ -37,3 +37,25 @@ def build_interactions(events: pd.DataFrame, as_of: datetime, *, weights: dict[s
     m = sp.csr_matrix((w[ok], (rows[ok], cols[ok])), shape=(len(users), len(items)), dtype=np.float32)
     m.sum_duplicates()
     return Interactions(m, users, items)
+
+
+def cap_user_history(user_items: sp.csr_matrix, max_items: int | None) -> sp.csr_matrix:
+    """Keep each user's ``max_items`` strongest items (ties: lower column), so that one very active user
+    (or a bot) cannot dominate ``X^T X`` or its cost: co-occurrence work grows with the square of a row."""
+    m = sp.csr_matrix(user_items, dtype=np.float32)
+    if not max_items or m.nnz == 0:
+        return m
+    lengths = np.diff(m.indptr)
+    if lengths.max() <= max_items:
+        return m
+    keep = np.ones(m.nnz, dtype=bool)
+    for r in np.flatnonzero(lengths > max_items):
+        s, e = m.indptr[r], m.indptr[r + 1]
+        order = np.lexsort((m.indices[s:e], -m.data[s:e]))
+        drop = np.ones(e - s, dtype=bool)
+        drop[order[:max_items]] = False
+        keep[s:e] = ~drop
+    rows = np.repeat(np.arange(m.shape[0]), lengths)
+    out = sp.csr_matrix((m.data[keep], (rows[keep], m.indices[keep])), shape=m.shape, dtype=np.float32)
+    out.sort_indices()
+    return out

@@ -1,0 +1,195 @@
+"""Point-in-time correct training data for the ranker.
+
+A *window* is a cut-off ``c`` and a label end ``e``: everything the model sees (sequences, item
+statistics, recall candidates and their scores, neighbours) is computed from events with ``ts < c``; the
+labels are the user's click / add_to_cart / purchase events in ``[c, e)`` (weighted by type). Each
+positive becomes one *group*: the positive plus K negatives, drawn from the recall candidates the user
+did not touch in the window and from random catalogue items. The nightly run trains on daily windows
+before ``t = as_of - 1 day`` and keeps ``[t, as_of)`` as the holdout on which the gate compares models.
+
+``events_before`` is the only place events are cut, and every window goes through it: the leakage test
+perturbs events at or after ``c`` and checks that nothing computed for the window changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+
+#: Label weight per event type in the label window (views are not labels: they are what recall already
+#: optimises for, and far too common to mean intent).
+LABEL_WEIGHTS: dict[str, float] = {"click": 1.0, "add_to_cart": 2.0, "purchase": 4.0}
+
+CandidateFn = Callable[[np.ndarray, pd.DataFrame, datetime], pd.DataFrame]
+
+
+def events_before(events: pd.DataFrame, cutoff: datetime | pd.Timestamp) -> pd.DataFrame:
+    """The events a window may use for features: ``ts < cutoff``."""
+    return events[events["ts"] < pd.Timestamp(cutoff)]
+
+
+def labels_in(events: pd.DataFrame, start: datetime, end: datetime,
+              weights: dict[str, float] | None = None) -> pd.DataFrame:
+    """(user_id, item_id, weight) of the positive actions in ``[start, end)``, strongest per pair."""
+    w = weights or LABEL_WEIGHTS
+    ev = events[(events["ts"] >= pd.Timestamp(start)) & (events["ts"] < pd.Timestamp(end))
+                & events["item_id"].notna() & events["event_type"].isin(list(w))]
+    if ev.empty:
+        return pd.DataFrame({"user_id": pd.Series(dtype="int64"), "item_id": pd.Series(dtype="int64"),
+                             "weight": pd.Series(dtype="float64")})
+    out = pd.DataFrame({"user_id": ev["user_id"].to_numpy(dtype=np.int64),
+                        "item_id": ev["item_id"].to_numpy(dtype=np.int64),
+                        "weight": ev["event_type"].map(w).to_numpy(dtype=np.float64)})
+    return out.groupby(["user_id", "item_id"], as_index=False)["weight"].max()
+
+
+def touched_in(events: pd.DataFrame, start: datetime, end: datetime) -> pd.DataFrame:
+    """(user_id, item_id) of every item event in ``[start, end)``: never a negative."""
+    ev = events[(events["ts"] >= pd.Timestamp(start)) & (events["ts"] < pd.Timestamp(end))
+                & events["item_id"].notna()]
+    return pd.DataFrame({"user_id": ev["user_id"].to_numpy(dtype=np.int64),
+                         "item_id": ev["item_id"].to_numpy(dtype=np.int64)}).drop_duplicates()
+
+
+def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_days: int = 7,
+                        weights: dict[str, float] | None = None, half_life_days: dict[str, float] | None = None,
+                        neighbours_k: int = 20) -> CandidateFn:
+    """The production recall (``generate_candidates``) at a cut-off, with neighbours and item statistics
+    rebuilt from the events before it (the snapshot's neighbours.parquet saw the whole period)."""
+    from pipeline.features.items import top_category
+    from pipeline.rank.features import item_stats_at
+    from pipeline.recall.candidates import RecallConfig, generate_candidates
+    from pipeline.recall.itemcf import cosine_topk
+    from pipeline.recall.matrix import build_interactions
+    from pipeline.settings import Settings
+
+    defaults = Settings.model_fields
+    w = weights or defaults["event_weights"].default_factory()  # type: ignore[misc]
+    hl = half_life_days or defaults["half_life_days"].default_factory()  # type: ignore[misc]
+    catalogue = items.drop_duplicates("item_id").sort_values("item_id")
+    item_ids = catalogue["item_id"].to_numpy(dtype=np.int64)
+
+    def fn(users: np.ndarray, ev: pd.DataFrame, cutoff: datetime) -> pd.DataFrame:
+        stats = item_stats_at(ev, cutoff, w, hl)
+        feats = catalogue[["item_id"]].assign(
+            in_stock=catalogue.get("in_stock", True), visible=catalogue.get("visible", True),
+            top_category=top_category(catalogue.get("category", pd.Series("", index=catalogue.index))))
+        feats = feats.join(stats[["activity", "trend"]], on="item_id")
+        feats["activity"] = feats["activity"].fillna(0.0)
+        feats["trend"] = feats["trend"].fillna(0.1)
+        inter = build_interactions(ev, cutoff, weights=w, half_life_days=hl, item_ids=item_ids)
+        if inter.user_items.nnz:
+            idx, sc = cosine_topk(inter.user_items, k=min(neighbours_k, max(len(item_ids) - 1, 1)))
+            r, c = np.nonzero(sc > 0)
+            nb = pd.DataFrame({"item_id": item_ids[r], "similar_item_id": item_ids[idx[r, c]],
+                               "score": sc[r, c].astype("float64")})
+        else:
+            nb = pd.DataFrame({"item_id": pd.Series(dtype="int64"), "similar_item_id": pd.Series(dtype="int64"),
+                               "score": pd.Series(dtype="float64")})
+        cfg = RecallConfig(as_of=cutoff, n_candidates=n_candidates, recent_days=recent_days, weights=w,
+                           half_life_days=hl)
+        mine = ev[ev["user_id"].isin(users)]
+        return generate_candidates(np.asarray(users, dtype=np.int64), mine, nb, feats, cfg)
+
+    return fn
+
+
+@dataclass
+class Window:
+    """One cut-off: candidates and labels, all computed from ``events_before(cutoff)`` and the labels."""
+
+    cutoff: datetime
+    end: datetime
+    labels: pd.DataFrame
+    touched: pd.DataFrame
+    candidates: pd.DataFrame
+    history: pd.DataFrame = field(repr=False)
+
+
+def build_window(events: pd.DataFrame, cutoff: datetime, end: datetime, candidate_fn: CandidateFn, *,
+                 max_users: int | None = None, seed: int = 0) -> Window:
+    """Labels in ``[cutoff, end)`` and the recall candidates at ``cutoff`` of the labelled users."""
+    labels = labels_in(events, cutoff, end)
+    users = np.unique(labels["user_id"].to_numpy())
+    if max_users is not None and len(users) > max_users:  # big shops: a seeded sample of users per window
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+        labels = labels[labels["user_id"].isin(users)]
+    hist = events_before(events, cutoff)
+    cand = candidate_fn(users, hist, cutoff) if len(users) else pd.DataFrame(
+        columns=["user_id", "item_id", "source", "recall_score", "p_recall"])
+    touched = touched_in(events, cutoff, end)
+    touched = touched[touched["user_id"].isin(users)]
+    return Window(cutoff=cutoff, end=end, labels=labels.reset_index(drop=True), touched=touched,
+                  candidates=cand.reset_index(drop=True), history=hist)
+
+
+def daily_windows(as_of: datetime, n_windows: int, *, holdout_days: int = 1) -> tuple[list[tuple[datetime,
+                                                                                                 datetime]],
+                                                                                      tuple[datetime, datetime]]:
+    """Training windows ``[t - k days, t - k + 1 days)`` for k = 1..n and the holdout ``[t, as_of)``
+    with ``t = as_of - holdout_days``."""
+    t = as_of - timedelta(days=holdout_days)
+    train = [(t - timedelta(days=k), t - timedelta(days=k - 1)) for k in range(n_windows, 0, -1)]
+    return train, (t, as_of)
+
+
+@dataclass
+class Groups:
+    """Training groups: row ``g * (1 + K)`` is group g's positive, the next K rows its negatives."""
+
+    rows: pd.DataFrame          # user_id, item_id, source, recall_score, p_recall, seq (index into seq_users)
+    group_weight: np.ndarray    # label weight of each group's positive
+    group_user: np.ndarray
+    seq_users: np.ndarray       # (user) of each sequence row
+    seq_cutoff: list            # cut-off of each sequence row
+    size: int                   # 1 + K
+
+
+def sample_groups(win: Window, item_pool: np.ndarray, *, n_recall_neg: int = 12, n_random_neg: int = 4,
+                  seed: int = 0) -> Groups:
+    """One group per positive of ``win``: the positive, recall negatives first, random ones filling up."""
+    rng = np.random.default_rng(seed)
+    k = n_recall_neg + n_random_neg
+    cols = ["user_id", "item_id", "source", "recall_score", "p_recall"]
+    cand = win.candidates[cols] if len(win.candidates) else pd.DataFrame(columns=cols)
+    touched = set(zip(win.touched["user_id"].to_numpy(), win.touched["item_id"].to_numpy(), strict=True))
+    by_user = {u: g for u, g in cand.groupby("user_id", sort=False)} if len(cand) else {}
+    users = np.unique(win.labels["user_id"].to_numpy())
+    seq_of = {u: i for i, u in enumerate(users)}
+    rec_key = cand.set_index(["user_id", "item_id"]) if len(cand) else None
+    out_user, out_item, out_seq, gw, gu = [], [], [], [], []
+    for u, g in win.labels.groupby("user_id", sort=True):
+        pool = by_user.get(u)
+        pool_items = np.zeros(0, dtype=np.int64) if pool is None else pool["item_id"].to_numpy(dtype=np.int64)
+        pool_items = np.array([i for i in pool_items if (u, i) not in touched], dtype=np.int64)
+        for it, w in zip(g["item_id"].to_numpy(), g["weight"].to_numpy(), strict=True):
+            rn = rng.choice(pool_items, min(n_recall_neg, len(pool_items)), replace=False) if len(pool_items) \
+                else np.zeros(0, dtype=np.int64)
+            need = k - len(rn)
+            rand = rng.choice(item_pool, need + 8, replace=len(item_pool) < need + 8)
+            rand = np.array([i for i in rand if (u, i) not in touched and i not in rn], dtype=np.int64)[:need]
+            if len(rand) < need:  # tiny catalogues: repeat what there is rather than fail
+                rand = np.resize(rand if len(rand) else rn if len(rn) else np.array([it]), need)
+            out_user.append(np.full(1 + k, u, dtype=np.int64))
+            out_item.append(np.concatenate([[it], rn, rand]).astype(np.int64))
+            out_seq.append(np.full(1 + k, seq_of[u], dtype=np.int64))
+            gw.append(w)
+            gu.append(u)
+    if not out_user:
+        rows = pd.DataFrame({c: pd.Series(dtype="float64") for c in [*cols, "seq"]})
+        return Groups(rows, np.zeros(0), np.zeros(0, dtype=np.int64), users, [win.cutoff] * len(users), 1 + k)
+    rows = pd.DataFrame({"user_id": np.concatenate(out_user), "item_id": np.concatenate(out_item),
+                         "seq": np.concatenate(out_seq)})
+    if rec_key is not None:
+        feats = rec_key.reindex(pd.MultiIndex.from_arrays([rows["user_id"], rows["item_id"]]))
+        rows["source"] = feats["source"].to_numpy()
+        rows["recall_score"] = feats["recall_score"].to_numpy(dtype=np.float64)
+        rows["p_recall"] = feats["p_recall"].to_numpy(dtype=np.float64)
+    else:
+        rows["source"], rows["recall_score"], rows["p_recall"] = None, np.nan, np.nan
+    return Groups(rows, np.asarray(gw, dtype=np.float64), np.asarray(gu, dtype=np.int64), users,
+                  [win.cutoff] * len(users), 1 + k)

@@ -1,0 +1,192 @@
+"""The two nightly stages of the ranker: ``train_ranker`` and ``evaluate_gate`` (plain functions, no Airflow).
+
+Time layout of a run with ``as_of``: the holdout is ``[t, as_of)`` with ``t = as_of - 1 day``; training
+windows are the ``n_windows`` days before ``t``, each point-in-time correct (features before its cut-off,
+labels after it). The gate scores the candidate and the champion on the same holdout (candidates and
+features from events before ``t``) and promotes the candidate only if its nDCG@10 is not worse than the
+champion's by more than ``tolerance``. Lists are ranked by the fused score P_recall * P_rank, as published.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import runs
+from pipeline.errors import ModelError
+from pipeline.rank.data import Window, build_window, daily_windows, recall_candidate_fn
+from pipeline.rank.features import item_stats_at, load_item_embeddings
+from pipeline.rank.model import RankerConfig, RankerModel
+from pipeline.rank.registry import champion, get_model_row, promote, register_candidate, update_metrics
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "ranker.json"
+GATE_K = 10
+
+
+def _snapshot(home: str | Path, run_id: str) -> Path:
+    return runs.run_dir(home, run_id) / "snapshot"
+
+
+def _load(snap: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    from pipeline.extract.snapshot import read_snapshot
+
+    events, items, _ = read_snapshot(snap)
+    if len(events):
+        events = events.assign(ts=pd.to_datetime(events["ts"], utc=True))
+    return events, items, load_item_embeddings(str(snap / "item_embeddings.parquet"))
+
+
+def item_feats_at(items: pd.DataFrame, history: pd.DataFrame, cutoff: datetime, config: RankerConfig) -> pd.DataFrame:
+    """Catalogue side features + item statistics from events before ``cutoff`` (what scoring reads)."""
+    stats = item_stats_at(history, cutoff, config.event_weights, config.half_life_days)
+    cols = [c for c in ("item_id", "category", "brand", "price") if c in items.columns]
+    out = items[cols].join(stats[["activity", "recent_events", "trend"]], on="item_id")
+    return out.fillna({"activity": 0.0, "recent_events": 0.0, "trend": 0.1})
+
+
+def holdout_metrics(model: RankerModel | None, win: Window, items: pd.DataFrame, *, k: int = GATE_K,
+                    emb: pd.DataFrame | None = None, config: RankerConfig | None = None) -> dict[str, float]:
+    """nDCG@k / HR@k of the fused lists (P_recall * P_rank) on a holdout window; ``model=None``: recall only.
+
+    Every labelled user counts; positives that recall missed count as misses (both models share them).
+    """
+    from pipeline.evaluate.metrics import ranking_metrics
+
+    cand = win.candidates
+    if not len(cand) or not len(win.labels):
+        return {f"ndcg@{k}": 0.0, f"hr@{k}": 0.0, "users": 0}
+    cfg = config or (model.config if model is not None else RankerConfig())
+    p_rank = np.ones(len(cand)) if model is None else model.score(
+        cand, win.history, item_feats_at(items, win.history, win.cutoff, cfg), win.cutoff, emb=emb)
+    recs = pd.DataFrame({"user_id": cand["user_id"].to_numpy(), "item_id": cand["item_id"].to_numpy(),
+                         "score": cand["p_recall"].to_numpy(dtype=np.float64) * p_rank})
+    recs = recs.sort_values(["user_id", "score", "item_id"], ascending=[True, False, True], kind="stable")
+    recs["rank"] = recs.groupby("user_id").cumcount() + 1
+    # Users without any candidate still count (nDCG 0): add them with an empty list by averaging by hand.
+    m = ranking_metrics(win.labels[["user_id", "item_id"]], recs, k)
+    share = recs["user_id"].nunique() / max(win.labels["user_id"].nunique(), 1)
+    return {f"ndcg@{k}": float(m["ndcg"]) * share, f"hr@{k}": float(m["hr"]) * share,
+            "users": int(win.labels["user_id"].nunique())}
+
+
+def _recall_params(n_candidates: int | None = None) -> dict:
+    from pipeline.settings import get_settings
+
+    s = get_settings()
+    return {"n_candidates": int(n_candidates or s.candidates), "recent_days": int(s.recent_days),
+            "weights": dict(s.event_weights), "half_life_days": dict(s.half_life_days)}
+
+
+def _holdout(events: pd.DataFrame, items: pd.DataFrame, as_of: datetime, recall: dict) -> Window:
+    _, (t, end) = daily_windows(as_of, 0)
+    return build_window(events, t, end, recall_candidate_fn(items, **recall))
+
+
+def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: bool = True, device: str = "auto",
+                 seed: int = 42, n_windows: int = 7, config: RankerConfig | None = None,
+                 n_candidates: int | None = None, max_users_per_window: int | None = 20_000) -> dict:
+    """Train a candidate on the run's snapshot, save it under RERANK_HOME/models/<version>, register it."""
+    out_file = runs.run_dir(home, run_id) / RESULT_FILE
+    champ = champion(url)
+    if not retrain:
+        res = {"model_version": champ["model_version"] if champ else "recall-only", "trained": False,
+               "reason": "retrain not requested; the champion keeps scoring"}
+        out_file.write_text(json.dumps(res))
+        return res
+    from pipeline.settings import get_settings
+
+    s = get_settings()
+    cfg = config or RankerConfig(seed=seed, event_weights=dict(s.event_weights),
+                                 half_life_days=dict(s.half_life_days))
+    recall = _recall_params(n_candidates)
+    snap = _snapshot(home, run_id)
+    events, items, emb = _load(snap)
+    t0 = time.perf_counter()
+    fn = recall_candidate_fn(items, **recall)
+    first_ts = events["ts"].min() if len(events) else None
+    windows = [build_window(events, c, e, fn, max_users=max_users_per_window, seed=seed + k)
+               for k, (c, e) in enumerate(daily_windows(as_of, n_windows)[0])
+               if first_ts is not None and pd.Timestamp(c) > first_ts]
+    windows = [w for w in windows if len(w.labels)]
+    if not windows:
+        res = {"model_version": champ["model_version"] if champ else "recall-only", "trained": False,
+               "reason": "no labelled training window (too few days of click/cart/purchase events)"}
+        out_file.write_text(json.dumps(res))
+        return res
+    data_s = time.perf_counter() - t0
+    model = RankerModel(cfg).fit(windows, items, emb=emb, device=device)
+    train_s = time.perf_counter() - t0 - data_s
+    hold = _holdout(events, items, as_of, recall)
+    cand_m = holdout_metrics(model, hold, items, emb=emb)
+    base_m = holdout_metrics(None, hold, items)
+    version = f"ranker-{pd.Timestamp(as_of):%Y%m%dT%H%M}-{model.config_digest[:8]}"
+    model.version = version
+    model.metrics.update({"holdout": cand_m, "recall_only": base_m, "windows": len(windows),
+                          "holdout_cutoff": hold.cutoff.isoformat(), "data_seconds": round(data_s, 3),
+                          "train_seconds": round(train_s, 3)})
+    artifact = Path(home).expanduser().resolve() / "models" / version
+    model.save(artifact)
+    metrics = {f"ndcg@{GATE_K}": cand_m[f"ndcg@{GATE_K}"], f"hr@{GATE_K}": cand_m[f"hr@{GATE_K}"],
+               f"recall_only_ndcg@{GATE_K}": base_m[f"ndcg@{GATE_K}"], "holdout_users": cand_m["users"],
+               "holdout": [hold.cutoff.isoformat(), hold.end.isoformat()], "config_digest": model.config_digest,
+               "epochs": model.metrics["epochs"], "device": model.metrics["device"],
+               "train_groups": model.metrics["train_groups"], "windows": len(windows)}
+    reg = register_candidate(url, version, str(artifact), metrics, run_id=run_id)
+    res = {"model_version": version, "trained": True, "status": reg["status"], "artifact_uri": str(artifact),
+           "recall": recall, **metrics, "train_seconds": round(train_s, 3)}
+    out_file.write_text(json.dumps(res, default=str))
+    return res
+
+
+def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime, *, tolerance: float = 0.01) -> dict:
+    """Promote this run's candidate if holdout nDCG@10 >= champion's - ``tolerance`` (same holdout)."""
+    from pipeline.rank.score import load_model
+
+    out_file = runs.run_dir(home, run_id) / RESULT_FILE
+    trained = json.loads(out_file.read_text()) if out_file.exists() else {}
+    champ = champion(url)
+    base = {"tolerance": tolerance, "champion": champ["model_version"] if champ else None}
+    if not trained.get("trained"):
+        return {**base, "promoted": False, "candidate": None,
+                "reason": trained.get("reason", "no candidate was trained in this run")}
+    version = trained["model_version"]
+    row = get_model_row(url, version)
+    if row is None:
+        raise ModelError(f"candidate {version} is not in recsys.models", "run train_ranker again")
+    if champ and champ["model_version"] == version:
+        return {**base, "promoted": False, "candidate": version, "reason": "the candidate is already champion"}
+    events, items, emb = _load(_snapshot(home, run_id))
+    hold = _holdout(events, items, as_of, trained["recall"])
+    key = f"ndcg@{GATE_K}"
+    cand_score = holdout_metrics(load_model(row["artifact_uri"]), hold, items, emb=emb)[key]
+    verdict: dict = {"tolerance": tolerance, "candidate_ndcg@10": cand_score, "holdout": trained.get("holdout")}
+    if champ is None:
+        decision, reason = True, "no champion yet: the first model becomes champion"
+    else:
+        try:
+            champ_model = RankerModel.load(champ["artifact_uri"])
+        except ModelError as exc:
+            champ_model = None
+            log.warning("champion %s cannot be loaded: %s", champ["model_version"], exc)
+        if champ_model is None:
+            decision, reason = True, f"champion {champ['model_version']} has no loadable artefact"
+        else:
+            champ_score = holdout_metrics(champ_model, hold, items, emb=emb)[key]
+            verdict["champion_ndcg@10"] = champ_score
+            decision = cand_score >= champ_score - tolerance
+            reason = (f"candidate nDCG@10 {cand_score:.4f} vs champion {champ_score:.4f} "
+                      f"(tolerance {tolerance}): " + ("promoted" if decision else "kept the champion"))
+    verdict.update({"gate_passed": decision, "gate_reason": reason, "gate_run_id": run_id})
+    update_metrics(url, version, verdict)
+    if decision:
+        promote(url, version)
+    return {**base, "promoted": decision, "candidate": version, "reason": reason,
+            **{k: v for k, v in verdict.items() if k.endswith("ndcg@10")}}

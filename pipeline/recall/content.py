@@ -1,0 +1,148 @@
+"""Content recall: nearest items in embedding space, so that items with no interactions can be recommended.
+
+Item vectors come from ``snapshot/item_embeddings.parquet`` (item_id, embedding list<float32>, L2-normalised;
+written by the features stage) or, when that file is absent, from hashed TF-IDF of the item text
+(:func:`pipeline.recall.text.text_embeddings`). The index is faiss: exact inner product (``IndexFlatIP``)
+up to ``EXACT_MAX_ITEMS`` items, HNSW above, built with one thread so the same input gives the same graph.
+
+A user's query vector is the weighted mean of the embeddings of their strongest items; every candidate
+keeps as anchor the history item closest to it (the "because you viewed X" of a content match).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import InputDataError
+
+EXACT_MAX_ITEMS = 200_000
+EMBEDDINGS_FILE = "item_embeddings.parquet"
+
+
+class ContentIndex:
+    """ANN index over item embeddings (inner product on L2-normalised vectors = cosine)."""
+
+    def __init__(self, item_ids: np.ndarray, vectors: np.ndarray, *, hnsw_m: int = 32, ef_search: int = 128) -> None:
+        import faiss
+
+        vecs = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vecs.ndim != 2 or len(vecs) != len(item_ids):
+            raise InputDataError(f"item embeddings have shape {vecs.shape} for {len(item_ids)} items",
+                                 "item_embeddings.parquet: one fixed-length embedding per item_id")
+        if not np.isfinite(vecs).all():
+            raise InputDataError("item embeddings contain NaN/inf", "the features stage's item_embeddings.parquet")
+        vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        order = np.argsort(item_ids, kind="stable")
+        self.item_ids = np.asarray(item_ids, dtype=np.int64)[order]
+        self.vectors = vecs[order]
+        faiss.omp_set_num_threads(1)  # determinism (HNSW insertion order) and the 2-core budget
+        if len(self.item_ids) <= EXACT_MAX_ITEMS:
+            self.index = faiss.IndexFlatIP(self.vectors.shape[1])
+        else:  # pragma: no cover - exercised at tier L only
+            self.index = faiss.IndexHNSWFlat(self.vectors.shape[1], hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            self.index.hnsw.efSearch = ef_search
+        self.index.add(self.vectors)
+
+    @classmethod
+    def from_frame(cls, emb: pd.DataFrame) -> ContentIndex:
+        if not {"item_id", "embedding"} <= set(emb.columns):
+            raise InputDataError(f"item embeddings have columns {list(emb.columns)}",
+                                 "expected item_id and embedding (list<float32>)")
+        return cls(emb["item_id"].to_numpy(), np.vstack(emb["embedding"].to_numpy()) if len(emb) else
+                   np.zeros((0, 1), np.float32))
+
+    def rows(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        r = np.searchsorted(self.item_ids, item_ids)
+        ok = (r < len(self.item_ids)) & (self.item_ids[np.minimum(r, max(len(self.item_ids) - 1, 0))] == item_ids)
+        return np.where(ok, r, -1), ok
+
+    def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item rows and cosine scores of the ``n`` nearest items of each query row (-1 where none)."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        scores, rows = self.index.search(q, min(n, len(self.item_ids)))
+        return rows, scores
+
+    def similar_items(self, item_ids: np.ndarray, n: int = 20) -> pd.DataFrame:
+        """Content neighbours of items (item_id, similar_item_id, score, rank, method), self excluded."""
+        rows, ok = self.rows(np.asarray(item_ids, dtype=np.int64))
+        src = np.asarray(item_ids, dtype=np.int64)[ok]
+        r, s = self.search(self.vectors[rows[ok]], n + 1)
+        out = pd.DataFrame({"item_id": np.repeat(src, r.shape[1]), "similar_item_id": self.item_ids[r.ravel()],
+                            "score": s.ravel().astype("float64"), "valid": r.ravel() >= 0})
+        out = out[out["valid"] & (out["item_id"] != out["similar_item_id"])].drop(columns="valid")
+        out = out.sort_values(["item_id", "score", "similar_item_id"], ascending=[True, False, True], kind="stable")
+        out = out.groupby("item_id").head(n)
+        out["rank"] = out.groupby("item_id").cumcount().astype("int32") + 1
+        out["method"] = "content"
+        return out.reset_index(drop=True)
+
+
+def content_candidates(history: pd.DataFrame, index: ContentIndex, *, n: int = 100,
+                       history_items: int = 20) -> pd.DataFrame:
+    """Per user, the ``n`` items nearest to the weighted mean of their strongest items' embeddings.
+
+    ``history`` has user_id, item_id, weight. Returns user_id, item_id, recall_score (cosine), anchor_item_id
+    (the history item closest to the candidate); the user's own history items are not returned.
+    """
+    cols = ["user_id", "item_id", "recall_score", "anchor_item_id"]
+    if history.empty or len(index.item_ids) == 0:
+        return pd.DataFrame({c: pd.Series(dtype="int64" if c != "recall_score" else "float64") for c in cols})
+    h = (history.sort_values(["user_id", "weight", "item_id"], ascending=[True, False, True])
+         .groupby("user_id").head(history_items))
+    rows, ok = index.rows(h["item_id"].to_numpy(dtype=np.int64))
+    h = h[ok].assign(_row=rows[ok])
+    if h.empty:
+        return pd.DataFrame({c: pd.Series(dtype="int64" if c != "recall_score" else "float64") for c in cols})
+    users, inv = np.unique(h["user_id"].to_numpy(), return_inverse=True)
+    w = h["weight"].to_numpy(np.float32)
+    q = np.zeros((len(users), index.vectors.shape[1]), np.float32)
+    np.add.at(q, inv, index.vectors[h["_row"].to_numpy()] * w[:, None])
+    n_hist = np.bincount(inv)
+    r, s = index.search(q, n + int(n_hist.max()))
+    out = pd.DataFrame({"user_id": np.repeat(users, r.shape[1]), "_row": r.ravel(), "recall_score": s.ravel()})
+    out = out[out["_row"] >= 0]
+    out["item_id"] = index.item_ids[out["_row"].to_numpy()]
+    own = h[["user_id", "item_id"]].assign(_own=True)
+    out = out.merge(own, on=["user_id", "item_id"], how="left")
+    out = out[out["_own"].isna()].drop(columns="_own")
+    out = (out.sort_values(["user_id", "recall_score", "item_id"], ascending=[True, False, True], kind="stable")
+           .groupby("user_id").head(n).reset_index(drop=True))
+    # anchor: the history item most similar to the candidate (a small per-user dot product)
+    hv = h.groupby("user_id")["_row"].apply(np.asarray)
+    anchors = np.empty(len(out), dtype=np.int64)
+    for u, grp in out.groupby("user_id", sort=False).indices.items():
+        hrows = hv[u]
+        sims = index.vectors[out["_row"].to_numpy()[grp]] @ index.vectors[hrows].T
+        anchors[grp] = index.item_ids[hrows[np.argmax(sims, axis=1)]]
+    out["anchor_item_id"] = anchors
+    out["recall_score"] = out["recall_score"].clip(lower=0.0).astype("float64")
+    return out[cols]
+
+
+def load_embeddings(snapshot_dir: str | Path, items: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``item_embeddings.parquet`` of the snapshot, or text embeddings of ``items`` (or items.parquet)."""
+    from pipeline.recall.text import text_embeddings
+
+    snap = Path(snapshot_dir)
+    if (snap / EMBEDDINGS_FILE).exists():
+        return pd.read_parquet(snap / EMBEDDINGS_FILE, columns=["item_id", "embedding"])
+    if items is None:
+        items = pd.read_parquet(snap / "items.parquet")
+    return text_embeddings(items)
+
+
+@lru_cache(maxsize=2)
+def _cached_index(path: str, mtime: float) -> ContentIndex:
+    return ContentIndex.from_frame(load_embeddings(path))
+
+
+def content_index_for(snapshot_dir: str | Path) -> ContentIndex:
+    """The snapshot's content index, built once per worker process (keyed by path and embeddings mtime)."""
+    snap = Path(snapshot_dir)
+    f = snap / EMBEDDINGS_FILE
+    return _cached_index(str(snap), f.stat().st_mtime if f.exists() else 0.0)

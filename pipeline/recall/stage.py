@@ -1,0 +1,117 @@
+"""The two entry points the nightly run calls: the CF/ALS build and the per-shard candidate generation.
+
+``build_recall_models`` runs once per run (task ``cf_build``): one interaction matrix from the snapshot,
+item-item neighbours on the Dask workers (``snapshot/neighbours.parquet``, published as similar items) and
+ALS factors under ``<run_dir>/recall/als/``. ``candidates_for_users`` is one Dask task: it loads what a
+shard needs from the snapshot (its users' events, item features, neighbours, the factors and the content
+index when present) and returns :func:`pipeline.recall.candidates.generate_candidates`' output.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import InputDataError
+from pipeline.extract.snapshot import read_snapshot
+from pipeline.recall.candidates import RecallConfig, generate_candidates
+from pipeline.recall.factors import Factors, load_factors, save_factors, train_als
+from pipeline.recall.matrix import build_interactions
+from pipeline.recall.neighbours import neighbours_from_interactions
+
+
+def factors_dir(snapshot_dir: str | Path, model: str = "als") -> Path:
+    """Where a run keeps its factors: ``<run_dir>/recall/<model>/`` next to the snapshot."""
+    return Path(snapshot_dir).parent / "recall" / model
+
+
+def build_recall_models(snapshot_dir: str | Path, as_of: datetime, client: object, *, weights: dict[str, float],
+                        half_life_days: dict[str, float], k: int = 20, factors: int = 64, seed: int = 42,
+                        regularization: float = 20.0, alpha: float = 3.0, iterations: int = 15,
+                        method: str = "cosine", block_size: int | None = None) -> dict:
+    """Write ``neighbours.parquet`` (item-CF on Dask) and the ALS factors of the run; return counts/seconds."""
+    snap = Path(snapshot_dir)
+    if not (snap / "items.parquet").exists():
+        raise InputDataError(f"no snapshot at {snap}", "run the extract stage for this run first")
+    t0 = time.perf_counter()
+    events, items, _ = read_snapshot(snap)
+    inter = build_interactions(events, as_of, weights=weights, half_life_days=half_life_days,
+                               item_ids=np.sort(items["item_id"].to_numpy()))
+    t1 = time.perf_counter()
+    nb = neighbours_from_interactions(inter, k=k, method=method, client=client, block_size=block_size)
+    nb.to_parquet(snap / "neighbours.parquet", index=False)
+    t2 = time.perf_counter()
+    out = {"users": len(inter.user_ids), "items": len(inter.item_ids), "nnz": int(inter.user_items.nnz),
+           "neighbour_rows": len(nb), "items_with_neighbours": int(nb["item_id"].nunique()),
+           "matrix_seconds": round(t1 - t0, 3), "itemcf_seconds": round(t2 - t1, 3)}
+    if inter.user_items.nnz:
+        uf, itf, meta = train_als(inter.user_items, factors=factors, regularization=regularization, alpha=alpha,
+                                  iterations=iterations, seed=seed, use_gpu=None)
+        d = save_factors(factors_dir(snap), Factors(uf, itf, inter.user_ids, inter.item_ids,
+                                                    {**meta, "as_of": as_of.isoformat()}))
+        out.update({"als_dir": str(d), "als_seconds": round(time.perf_counter() - t2, 3)})
+    return out
+
+
+@lru_cache(maxsize=2)
+def _shared(snap: str) -> tuple[pd.DataFrame, pd.DataFrame, Factors | None]:
+    """What every shard of a run reads (item features with titles, neighbours, factors): once per worker."""
+    p = Path(snap)
+    items = pd.read_parquet(p / "items.parquet")
+    if (p / "item_features.parquet").exists():
+        feats = pd.read_parquet(p / "item_features.parquet")
+        if "title" not in feats.columns:
+            feats = feats.merge(items[["item_id", "title"]], on="item_id", how="left")
+    else:  # the features stage has not run (a partial re-run): no activity, the catalogue still recalls
+        from pipeline.features.items import top_category
+
+        feats = items.assign(activity=0.0, events=0, recent_events=0, trend=0.0,
+                             top_category=top_category(items["category"]))
+    nb = (pd.read_parquet(p / "neighbours.parquet", columns=["item_id", "similar_item_id", "score"])
+          if (p / "neighbours.parquet").exists() else
+          pd.DataFrame({"item_id": [], "similar_item_id": [], "score": []}))
+    fdir = factors_dir(p)
+    fac = load_factors(fdir) if (fdir / "item_factors.npy").exists() else None
+    return feats, nb, fac
+
+
+@lru_cache(maxsize=2)
+def _text_index(snap: str):  # noqa: ANN202 - TextIndex
+    from pipeline.recall.text import TextIndex, item_texts
+
+    feats = _shared(snap)[0]
+    avail = feats[feats["in_stock"].astype(bool) & feats["visible"].astype(bool)]
+    return TextIndex(avail["item_id"].to_numpy(), item_texts(avail).tolist())
+
+
+def candidates_for_users(users: np.ndarray, snapshot_dir: str | Path, as_of: datetime,
+                         cfg: RecallConfig | None = None, *, sources: tuple[str, ...] | None = None,
+                         events: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Candidates of one shard of users from the run's snapshot (``generate_candidates``' columns).
+
+    ``cfg`` defaults to the settings' values; ``events`` (the users' events) skips the Parquet read, as the
+    refresh does with its fresh events.
+    """
+    from pipeline.recall.content import content_index_for
+
+    snap = str(Path(snapshot_dir).resolve())
+    if cfg is None:
+        from pipeline.settings import get_settings
+
+        s = get_settings()
+        cfg = RecallConfig(as_of=as_of, n_candidates=s.candidates, recent_days=s.recent_days,
+                           weights=s.event_weights, half_life_days=s.half_life_days)
+    users = np.asarray(users, dtype="int64")
+    if events is None:
+        events = pd.read_parquet(Path(snap) / "events", filters=[("user_id", "in", users.tolist())])
+    feats, nb, fac = _shared(snap)
+    want = set(sources or ("search", "content"))
+    text_index = _text_index(snap) if "search" in want and (events["event_type"] == "search").any() else None
+    content = content_index_for(snap) if "content" in want else None
+    return generate_candidates(users, events, nb, feats, cfg, factors=fac, content_index=content,
+                               text_index=text_index, sources=sources)

@@ -1,0 +1,96 @@
+"""Text vectors without a model download: hashed word + character n-gram TF-IDF (pure numpy/scipy).
+
+Search-intent recall matches a user's recent queries to item text (title, brand, category); titles may be
+in any language (Chinese has no spaces), so besides lower-cased word tokens every text also contributes its
+character bigrams and trigrams. Hashing keeps the vocabulary fixed-size, so a query vector is computed on a
+Dask worker without a fitted vocabulary; IDF comes from the item texts.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+N_FEATURES = 1 << 18
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def _tokens(text: str) -> list[str]:
+    t = text.lower()
+    words = _WORD.findall(t)
+    grams = []
+    for w in words:
+        padded = f" {w} "
+        for n in (2, 3):
+            grams.extend(padded[i: i + n] for i in range(max(len(padded) - n + 1, 0)))
+    return [f"w:{w}" for w in words] + [f"c:{g}" for g in grams]
+
+
+def hashed_counts(texts: Iterable[str], n_features: int = N_FEATURES) -> sp.csr_matrix:
+    """``len(texts) x n_features`` token counts (crc32 hash: stable across processes, unlike ``hash``)."""
+    texts = list(texts)
+    rows, cols = [], []
+    for r, text in enumerate(texts):
+        toks = _tokens(text if isinstance(text, str) else "")
+        rows.extend([r] * len(toks))
+        cols.extend(zlib.crc32(t.encode("utf-8")) % n_features for t in toks)
+    m = sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(texts), n_features),
+                      dtype=np.float32)
+    m.sum_duplicates()
+    return m
+
+
+def _l2(m: sp.csr_matrix) -> sp.csr_matrix:
+    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+    return sp.diags(1.0 / np.where(norms > 0, norms, 1.0)).astype(np.float32) @ m
+
+
+class TextIndex:
+    """TF-IDF over item texts; ``query(texts)`` gives cosine scores of each text against every item."""
+
+    def __init__(self, item_ids: np.ndarray, texts: Iterable[str], n_features: int = N_FEATURES) -> None:
+        self.item_ids = np.asarray(item_ids, dtype=np.int64)
+        self.n_features = n_features
+        counts = hashed_counts(texts, n_features)
+        df = np.bincount(counts.indices, minlength=n_features)
+        self.idf = np.log((1.0 + counts.shape[0]) / (1.0 + df)).astype(np.float32) + 1.0
+        tf = counts.copy()
+        tf.data = 1.0 + np.log(tf.data)
+        self.matrix = _l2(tf @ sp.diags(self.idf)).tocsr()
+
+    def vectors(self, texts: Iterable[str]) -> sp.csr_matrix:
+        q = hashed_counts(texts, self.n_features)
+        q.data = 1.0 + np.log(q.data)
+        return _l2(q @ sp.diags(self.idf)).tocsr()
+
+    def query(self, texts: Iterable[str]) -> sp.csr_matrix:
+        """Sparse ``len(texts) x n_items`` cosine similarities."""
+        return (self.vectors(texts) @ self.matrix.T).tocsr()
+
+
+def item_texts(items: pd.DataFrame) -> pd.Series:
+    """The text an item is found by: title, brand and the category path's words."""
+    parts = [items[c].fillna("").astype(str) for c in ("title", "brand", "category") if c in items.columns]
+    if not parts:
+        return pd.Series([""] * len(items), index=items.index)
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + " " + p.str.replace(">", " ", regex=False)
+    return out
+
+
+def text_embeddings(items: pd.DataFrame, dim: int = 128, seed: int = 42) -> pd.DataFrame:
+    """Dense L2-normalised item vectors (item_id, embedding) from hashed TF-IDF by a seeded random
+    projection: the stand-in for ``item_embeddings.parquet`` when the features stage wrote none."""
+    idx = TextIndex(items["item_id"].to_numpy(), item_texts(items).tolist())
+    used = np.unique(idx.matrix.indices)
+    proj = np.random.default_rng(seed).standard_normal((len(used), dim)).astype(np.float32)
+    sub = idx.matrix[:, used]
+    emb = np.asarray(sub @ proj, dtype=np.float32)
+    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-9)
+    return pd.DataFrame({"item_id": idx.item_ids, "embedding": list(emb)})

@@ -1,0 +1,128 @@
+"""The ranker's nightly stages against a real Postgres: train -> register -> gate -> promote / refuse,
+and the registry verbs (list, promote, rollback)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.errors import ModelError
+from pipeline.rank import registry
+from pipeline.rank.model import RankerConfig
+from pipeline.rank.score import load_champion
+from pipeline.rank.stage import RESULT_FILE, evaluate_gate, train_ranker
+
+pytestmark = pytest.mark.integration
+AS_OF = datetime(2026, 11, 24, tzinfo=UTC)
+RUN = "nightly_20261124T0000"
+CFG = RankerConfig(dim=16, heads=2, hidden=32, seq_len=10, n_recall_neg=6, n_random_neg=2, max_epochs=4,
+                   patience=2, batch_groups=64)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def snapshot(rerank_env: dict[str, str]) -> Path:
+    """A run snapshot written straight from a generated shop (the extract stage's file layout)."""
+    from pipeline.datagen.build import build_shop
+
+    shop, _ = build_shop(300, 100, 8, seed=11, end=AS_OF)
+    snap = Path(rerank_env["RERANK_HOME"]) / "runs" / RUN / "snapshot"
+    (snap / "events").mkdir(parents=True)
+    shop.events.to_parquet(snap / "events" / "part.0.parquet", index=False)
+    shop.items.drop(columns=["attrs", "description", "image_path"]).to_parquet(snap / "items.parquet", index=False)
+    shop.users[["user_id", "created_at"]].to_parquet(snap / "users.parquet", index=False)
+    return snap
+
+
+def test_train_gate_promote_and_score(snapshot: Path, rerank_env: dict[str, str]) -> None:
+    url, home = rerank_env["RERANK_DATABASE_URL"], rerank_env["RERANK_HOME"]
+    res = train_ranker(url, home, RUN, AS_OF, device="cpu", n_windows=3, config=CFG, n_candidates=40)
+    assert res["trained"] and res["status"] == "candidate"
+    assert res["holdout_users"] > 0 and 0 <= res["ndcg@10"] <= 1
+    assert (Path(res["artifact_uri"]) / "model.safetensors").exists()
+    gate = evaluate_gate(url, home, RUN, AS_OF)
+    assert gate["promoted"] and "first model" in gate["reason"]
+    rows = registry.list_models(url)
+    assert [(r["model_version"], r["status"]) for r in rows] == [(res["model_version"], "champion")]
+    assert rows[0]["metrics"]["gate_passed"] is True
+    # The lead's shard function: load once, score raw candidate frames.
+    model = load_champion(url)
+    assert model is not None and model.version == res["model_version"]
+    ev = pd.read_parquet(snapshot / "events")
+    items = pd.read_parquet(snapshot / "items.parquet")
+    cand = pd.DataFrame({"user_id": np.repeat(ev["user_id"].unique()[:5], 3),
+                         "item_id": np.tile(items["item_id"].to_numpy()[:3], 5), "source": "item-cf",
+                         "recall_score": 0.5, "p_recall": 0.4})
+    p = model.score(cand, ev, items, AS_OF)
+    assert p.shape == (15,) and np.isfinite(p).all() and ((p > 0) & (p < 1)).all()
+    # Registering the same version again (a repeated run) keeps the champion's status.
+    assert registry.register_candidate(url, res["model_version"], res["artifact_uri"], {})["status"] == "champion"
+
+
+def test_gate_refuses_a_worse_candidate(snapshot: Path, rerank_env: dict[str, str]) -> None:
+    url, home = rerank_env["RERANK_DATABASE_URL"], rerank_env["RERANK_HOME"]
+    good = train_ranker(url, home, RUN, AS_OF, device="cpu", n_windows=3, config=CFG, n_candidates=40)
+    assert evaluate_gate(url, home, RUN, AS_OF)["promoted"]
+    # A worse candidate: the same network with its calibration turned upside down (P_rank reversed).
+    bad_dir = Path(home) / "models" / "ranker-bad"
+    shutil.copytree(good["artifact_uri"], bad_dir)
+    side = json.loads((bad_dir / "model.json").read_text())
+    side["calibration"] = [-abs(side["calibration"][0]) * 5, 0.0]
+    (bad_dir / "model.json").write_text(json.dumps(side))
+    registry.register_candidate(url, "ranker-bad", str(bad_dir), {}, run_id=RUN)
+    result = Path(home) / "runs" / RUN / RESULT_FILE
+    result.write_text(json.dumps({**good, "model_version": "ranker-bad", "artifact_uri": str(bad_dir)}))
+    gate = evaluate_gate(url, home, RUN, AS_OF, tolerance=0.01)
+    assert not gate["promoted"], gate
+    assert gate["candidate_ndcg@10"] < gate["champion_ndcg@10"] - 0.01
+    assert "kept the champion" in gate["reason"]
+    assert registry.champion(url)["model_version"] == good["model_version"]
+    assert registry.get_model_row(url, "ranker-bad")["metrics"]["gate_passed"] is False
+    # A generous tolerance lets it through: the rule is "not worse by more than the tolerance".
+    assert evaluate_gate(url, home, RUN, AS_OF, tolerance=1.0)["promoted"]
+
+
+def test_no_retrain_and_too_little_data(rerank_env: dict[str, str], snapshot: Path) -> None:
+    url, home = rerank_env["RERANK_DATABASE_URL"], rerank_env["RERANK_HOME"]
+    res = train_ranker(url, home, RUN, AS_OF, retrain=False)
+    assert res == {"model_version": "recall-only", "trained": False,
+                   "reason": "retrain not requested; the champion keeps scoring"}
+    assert evaluate_gate(url, home, RUN, AS_OF)["promoted"] is False
+    early = train_ranker(url, home, RUN, datetime(2026, 11, 17, 6, tzinfo=UTC), config=replace(CFG, max_epochs=1))
+    assert early["trained"] is False and "no labelled" in early["reason"]
+    assert load_champion(url) is None
+
+
+def test_promote_and_rollback(rerank_env: dict[str, str], tmp_path: Path) -> None:
+    url = rerank_env["RERANK_DATABASE_URL"]
+    for v in ("m1", "m2", "m3"):
+        registry.register_candidate(url, v, str(tmp_path / v), {"ndcg@10": 0.1})
+    with pytest.raises(ModelError, match="no champion"):
+        registry.rollback(url)
+    assert registry.promote(url, "m1")["previous"] is None
+    with pytest.raises(ModelError, match="only model"):
+        registry.rollback(url)
+    assert registry.promote(url, "m2") == {"champion": "m2", "previous": "m1", "changed": True}
+    assert registry.promote(url, "m2")["changed"] is False
+    assert registry.promote(url, "m3")["previous"] == "m2"
+    assert registry.rollback(url) == {"champion": "m2", "rolled_back": "m3"}
+    assert registry.rollback(url) == {"champion": "m1", "rolled_back": "m2"}
+    status = {r["model_version"]: r["status"] for r in registry.list_models(url)}
+    assert status == {"m1": "champion", "m2": "retired", "m3": "retired"}
+    with pytest.raises(ModelError, match="no model"):
+        registry.promote(url, "nope")

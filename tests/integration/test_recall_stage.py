@@ -1,0 +1,104 @@
+"""The recall stage on a generated shop: Dask CF build, ALS artefacts, candidates for every user (no Postgres:
+the snapshot is written from build_shop's frames in the extract stage's layout)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.recall.candidates import RecallConfig
+from pipeline.recall.itemcf import similarity_topk_dask, similarity_topk_dense
+from pipeline.recall.stage import build_recall_models, candidates_for_users, factors_dir
+
+pytestmark = pytest.mark.integration
+AS_OF = datetime(2026, 11, 24, tzinfo=UTC)
+WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
+HALF_LIFE = {"view": 7.0, "click": 10.0, "add_to_cart": 14.0, "purchase": 30.0}
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client
+
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c:
+        yield c
+
+
+def _item_features(ev: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """The features stage's columns that recall reads (kept here so this test does not depend on that stage)."""
+    from pipeline.features.items import decayed_weight, top_category
+
+    e = ev[ev["item_id"].notna()].assign(item_id=lambda d: d["item_id"].astype("int64"))
+    e["w"] = decayed_weight(e, AS_OF, WEIGHTS, HALF_LIFE)
+    e["recent"] = (pd.Timestamp(AS_OF) - e["ts"]) <= pd.Timedelta(days=3)
+    g = e.groupby("item_id").agg(activity=("w", "sum"), events=("w", "size"), recent_events=("recent", "sum"))
+    f = items.merge(g, left_on="item_id", right_index=True, how="left").fillna(
+        {"activity": 0.0, "events": 0, "recent_events": 0})
+    f["trend"] = (f["recent_events"] + 1.0) / (f["events"] + 10.0)
+    f["top_category"] = top_category(f["category"])
+    return f
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory: pytest.TempPathFactory, client) -> Path:
+    from pipeline.datagen import build_shop
+    frames, _ = build_shop(300, 120, 14, seed=3, end=AS_OF)
+    snap = tmp_path_factory.mktemp("run") / "snapshot"
+    (snap / "events").mkdir(parents=True)
+    ev = frames.events.copy()
+    ev["item_id"] = ev["item_id"].astype("Int64")
+    ev.to_parquet(snap / "events" / "part.0.parquet", index=False)
+    items = frames.items.drop(columns=["attrs", "description", "image_path"])
+    # two items that nobody has touched yet: only content recall can reach them
+    new = items.iloc[:2].assign(item_id=[100001, 100002], created_at=pd.Timestamp(AS_OF))
+    items = pd.concat([items, new], ignore_index=True)
+    items.to_parquet(snap / "items.parquet", index=False)
+    frames.users[["user_id", "created_at"]].to_parquet(snap / "users.parquet", index=False)
+    _item_features(ev, items).to_parquet(snap / "item_features.parquet", index=False)
+    # the features stage's embeddings file, made by hand: random vectors, the new items copying their twins
+    rng = np.random.default_rng(0)
+    vec = rng.standard_normal((len(items), 16)).astype(np.float32)
+    vec[-2:] = vec[:2] + 0.01
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    pd.DataFrame({"item_id": items["item_id"], "embedding": list(vec)}).to_parquet(snap / "item_embeddings.parquet")
+    return snap
+
+
+def test_dask_blocks_equal_single_process(snapshot: Path, client) -> None:
+    from pipeline.extract.snapshot import read_snapshot
+    from pipeline.recall.matrix import build_interactions
+
+    ev, items, _ = read_snapshot(snapshot)
+    X = build_interactions(ev, AS_OF, weights=WEIGHTS, half_life_days=HALF_LIFE).user_items
+    for method in ("cosine", "jaccard"):
+        a = similarity_topk_dense(X, k=10, method=method)
+        b = similarity_topk_dask(X, client, k=10, method=method, block_size=7)
+        assert (a[1] == pytest.approx(b[1], abs=1e-6)) and (a[0][a[1] > 0] == b[0][b[1] > 0]).all()
+
+
+def test_build_and_candidates_for_every_user(snapshot: Path, client) -> None:
+    out = build_recall_models(snapshot, AS_OF, client, weights=WEIGHTS, half_life_days=HALF_LIFE, k=10,
+                              factors=16, iterations=5, block_size=32)
+    nb = pd.read_parquet(snapshot / "neighbours.parquet")
+    assert list(nb.columns) == ["item_id", "similar_item_id", "score", "rank", "method"]
+    assert out["neighbour_rows"] == len(nb) and nb.groupby("item_id")["rank"].max().max() <= 10
+    assert (factors_dir(snapshot) / "meta.json").exists()
+    users = pd.read_parquet(snapshot / "users.parquet")["user_id"].to_numpy()
+    users = np.append(users, 987654321)  # a user the snapshot has never seen
+    cfg = RecallConfig(as_of=AS_OF, n_candidates=60, weights=WEIGHTS, half_life_days=HALF_LIFE)
+    c = candidates_for_users(users, snapshot, AS_OF, cfg)
+    items = pd.read_parquet(snapshot / "items.parquet")
+    n_avail = int((items["in_stock"] & items["visible"]).sum())
+    sizes = c.groupby("user_id").size()
+    assert n_avail > 60 + 20 and len(sizes) == len(users) and (sizes == 60).all()
+    assert not c.duplicated(["user_id", "item_id"]).any()
+    assert {"item-cf", "als", "content", "retarget"} <= set(c["source"])
+    assert c["sources"].str.contains("popularity").any()
+    assert c.loc[c["user_id"] == 987654321, "source"].isin(["category", "trending", "popularity"]).all()
+    assert c["item_id"].isin([100001, 100002]).any()  # cold items reached through content
+    again = candidates_for_users(users[::-1], snapshot, AS_OF, cfg)
+    pd.testing.assert_frame_equal(c, again)
