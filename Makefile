@@ -23,7 +23,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing ecom-rerank into $(VENV) (first time: about 2 minutes)"
-	@$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,text]' 2>&1 | grep -v '^WARNING: Location' || true
 	@$(BIN)/python -c "import pipeline.cli, torch, dask.distributed" || (echo "the install is incomplete"; exit 1)
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
@@ -52,6 +52,10 @@ eval: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_generate.py --tier S
 	$(BIN)/python benchmarks/bench_evaluate.py
+	$(BIN)/python benchmarks/bench_recall.py --tier S
+	$(BIN)/python benchmarks/bench_rank.py --users 1000 --items 300 --days 8 --windows 4
+	$(BIN)/python benchmarks/bench_publish.py --users 20000 --top-n 50 --clients 1,8 --seconds 5 --repeats 3
+	$(BIN)/python benchmarks/bench_refresh.py --seconds 15 --rates 200,1000
 
 deploy-check: setup
 	$(BIN)/python -m pytest -q tests/deploy

@@ -79,7 +79,7 @@ def rerank_nightly() -> None:
         from pipeline import nightly
 
         url = database_url()
-        out = nightly.validate(url, rid, run_as_of(url, rid))
+        out = nightly.validate(url, rid, run_as_of(url, rid), home=rerank_home())
         emit(context, ASSETS["validate"], rid)
         return out
 
@@ -96,7 +96,8 @@ def rerank_nightly() -> None:
     def item_features(rid: str, _e: dict, **context) -> dict:
         from pipeline import nightly
 
-        out = nightly.item_features(rerank_home(), rid, run_as_of(database_url(), rid), dask_address())
+        url = database_url()
+        out = nightly.item_features(rerank_home(), rid, run_as_of(url, rid), dask_address(), url=url)
         emit(context, ASSETS["item_features"], rid, out)
         return out
 
@@ -104,7 +105,8 @@ def rerank_nightly() -> None:
     def user_features(rid: str, _e: dict, **context) -> dict:
         from pipeline import nightly
 
-        out = nightly.user_features(rerank_home(), rid, run_as_of(database_url(), rid))
+        url = database_url()
+        out = nightly.user_features(rerank_home(), rid, run_as_of(url, rid), dask_address(), url=url)
         emit(context, ASSETS["user_features"], rid, out)
         return out
 
@@ -112,7 +114,7 @@ def rerank_nightly() -> None:
     def cf_build(rid: str, _e: dict, **context) -> dict:
         from pipeline import nightly
 
-        out = nightly.cf_build(rerank_home(), rid, run_as_of(database_url(), rid))
+        out = nightly.cf_build(rerank_home(), rid, run_as_of(database_url(), rid), dask_address=dask_address())
         emit(context, ASSETS["cf_build"], rid, out)
         return out
 
@@ -140,9 +142,10 @@ def rerank_nightly() -> None:
         from pipeline.settings import get_settings
 
         p = context["params"]
-        out = nightly.score_users(rerank_home(), rid, run_as_of(database_url(), rid), top_n=p["top_n"],
+        url = database_url()
+        out = nightly.score_users(rerank_home(), rid, run_as_of(url, rid), top_n=p["top_n"],
                                   n_candidates=get_settings().candidates, user_ids=p["user_ids"] or None,
-                                  dask_address=dask_address())
+                                  dask_address=dask_address(), url=url)
         emit(context, ASSETS["score_users"], rid, out)
         return out
 
@@ -150,7 +153,7 @@ def rerank_nightly() -> None:
     def quality_gate(rid: str, _s: dict, **context) -> dict:
         from pipeline import nightly
 
-        out = nightly.quality_gate(rerank_home(), rid)
+        out = nightly.quality_gate(rerank_home(), rid, url=database_url())
         emit(context, ASSETS["quality_gate"], rid, out)
         return out
 

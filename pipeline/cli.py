@@ -219,6 +219,32 @@ def recommend(
 
 
 @app.command()
+def refresh(
+    once: bool = typer.Option(False, "--once", help="Process the pending events and exit (what the DAG runs)."),
+    follow_: bool = typer.Option(False, "--follow", help="Run until stopped, woken by LISTEN/NOTIFY."),
+    poll_seconds: float = typer.Option(5.0, "--poll-seconds", min=0.1, help="Polling fallback of --follow."),
+    batch_size: int = typer.Option(2000, "--batch-size", min=1, help="Events per transaction."),
+) -> None:
+    """Near-real-time refresh: re-rank the users with new events, each event exactly once."""
+    from pipeline.refresh import follow, refresh_once
+
+    if once == follow_:
+        raise ConfigError("choose exactly one of --once and --follow", "rerank refresh --once | --follow")
+    url, home = _url(), str(_settings().home_path)
+    if once:
+        print(json.dumps(refresh_once(url, home, batch_size=batch_size), default=str))
+        return
+
+    def show(r: dict) -> None:
+        if r["events"]:
+            err.print(f"refreshed {r['users']} users from {r['events']} events in {r['seconds']} s")
+
+    err.print("following shop.events (Ctrl-C or SIGTERM stops after the batch in flight)")
+    print(json.dumps(follow(url, home, poll_seconds=poll_seconds, batch_size=batch_size, on_drain=show),
+                     default=str))
+
+
+@app.command()
 def evaluate(
     fmt: str = typer.Option(..., "--format", help="Dataset format (as for `rerank import`)"),
     path: Path = typer.Option(..., help="Dataset path"),

@@ -73,10 +73,15 @@ def begin(url: str, home: str, as_of: datetime, *, dag: str = "rerank_nightly", 
 
 
 @_stage("validate")
-def validate(url: str, run_id: str, as_of: datetime, max_bad_share: float = 0.01) -> dict:
+def validate(url: str, run_id: str, as_of: datetime, max_bad_share: float | None = None,
+             home: str | None = None) -> dict:
+    """Great Expectations suites + row-level quarantine of the source tables; Data Docs under the run's reports."""
     from pipeline.validate import validate_source
 
-    return validate_source(url, run_id, as_of, max_bad_share=max_bad_share)
+    s = get_settings()
+    share = s.max_bad_share if max_bad_share is None else max_bad_share
+    return validate_source(url, run_id, as_of, max_bad_share=share, home=home or str(s.home_path),
+                           ts_floor=s.ts_floor)
 
 
 @contextmanager
@@ -100,29 +105,35 @@ def extract(url: str, home: str, run_id: str, as_of: datetime, dask_address: str
 
 @_stage("item_features")
 def item_features(home: str, run_id: str, as_of: datetime, dask_address: str | None = None,
-                  client: object | None = None) -> dict:
-    from pipeline.features import build_item_features
+                  client: object | None = None, url: str | None = None) -> dict:
+    """Item statistics on Dask, text (+ image) embeddings; recsys.item_features when ``url`` is given."""
+    from pipeline.features import build_item_embeddings, build_item_features, write_feature_tables
 
     s = get_settings()
+    snap = _dir(home, run_id) / "snapshot"
     with _client(client, dask_address) as c:
-        feats = build_item_features(_dir(home, run_id) / "snapshot", as_of, c,
-                                    weights=s.event_weights, half_life_days=s.half_life_days)
-    return {"items": len(feats), "items_with_activity": int((feats["events"] > 0).sum())}
+        feats = build_item_features(snap, as_of, c, weights=s.event_weights, half_life_days=s.half_life_days)
+    emb = build_item_embeddings(snap, method=s.embedding_method)
+    if url:
+        write_feature_tables(url, run_id, snap, which=("items",))
+    return {"items": len(feats), "items_with_activity": int((feats["events"] > 0).sum()),
+            "items_with_image": int(feats["has_image"].sum()) if "has_image" in feats else 0,
+            "embedding_method": emb.get("method"), "embedding_dim": emb.get("dim")}
 
 
 @_stage("user_features")
-def user_features(home: str, run_id: str, as_of: datetime) -> dict:
-    """Per-user activity summary (events, recency, distinct items) for segments and the report."""
-    from pipeline.extract import read_snapshot
+def user_features(home: str, run_id: str, as_of: datetime, dask_address: str | None = None,
+                  client: object | None = None, url: str | None = None) -> dict:
+    """RFM, affinities, search terms and the last-N behaviour sequence per user (Dask, by user-id range)."""
+    from pipeline.features import build_user_features, write_feature_tables
 
+    s = get_settings()
     snap = _dir(home, run_id) / "snapshot"
-    events, _, users = read_snapshot(snap)
-    g = events.groupby("user_id")
-    feats = pd.DataFrame({"events": g.size(), "items": g["item_id"].nunique(), "last_ts": g["ts"].max(),
-                          "purchases": g["event_type"].agg(lambda s: int((s == "purchase").sum()))})
-    feats = users.set_index("user_id").join(feats, how="left").fillna({"events": 0, "items": 0, "purchases": 0})
-    feats["new_user"] = feats["events"] == 0
-    feats.reset_index().to_parquet(snap / "user_features.parquet", index=False)
+    with _client(client, dask_address) as c:
+        feats = build_user_features(snap, as_of, c, weights=s.event_weights, half_life_days=s.half_life_days,
+                                    seq_len=50)
+    if url:
+        write_feature_tables(url, run_id, snap, which=("users",))
     return {"users": len(feats), "users_without_events": int(feats["new_user"].sum())}
 
 
@@ -168,11 +179,13 @@ def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime, tolerance: 
 
 
 def _score_shard(users: np.ndarray, snap: str, as_of: datetime, top_n: int, n_candidates: int,
-                 recent_days: int, weights: dict, half_life: dict, artifact_uri: str | None = None) -> pd.DataFrame:
+                 recent_days: int, weights: dict, half_life: dict, artifact_uri: str | None = None,
+                 rerank: dict | None = None, variants: dict | None = None, salt: str = "rerank-ab",
+                 rules: pd.DataFrame | None = None) -> pd.DataFrame:
     """One Dask task: recall + score + re-rank for a shard of users."""
     from pipeline.recall.candidates import RecallConfig
     from pipeline.recall.stage import candidates_for_users
-    from pipeline.rerank import finalize_lists
+    from pipeline.rerank import RerankConfig, finalize_lists, load_item_embeddings
 
     snap_p = Path(snap)
     events = pd.read_parquet(snap_p / "events", filters=[("user_id", "in", users.tolist())])
@@ -188,16 +201,27 @@ def _score_shard(users: np.ndarray, snap: str, as_of: datetime, top_n: int, n_ca
         cand["p_rank"] = load_model(artifact_uri).score(cand, events, feats, as_of)
     else:
         cand["p_rank"] = 1.0
-    bought = events.loc[events["event_type"] == "purchase", ["user_id", "item_id"]].dropna().astype("int64")
-    return finalize_lists(cand, feats, top_n=top_n, bought=bought)
+    bought = events.loc[events["event_type"] == "purchase", ["user_id", "item_id", "ts"]].dropna(subset=["item_id"])
+    bought["item_id"] = bought["item_id"].astype("int64")
+    return finalize_lists(cand, feats, top_n=top_n, bought=bought, config=RerankConfig(**(rerank or {})),
+                          variants=variants or None, variant_salt=salt, rules=rules,
+                          item_embeddings=load_item_embeddings(snap_p), as_of=as_of)
 
 
 @_stage("score_users")
 def score_users(home: str, run_id: str, as_of: datetime, *, top_n: int, n_candidates: int,
                 model_version: str = "recall-only", user_ids: Sequence[int] | None = None,
-                dask_address: str | None = None, shards: int | None = None, client: object | None = None) -> dict:
-    """Recall + score + re-rank every user (or ``user_ids``), sharded by user over Dask."""
+                dask_address: str | None = None, shards: int | None = None, client: object | None = None,
+                url: str | None = None) -> dict:
+    """Recall + score + re-rank every user (or ``user_ids``), sharded by user over Dask. With ``url``, the
+    merchandisers' rules and repurchase windows are read from recsys.rules / recsys.repurchase_windows."""
+    from pipeline.rerank import load_repurchase_windows, load_rules
+
     s = get_settings()
+    rules = load_rules(url, as_of) if url else None
+    rerank = dict(s.rerank)
+    if url:
+        rerank = {"repurchase_days": load_repurchase_windows(url), **rerank}
     snap = _dir(home, run_id) / "snapshot"
     users = pd.read_parquet(snap / "users.parquet")["user_id"].to_numpy()
     if user_ids:
@@ -210,10 +234,12 @@ def score_users(home: str, run_id: str, as_of: datetime, *, top_n: int, n_candid
         parts = [p for p in np.array_split(users, n_shards) if len(p)]
         futures = client.map(_score_shard, parts, snap=str(snap), as_of=as_of, top_n=top_n,
                              n_candidates=n_candidates, recent_days=s.recent_days, weights=s.event_weights,
-                             half_life=s.half_life_days, artifact_uri=chosen.get("artifact_uri"), pure=False)
+                             half_life=s.half_life_days, artifact_uri=chosen.get("artifact_uri"), rerank=rerank,
+                             variants=dict(s.variants), salt=s.variant_salt, rules=rules, pure=False)
         frames = client.gather(futures)
     recs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    recs["variant"] = "control"
+    if "variant" not in recs:
+        recs["variant"] = "control"
     recs["model_version"] = model_version
     recs["run_id"] = run_id
     recs["generated_at"] = pd.Timestamp(as_of)
@@ -224,8 +250,10 @@ def score_users(home: str, run_id: str, as_of: datetime, *, top_n: int, n_candid
 
 
 @_stage("quality_gate")
-def quality_gate(home: str, run_id: str, thresholds: dict | None = None) -> dict:
-    from pipeline.publish import GateThresholds, check_output
+def quality_gate(home: str, run_id: str, thresholds: dict | None = None, url: str | None = None) -> dict:
+    """Check the run's lists (settings' gate thresholds unless given); with ``url``, churn against the live run."""
+    from pipeline.publish import check_output, live_lists
+    from pipeline.rerank import load_item_embeddings
 
     d = _dir(home, run_id)
     recs = pd.read_parquet(d / "recs.parquet")
@@ -234,7 +262,10 @@ def quality_gate(home: str, run_id: str, thresholds: dict | None = None) -> dict
     subset = _params(home, run_id).get("user_ids")
     if subset:
         users = users[users.isin(subset)]
-    return check_output(recs, users=users, items=items, thresholds=GateThresholds(**(thresholds or {})))
+    live = live_lists(url) if url else None
+    return check_output(recs, users=users, items=items,
+                        thresholds=thresholds if thresholds is not None else dict(get_settings().gate),
+                        live=live, item_embeddings=load_item_embeddings(d / "snapshot"))
 
 
 @_stage("publish")
@@ -298,16 +329,16 @@ def _run_steps(s: Settings, url: str, home: str, run_id: str, as_of: datetime, c
                only_stage: str | None, user_ids: Sequence[int] | None, top_n: int, dry_run: bool,
                on_stage: Callable[[str, dict, float], None] | None) -> dict:
     steps: dict[str, Callable[[], dict]] = {
-        "validate": lambda: validate(url, run_id, as_of),
+        "validate": lambda: validate(url, run_id, as_of, home=home),
         "extract": lambda: extract(url, home, run_id, as_of, client=client),
-        "item_features": lambda: item_features(home, run_id, as_of, client=client),
-        "user_features": lambda: user_features(home, run_id, as_of),
+        "item_features": lambda: item_features(home, run_id, as_of, client=client, url=url),
+        "user_features": lambda: user_features(home, run_id, as_of, client=client, url=url),
         "cf_build": lambda: cf_build(home, run_id, as_of, client=client),
         "train_ranker": lambda: train_ranker(url, home, run_id, as_of, retrain),
         "evaluate_gate": lambda: evaluate_gate(url, home, run_id, as_of),
         "score_users": lambda: score_users(home, run_id, as_of, top_n=top_n, n_candidates=s.candidates,
-                                           user_ids=user_ids, client=client),
-        "quality_gate": lambda: quality_gate(home, run_id),
+                                           user_ids=user_ids, client=client, url=url),
+        "quality_gate": lambda: quality_gate(home, run_id, url=url),
         "publish": lambda: publish(url, home, run_id, keep=s.keep_runs, dry_run=dry_run),
         "report": lambda: report(url, home, run_id),
     }

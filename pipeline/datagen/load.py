@@ -27,15 +27,21 @@ class GenerateStats:
 
 
 def generate_shop(url: str, *, users: int, items: int, days: int, seed: int = 42,
-                  end: datetime | None = None) -> GenerateStats:
+                  end: datetime | None = None, images_dir: str | None = None,
+                  image_share: float = 0.2) -> GenerateStats:
     """Replace ``shop.users/items/events`` and ``datagen.user_tastes`` with a generated shop.
 
     Everything is truncated and copied in one transaction, so a second run leaves the same rows and a
-    failure leaves the previous shop in place.
+    failure leaves the previous shop in place. With ``images_dir``, a share ``image_share`` of the items
+    get small synthetic PNGs there (``image_path`` set), for the image features.
     """
     check_sizes(users, items, days)
     t0 = time.perf_counter()
     frames, tastes = build_shop(users, items, days, seed, end=end or DEFAULT_END)
+    if images_dir:
+        from pipeline.datagen.images import write_item_images
+
+        frames.items = write_item_images(frames.items, images_dir, share=image_share, seed=seed)
     t1 = time.perf_counter()
     with connect(url) as conn, conn.cursor() as cur:
         counts = load_shop(cur, frames, replace=True)

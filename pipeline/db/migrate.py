@@ -31,6 +31,16 @@ def upgrade(url: str, revision: str = "head") -> str:
     return current(url) or ""
 
 
+def head() -> str:
+    """The newest revision under sql/versions."""
+    from alembic.script import ScriptDirectory
+
+    heads = ScriptDirectory.from_config(_config("postgresql://unused/")).get_heads()
+    if len(heads) != 1:
+        raise MigrationError(f"the migrations have {len(heads)} heads: {heads}", "each down_revision in sql/versions")
+    return heads[0]
+
+
 def current(url: str) -> str | None:
     """The revision the database is at (None when never migrated)."""
     import sqlalchemy as sa

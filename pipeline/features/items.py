@@ -1,7 +1,8 @@
-"""Item features: decayed, event-type-weighted activity and trend.
+"""Item features: per-type counts and decayed weights, smoothed rates, trend, price position, age, images.
 
-NVTabular discipline: ``decayed_weight`` is a pure per-partition transform; the fit is one Dask groupby
-reduction to per-item sums; finalize joins the small result with the catalogue in pandas.
+NVTabular discipline: :func:`item_event_sums` is the pure per-partition transform; the fit is one Dask
+groupby-sum of it to per-item sums; :func:`finalize_item_features` turns the small result plus the
+catalogue into the feature table in plain pandas. Both are unit-tested without a cluster.
 """
 
 from __future__ import annotations
@@ -12,54 +13,128 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+ITEM_EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
+#: Days that count as "recent" for the short trend window.
+SHORT_DAYS = 3
+#: Long trend window (days).
+LONG_DAYS = 28
+#: Strength of the Beta prior behind the smoothed rates (pseudo-views at the catalogue-wide rate).
+PRIOR_STRENGTH = 20.0
+SUM_COLUMNS = ["activity", "events", "recent_events", "long_events", "purchases",
+               *[f"n_{t}" for t in ITEM_EVENT_TYPES], *[f"decayed_{t}" for t in ITEM_EVENT_TYPES]]
+
 
 def top_category(category: pd.Series) -> pd.Series:
     """The first level of a category path (``Home>Kitchen>Knives`` -> ``Home``)."""
     return category.fillna("").astype(str).str.split(">", n=1).str[0]
 
 
+def _per_type(events: pd.DataFrame, values: dict[str, float], default: float) -> np.ndarray:
+    """``values[event_type]`` per event through categorical codes (one pass, no string compare per type)."""
+    types = list(values)
+    codes = pd.Categorical(events["event_type"], categories=types).codes
+    table = np.append(np.asarray([values[t] for t in types], dtype="float64"), default)
+    return table[np.where(codes < 0, len(types), codes)]
+
+
 def decayed_weight(events: pd.DataFrame, as_of: datetime, weights: dict[str, float],
                    half_life_days: dict[str, float]) -> pd.Series:
     """Weight of each event: its type's weight halved every half-life of that type before ``as_of``."""
-    w = events["event_type"].map(weights).fillna(0.0).astype("float64")
-    hl = events["event_type"].map(half_life_days).fillna(7.0).astype("float64")
+    w = _per_type(events, weights, 0.0)
+    return pd.Series(w * decay_factor(events, as_of, half_life_days).to_numpy(), index=events.index)
+
+
+def decay_factor(events: pd.DataFrame, as_of: datetime, half_life_days: dict[str, float]) -> pd.Series:
+    """``2 ** (-age / half_life)`` of each event, with its type's half-life (7 days when unknown)."""
+    hl = _per_type(events, half_life_days, 7.0)
     age_days = (pd.Timestamp(as_of) - events["ts"]).dt.total_seconds().to_numpy() / 86400.0
-    return pd.Series(w.to_numpy() * np.exp2(-np.clip(age_days, 0, None) / hl.to_numpy()), index=events.index)
+    return pd.Series(np.exp2(-np.clip(age_days, 0, None) / hl), index=events.index)
 
 
-def _partition_sums(part: pd.DataFrame, as_of: datetime, weights: dict, half_life: dict) -> pd.DataFrame:
+def item_event_sums(part: pd.DataFrame, as_of: datetime, weights: dict, half_life: dict) -> pd.DataFrame:
+    """Transform (per partition): one row per item event with the columns that the fit sums per item."""
     part = part[part["item_id"].notna()]
-    recent = (pd.Timestamp(as_of) - part["ts"]) <= pd.Timedelta(days=3)
-    return pd.DataFrame({
-        "item_id": part["item_id"].astype("int64"),
-        "activity": decayed_weight(part, as_of, weights, half_life),
-        "events": 1,
-        "recent_events": recent.astype("int64"),
-        "purchases": (part["event_type"] == "purchase").astype("int64"),
-    })
+    # One categorical encoding of event_type serves every per-type lookup below.
+    types = list(dict.fromkeys([*ITEM_EVENT_TYPES, *weights, *half_life]))
+    codes = pd.Categorical(part["event_type"], categories=types).codes
+    idx = np.where(codes < 0, len(types), codes)
+    w = np.append([weights.get(t, 0.0) for t in types], 0.0)[idx]
+    hl = np.append([half_life.get(t, 7.0) for t in types], 7.0)[idx]
+    age = (pd.Timestamp(as_of) - part["ts"]).to_numpy()
+    age_days = age / np.timedelta64(1, "D")
+    decay = np.exp2(-np.clip(age_days, 0, None) / hl)
+    out = {"item_id": part["item_id"].astype("int64").to_numpy(),
+           "activity": w * decay,
+           "events": np.ones(len(part), dtype="int64"),
+           "recent_events": (age <= np.timedelta64(SHORT_DAYS, "D")).astype("int64"),
+           "long_events": (age <= np.timedelta64(LONG_DAYS, "D")).astype("int64"),
+           "purchases": (codes == types.index("purchase")).astype("int64")}
+    for t in ITEM_EVENT_TYPES:
+        hit = codes == types.index(t)
+        out[f"n_{t}"] = hit.astype("int64")
+        out[f"decayed_{t}"] = np.where(hit, decay, 0.0)
+    return pd.DataFrame(out)[["item_id", *SUM_COLUMNS]]
+
+
+def _sums_meta() -> pd.DataFrame:
+    cols = {"item_id": pd.Series(dtype="int64")}
+    for c in SUM_COLUMNS:
+        cols[c] = pd.Series(dtype="float64" if c == "activity" or c.startswith("decayed_") else "int64")
+    return pd.DataFrame(cols)
+
+
+def smoothed_rate(hits: pd.Series, trials: pd.Series, prior_mean: float,
+                  strength: float = PRIOR_STRENGTH) -> pd.Series:
+    """Beta-prior smoothed rate ``(hits + s*m) / (trials + s)``: no data gives the prior mean ``m``."""
+    return (hits + strength * prior_mean) / (trials + strength)
+
+
+def finalize_item_features(items: pd.DataFrame, sums: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
+    """Finalize: join per-item sums (indexed by item_id) to the catalogue; derive rates, trend, price, age."""
+    cols = ["item_id", "category", "brand", "price", "in_stock", "visible", "created_at"]
+    feats = items[cols].merge(sums, left_on="item_id", right_index=True, how="left")
+    for c in SUM_COLUMNS:
+        feats[c] = feats[c].fillna(0).astype("float64" if c == "activity" or c.startswith("decayed_") else "int64")
+    # Trend: share of the last SHORT_DAYS in the item's activity, smoothed so a single event is no trend.
+    feats["trend"] = (feats["recent_events"] + 1.0) / (feats["events"] + 10.0)
+    # Short vs long window rate per day (> 1: rising), smoothed by one pseudo-event per window.
+    feats["trend_ratio"] = ((feats["recent_events"] + 1.0) / SHORT_DAYS) / ((feats["long_events"] + 1.0) / LONG_DAYS)
+    views = feats["n_view"] + feats["n_click"]  # a click is also an exposure that was seen
+    tot_views = float(views.sum())
+    prior = {k: (float(feats[c].sum()) / tot_views if tot_views else 0.0)
+             for k, c in (("ctr", "n_click"), ("atc_rate", "n_add_to_cart"), ("cvr", "n_purchase"))}
+    for k, c in (("ctr", "n_click"), ("atc_rate", "n_add_to_cart"), ("cvr", "n_purchase")):
+        feats[k] = smoothed_rate(feats[c], views, min(prior[k], 1.0))
+    feats["top_category"] = top_category(feats["category"])
+    med = feats.groupby("category")["price"].transform("median")
+    feats["price_rel_category"] = (feats["price"] / med.where(med > 0)).astype("float64")
+    created = pd.to_datetime(feats["created_at"], utc=True)
+    feats["age_days"] = ((pd.Timestamp(as_of) - created).dt.total_seconds() / 86400.0).clip(lower=0)
+    return feats.sort_values("item_id").reset_index(drop=True)
 
 
 def build_item_features(snapshot_dir: str | Path, as_of: datetime, client: object, *,
-                        weights: dict[str, float], half_life_days: dict[str, float]) -> pd.DataFrame:
-    """Per-item activity, counts and trend for every catalogue item; written to ``item_features.parquet``."""
+                        weights: dict[str, float], half_life_days: dict[str, float],
+                        images: bool = True, image_root: str | Path | None = None) -> pd.DataFrame:
+    """Per-item features for every catalogue item; written to ``item_features.parquet``.
+
+    With ``images`` and items that have an ``image_path``, colour histograms and perceptual hashes are
+    added (``has_image``, ``img_*`` columns; see :mod:`pipeline.features.images`).
+    """
     import dask.dataframe as dd
 
     snap = Path(snapshot_dir)
     ddf = dd.read_parquet(str(snap / "events"), columns=["item_id", "event_type", "ts"])
-    meta = pd.DataFrame({"item_id": pd.Series(dtype="int64"), "activity": pd.Series(dtype="float64"),
-                         "events": pd.Series(dtype="int64"), "recent_events": pd.Series(dtype="int64"),
-                         "purchases": pd.Series(dtype="int64")})
-    sums = (ddf.map_partitions(_partition_sums, as_of, weights, half_life_days, meta=meta)
+    sums = (ddf.map_partitions(item_event_sums, as_of, weights, half_life_days, meta=_sums_meta())
             .groupby("item_id").sum())
     stats = sums.compute(scheduler=client.get)
     items = pd.read_parquet(snap / "items.parquet")
-    feats = items[["item_id", "category", "brand", "price", "in_stock", "visible", "created_at"]].merge(
-        stats, left_on="item_id", right_index=True, how="left")
-    for c in ["activity", "events", "recent_events", "purchases"]:
-        feats[c] = feats[c].fillna(0)
-    # Trend: share of the last 3 days in the item's activity, smoothed so a single event is no trend.
-    feats["trend"] = (feats["recent_events"] + 1.0) / (feats["events"] + 10.0)
-    feats["top_category"] = top_category(feats["category"])
-    feats = feats.sort_values("item_id").reset_index(drop=True)
+    feats = finalize_item_features(items, stats, as_of)
+    if images:
+        from pipeline.features.images import image_features
+
+        img = image_features(items, client, root=image_root)
+        feats = feats.merge(img, on="item_id", how="left")
+        feats["has_image"] = feats["has_image"].fillna(False).astype(bool)
     feats.to_parquet(snap / "item_features.parquet", index=False)
     return feats

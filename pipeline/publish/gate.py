@@ -1,15 +1,32 @@
 """The output quality gate: a run is published only when its lists pass every check.
 
 Pure pandas over the run's lists; the caller decides what to do with a failure (keep the live run).
+Checks, each named in the failure message and in ``QualityGateFailed.failed_checks``:
+
+==================  ===========================================================================
+empty_lists         users of the run without a list (max ``max_empty_lists``, default 0)
+duplicate_items     the same item twice in one user's list (max 0)
+unavailable_items   out-of-stock or invisible items (max 0)
+missing_reasons     rows without a reason text (max 0)
+coverage            share of the available catalogue in some list (min ``min_coverage``)
+fallback_share      share of rows from the non-personal fallback (max ``max_fallback_share``)
+diversity           intra-list diversity at ``diversity_k`` (min ``min_diversity``; 0 disables)
+churn               1 - mean Jaccard overlap with the live run's lists (max ``max_churn``; 1 disables)
+==================  ===========================================================================
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from pipeline.errors import QualityGateFailed
+from pipeline.errors import ConfigError, QualityGateFailed
+
+CHECKS = ("empty_lists", "duplicate_items", "unavailable_items", "missing_reasons", "coverage", "fallback_share",
+          "diversity", "churn")
 
 
 @dataclass(frozen=True)
@@ -19,49 +36,103 @@ class GateThresholds:
     max_empty_lists: int = 0
     max_duplicate_items: int = 0
     max_unavailable_items: int = 0
+    max_missing_reasons: int = 0
     min_coverage: float = 0.01  # share of the available catalogue appearing in some list
     max_fallback_share: float = 0.9  # share of rows that came from the non-personal fallback
+    min_diversity: float = 0.0  # intra-list diversity at diversity_k (0 disables)
+    diversity_k: int = 10
     max_churn: float = 1.0  # 1 - mean Jaccard overlap with the live run's lists (1.0 disables)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> GateThresholds:
+        """Thresholds from a plain dict (settings, DAG params); unknown keys fail fast."""
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown output gate threshold(s) {unknown}", f"valid: {sorted(known)}")
+        return cls(**values)
+
+
+def churn_against(recs: pd.DataFrame, live: pd.DataFrame) -> float | None:
+    """1 - mean Jaccard overlap of item sets, over users present in both runs (None when none are)."""
+    a = recs[["user_id", "item_id"]].drop_duplicates()
+    b = live[["user_id", "item_id"]].drop_duplicates()
+    common = np.intersect1d(a["user_id"].unique(), b["user_id"].unique())
+    if len(common) == 0:
+        return None
+    a, b = a[a["user_id"].isin(common)], b[b["user_id"].isin(common)]
+    inter = a.merge(b, on=["user_id", "item_id"]).groupby("user_id").size().reindex(common, fill_value=0)
+    union = (a.groupby("user_id").size().reindex(common) + b.groupby("user_id").size().reindex(common) - inter)
+    jac = inter / union.where(union > 0, 1)
+    return float(1.0 - jac.mean())
+
+
+def list_diversity(recs: pd.DataFrame, items: pd.DataFrame, k: int = 10,
+                   item_embeddings: tuple[np.ndarray, np.ndarray] | None = None) -> float | None:
+    """Intra-list diversity at ``k`` over embeddings when given, else over category paths."""
+    from pipeline.evaluate.metrics import intra_list_diversity
+
+    if item_embeddings is not None:
+        v = intra_list_diversity(recs, k, item_embeddings=item_embeddings)
+    elif "category" in items:
+        v = intra_list_diversity(recs, k, item_categories=items.set_index("item_id")["category"])
+    else:
+        return None
+    return None if v != v else float(v)
 
 
 def check_output(recs: pd.DataFrame, *, users: pd.Series, items: pd.DataFrame,
-                 thresholds: GateThresholds | None = None, live: pd.DataFrame | None = None,
-                 fallback_sources: tuple[str, ...] = ("popularity",)) -> dict:
-    """Measure the run's lists; raise QualityGateFailed naming every failed check, else return the figures."""
-    t = thresholds or GateThresholds()
+                 thresholds: GateThresholds | dict | None = None, live: pd.DataFrame | None = None,
+                 fallback_sources: tuple[str, ...] = ("popularity",),
+                 item_embeddings: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Measure the run's lists; raise QualityGateFailed naming every failed check, else return the figures.
+
+    ``live``: the live run's (user_id, item_id) rows for the churn check (see ``publish.live_lists``).
+    """
+    t = thresholds if isinstance(thresholds, GateThresholds) else GateThresholds.from_dict(thresholds)
     listed = set(recs["user_id"].unique())
     empty = int((~users.isin(listed)).sum())
     dups = int(recs.duplicated(["user_id", "item_id"]).sum())
-    available = items.loc[items["in_stock"] & items["visible"], "item_id"]
+    available = items.loc[items["in_stock"].fillna(False).astype(bool) & items["visible"].fillna(False).astype(bool),
+                          "item_id"]
     unavailable = int((~recs["item_id"].isin(available)).sum())
+    missing_reasons = int((recs["reason"].isna() | (recs["reason"].astype(str).str.strip() == "")).sum()) \
+        if "reason" in recs else len(recs)
     coverage = recs["item_id"].nunique() / max(len(available), 1)
     fallback = float(recs["source"].isin(fallback_sources).mean()) if len(recs) else 1.0
-    churn = None
-    if live is not None and len(live):
-        a = recs.groupby("user_id")["item_id"].apply(frozenset)
-        b = live.groupby("user_id")["item_id"].apply(frozenset)
-        common = a.index.intersection(b.index)
-        if len(common):
-            jac = [len(a[u] & b[u]) / max(len(a[u] | b[u]), 1) for u in common]
-            churn = 1.0 - sum(jac) / len(jac)
+    diversity = list_diversity(recs, items, t.diversity_k, item_embeddings) if len(recs) else None
+    churn = churn_against(recs, live) if live is not None and len(live) and len(recs) else None
     figures = {"users": int(len(users)), "rows": int(len(recs)), "empty_lists": empty, "duplicate_items": dups,
-               "unavailable_items": unavailable, "coverage": round(coverage, 4),
-               "fallback_share": round(fallback, 4), "churn": None if churn is None else round(churn, 4),
-               "thresholds": asdict(t)}
-    failed = []
+               "unavailable_items": unavailable, "missing_reasons": missing_reasons, "coverage": round(coverage, 4),
+               "fallback_share": round(fallback, 4),
+               "diversity": None if diversity is None else round(diversity, 4),
+               "churn": None if churn is None else round(churn, 4), "thresholds": asdict(t)}
+    if "variant" in recs and len(recs):
+        figures["variants"] = {str(k): int(v) for k, v in recs.groupby("variant")["user_id"].nunique().items()}
+    failed: dict[str, str] = {}
     if empty > t.max_empty_lists:
-        failed.append(f"{empty} users have an empty list (max {t.max_empty_lists})")
+        failed["empty_lists"] = f"{empty} users have an empty list (max {t.max_empty_lists})"
     if dups > t.max_duplicate_items:
-        failed.append(f"{dups} duplicate items within lists (max {t.max_duplicate_items})")
+        failed["duplicate_items"] = f"{dups} duplicate items within lists (max {t.max_duplicate_items})"
     if unavailable > t.max_unavailable_items:
-        failed.append(f"{unavailable} out-of-stock or invisible items (max {t.max_unavailable_items})")
+        failed["unavailable_items"] = f"{unavailable} out-of-stock or invisible items (max {t.max_unavailable_items})"
+    if missing_reasons > t.max_missing_reasons:
+        failed["missing_reasons"] = f"{missing_reasons} rows without a reason (max {t.max_missing_reasons})"
     if coverage < t.min_coverage:
-        failed.append(f"catalogue coverage {coverage:.4f} < {t.min_coverage}")
+        failed["coverage"] = f"catalogue coverage {coverage:.4f} < {t.min_coverage}"
     if fallback > t.max_fallback_share:
-        failed.append(f"fallback share {fallback:.3f} > {t.max_fallback_share}")
+        failed["fallback_share"] = f"fallback share {fallback:.3f} > {t.max_fallback_share}"
+    if t.min_diversity > 0 and (diversity is None or diversity < t.min_diversity):
+        shown = "n/a" if diversity is None else f"{diversity:.3f}"
+        failed["diversity"] = f"intra-list diversity@{t.diversity_k} {shown} < {t.min_diversity}"
     if churn is not None and churn > t.max_churn:
-        failed.append(f"churn against the live run {churn:.3f} > {t.max_churn}")
+        failed["churn"] = f"churn against the live run {churn:.3f} > {t.max_churn}"
     if failed:
-        raise QualityGateFailed("output quality gate refused the run: " + "; ".join(failed),
+        exc = QualityGateFailed("output quality gate refused the run: "
+                                + "; ".join(f"[{k}] {v}" for k, v in failed.items()),
                                 "the run's lists in RERANK_HOME/runs/<run_id>/recs.parquet; the live run stays")
+        exc.failed_checks = list(failed)  # type: ignore[attr-defined]
+        exc.figures = figures  # type: ignore[attr-defined]
+        raise exc
     return figures

@@ -1,19 +1,41 @@
 """Load a run's lists into their own table, then point the read views at it in one short transaction.
 
-Readers never see a half-written run: the new table is complete, indexed and analysed before the swap,
-and ``CREATE OR REPLACE VIEW`` plus the ``recsys.publications`` bookkeeping commit together. A crash at any
-point before that commit leaves the previous publication live; an orphan table is dropped by the next run.
+Readers never see a half-written run:
+
+1. *load* (one transaction): ``CREATE TABLE recsys.recs_<run>_p<id>``, ``COPY ... FREEZE`` (rows already
+   frozen, so the first reads set no hint bits), ``CREATE INDEX (user_id, rank)``, ``ANALYZE``. Killed
+   anywhere in here, Postgres rolls the whole thing back: no table is left.
+2. *swap* (one short transaction): insert the publication, move the ``live`` flag, ``CREATE OR REPLACE
+   VIEW`` both read views. It waits at most ``lock_timeout`` for running reads and retries, so readers queue
+   behind it for milliseconds, never for a load. Killed before its commit, the previous run stays live.
+3. *tidy* (after the swap): delete obsolete overlay rows, keep the live and the last ``keep`` publications.
+
+A table committed by step 1 whose swap never happened (killed between 1 and 2) is an orphan; the next
+publication drops it. Publications are serialised by a session advisory lock, so one run never mistakes
+another's table in the making for an orphan; the lock dies with a killed session.
+
+Test hook: ``RERANK_TEST_PUBLISH_PAUSE_AT=<point>`` makes the publishing process print
+``paused at <point>`` and sleep there (points: :data:`PAUSE_POINTS`), so a test can SIGKILL it.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import psycopg2
+import psycopg2.errors
 from psycopg2 import sql
 
-from pipeline.db.copy import copy_frame
+from pipeline.db.copy import frame_to_csv
 from pipeline.db.engine import connect
 from pipeline.errors import PublishError
 
@@ -21,6 +43,28 @@ VIEWS_DIR = Path(__file__).resolve().parents[2] / "sql" / "views"
 RECS_COLUMNS = ["user_id", "rank", "item_id", "score", "reason", "anchor_item_id", "source", "variant",
                 "model_version", "run_id", "generated_at"]
 SIMILAR_COLUMNS = ["item_id", "rank", "similar_item_id", "score", "method"]
+#: Named points of a publication where the test hook can pause it.
+PAUSE_POINTS = ("create", "copy", "index", "loaded", "swap")
+PAUSE_ENV = "RERANK_TEST_PUBLISH_PAUSE_AT"
+#: Advisory lock key serialising publications and rollbacks (any constant; "rerank" in ASCII).
+PUBLISH_LOCK = 0x7265_72616E6B
+_PROTECTED = ("recs_bootstrap", "similar_bootstrap", "recs_realtime")
+
+Hook = Callable[[str], None]
+
+
+def _env_hook() -> Hook | None:
+    point = os.environ.get(PAUSE_ENV)
+    if not point:
+        return None
+
+    def pause(at: str) -> None:
+        if at == point:
+            print(f"paused at {at}", flush=True)
+            sys.stdout.flush()
+            time.sleep(3600)
+
+    return pause
 
 
 def _view_sql(name: str, **parts: sql.Composable) -> sql.Composed:
@@ -32,107 +76,248 @@ def _view_sql(name: str, **parts: sql.Composable) -> sql.Composed:
                    .replace("{{similar_table}}", "{similar_table}")).format(**parts)
 
 
-def _drop_orphans(cur) -> None:
-    """Tables of publications that never committed (a killed run) are dropped."""
+def table_name(prefix: str, run_id: str, pub_id: int) -> str:
+    """``<prefix>_<run_id>_p<pub_id>``: lower-case, only [a-z0-9_], within Postgres' 63-byte identifier limit."""
+    suffix = f"_p{pub_id}"
+    base = re.sub(r"[^a-z0-9_]+", "_", run_id.lower()).strip("_") or "run"
+    return f"{prefix}_{base}"[: 63 - len(suffix)] + suffix
+
+
+def _orphans(cur) -> list[str]:
     cur.execute(
         """
         SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = 'recsys' AND c.relkind = 'r'
            AND (c.relname LIKE 'recs\\_%%' OR c.relname LIKE 'similar\\_%%')
-           AND c.relname NOT IN ('recs_bootstrap', 'similar_bootstrap', 'recs_realtime')
+           AND c.relname <> ALL(%s)
            AND c.relname NOT IN (SELECT recs_table FROM recsys.publications
                                  UNION SELECT similar_table FROM recsys.publications WHERE similar_table IS NOT NULL)
-        """
+         ORDER BY 1
+        """,
+        (list(_PROTECTED),),
     )
-    for (name,) in cur.fetchall():
+    return [r[0] for r in cur.fetchall()]
+
+
+def _drop_orphans(cur) -> list[str]:
+    """Tables of publications that never committed their swap (a killed run) are dropped."""
+    names = _orphans(cur)
+    for name in names:
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("recsys", name)))
+    return names
+
+
+def _sorted_by_user_rank(recs: pd.DataFrame) -> pd.DataFrame:
+    """Rows in (user_id, rank) order: the index builds from presorted input and a user's list sits on one page."""
+    u, r = recs["user_id"].to_numpy(), recs["rank"].to_numpy()
+    if len(u) < 2:
+        return recs
+    du = np.diff(u)
+    if np.all((du > 0) | ((du == 0) & (np.diff(r) > 0))):
+        return recs
+    return recs.sort_values(["user_id", "rank"], kind="stable")
+
+
+def _copy_frozen(cur, table: sql.Composable, df: pd.DataFrame, columns: list[str], chunk_rows: int,
+                 hook: Hook | None) -> None:
+    """COPY in chunks with FREEZE (the table was created in this transaction); the hook runs between chunks."""
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, FREEZE)").format(
+        table, sql.SQL(", ").join(sql.Identifier(c) for c in columns)).as_string(cur.connection)
+    df = df[columns]
+    for start in range(0, max(len(df), 1), chunk_rows):
+        part = df.iloc[start: start + chunk_rows]
+        if len(part):
+            cur.copy_expert(stmt, frame_to_csv(part))
+        if hook and start + chunk_rows < len(df):
+            hook("copy")
+
+
+def _acquire_lock(conn, wait_s: float) -> None:
+    with conn.cursor() as cur:
+        cur.execute("SET lock_timeout = %s", (f"{int(wait_s * 1000)}ms",))
+        try:
+            cur.execute("SELECT pg_advisory_lock(%s)", (PUBLISH_LOCK,))
+        except psycopg2.errors.LockNotAvailable:
+            raise PublishError(f"another publication held the publish lock for {wait_s:.0f} s",
+                               "a running `rerank run nightly` or `rerank publish rollback`") from None
+        cur.execute("SET lock_timeout = 0")
+
+
+def _session(url: str, wait_s: float):  # noqa: ANN202 - a psycopg2 connection holding the publish lock
+    conn = psycopg2.connect(url, application_name="ecom-rerank-publish")
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            # A killed client must not leave its backend running a long statement (PG 14+).
+            cur.execute("SELECT current_setting('server_version_num')::int >= 140000")
+            if cur.fetchone()[0]:
+                cur.execute("SET client_connection_check_interval = '1s'")
+        _acquire_lock(conn, wait_s)
+        conn.autocommit = False  # from here, `with conn:` blocks are transactions; the lock is per session
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _swap(conn, pub_id: int, insert: tuple | None, *, lock_timeout_ms: int, attempts: int,
+          hook: Hook | None) -> float:
+    """One short transaction making ``pub_id`` live; retried when running reads hold the views too long.
+
+    Returns the duration of the successful transaction in seconds.
+    """
+    for attempt in range(1, attempts + 1):
+        t0 = time.perf_counter()
+        try:
+            with conn, conn.cursor() as cur:  # a transaction: commit on success, rollback on error
+                cur.execute(f"SET LOCAL lock_timeout = '{lock_timeout_ms}ms'")
+                cur.execute("SET LOCAL statement_timeout = '30s'")
+                if insert is not None:
+                    cur.execute(
+                        "INSERT INTO recsys.publications (publication_id, run_id, recs_table, similar_table, "
+                        "generated_at, stats) VALUES (%s, %s, %s, %s, %s, %s)", insert)
+                _point_views(cur, pub_id)
+                if hook:
+                    hook("swap")
+            return time.perf_counter() - t0
+        except psycopg2.errors.LockNotAvailable:
+            if attempt == attempts:
+                raise PublishError(f"could not swap the read views after {attempts} tries of {lock_timeout_ms} ms",
+                                   "long-running transactions reading recsys.user_recommendations") from None
+            time.sleep(min(0.05 * 2 ** attempt, 2.0))
+    raise AssertionError("unreachable")
 
 
 def publish_run(url: str, run_id: str, recs: pd.DataFrame, similar: pd.DataFrame | None, *,
-                generated_at: datetime, keep: int = 3, stats: dict | None = None) -> dict:
-    """Publish ``recs`` (and item neighbours) for ``run_id``; return the publication's table names."""
-    import json
+                generated_at: datetime, keep: int = 3, stats: dict | None = None, hook: Hook | None = None,
+                chunk_rows: int = 500_000, lock_wait_s: float = 600.0, swap_lock_timeout_ms: int = 2000,
+                swap_attempts: int = 10) -> dict:
+    """Publish ``recs`` (and item neighbours) for ``run_id``; return table names and timings.
 
+    ``hook(point)`` is called at each of :data:`PAUSE_POINTS` (tests use it to kill the process there).
+    """
     missing = set(RECS_COLUMNS) - set(recs.columns)
     if missing:
         raise PublishError(f"recommendations lack columns {sorted(missing)}", "the rerank stage's output")
-    with connect(url) as conn, conn.cursor() as cur:
-        _drop_orphans(cur)
-        cur.execute("SELECT nextval('recsys.publications_publication_id_seq')")
-        pub_id = cur.fetchone()[0]
-    base = run_id.lower()
-    recs_table = f"recs_{base}_p{pub_id}"
-    similar_table = f"similar_{base}_p{pub_id}" if similar is not None else None
+    if similar is not None and set(SIMILAR_COLUMNS) - set(similar.columns):
+        raise PublishError(f"item neighbours lack columns {sorted(set(SIMILAR_COLUMNS) - set(similar.columns))}",
+                           "the neighbours snapshot")
+    hook = hook or _env_hook()
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    conn = _session(url, lock_wait_s)
+    try:
+        with conn, conn.cursor() as cur:
+            orphans = _drop_orphans(cur)
+            cur.execute("SELECT nextval('recsys.publications_publication_id_seq')")
+            pub_id = cur.fetchone()[0]
+        recs_table = table_name("recs", run_id, pub_id)
+        similar_table = table_name("similar", run_id, pub_id) if similar is not None else None
+        recs = _sorted_by_user_rank(recs)
 
-    # Load and index outside the swap transaction: long work here never blocks readers.
-    with connect(url) as conn, conn.cursor() as cur:
-        rt = sql.Identifier("recsys", recs_table)
-        cur.execute(sql.SQL("CREATE TABLE {} (LIKE recsys.recs_bootstrap INCLUDING ALL)").format(rt))
-        copy_frame(cur, rt, recs[RECS_COLUMNS], RECS_COLUMNS)
-        cur.execute(sql.SQL("CREATE INDEX ON {} (user_id, rank)").format(rt))
-        if similar_table:
-            st = sql.Identifier("recsys", similar_table)
-            cur.execute(sql.SQL("CREATE TABLE {} (LIKE recsys.similar_bootstrap INCLUDING ALL)").format(st))
-            copy_frame(cur, st, similar[SIMILAR_COLUMNS], SIMILAR_COLUMNS)
-            cur.execute(sql.SQL("CREATE INDEX ON {} (item_id, rank)").format(st))
-    with connect(url, autocommit=True) as conn, conn.cursor() as cur:
-        cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier("recsys", recs_table)))
+        # 1. Load: one transaction, so a crash anywhere inside leaves nothing behind.
+        t0 = time.perf_counter()
+        with conn, conn.cursor() as cur:
+            cur.execute("SET LOCAL maintenance_work_mem = '256MB'")
+            rt = sql.Identifier("recsys", recs_table)
+            cur.execute(sql.SQL("CREATE TABLE {} (LIKE recsys.recs_bootstrap INCLUDING ALL)").format(rt))
+            if hook:
+                hook("create")
+            _copy_frozen(cur, rt, recs, RECS_COLUMNS, chunk_rows, hook)
+            timings["copy_s"] = time.perf_counter() - t0
+            cur.execute(sql.SQL("CREATE INDEX {} ON {} (user_id, rank)").format(
+                sql.Identifier(f"{recs_table}_user_rank"[:63]), rt))
+            if similar_table:
+                st = sql.Identifier("recsys", similar_table)
+                cur.execute(sql.SQL("CREATE TABLE {} (LIKE recsys.similar_bootstrap INCLUDING ALL)").format(st))
+                _copy_frozen(cur, st, similar, SIMILAR_COLUMNS, chunk_rows, None)
+                cur.execute(sql.SQL("CREATE INDEX {} ON {} (item_id, rank)").format(
+                    sql.Identifier(f"{similar_table}_item_rank"[:63]), st))
+            if hook:
+                hook("index")
+            cur.execute(sql.SQL("ANALYZE {}").format(rt))
+            if similar_table:
+                cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier("recsys", similar_table)))
+        timings["load_s"] = time.perf_counter() - t0
+        if hook:
+            hook("loaded")
 
-    with connect(url) as conn, conn.cursor() as cur:
-        cur.execute("SET LOCAL lock_timeout = '10s'")
-        cur.execute(
-            """
-            INSERT INTO recsys.publications (publication_id, run_id, recs_table, similar_table, generated_at, stats)
-            VALUES (%s, %s, %s, %s, %s, %s)
-            """,
-            (pub_id, run_id, recs_table, similar_table, generated_at, json.dumps(stats or {})),
-        )
-        _point_views(cur, pub_id)
-    with connect(url) as conn, conn.cursor() as cur:
-        _prune(cur, keep)
-    return {"publication_id": pub_id, "recs_table": recs_table, "similar_table": similar_table,
-            "rows": len(recs)}
+        # 2. Swap: short, retried on lock timeouts.
+        insert = (pub_id, run_id, recs_table, similar_table, generated_at, json.dumps(stats or {}, default=str))
+        timings["swap_s"] = _swap(conn, pub_id, insert, lock_timeout_ms=swap_lock_timeout_ms,
+                                  attempts=swap_attempts, hook=hook)
+
+        # 3. Tidy: never blocks the swap; a failure here leaves extra tables for the next run.
+        t0 = time.perf_counter()
+        with conn, conn.cursor() as cur:
+            cur.execute("SET LOCAL lock_timeout = '5s'")
+            cur.execute("DELETE FROM recsys.recs_realtime WHERE generated_at <= %s", (generated_at,))
+        pruned = _prune(conn, keep)
+        timings["tidy_s"] = time.perf_counter() - t0
+    finally:
+        conn.close()  # also releases the advisory lock
+    timings["total_s"] = time.perf_counter() - t_all
+    return {"publication_id": pub_id, "recs_table": recs_table, "similar_table": similar_table, "rows": len(recs),
+            "orphans_dropped": orphans, "pruned": pruned, **{k: round(v, 4) for k, v in timings.items()}}
 
 
 def _point_views(cur, pub_id: int) -> None:
     """Inside the caller's transaction: make publication ``pub_id`` the live one."""
     cur.execute("SELECT recs_table, similar_table, generated_at FROM recsys.publications WHERE publication_id = %s",
                 (pub_id,))
-    recs_table, similar_table, generated_at = cur.fetchone()
+    row = cur.fetchone()
+    if row is None:
+        raise PublishError(f"publication {pub_id} does not exist", "recsys.publications")
+    recs_table, similar_table, generated_at = row
     if similar_table is None:
         cur.execute("SELECT similar_table FROM recsys.publications WHERE live")
-        row = cur.fetchone()
-        similar_table = row[0] if row and row[0] else "similar_bootstrap"
+        live = cur.fetchone()
+        similar_table = live[0] if live and live[0] else "similar_bootstrap"
     cur.execute("UPDATE recsys.publications SET live = false WHERE live")
     cur.execute("UPDATE recsys.publications SET live = true, published_at = now() WHERE publication_id = %s",
                 (pub_id,))
     cur.execute(_view_sql("user_recommendations", recs_table=sql.Identifier("recsys", recs_table),
                           generated_at=sql.SQL("{}::timestamptz").format(sql.Literal(generated_at))))
     cur.execute(_view_sql("similar_items", similar_table=sql.Identifier("recsys", similar_table)))
-    # Overlay rows older than the live run are obsolete (the view ignores them already).
-    cur.execute("DELETE FROM recsys.recs_realtime WHERE generated_at <= %s", (generated_at,))
 
 
-def _prune(cur, keep: int) -> None:
-    """Keep the live publication and the ``keep`` most recent ones; drop the rest with their tables."""
-    cur.execute(
-        """
-        SELECT publication_id, recs_table, similar_table FROM recsys.publications
-         WHERE NOT live AND publication_id NOT IN (
-               SELECT publication_id FROM recsys.publications ORDER BY publication_id DESC LIMIT %s)
-        """,
-        (keep,),
-    )
-    for pub_id, recs_table, similar_table in cur.fetchall():
-        cur.execute("SELECT 1 FROM recsys.publications WHERE live AND similar_table = %s", (similar_table,))
-        shared = cur.fetchone() is not None
-        cur.execute("DELETE FROM recsys.publications WHERE publication_id = %s", (pub_id,))
-        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("recsys", recs_table)))
-        if similar_table and not shared:
-            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("recsys", similar_table)))
+def _prune(conn, keep: int) -> list[str]:
+    """Keep the live publication and the ``keep`` most recent ones; drop the rest with their tables.
+
+    One transaction per publication, each with a short lock timeout: a reader still on an old table delays
+    only its own drop, which the next run retries.
+    """
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            """
+            SELECT publication_id, recs_table, similar_table FROM recsys.publications
+             WHERE NOT live AND publication_id NOT IN (
+                   SELECT publication_id FROM recsys.publications ORDER BY publication_id DESC LIMIT %s)
+             ORDER BY publication_id
+            """,
+            (keep,),
+        )
+        old = cur.fetchall()
+    dropped = []
+    for pub_id, recs_table, similar_table in old:
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute("SET LOCAL lock_timeout = '5s'")
+                cur.execute("SELECT 1 FROM recsys.publications WHERE similar_table = %s AND publication_id <> %s",
+                            (similar_table, pub_id))
+                shared = cur.fetchone() is not None
+                cur.execute("DELETE FROM recsys.publications WHERE publication_id = %s", (pub_id,))
+                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("recsys", recs_table)))
+                if similar_table and not shared:
+                    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("recsys", similar_table)))
+            dropped.append(recs_table)
+        except psycopg2.errors.LockNotAvailable:
+            continue
+    return dropped
 
 
 def live_publication(url: str) -> dict | None:
+    """The live publication's id, run, table and generation time (None before the first publication)."""
     with connect(url) as conn, conn.cursor() as cur:
         cur.execute("SELECT publication_id, run_id, recs_table, generated_at FROM recsys.publications WHERE live")
         row = cur.fetchone()
@@ -141,21 +326,39 @@ def live_publication(url: str) -> dict | None:
     return dict(zip(["publication_id", "run_id", "recs_table", "generated_at"], row, strict=True))
 
 
-def rollback(url: str) -> dict:
-    """Make the publication before the live one live again."""
+def live_lists(url: str, columns: tuple[str, ...] = ("user_id", "item_id")) -> pd.DataFrame | None:
+    """The live run's rows (for the gate's churn check); None before the first publication."""
+    live = live_publication(url)
+    if live is None:
+        return None
+    bad = set(columns) - set(RECS_COLUMNS)
+    if bad:
+        raise PublishError(f"unknown columns {sorted(bad)}", f"one of {RECS_COLUMNS}")
+    q = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+                                            sql.Identifier("recsys", live["recs_table"]))
     with connect(url) as conn, conn.cursor() as cur:
-        cur.execute("SELECT publication_id FROM recsys.publications WHERE live")
-        row = cur.fetchone()
-        if row is None:
-            raise PublishError("nothing is published, so there is nothing to roll back", "rerank run nightly")
-        cur.execute(
-            "SELECT publication_id, run_id FROM recsys.publications WHERE publication_id < %s "
-            "ORDER BY publication_id DESC LIMIT 1",
-            (row[0],),
-        )
-        prev = cur.fetchone()
-        if prev is None:
-            raise PublishError("no earlier publication is kept", "RERANK_KEEP_RUNS keeps the last K runs")
-        cur.execute("SET LOCAL lock_timeout = '10s'")
-        _point_views(cur, prev[0])
+        cur.execute(q)
+        return pd.DataFrame(cur.fetchall(), columns=list(columns))
+
+
+def rollback(url: str, *, lock_wait_s: float = 60.0) -> dict:
+    """Make the publication before the live one live again (its table is kept for this)."""
+    conn = _session(url, lock_wait_s)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT publication_id FROM recsys.publications WHERE live")
+            row = cur.fetchone()
+            if row is None:
+                raise PublishError("nothing is published, so there is nothing to roll back", "rerank run nightly")
+            cur.execute(
+                "SELECT publication_id, run_id FROM recsys.publications WHERE publication_id < %s "
+                "ORDER BY publication_id DESC LIMIT 1",
+                (row[0],),
+            )
+            prev = cur.fetchone()
+            if prev is None:
+                raise PublishError("no earlier publication is kept", "RERANK_KEEP_RUNS keeps the last K runs")
+        _swap(conn, prev[0], None, lock_timeout_ms=2000, attempts=10, hook=None)
+    finally:
+        conn.close()
     return {"publication_id": prev[0], "run_id": prev[1]}

@@ -1,5 +1,10 @@
-"""Re-rank: score fusion, a per-category cap for diversity, reasons for every row."""
+"""Re-rank: score fusion, business rules, diversity (MMR, caps, exploration), reasons and A/B variants."""
 
-from pipeline.rerank.lists import FUSIONS, finalize_lists, fuse, reason_text
+from pipeline.rerank.config import RerankConfig, Variant, assign_variants, parse_variants
+from pipeline.rerank.diversity import load_item_embeddings, mmr_select
+from pipeline.rerank.lists import FUSIONS, OUTPUT_COLUMNS, finalize_lists, fuse, reason_text
+from pipeline.rerank.rules import apply_rules, load_repurchase_windows, load_rules
 
-__all__ = ["FUSIONS", "finalize_lists", "fuse", "reason_text"]
+__all__ = ["FUSIONS", "OUTPUT_COLUMNS", "RerankConfig", "Variant", "apply_rules", "assign_variants", "finalize_lists",
+           "fuse", "load_item_embeddings", "load_repurchase_windows", "load_rules", "mmr_select", "parse_variants",
+           "reason_text"]

@@ -1,16 +1,29 @@
-"""Turn scored candidates into each user's final list (pure pandas).
+"""Turn scored candidates into each user's final list (pure pandas + numpy; runs on a Dask worker).
 
-Fusion default: P_re = P_recall * P_rank (ARCHITECTURE.md, "Scores"). Diversity here is a cap on the
-share of one top-level category in a list: items over the cap move below the others, never out.
+Order of work per A/B variant: rules (availability, purchases with repurchase windows, merchandiser
+exclude/boost/bury) -> fusion (default P_re = P_recall * P_rank, ARCHITECTURE.md "Scores") x rule factor
+-> MMR with category and brand caps -> exploration slots for new items -> reasons. Deterministic: ties
+break on item_id, variants and exploration use seeded hashes, never a random generator.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
-FUSIONS = ("product", "ranker", "weighted")
+from pipeline.rerank.config import FUSIONS, RerankConfig, Variant, assign_variants, parse_variants
+from pipeline.rerank.diversity import ItemEmbeddings, add_exploration, mmr_select
+from pipeline.rerank.rules import apply_rules, purchase_exclusions, rule_effects
+
+OUTPUT_COLUMNS = ["user_id", "rank", "item_id", "score", "reason", "anchor_item_id", "source", "variant"]
+#: Sources whose anchor is an item of the user's history ("because you viewed X").
+ANCHORED_SOURCES = ("item-cf", "content", "session", "als-neighbour", "co-view")
+
+__all__ = ["FUSIONS", "OUTPUT_COLUMNS", "finalize_lists", "fuse", "reason_text"]
 
 
 def fuse(p_recall: pd.Series, p_rank: pd.Series, method: str = "product", alpha: float = 0.5) -> pd.Series:
@@ -25,52 +38,154 @@ def fuse(p_recall: pd.Series, p_rank: pd.Series, method: str = "product", alpha:
 
 
 def _quote(title: object) -> str:
-    text = str(title) if title is not None and title == title else "an item"
+    text = "an item" if title is None or pd.isna(title) else str(title)
     return "\u201c" + (text[:60] + "\u2026" if len(text) > 60 else text) + "\u201d"
 
 
-def reason_text(source: str, anchor_title: object, anchor_bought: bool, category: object) -> str:
-    """The stored explanation of a row."""
-    if source == "item-cf":
+def reason_text(source: str, anchor_title: object, anchor_bought: bool, category: object,
+                query: object = None, has_anchor: bool = True) -> str:
+    """The stored explanation of a row (every row gets one); an anchored source without an anchor falls
+    back to the category / popularity wording rather than naming no item."""
+    if source == "explore":
+        return "new arrival"
+    if isinstance(query, str) and query.strip():
+        q = query.strip()
+        return f"matches your search '{q[:60]}'"
+    if source in ANCHORED_SOURCES and has_anchor:
         return ("bought together with " if anchor_bought else "because you viewed ") + _quote(anchor_title)
     if source == "retarget":
         return "you viewed this recently"
-    if source == "category":
+    if (source == "category" or source in ANCHORED_SOURCES) and isinstance(category, str) and category:
         return f"popular in {category}"
+    if source == "new":
+        return "new arrival"
+    if source == "als" and isinstance(category, str) and category:
+        return f"picked for your taste in {category}"
+    if source == "search":
+        return "matches your recent searches"
+    if source == "trending":
+        return "trending now"
     return "popular right now"
 
 
+def _item_info(item_feats: pd.DataFrame) -> pd.DataFrame:
+    info = item_feats.drop_duplicates("item_id").copy()
+    if "top_category" not in info and "category" in info:
+        info["top_category"] = info["category"].astype("string").str.split(">").str[0]
+    for col in ("top_category", "category", "brand", "title"):
+        if col not in info:
+            info[col] = None
+    return info
+
+
+def _new_items(info: pd.DataFrame, cfg: RerankConfig, as_of: datetime | None, limit: int) -> pd.DataFrame:
+    """The exploration pool: available items created within ``new_item_days`` of ``as_of``."""
+    if as_of is None or cfg.explore_share <= 0 or "created_at" not in info:
+        return pd.DataFrame({"item_id": pd.Series(dtype="int64")})
+    created = pd.to_datetime(info["created_at"], utc=True)
+    t = pd.Timestamp(as_of)
+    t = t.tz_localize("UTC") if t.tzinfo is None else t
+    ok = (created >= t - pd.Timedelta(days=cfg.new_item_days)) & (created < t)
+    for flag in ("in_stock", "visible"):
+        if flag in info:
+            ok &= info[flag].fillna(False).astype(bool)
+    pool = info.loc[ok.to_numpy()]
+    order = [c for c in ("trend", "activity") if c in pool]
+    pool = pool.sort_values([*order, "item_id"], ascending=[False] * len(order) + [True]).head(limit)
+    return pool[["item_id"]]
+
+
+def _one_variant(cand: pd.DataFrame, info: pd.DataFrame, cfg: RerankConfig, *, top_n: int,
+                 bought: pd.DataFrame | None, rules: pd.DataFrame | None, embeddings: ItemEmbeddings | None,
+                 as_of: datetime | None, salt: str) -> pd.DataFrame:
+    c = apply_rules(cand, info, rules=rules, purchases=bought, as_of=as_of, repurchase_days=cfg.repurchase_days)
+    p_rank = c["p_rank"] if "p_rank" in c else pd.Series(1.0, index=c.index)
+    c = c.assign(score=fuse(c["p_recall"].astype("float64"), p_rank.astype("float64"), cfg.fusion, cfg.alpha)
+                 * c["rule_factor"])
+    c = c.merge(info[["item_id", "top_category", "category", "brand"]], on="item_id", how="left")
+    use_emb = embeddings if cfg.diversity_space in ("auto", "embedding") else None
+    lists = mmr_select(c, top_n=top_n, mmr_lambda=cfg.mmr_lambda, max_category_share=cfg.max_category_share,
+                       max_brand_share=cfg.max_brand_share, embeddings=use_emb)
+    pool = _new_items(info, cfg, as_of, limit=max(4 * top_n, 50))
+    if len(pool) and len(lists):
+        _, excluded_items = rule_effects(info, rules)
+        pool = pool[~pool["item_id"].isin(excluded_items)]
+        pool = pool.assign(score=0.0, top_category=pool["item_id"].map(info.set_index("item_id")["top_category"]))
+        excl = purchase_exclusions(bought, info, as_of=as_of, windows=cfg.repurchase_days)
+        lists = add_exploration(lists, pool, top_n=top_n, share=cfg.explore_share, excluded=excl,
+                                salt=salt + ":explore")
+    return lists
+
+
 def finalize_lists(cand: pd.DataFrame, item_feats: pd.DataFrame, *, top_n: int, bought: pd.DataFrame | None = None,
-                   max_category_share: float = 0.4, fusion: str = "product") -> pd.DataFrame:
-    """Rank each user's candidates by fused score with a category cap; attach reasons. Deterministic."""
-    feats = item_feats[["item_id", "title", "top_category"]] if "title" in item_feats else item_feats
-    df = cand.merge(feats[["item_id", "top_category"]], on="item_id", how="left")
-    df["score"] = fuse(df["p_recall"], df.get("p_rank", pd.Series(1.0, index=df.index)), fusion)
-    df = df.sort_values(["user_id", "score", "item_id"], ascending=[True, False, True], kind="stable")
-    cap = max(1, math.ceil(top_n * max_category_share))
-    df["_cat_pos"] = df.groupby(["user_id", "top_category"], dropna=False).cumcount()
-    df["_over"] = (df["_cat_pos"] >= cap).astype("int8")
-    df = df.sort_values(["user_id", "_over", "score", "item_id"], ascending=[True, True, False, True],
-                        kind="stable")
-    df = df.groupby("user_id").head(top_n).copy()
-    df["rank"] = df.groupby("user_id").cumcount() + 1
-    titles = item_feats.set_index("item_id")["title"] if "title" in item_feats else pd.Series(dtype=object)
-    anchor_title = df["anchor_item_id"].map(titles)
-    bought_pairs = set()
+                   max_category_share: float | None = None, fusion: str | None = None,
+                   config: RerankConfig | None = None,
+                   variants: Mapping[str, Mapping[str, Any]] | Sequence[Variant] | None = None,
+                   variant_salt: str = "rerank-ab", rules: pd.DataFrame | None = None,
+                   item_embeddings: ItemEmbeddings | None = None, as_of: datetime | None = None) -> pd.DataFrame:
+    """Each user's final ``top_n`` list with reasons and A/B variant (columns :data:`OUTPUT_COLUMNS`).
+
+    ``cand``: user_id, item_id, source, p_recall, anchor_item_id, optional p_rank and query.
+    ``item_feats``: item_id and whatever of top_category, category, brand, title, in_stock, visible,
+    created_at, trend/activity is known. ``bought``: the user's purchases (user_id, item_id, optional ts).
+    ``max_category_share`` / ``fusion`` override ``config`` (kept for the skeleton's callers).
+    ``as_of`` enables exploration and repurchase windows; ``rules`` comes from :func:`load_rules`.
+    """
+    cfg = config or RerankConfig()
+    legacy = {k: v for k, v in (("max_category_share", max_category_share), ("fusion", fusion)) if v is not None}
+    cfg = cfg.with_overrides(legacy) if legacy else cfg
+    arms = list(variants) if isinstance(variants, Sequence) else parse_variants(variants)
+    info = _item_info(item_feats)
+    if cand.empty:
+        return _typed(pd.DataFrame({c: [] for c in OUTPUT_COLUMNS}))
+    users = pd.unique(cand["user_id"])
+    arm_of = pd.Series(assign_variants(users, arms, variant_salt), index=users)
+    parts = []
+    for arm in arms:
+        mine = arm_of.index[arm_of.to_numpy() == arm.name]
+        if len(mine) == 0:
+            continue
+        sub = cand[cand["user_id"].isin(mine)]
+        lists = _one_variant(sub, info, cfg.with_overrides(arm.overrides), top_n=top_n, bought=bought, rules=rules,
+                             embeddings=item_embeddings, as_of=as_of, salt=variant_salt)
+        parts.append(lists.assign(variant=arm.name))
+    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=OUTPUT_COLUMNS)
+    if df.empty:
+        return _typed(pd.DataFrame({c: [] for c in OUTPUT_COLUMNS}))
+    df["reason"] = _reasons(df, info, bought)
+    df.loc[df["source"] == "explore", "anchor_item_id"] = pd.NA
+    df = df.sort_values(["user_id", "rank"], kind="stable").reset_index(drop=True)
+    return _typed(df[OUTPUT_COLUMNS])
+
+
+def _reasons(df: pd.DataFrame, info: pd.DataFrame, bought: pd.DataFrame | None) -> list[str]:
+    titles = info.set_index("item_id")["title"]
+    anchors = df["anchor_item_id"] if "anchor_item_id" in df else pd.Series(pd.NA, index=df.index)
+    anchor_title = anchors.map(titles)
+    pairs: set = set()
     if bought is not None and len(bought):
-        bought_pairs = set(zip(bought["user_id"].to_numpy(), bought["item_id"].to_numpy(), strict=True))
-    anchor_bought = [
-        (u, a) in bought_pairs if a is not pd.NA and a == a else False
-        for u, a in zip(df["user_id"].to_numpy(), df["anchor_item_id"].to_numpy(), strict=True)
-    ]
-    df["reason"] = [
-        reason_text(s, t, b, c)
-        for s, t, b, c in zip(df["source"], anchor_title, anchor_bought, df["top_category"], strict=True)
-    ]
-    df["score"] = df["score"].astype("float64").round(6)
-    df["anchor_item_id"] = df["anchor_item_id"].astype("Int64")
-    cols = ["user_id", "rank", "item_id", "score", "reason", "anchor_item_id", "source"]
-    return df[cols].reset_index(drop=True).astype({"user_id": "int64", "item_id": "int64", "rank": "int32"})
+        b = bought.dropna(subset=["user_id", "item_id"])
+        pairs = set(zip(b["user_id"].astype("int64").to_numpy(), b["item_id"].astype("int64").to_numpy(), strict=True))
+    anchor_bought = [bool(pairs) and pd.notna(a) and (int(u), int(a)) in pairs
+                     for u, a in zip(df["user_id"].to_numpy(), anchors.to_numpy(), strict=True)]
+    queries = df["query"] if "query" in df else pd.Series(None, index=df.index, dtype=object)
+    cats = df["top_category"] if "top_category" in df else pd.Series(None, index=df.index, dtype=object)
+    has = anchors.notna().to_numpy()
+    return [reason_text(s, t, b, c, q, h) for s, t, b, c, q, h in
+            zip(df["source"], anchor_title, anchor_bought, cats, queries, has, strict=True)]
 
 
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    out["score"] = out["score"].astype("float64").fillna(0.0).round(6)
+    out["anchor_item_id"] = out["anchor_item_id"].astype("Int64")
+    return out.astype({"user_id": "int64", "item_id": "int64", "rank": "int32", "reason": "object",
+                       "source": "object", "variant": "object"}).reset_index(drop=True)
 
+
+def lists_digest(lists: pd.DataFrame) -> str:
+    """A short digest of (user, rank, item) triples: equal digests mean equal lists (for tests and logs)."""
+    import hashlib
+
+    arr = lists[["user_id", "rank", "item_id"]].to_numpy(dtype=np.int64)
+    return hashlib.sha256(arr.tobytes()).hexdigest()[:12]

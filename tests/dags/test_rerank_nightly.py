@@ -203,7 +203,8 @@ def test_airflow_dags_test_publishes_lists(airflow_db: dict[str, str], db_url: s
     env = {**airflow_db, "AIRFLOW_CONN_RERANK_POSTGRES": db_url,
            "RERANK_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
            "RERANK_HOME": str(tmp_path / "home"), "RERANK_DASK_WORKERS": "1",
-           "RERANK_RANK_WINDOWS": "2", "RERANK_RANK_MAX_EPOCHS": "3"}
+           "RERANK_RANK_WINDOWS": "2", "RERANK_RANK_MAX_EPOCHS": "3",
+           "RERANK_EMBEDDING_METHOD": "tfidf"}
     conf = {"as_of": "2026-11-24T00:00:00+00:00", "top_n": 15, "retrain": False}
     airflow = str(Path(sys.executable).with_name("airflow"))
     proc = subprocess.run([airflow, "dags", "test", "rerank_nightly", "-c", json.dumps(conf)], env=env,

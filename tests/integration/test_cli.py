@@ -42,7 +42,8 @@ def test_bad_settings_exit_non_zero_with_one_line(args: list[str], env: dict[str
 
 def test_generate_run_recommend_and_rollback(db_url: str, tmp_path: Path) -> None:
     env = {"RERANK_DATABASE_URL": db_url, "RERANK_HOME": str(tmp_path), "RERANK_DASK_WORKERS": "1",
-           "RERANK_TOP_N": "10", "RERANK_CANDIDATES": "40", "RERANK_RANK_WINDOWS": "2", "RERANK_RANK_MAX_EPOCHS": "3"}
+           "RERANK_TOP_N": "10", "RERANK_CANDIDATES": "40", "RERANK_RANK_WINDOWS": "2", "RERANK_RANK_MAX_EPOCHS": "3",
+           "RERANK_EMBEDDING_METHOD": "tfidf"}
     assert _run(["generate", "--users", "200", "--items", "80", "--days", "7"], **env).returncode == 0
     proc = _run(["db", "status"], **env)
     assert json.loads(proc.stdout)["revision"]

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_migration_creates_contract(db_url: str) -> None:
-    assert migrate.current(db_url) == "0001"
+    assert migrate.current(db_url) == migrate.head()
     with connect(db_url) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT table_schema || '.' || table_name FROM information_schema.tables "
@@ -25,8 +25,34 @@ def test_migration_creates_contract(db_url: str) -> None:
 
 
 def test_migrate_twice_is_a_no_op(db_url: str) -> None:
-    assert migrate.upgrade(db_url) == "0001"
-    assert migrate.upgrade(db_url) == "0001"
+    assert migrate.upgrade(db_url) == migrate.head()
+    assert migrate.upgrade(db_url) == migrate.head()
+
+
+def test_migrations_form_one_chain_and_downgrade_cleanly(pg_server: str) -> None:
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    admin = psycopg2.connect(urlunsplit(urlsplit(pg_server)._replace(path="/postgres")))
+    admin.autocommit = True
+    name = f"mig_{uuid.uuid4().hex[:8]}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    url = urlunsplit(urlsplit(pg_server)._replace(path="/" + name))
+    try:
+        assert migrate.upgrade(url) == migrate.head()
+        from alembic import command
+
+        command.downgrade(migrate._config(url), "base")
+        assert migrate.current(url) is None
+        assert migrate.upgrade(url) == migrate.head()
+    finally:
+        from pipeline.db.engine import sa_engine
+
+        sa_engine.cache_clear()
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
 
 
 def test_reader_sees_only_the_two_views(db_url: str) -> None:

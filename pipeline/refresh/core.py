@@ -1,0 +1,266 @@
+"""One refresh batch = one transaction: read events after the watermark, rebuild the touched users' lists,
+replace their overlay rows, advance the watermark, log the batch, commit.
+
+Exactly once: the overlay rows, the watermark and the ``recsys.refresh_batches`` row commit together, so a
+crash anywhere before COMMIT leaves all three as they were and the rerun takes the same events again; a
+crash after it finds them done. A user's list is deleted and rewritten inside that transaction, so a
+reader sees the old list or the new one, never a mix.
+
+Mutual exclusion: ``pg_try_advisory_xact_lock(lock_key)`` at the start of each batch. A second refresher
+(the minutely DAG while ``--follow`` runs, or two followers) finds it taken and backs off instead of
+working on the same users; the lock dies with the transaction, so a killed refresher never leaves it held.
+
+Commit order: event ids are assumed to be taken in commit order (a sequence, short inserts). A batch stops
+before the first event written by a transaction that is older than a transaction still writing to
+``shop.events`` (found in ``pg_locks``), because that writer may yet commit a smaller id.
+
+Events older than the live run's ``as_of`` are already in its lists: they move the watermark but trigger
+no rebuild (this is also how a first refresh after install skips the history the nightly run covered).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.db.copy import copy_frame
+from pipeline.db.engine import connect
+from pipeline.errors import PipelineError
+from pipeline.refresh.fresh import FreshConfig, build_lists
+from pipeline.refresh.live import LiveRun, load_live
+from pipeline.validate.sqlchecks import clean_events_predicate
+
+#: Default advisory lock key (ASCII "RRFS"); refreshers of one database must agree on it.
+DEFAULT_LOCK_KEY = 0x52524653
+DEFAULT_BATCH_SIZE = 2000
+OVERLAY_COLUMNS = ["user_id", "rank", "item_id", "score", "reason", "anchor_item_id", "source", "variant",
+                   "model_version", "run_id", "generated_at"]
+EVENT_COLUMNS = ["event_id", "user_id", "item_id", "event_type", "query", "session_id", "quantity", "ts"]
+#: Points where a test hook is called (the fault test pauses at one and is SIGKILLed there).
+HOOK_POINTS = ("locked", "events_read", "lists_built", "rows_written", "watermark_moved", "committed")
+
+Hook = Callable[[str, dict], None]
+
+_BATCH_SQL = f"""
+WITH writers AS (  -- oldest transaction still writing to shop.events (its rows are not visible yet)
+    SELECT max(age(x.transactionid)) AS oldest
+      FROM pg_locks r
+      JOIN pg_locks x ON x.virtualtransaction = r.virtualtransaction AND x.locktype = 'transactionid'
+                     AND x.mode = 'ExclusiveLock' AND x.granted
+     WHERE r.locktype = 'relation' AND r.relation = 'shop.events'::regclass AND r.mode = 'RowExclusiveLock'
+       AND r.pid <> pg_backend_pid()
+)
+SELECT e.event_id, e.user_id, e.item_id, e.event_type, e.query, e.session_id, e.quantity, e.ts,
+       {clean_events_predicate()} AS clean,
+       age(e.xmin) > coalesce((SELECT oldest FROM writers), -1) AS settled
+  FROM shop.events e
+ WHERE e.event_id > %(after)s
+ ORDER BY e.event_id
+ LIMIT %(limit)s
+"""
+
+_HISTORY_SQL = f"""
+SELECT e.event_id, e.user_id, e.item_id, e.event_type, e.query, e.session_id, e.quantity, e.ts
+  FROM shop.events e
+ WHERE e.user_id = ANY(%(users)s) AND e.ts >= %(since)s AND e.event_id <= %(upto)s
+   AND {clean_events_predicate()}
+"""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one batch did; ``more`` says whether events were left behind (batch full or held back)."""
+
+    status: str  # "ok" | "empty" | "busy" | "no_live_run"
+    events: int = 0
+    skipped: int = 0
+    users: int = 0
+    rows: int = 0
+    watermark: int = 0
+    held_back: bool = False
+    more: bool = False
+
+
+def _frame(rows: list[tuple], columns: list[str]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=columns)
+    df["item_id"] = df["item_id"].astype("Int64")
+    df["user_id"] = df["user_id"].astype("int64")
+    df["event_id"] = df["event_id"].astype("int64")
+    df["ts"] = pd.to_datetime(df["ts"], utc=True)
+    return df
+
+
+def _live_pub(cur) -> dict | None:
+    cur.execute("SELECT publication_id, run_id, generated_at, "
+                "(SELECT max(model_version) FROM recsys.models WHERE status = 'champion') "
+                "FROM recsys.publications WHERE live")
+    row = cur.fetchone()
+    return dict(zip(["publication_id", "run_id", "generated_at", "champion"], row, strict=True)) if row else None
+
+
+def _prepare(conn, url: str, home: str | Path) -> LiveRun | None:
+    """Load (or take from the cache) the live run's inputs *before* the batch transaction takes the lock."""
+    with conn.cursor() as cur:
+        pub = _live_pub(cur)
+    conn.commit()
+    return load_live(url, home, pub, pub["champion"]) if pub else None
+
+
+def run_batch(conn, url: str, home: str | Path, *, name: str = "default", batch_size: int = DEFAULT_BATCH_SIZE,
+              lock_key: int = DEFAULT_LOCK_KEY, cfg: FreshConfig | None = None, history_days: int = 90,
+              hook: Hook | None = None) -> BatchResult:
+    """One batch in one transaction on ``conn`` (autocommit off); commits or rolls back before returning."""
+    cfg = cfg or FreshConfig()
+    hook = hook or (lambda point, info: None)
+    live = _prepare(conn, url, home)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (lock_key,))
+            if not cur.fetchone()[0]:
+                conn.rollback()
+                return BatchResult("busy")
+            cur.execute("INSERT INTO recsys.refresh_state (name) VALUES (%s) ON CONFLICT (name) DO NOTHING", (name,))
+            cur.execute("SELECT last_event_id, now() FROM recsys.refresh_state WHERE name = %s FOR UPDATE", (name,))
+            after, now = cur.fetchone()
+            pub = _live_pub(cur)
+            if pub is None:  # nothing to overlay yet; keep the events for when a nightly run has published
+                conn.rollback()
+                return BatchResult("no_live_run", watermark=after)
+            if live is None or live.publication_id != pub["publication_id"]:
+                live = load_live(url, home, pub, pub["champion"])  # a nightly run published meanwhile (rare)
+            hook("locked", {"watermark": after})
+            cur.execute(_BATCH_SQL, {"after": after, "limit": batch_size})
+            rows = cur.fetchall()
+            n_read = len(rows)
+            settled = [r[-1] for r in rows]
+            cut = settled.index(False) if False in settled else n_read
+            rows = rows[:cut]
+            if not rows:
+                conn.rollback()
+                return BatchResult("empty", watermark=after, held_back=cut < n_read, more=cut < n_read)
+            batch = _frame([r[:8] for r in rows], EVENT_COLUMNS).assign(clean=[bool(r[8]) for r in rows])
+            upto = int(batch["event_id"].iloc[-1])
+            clean = batch[batch["clean"]]
+            fresh = clean[clean["ts"] >= pd.Timestamp(pub["generated_at"])]
+            users = np.unique(fresh["user_id"].to_numpy(dtype="int64"))
+            hook("events_read", {"watermark": after, "upto": upto, "events": len(batch), "users": len(users)})
+            n_rows = 0
+            if len(users):
+                cur.execute(_HISTORY_SQL, {"users": users.tolist(), "upto": upto,
+                                           "since": now - pd.Timedelta(days=history_days).to_pytimedelta()})
+                history = _frame(cur.fetchall(), EVENT_COLUMNS)
+                lists = build_lists(users, history, fresh["event_id"].to_numpy(), live.neighbours, live.item_feats,
+                                    now, cfg, p_rank=live.p_rank, item_text=live.item_text,
+                                    recall_kwargs=live.recall_kwargs)
+                hook("lists_built", {"users": len(users), "rows": len(lists)})
+                cur.execute("SELECT nextval('recsys.refresh_batches_batch_id_seq')")
+                batch_id = cur.fetchone()[0]
+                if "variant" not in lists:
+                    lists["variant"] = "control"
+                lists = lists.assign(model_version=live.model_version, run_id=f"refresh_{batch_id}", generated_at=now)
+                cur.execute("DELETE FROM recsys.recs_realtime WHERE user_id = ANY(%s)", (users.tolist(),))
+                n_rows = copy_frame(cur, "recsys.recs_realtime", lists[OVERLAY_COLUMNS], OVERLAY_COLUMNS)
+                hook("rows_written", {"users": len(users), "rows": n_rows})
+            else:
+                cur.execute("SELECT nextval('recsys.refresh_batches_batch_id_seq')")
+                batch_id = cur.fetchone()[0]
+            cur.execute("UPDATE recsys.refresh_state SET last_event_id = %s, updated_at = now() WHERE name = %s",
+                        (upto, name))
+            cur.execute(
+                "INSERT INTO recsys.refresh_batches (batch_id, name, from_event_id, to_event_id, events, skipped, "
+                "users, rows, started_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (batch_id, name, after, upto, len(clean), len(batch) - len(clean), len(users), n_rows, now))
+            hook("watermark_moved", {"watermark": upto})
+        conn.commit()
+    except BaseException:
+        if not conn.closed:
+            conn.rollback()
+        raise
+    hook("committed", {"watermark": upto})
+    return BatchResult("ok", events=len(clean), skipped=len(batch) - len(clean), users=len(users), rows=n_rows,
+                       watermark=upto, held_back=cut < n_read, more=n_read >= batch_size or cut < n_read)
+
+
+#: Days of ``recsys.refresh_batches`` kept (the audit of exactly-once; older rows are pruned).
+BATCH_LOG_DAYS = 7
+
+
+def clean_overlay(conn) -> int:
+    """Delete overlay rows no newer than the live run (the view ignores them already) and batch-log rows
+    older than BATCH_LOG_DAYS; returns the overlay rows deleted."""
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM recsys.recs_realtime rt USING recsys.publications p "
+                    "WHERE p.live AND rt.generated_at <= p.generated_at")
+        n = cur.rowcount
+        cur.execute("DELETE FROM recsys.refresh_batches WHERE committed_at < now() - make_interval(days => %s)",
+                    (BATCH_LOG_DAYS,))
+    conn.commit()
+    return n
+
+
+def drain(conn, url: str, home: str | Path, *, name: str = "default", batch_size: int = DEFAULT_BATCH_SIZE,
+          lock_key: int = DEFAULT_LOCK_KEY, cfg: FreshConfig | None = None, max_batches: int | None = None,
+          hook: Hook | None = None) -> dict:
+    """Run batches until nothing is pending (or ``max_batches``); return the totals."""
+    t0 = time.perf_counter()
+    totals = {"status": "ok", "batches": 0, "events": 0, "skipped": 0, "users": 0, "rows": 0, "watermark": None,
+              "held_back": False}
+    while max_batches is None or totals["batches"] < max_batches:
+        res = run_batch(conn, url, home, name=name, batch_size=batch_size, lock_key=lock_key, cfg=cfg, hook=hook)
+        totals["watermark"] = res.watermark if res.status != "busy" else totals["watermark"]
+        totals["held_back"] = res.held_back
+        if res.status != "ok":
+            if totals["batches"] == 0:
+                totals["status"] = res.status
+            break
+        totals["batches"] += 1
+        for k in ("events", "skipped", "users", "rows"):
+            totals[k] += getattr(res, k)
+        if not res.more:
+            break
+    totals["seconds"] = round(time.perf_counter() - t0, 3)
+    return totals
+
+
+def refresh_once(url: str, home: str | Path, *, name: str = "default", batch_size: int = DEFAULT_BATCH_SIZE,
+                 lock_key: int = DEFAULT_LOCK_KEY, cfg: FreshConfig | None = None, max_batches: int | None = None,
+                 hook: Hook | None = None) -> dict:
+    """Process every pending event once and return counts (``rerank refresh --once`` and the minutely DAG).
+
+    ``status`` is ``ok`` (work done), ``empty`` (nothing pending), ``busy`` (another refresher holds the
+    lock: nothing done, nothing lost) or ``no_live_run`` (no nightly run is published yet; events wait).
+    """
+    if batch_size < 1:
+        raise PipelineError(f"batch_size must be at least 1, got {batch_size}")
+    cfg = cfg or default_config()
+    with connect(url) as conn:
+        cleaned = clean_overlay(conn)
+        out = drain(conn, url, home, name=name, batch_size=batch_size, lock_key=lock_key, cfg=cfg,
+                    max_batches=max_batches, hook=hook)
+    return {**out, "overlay_rows_cleaned": cleaned}
+
+
+def default_config() -> FreshConfig:
+    """The refresh's configuration from the settings (the nightly run's top_n, candidates and weights)."""
+    from pipeline.settings import get_settings
+
+    s = get_settings()
+    return FreshConfig(top_n=s.top_n, n_candidates=s.candidates, recent_days=s.recent_days,
+                       weights=dict(s.event_weights), half_life_days=dict(s.half_life_days))
+
+
+def pending(url: str, name: str = "default") -> int:
+    """Events after the watermark (clean or not): the refresh's backlog."""
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM shop.events WHERE event_id > "
+                    "coalesce((SELECT last_event_id FROM recsys.refresh_state WHERE name = %s), 0)", (name,))
+        return int(cur.fetchone()[0])
+
+
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_LOCK_KEY", "HOOK_POINTS", "BatchResult", "clean_overlay", "drain",
+           "pending", "refresh_once", "run_batch"]

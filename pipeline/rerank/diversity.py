@@ -1,0 +1,211 @@
+"""Diversity: greedy MMR with per-category and per-brand caps, and exploration slots for new items.
+
+MMR (Carbonell & Goldstein 1998) picks, one position at a time, the candidate maximising
+``lambda * rel - (1 - lambda) * max_sim(candidate, already picked)``, where ``rel`` is the fused score
+scaled to [0, 1] per user. Similarity is the cosine of item embeddings (``item_embeddings.parquet``) or,
+without them, category-path overlap (0.5 for the same top-level category, +0.5 for the same full path).
+Caps: an item whose top-level category or brand already fills its share of the top N is skipped while an
+uncapped candidate remains, so capped items move down, never out (a list is never shortened by a cap).
+
+The greedy runs for a batch of users at once on padded ``users x candidates`` arrays: ``top_n`` numpy
+steps per batch instead of a Python loop per user.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.rerank.config import stable_hash
+
+ItemEmbeddings = tuple[np.ndarray, np.ndarray]  # (item_ids, float32 matrix with one row per item)
+
+
+def load_item_embeddings(path: str | Path) -> ItemEmbeddings | None:
+    """Read ``item_embeddings.parquet`` (item_id, embedding list<float32>); None when it does not exist."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "item_embeddings.parquet"
+    if not p.exists():
+        return None
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(p, columns=["item_id", "embedding"])
+    ids = t.column("item_id").to_numpy().astype("int64")
+    emb = t.column("embedding").combine_chunks()
+    width = len(emb[0]) if len(emb) else 0
+    mat = np.asarray(emb.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(ids), width)
+    return ids, mat
+
+
+def normalise(mat: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), so a dot product is the cosine."""
+    norm = np.linalg.norm(mat, axis=1, keepdims=True)
+    return (mat / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+
+
+def cap_count(top_n: int, share: float) -> int:
+    """Items allowed per category / brand in a list of ``top_n`` (share 1.0 = no cap)."""
+    return top_n if share >= 1.0 else max(1, math.ceil(top_n * share))
+
+
+def _greedy(rel: np.ndarray, valid: np.ndarray, top: np.ndarray, full: np.ndarray, brand: np.ndarray,
+            emb: np.ndarray | None, n: int, lam: float, cat_cap: int, brand_cap: int) -> np.ndarray:
+    """Positions (into each row's candidates) picked in order; -1 where a user ran out."""
+    U, C = rel.shape
+    order = np.full((U, n), -1, dtype=np.int64)
+    selected = np.zeros((U, C), dtype=bool)
+    maxsim = np.zeros((U, C), dtype=np.float32)
+    cat_cnt = np.zeros((U, C), dtype=np.int32)
+    brand_cnt = np.zeros((U, C), dtype=np.int32)
+    rows = np.arange(U)
+    use_sim = lam < 1.0
+    for t in range(min(n, C)):
+        avail = valid & ~selected
+        mmr = lam * rel - (1.0 - lam) * maxsim if use_sim else rel
+        over = (cat_cnt >= cat_cap) | (brand_cnt >= brand_cap)
+        pri = np.where(avail & ~over, mmr, -np.inf)
+        pick = pri.argmax(axis=1)
+        none = ~np.isfinite(pri[rows, pick])
+        if none.any():  # only capped candidates left for these users: take the best of them
+            sec = np.where(avail, mmr, -np.inf)
+            pick = np.where(none, sec.argmax(axis=1), pick)
+        has = avail[rows, pick]
+        if not has.any():
+            break
+        order[has, t] = pick[has]
+        selected[rows[has], pick[has]] = True
+        hcol = has[:, None]
+        tc = top[rows, pick][:, None]
+        same_top = (top == tc) & (tc >= 0)
+        cat_cnt += same_top & hcol
+        bc = brand[rows, pick][:, None]
+        brand_cnt += (brand == bc) & (bc >= 0) & hcol
+        if use_sim:
+            if emb is not None:
+                sim = np.matmul(emb, emb[rows, pick][:, :, None])[:, :, 0]
+            else:
+                fc = full[rows, pick][:, None]
+                sim = 0.5 * same_top + 0.5 * ((full == fc) & (fc >= 0))
+            np.maximum(maxsim, np.where(hcol, sim, 0.0), out=maxsim)
+    return order
+
+
+def mmr_select(df: pd.DataFrame, *, top_n: int, mmr_lambda: float = 1.0, max_category_share: float = 1.0,
+               max_brand_share: float = 1.0, embeddings: ItemEmbeddings | None = None, pool: int | None = None,
+               batch_users: int = 256) -> pd.DataFrame:
+    """Each user's ``top_n`` rows of ``df`` in MMR order with caps; adds ``rank`` (1..n).
+
+    ``df``: user_id, item_id, score, and optional top_category, category, brand. Only the ``pool`` best
+    candidates per user (default ``max(3 * top_n, 100)``) are considered, the usual MMR shortcut.
+    """
+    if df.empty:
+        return df.assign(rank=pd.Series(dtype="int32"))
+    pool = pool or max(3 * top_n, 100)
+    d = (df.sort_values(["user_id", "score", "item_id"], ascending=[True, False, True], kind="stable")
+         .groupby("user_id", sort=False).head(pool).reset_index(drop=True))
+    none = pd.Series([None] * len(d), index=d.index, dtype=object)
+    top = pd.factorize(d.get("top_category", none))[0]
+    full = pd.factorize(d.get("category", none))[0]
+    brand = pd.factorize(d.get("brand", none))[0]
+    ucode = pd.factorize(d["user_id"])[0]
+    pos = d.groupby("user_id", sort=False).cumcount().to_numpy()
+    best = d.groupby("user_id", sort=False)["score"].transform("max").to_numpy(dtype="float64")
+    rel = np.where(best > 0, d["score"].to_numpy(dtype="float64") / np.where(best > 0, best, 1.0), 0.0)
+    erow = None
+    if embeddings is not None and mmr_lambda < 1.0:
+        ids, mat = embeddings
+        mat = np.vstack([normalise(mat), np.zeros((1, mat.shape[1]), np.float32)])  # last row: no embedding
+        erow = pd.Index(ids).get_indexer(d["item_id"].to_numpy())
+        erow = np.where(erow >= 0, erow, len(mat) - 1)
+    cat_cap, brand_cap = cap_count(top_n, max_category_share), cap_count(top_n, max_brand_share)
+    starts = np.flatnonzero(np.r_[True, ucode[1:] != ucode[:-1]])
+    n_users = len(starts)
+    picked = []
+    for b0 in range(0, n_users, batch_users):
+        b1 = min(b0 + batch_users, n_users)
+        lo, hi = starts[b0], (starts[b1] if b1 < n_users else len(d))
+        u, p = ucode[lo:hi] - ucode[lo], pos[lo:hi]
+        U, C = b1 - b0, int(p.max()) + 1
+
+        def pad(values: np.ndarray, fill: float | int, dtype: str, u=u, p=p, U=U, C=C) -> np.ndarray:
+            out = np.full((U, C), fill, dtype=dtype)
+            out[u, p] = values
+            return out
+
+        valid = pad(np.ones(hi - lo, bool), False, "bool")
+        emb = None
+        if erow is not None:
+            emb = np.zeros((U, C, mat.shape[1]), dtype=np.float32)
+            emb[u, p] = mat[erow[lo:hi]]
+        order = _greedy(pad(rel[lo:hi], 0.0, "float32"), valid, pad(top[lo:hi], -1, "int64"),
+                        pad(full[lo:hi], -1, "int64"), pad(brand[lo:hi], -1, "int64"), emb, top_n,
+                        mmr_lambda, cat_cap, brand_cap)
+        uu, rr = np.nonzero(order >= 0)
+        picked.append(np.column_stack([starts[b0 + uu] + order[uu, rr], rr + 1]))
+    sel = np.vstack(picked)
+    out = d.iloc[sel[:, 0]].copy()
+    out["rank"] = sel[:, 1].astype("int32")
+    return out.sort_values(["user_id", "rank"], kind="stable").reset_index(drop=True)
+
+
+def explore_positions(length: int, n_explore: int) -> list[int]:
+    """1-based ranks of the exploration slots, spread evenly (never rank 1: the best item stays first)."""
+    if n_explore <= 0 or length <= 1:
+        return []
+    n_explore = min(n_explore, length - 1)
+    return sorted({min(length, max(2, round((k + 1) * length / (n_explore + 1)))) for k in range(n_explore)})
+
+
+def add_exploration(lists: pd.DataFrame, new_items: pd.DataFrame, *, top_n: int, share: float,
+                    excluded: pd.DataFrame | None = None, salt: str = "explore") -> pd.DataFrame:
+    """Put new items into ``round(share * top_n)`` evenly spread slots of each list.
+
+    ``lists``: user_id, item_id, rank (1..), other columns kept. ``new_items``: item_id, score (optional).
+    Each user gets the new items first in a per-user hash order (even exposure across new items), skipping
+    those already in the list's kept part and those in ``excluded`` (user_id, item_id). The added rows get
+    ``source = "explore"``. Ranks are renumbered 1..N.
+    """
+    n_explore = round(share * top_n)
+    if n_explore <= 0 or new_items.empty or lists.empty:
+        return lists
+    users = pd.unique(lists["user_id"])
+    cross = pd.DataFrame({"user_id": np.repeat(users, len(new_items)),
+                          "item_id": np.tile(new_items["item_id"].to_numpy(), len(users))})
+    keep_main = lists[lists["rank"] <= top_n - n_explore][["user_id", "item_id"]]
+    drop = [keep_main] + ([excluded[["user_id", "item_id"]]] if excluded is not None and len(excluded) else [])
+    drop_pairs = pd.concat(drop, ignore_index=True).drop_duplicates().assign(_x=True)
+    cross = cross.merge(drop_pairs, on=["user_id", "item_id"], how="left")
+    cross = cross[cross["_x"].isna()].drop(columns="_x")
+    cross["_h"] = stable_hash(cross["user_id"].to_numpy(), salt, cross["item_id"].to_numpy())
+    picks = (cross.sort_values(["user_id", "_h"], kind="stable").groupby("user_id", sort=False)
+             .head(n_explore).drop(columns="_h"))
+    if picks.empty:
+        return lists
+    picks = picks.merge(new_items, on="item_id", how="left")
+    picks["source"] = "explore"
+    e_u = picks.groupby("user_id").size()
+    m_u = lists.groupby("user_id").size()
+    length = np.minimum(top_n, m_u + e_u.reindex(m_u.index, fill_value=0))
+    e_u = e_u.reindex(m_u.index, fill_value=0)
+    parts = []
+    main = lists[~lists.set_index(["user_id", "item_id"]).index.isin(picks.set_index(["user_id", "item_id"]).index)]
+    main = main.sort_values(["user_id", "rank"], kind="stable")
+    main = main.assign(_i=main.groupby("user_id").cumcount())
+    picks = picks.assign(_i=picks.groupby("user_id").cumcount())
+    combos = pd.DataFrame({"L": length, "e": e_u})
+    for (L, e), grp in combos.groupby(["L", "e"]):
+        slots = explore_positions(int(L), int(e))
+        rest = [r for r in range(1, int(L) + 1) if r not in set(slots)]
+        mu = main[main["user_id"].isin(grp.index) & (main["_i"] < len(rest))]
+        pu = picks[picks["user_id"].isin(grp.index) & (picks["_i"] < len(slots))]
+        parts.append(mu.assign(rank=np.asarray(rest, dtype="int32")[mu["_i"].to_numpy()]))
+        if len(pu):
+            parts.append(pu.assign(rank=np.asarray(slots, dtype="int32")[pu["_i"].to_numpy()]))
+    out = pd.concat(parts, ignore_index=True).drop(columns="_i")
+    out = out.sort_values(["user_id", "rank"], kind="stable").reset_index(drop=True)
+    out["rank"] = (out.groupby("user_id").cumcount() + 1).astype("int32")
+    return out

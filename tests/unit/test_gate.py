@@ -1,0 +1,112 @@
+"""The output quality gate: each check passes on good lists and fails, by name, on a bad one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.errors import ConfigError, QualityGateFailed
+from pipeline.publish import CHECKS, GateThresholds, check_output
+from pipeline.publish.gate import churn_against
+
+
+def _items(n: int = 20) -> pd.DataFrame:
+    return pd.DataFrame({"item_id": np.arange(1, n + 1), "in_stock": True, "visible": True,
+                         "category": [f"C{i % 4}" for i in range(n)]})
+
+
+def _recs(users: int = 4, k: int = 5, shift: int = 0) -> pd.DataFrame:
+    rows = [(u, r, (u + r + shift) % 20 + 1, "item-cf", "because you viewed \u201cX\u201d")
+            for u in range(1, users + 1) for r in range(1, k + 1)]
+    return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "source", "reason"]).assign(variant="control")
+
+
+USERS = pd.Series([1, 2, 3, 4])
+
+
+def _fails(recs: pd.DataFrame, check: str, items: pd.DataFrame | None = None, **kw: object) -> QualityGateFailed:
+    with pytest.raises(QualityGateFailed) as info:
+        check_output(recs, users=kw.pop("users", USERS), items=_items() if items is None else items, **kw)
+    assert info.value.failed_checks == [check]
+    assert f"[{check}]" in str(info.value)
+    return info.value
+
+
+def test_good_lists_pass_with_figures() -> None:
+    fig = check_output(_recs(), users=USERS, items=_items(), live=_recs())
+    assert fig["empty_lists"] == 0 and fig["duplicate_items"] == 0 and fig["unavailable_items"] == 0
+    assert fig["coverage"] == pytest.approx(8 / 20) and fig["fallback_share"] == 0.0
+    assert fig["churn"] == 0.0 and fig["variants"] == {"control": 4}
+    assert 0 < fig["diversity"] <= 1
+    assert set(CHECKS) <= set(fig)
+
+
+def test_empty_lists() -> None:
+    _fails(_recs(), "empty_lists", users=pd.Series([1, 2, 3, 4, 5]))
+    check_output(_recs(), users=pd.Series([1, 2, 3, 4, 5]), items=_items(), thresholds={"max_empty_lists": 1})
+
+
+def test_duplicate_items() -> None:
+    r = _recs()
+    r.loc[1, "item_id"] = r.loc[0, "item_id"]
+    _fails(r, "duplicate_items")
+
+
+def test_unavailable_items() -> None:
+    items = _items()
+    items.loc[items["item_id"] == 3, "in_stock"] = False  # user 1 rank 1 holds item 3
+    _fails(_recs(), "unavailable_items", items=items)
+    items = _items()
+    items.loc[items["item_id"] == 3, "visible"] = False
+    _fails(_recs(), "unavailable_items", items=items)
+
+
+def test_missing_reasons() -> None:
+    r = _recs()
+    r.loc[2, "reason"] = " "
+    _fails(r, "missing_reasons")
+
+
+def test_coverage() -> None:
+    _fails(_recs(), "coverage", thresholds={"min_coverage": 0.5})
+
+
+def test_fallback_share() -> None:
+    r = _recs().assign(source="popularity")
+    _fails(r, "fallback_share")
+    check_output(r, users=USERS, items=_items(), thresholds={"max_fallback_share": 1.0})
+
+
+def test_diversity() -> None:
+    items = _items().assign(category="same")
+    err = _fails(_recs(), "diversity", items=items, thresholds={"min_diversity": 0.2})
+    assert err.figures["diversity"] == 0.0
+    fig = check_output(_recs(), users=USERS, items=_items(), thresholds={"min_diversity": 0.2})
+    assert fig["diversity"] >= 0.2
+
+
+def test_diversity_over_embeddings() -> None:
+    ids = np.arange(1, 21)
+    same = (ids, np.ones((20, 3), dtype=np.float32))
+    _fails(_recs(), "diversity", thresholds={"min_diversity": 0.1}, item_embeddings=same)
+
+
+def test_churn_against_live_run() -> None:
+    live = pd.DataFrame({"user_id": [1, 1, 2, 2, 9], "item_id": [1, 2, 1, 2, 5]})
+    new = pd.DataFrame({"user_id": [1, 1, 2, 2], "item_id": [1, 3, 3, 4]})
+    # user 1: |{1}| / |{1,2,3}| = 1/3; user 2: 0; user 9 is not in the new run
+    assert churn_against(new, live) == pytest.approx(1 - (1 / 3) / 2)
+    assert churn_against(new, live.assign(user_id=99)) is None
+    _fails(_recs(), "churn", live=_recs(shift=7), thresholds={"max_churn": 0.5})
+
+
+def test_several_failures_are_all_named() -> None:
+    with pytest.raises(QualityGateFailed) as info:
+        check_output(_recs().assign(source="popularity"), users=pd.Series([1, 2, 3, 4, 5]), items=_items())
+    assert info.value.failed_checks == ["empty_lists", "fallback_share"]
+
+
+def test_unknown_threshold_fails_fast() -> None:
+    with pytest.raises(ConfigError, match="max_empty"):
+        GateThresholds.from_dict({"max_empty": 3})

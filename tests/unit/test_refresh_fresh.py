@@ -1,0 +1,119 @@
+"""The refresh's fresh-behaviour recall and list building on a tiny shop whose right answers are known."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.refresh.fresh import (
+    FreshConfig,
+    build_lists,
+    fresh_cf,
+    fresh_events,
+    query_tokens,
+    search_match,
+    search_text,
+    session_intent,
+)
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+CFG = FreshConfig(top_n=6, n_candidates=30, fresh_minutes=60)
+
+
+def _items() -> pd.DataFrame:
+    """Items 1-6 in Home, 11-16 in Sports; item 16 out of stock."""
+    ids = list(range(1, 7)) + list(range(11, 17))
+    cats = ["Home>Kitchen>Knives"] * 6 + ["Sports>Outdoor>Boots"] * 6
+    titles = [f"Chef knife {i}" for i in range(1, 7)] + [f"Hiking boot {i}" for i in range(11, 17)]
+    return pd.DataFrame({"item_id": ids, "title": titles, "category": cats,
+                         "top_category": [c.split(">")[0] for c in cats], "in_stock": [i != 16 for i in ids],
+                         "visible": True, "activity": [float(20 - i) for i in ids], "trend": 0.1})
+
+
+def _neighbours() -> pd.DataFrame:
+    """Each item's neighbours are the other items of its category, score falling with distance."""
+    rows = []
+    for block in (range(1, 7), range(11, 17)):
+        for a in block:
+            for b in block:
+                if a != b:
+                    rows.append((a, b, 1.0 / abs(a - b)))
+    return pd.DataFrame(rows, columns=["item_id", "similar_item_id", "score"])
+
+
+def _events(rows: list[tuple]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=["event_id", "user_id", "item_id", "event_type", "query", "ts"])
+    df["item_id"] = df["item_id"].astype("Int64")
+    df["session_id"] = "s"
+    df["quantity"] = 1
+    df["ts"] = pd.to_datetime(df["ts"], utc=True)
+    return df
+
+
+def test_query_tokens_lowercase_words_and_cjk_characters() -> None:
+    assert query_tokens("Hiking BOOTS a") == ["hiking", "boots"]
+    assert query_tokens("烘焙 spice") == ["烘", "焙", "spice"]
+    assert query_tokens("  ") == []
+
+
+def test_fresh_events_are_the_batch_and_the_recent_window() -> None:
+    ev = _events([(1, 7, 1, "view", None, NOW - timedelta(days=3)), (2, 7, 2, "view", None, NOW - timedelta(minutes=5)),
+                  (3, 7, 3, "view", None, NOW - timedelta(days=2))])
+    assert fresh_events(ev, np.array([3]), NOW, 60)["event_id"].tolist() == [2, 3]
+
+
+def test_fresh_cf_anchors_each_neighbour_on_the_fresh_item_that_contributes_most() -> None:
+    ev = _events([(1, 7, 11, "view", None, NOW), (2, 7, 14, "add_to_cart", None, NOW)])
+    titles = _items().set_index("item_id")["title"]
+    out = fresh_cf(ev, _neighbours(), titles, CFG).set_index("item_id")
+    # item 12: 1*1.0 (from 11) + 4*0.5 (from 14) -> anchor 14 (the cart, 2.0 > 1.0)
+    assert out.loc[12, "anchor_item_id"] == 14
+    assert out.loc[12, "hint"] == "because you just added to your cart \u201cHiking boot 14\u201d"
+    assert out.loc[13, "recall_score"] == pytest.approx(1.0)  # 1*0.5 + 4*1.0 = 4.5, the user's maximum
+    assert out.loc[15, "recall_score"] == pytest.approx(4.25 / 4.5)  # 1*0.25 + 4*1.0
+    assert set(out["source"]) == {"fresh-cf"}
+    assert not set(out.index) & set(range(1, 7))
+
+
+def test_session_intent_follows_the_heaviest_fresh_category() -> None:
+    ev = _events([(1, 7, 1, "view", None, NOW), (2, 7, 11, "view", None, NOW), (3, 7, 12, "click", None, NOW)])
+    items = _items()
+    out = session_intent(ev, items[items["in_stock"]], CFG)
+    assert set(out["item_id"]) <= set(range(11, 16))
+    assert out["hint"].iloc[0] == "more from Sports, which you are browsing now"
+
+
+def test_search_match_scores_the_share_of_query_words_found() -> None:
+    items = _items()
+    ev = _events([(1, 9, None, "search", "hiking boot 13", NOW)])
+    out = search_match(ev, search_text(items[items["in_stock"]]), CFG).set_index("item_id")
+    assert out.loc[13, "recall_score"] == pytest.approx(1.0)
+    assert out.loc[12, "recall_score"] == pytest.approx(2 / 3)
+    assert 16 not in out.index and not set(out.index) & set(range(1, 7))
+    assert out.loc[13, "hint"] == "matches your search \u201chiking boot 13\u201d"
+
+
+def test_build_lists_brings_neighbours_of_a_new_category_with_reasons_naming_the_fresh_item() -> None:
+    old = [(i, 7, it, "purchase" if it == 2 else "view", None, NOW - timedelta(days=2)) for i, it in
+           enumerate([1, 2, 3, 2], start=1)]
+    fresh = [(10, 7, 12, "view", None, NOW - timedelta(seconds=5)), (11, 7, 13, "view", None, NOW)]
+    cfg = FreshConfig(top_n=10, n_candidates=30)
+    lists = build_lists(np.array([7]), _events(old + fresh), np.array([10, 11]), _neighbours(), _items(), NOW, cfg)
+    assert lists["rank"].tolist() == list(range(1, 11))
+    assert 2 not in lists["item_id"].tolist()  # bought: never recommended again
+    assert 16 not in lists["item_id"].tolist()  # out of stock
+    cf = lists[lists["source"] == "fresh-cf"]
+    assert len(cf) >= 2 and set(cf["anchor_item_id"]) <= {12, 13}
+    assert all(r.startswith("because you just viewed \u201cHiking boot 1") for r in cf["reason"])
+    assert len(set(lists.head(6)["item_id"]) & {11, 14, 15}) >= 2  # the new category's neighbours come early
+
+
+def test_build_lists_gives_a_brand_new_user_a_full_personal_list() -> None:
+    ev = _events([(1, 99, 4, "view", None, NOW), (2, 99, None, "search", "hiking", NOW)])
+    lists = build_lists(np.array([99]), ev, np.array([1, 2]), _neighbours(), _items(), NOW, CFG)
+    assert len(lists) == CFG.top_n and lists["user_id"].eq(99).all()
+    assert {"fresh-cf", "fresh-search"} <= set(lists["source"])
+    assert not lists.duplicated("item_id").any()
