@@ -7,6 +7,7 @@ everything heavy is imported inside the functions that tasks call.
 from __future__ import annotations
 
 import logging
+import os
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -76,7 +77,10 @@ def nightly_params() -> dict[str, Param]:
         "retrain": Param(True, type="boolean", description="Train a candidate ranker (else score with the champion)"),
         "user_ids": Param([], type="array", items={"type": "integer", "minimum": 0}, uniqueItems=True,
                           description="Re-score only these users (others keep their live lists); empty: all"),
-        "top_n": Param(50, type="integer", minimum=1, maximum=1000, description="Length of each published list"),
+        # Default from RERANK_TOP_N (read from the environment: no pipeline import at parse time), so nightly lists
+        # and the refresh overlay have the same length.
+        "top_n": Param(int(os.environ.get("RERANK_TOP_N", "50")), type="integer", minimum=1, maximum=1000,
+                       description="Length of each published list"),
         "dry_run": Param(False, type="boolean", description="Run every stage but do not swap the read views"),
     }
 

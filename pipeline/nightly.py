@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,14 +24,14 @@ import pandas as pd
 from pipeline import runs
 from pipeline.dask_client import dask_client
 from pipeline.errors import PipelineError
-from pipeline.settings import Settings, get_settings
+from pipeline.settings import Settings, get_settings, use_settings
 
 STAGES = ("validate", "extract", "item_features", "user_features", "cf_build", "train_ranker",
           "evaluate_gate", "score_users", "quality_gate", "publish", "report")
 
 
 def _stage(name: str) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
-    """Time a stage and keep its figures in RERANK_HOME/runs/<run_id>/stages.json, whoever calls it (the DAG
+    """Time a stage and keep its figures in RERANK_HOME/runs/<run_id>/stages/, whoever calls it (the DAG
     or run_nightly); the report stage copies them into recsys.runs."""
 
     def wrap(fn: Callable[..., dict]) -> Callable[..., dict]:
@@ -41,10 +43,12 @@ def _stage(name: str) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
             home = bound.arguments.get("home") or str(get_settings().home_path)
             t0 = time.perf_counter()
             out = fn(*args, **kwargs)
-            path = _dir(str(home), str(bound.arguments["run_id"])) / "stages.json"
-            stages = json.loads(path.read_text()) if path.exists() else {}
-            stages[name] = {"seconds": round(time.perf_counter() - t0, 3), **out}
-            path.write_text(json.dumps(stages, default=str))
+            # One file per stage: the DAG runs some stages in parallel, so a shared file would race.
+            folder = _dir(str(home), str(bound.arguments["run_id"])) / "stages"
+            folder.mkdir(exist_ok=True)
+            tmp = folder / f".{name}.json.tmp"
+            tmp.write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 3), **out}, default=str))
+            os.replace(tmp, folder / f"{name}.json")
             return out
 
         return run
@@ -67,7 +71,7 @@ def begin(url: str, home: str, as_of: datetime, *, dag: str = "rerank_nightly", 
 
     require_schema(url)
     run_id = runs.start_run(url, dag=dag, as_of=as_of, params=params)
-    (_dir(home, run_id) / "stages.json").unlink(missing_ok=True)  # a re-run starts its figures afresh
+    shutil.rmtree(_dir(home, run_id) / "stages", ignore_errors=True)  # a re-run starts its figures afresh
     (_dir(home, run_id) / "params.json").write_text(json.dumps(params or {}, default=str, sort_keys=True))
     return run_id
 
@@ -100,7 +104,7 @@ def extract(url: str, home: str, run_id: str, as_of: datetime, dask_address: str
     from pipeline.extract import extract_snapshot
 
     with _client(client, dask_address) as c:
-        return extract_snapshot(url, _dir(home, run_id) / "snapshot", as_of, c)
+        return extract_snapshot(url, _dir(home, run_id) / "snapshot", as_of, c, ts_floor=get_settings().ts_floor)
 
 
 @_stage("item_features")
@@ -294,9 +298,8 @@ def publish(url: str, home: str, run_id: str, *, keep: int = 3, dry_run: bool = 
 
 def report(url: str, home: str, run_id: str) -> dict:
     """Copy the stage figures into recsys.runs and write the run's summary to RERANK_HOME/reports/<run_id>/."""
-    path = _dir(home, run_id) / "stages.json"
-    for name, info in (json.loads(path.read_text()) if path.exists() else {}).items():
-        runs.record_stage(url, run_id, name, info)
+    for path in sorted((_dir(home, run_id) / "stages").glob("*.json")):
+        runs.record_stage(url, run_id, path.stem, json.loads(path.read_text()))
     stats = runs.run_stats(url, run_id)
     out = Path(home).expanduser().resolve() / "reports" / run_id
     out.mkdir(parents=True, exist_ok=True)
@@ -319,8 +322,13 @@ def run_nightly(settings: Settings | None = None, *, as_of: datetime, retrain: b
     top_n = top_n or s.top_n
     params = {"as_of": as_of.isoformat(), "retrain": retrain, "user_ids": list(user_ids or []), "top_n": top_n,
               "dry_run": dry_run}
-    run_id = begin(url, home, as_of, params=params)
-    with dask_client(s) as client:
+    if only_stage and runs.run_stats(url, runs.make_run_id("rerank_nightly", as_of)):
+        # One stage of an existing run: keep its params and figures (re-beginning would reset them, and e.g.
+        # publish would forget the run's user subset).
+        run_id = runs.make_run_id("rerank_nightly", as_of)
+    else:
+        run_id = begin(url, home, as_of, params=params)
+    with use_settings(s), dask_client(s) as client:
         return _run_steps(s, url, home, run_id, as_of, client, retrain=retrain, only_stage=only_stage,
                           user_ids=user_ids, top_n=top_n, dry_run=dry_run, on_stage=on_stage)
 

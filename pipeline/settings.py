@@ -7,6 +7,9 @@ Every key is documented here with its default (Gorse-style: one place). Unknown 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -116,7 +119,25 @@ def _cached(env_key: tuple[tuple[str, str], ...]) -> Settings:
     return load_settings()
 
 
+_override: ContextVar[Settings | None] = ContextVar("rerank_settings", default=None)
+
+
+@contextmanager
+def use_settings(settings: Settings) -> Iterator[Settings]:
+    """Make ``settings`` what :func:`get_settings` returns inside the block (a run started with an explicit
+    settings object uses it in every stage, not the environment's)."""
+    token = _override.set(settings)
+    try:
+        yield settings
+    finally:
+        _override.reset(token)
+
+
 def get_settings() -> Settings:
-    """Settings for the current environment (cached per distinct RERANK_* environment)."""
+    """Settings of the current run (see :func:`use_settings`), else of the environment (cached per distinct
+    RERANK_* environment)."""
+    given = _override.get()
+    if given is not None:
+        return given
     key = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("RERANK_")))
     return _cached(key)

@@ -21,6 +21,7 @@ from pipeline.db.engine import connect, sa_engine
 from pipeline.errors import DatabaseError
 from pipeline.frames import EVENT_COLUMNS
 from pipeline.validate.sqlchecks import (
+    TS_FLOOR,
     clean_events_predicate,
     clean_items_predicate,
     clean_users_predicate,
@@ -153,7 +154,8 @@ def _n_workers(client: object) -> int:
         return 1
 
 
-def extract_snapshot(url: str, out_dir: str | Path, as_of: datetime, client: object) -> dict:
+def extract_snapshot(url: str, out_dir: str | Path, as_of: datetime, client: object, *,
+                     ts_floor: str = TS_FLOOR) -> dict:
     """Write ``events/``, ``items.parquet`` and ``users.parquet`` under ``out_dir``; return row counts.
 
     Only rows that pass validation are read (the same SQL rules as the quarantine); the duplicate-key scan
@@ -165,10 +167,12 @@ def extract_snapshot(url: str, out_dir: str | Path, as_of: datetime, client: obj
         cur.execute("SELECT min(event_id), max(event_id), count(*) FROM shop.events")
         lo, hi, n = cur.fetchone()
         items_unique = proven_unique(cur, "shop.items", "item_id")
-        clean_events = clean_events_predicate(unique_proven=proven_unique(cur, "shop.events", "event_id"),
+        clean_events = clean_events_predicate(ts_floor=ts_floor,
+                                              unique_proven=proven_unique(cur, "shop.events", "event_id"),
                                               items_unique_proven=items_unique)
-        clean_items = clean_items_predicate(unique_proven=items_unique)
-        clean_users = clean_users_predicate(unique_proven=proven_unique(cur, "shop.users", "user_id"))
+        clean_items = clean_items_predicate(ts_floor=ts_floor, unique_proven=items_unique)
+        clean_users = clean_users_predicate(ts_floor=ts_floor,
+                                            unique_proven=proven_unique(cur, "shop.users", "user_id"))
     ev_dir = out / "events"
     shutil.rmtree(ev_dir, ignore_errors=True)
     ev_dir.mkdir(parents=True)

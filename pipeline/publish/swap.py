@@ -273,6 +273,10 @@ def _point_views(cur, pub_id: int) -> None:
         cur.execute("SELECT similar_table FROM recsys.publications WHERE live")
         live = cur.fetchone()
         similar_table = live[0] if live and live[0] else "similar_bootstrap"
+        if similar_table != "similar_bootstrap":
+            # Record the inherited table, so pruning the publication that made it sees it is still in use.
+            cur.execute("UPDATE recsys.publications SET similar_table = %s WHERE publication_id = %s",
+                        (similar_table, pub_id))
     cur.execute("UPDATE recsys.publications SET live = false WHERE live")
     cur.execute("UPDATE recsys.publications SET live = true, published_at = now() WHERE publication_id = %s",
                 (pub_id,))
@@ -311,8 +315,8 @@ def _prune(conn, keep: int) -> list[str]:
                 if similar_table and not shared:
                     cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("recsys", similar_table)))
             dropped.append(recs_table)
-        except psycopg2.errors.LockNotAvailable:
-            continue
+        except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DependentObjectsStillExist):
+            continue  # in use (a reader, or the live view): the next run retries
     return dropped
 
 

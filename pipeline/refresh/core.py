@@ -46,7 +46,13 @@ HOOK_POINTS = ("locked", "events_read", "lists_built", "rows_written", "watermar
 
 Hook = Callable[[str, dict], None]
 
-_BATCH_SQL = f"""
+def _batch_sql(events_is_table: bool) -> str:
+    """The batch query, built per batch: the clean-row predicate holds the "in the future" cutoff of *now*
+    (a module-level constant would freeze it at import and, a day later, skip every new event)."""
+    settled = ("age(e.xmin) > coalesce((SELECT oldest FROM writers), -1)" if events_is_table
+               # A view has no xmin: treat rows older than a few seconds as committed in order.
+               else "e.ts < now() - interval '5 seconds'")
+    return f"""
 WITH writers AS (  -- oldest transaction still writing to shop.events (its rows are not visible yet)
     SELECT max(age(x.transactionid)) AS oldest
       FROM pg_locks r
@@ -57,14 +63,16 @@ WITH writers AS (  -- oldest transaction still writing to shop.events (its rows 
 )
 SELECT e.event_id, e.user_id, e.item_id, e.event_type, e.query, e.session_id, e.quantity, e.ts,
        {clean_events_predicate()} AS clean,
-       age(e.xmin) > coalesce((SELECT oldest FROM writers), -1) AS settled
+       {settled} AS settled
   FROM shop.events e
  WHERE e.event_id > %(after)s
  ORDER BY e.event_id
  LIMIT %(limit)s
 """
 
-_HISTORY_SQL = f"""
+
+def _history_sql() -> str:
+    return f"""
 SELECT e.event_id, e.user_id, e.item_id, e.event_type, e.query, e.session_id, e.quantity, e.ts
   FROM shop.events e
  WHERE e.user_id = ANY(%(users)s) AND e.ts >= %(since)s AND e.event_id <= %(upto)s
@@ -134,7 +142,8 @@ def run_batch(conn, url: str, home: str | Path, *, name: str = "default", batch_
             if live is None or live.publication_id != pub["publication_id"]:
                 live = load_live(url, home, pub, pub["champion"])  # a nightly run published meanwhile (rare)
             hook("locked", {"watermark": after})
-            cur.execute(_BATCH_SQL, {"after": after, "limit": batch_size})
+            cur.execute("SELECT relkind IN ('r', 'p') FROM pg_class WHERE oid = 'shop.events'::regclass")
+            cur.execute(_batch_sql(bool(cur.fetchone()[0])), {"after": after, "limit": batch_size})
             rows = cur.fetchall()
             n_read = len(rows)
             settled = [r[-1] for r in rows]
@@ -151,7 +160,7 @@ def run_batch(conn, url: str, home: str | Path, *, name: str = "default", batch_
             hook("events_read", {"watermark": after, "upto": upto, "events": len(batch), "users": len(users)})
             n_rows = 0
             if len(users):
-                cur.execute(_HISTORY_SQL, {"users": users.tolist(), "upto": upto,
+                cur.execute(_history_sql(), {"users": users.tolist(), "upto": upto,
                                            "since": now - pd.Timedelta(days=history_days).to_pytimedelta()})
                 history = _frame(cur.fetchall(), EVENT_COLUMNS)
                 lists = build_lists(users, history, fresh["event_id"].to_numpy(), live.neighbours, live.item_feats,

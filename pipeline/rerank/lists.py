@@ -103,6 +103,9 @@ def _one_variant(cand: pd.DataFrame, info: pd.DataFrame, cfg: RerankConfig, *, t
     c = c.assign(score=fuse(c["p_recall"].astype("float64"), p_rank.astype("float64"), cfg.fusion, cfg.alpha)
                  * c["rule_factor"])
     c = c.merge(info[["item_id", "top_category", "category", "brand"]], on="item_id", how="left")
+    # A candidate proposed twice (e.g. by two upstream merges) keeps its best score: a list never repeats an item.
+    c = (c.sort_values(["user_id", "item_id", "score"], ascending=[True, True, False], kind="stable")
+         .drop_duplicates(["user_id", "item_id"], keep="first"))
     use_emb = embeddings if cfg.diversity_space in ("auto", "embedding") else None
     lists = mmr_select(c, top_n=top_n, mmr_lambda=cfg.mmr_lambda, max_category_share=cfg.max_category_share,
                        max_brand_share=cfg.max_brand_share, embeddings=use_emb)

@@ -44,5 +44,5 @@ def validate_source(url: str, run_id: str, as_of: datetime, *, max_bad_share: fl
     if failures:
         raise ValidationFailed("validation refused the input: " + "; ".join(failures),
                                f"recsys.quarantine WHERE run_id = '{run_id}'; the bad-row threshold is "
-                               f"{max_bad_share:.0%} per table")
+                               f"{max_bad_share:.2%} per table")
     return report

@@ -245,6 +245,8 @@ def quarantine_source(url: str, run_id: str, as_of: datetime, *, ts_floor: str =
                       cutoff: datetime | None = None) -> tuple[dict, dict[str, list[Rule]]]:
     """Replace ``run_id``'s quarantine rows for the shop tables; return per-table counts and the rules used."""
     with connect(url) as conn, conn.cursor() as cur:
+        # One snapshot for every count and insert: with the shop writing meanwhile, clean + quarantined = read.
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         rules = source_rules(cur, ts_floor=ts_floor, cutoff=cutoff)
         cur.execute("DELETE FROM recsys.quarantine WHERE run_id = %s AND source LIKE 'shop.%%'", (run_id,))
         report = {t: quarantine_table(cur, t, r, run_id) for t, r in rules.items()}

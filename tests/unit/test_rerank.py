@@ -272,3 +272,18 @@ def test_pipeline_model_is_registered_and_lambda_one_keeps_the_recall_top_k() ->
     diverse = get_model("pipeline", mmr_lambda=0.3, n_candidates=30, dims=8).fit(train).recommend(users, 10)
     assert (diverse.groupby("user_id").size() == 10).all()
     assert not diverse[["user_id", "item_id"]].merge(train).shape[0]  # seen items stay excluded
+
+
+def test_duplicate_candidates_never_repeat_an_item() -> None:
+    import pandas as pd
+
+    from pipeline.rerank import finalize_lists
+
+    cand = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [10, 10, 11], "source": ["item-cf", "als", "item-cf"],
+                         "recall_score": [0.9, 0.5, 0.4], "anchor_item_id": pd.array([5, pd.NA, 5], dtype="Int64"),
+                         "p_recall": [0.9, 0.5, 0.4]})
+    feats = pd.DataFrame({"item_id": [5, 10, 11], "title": ["a", "b", "c"], "category": ["A>x", "A>y", "B>z"],
+                          "brand": ["p", "q", "r"], "in_stock": True, "visible": True})
+    out = finalize_lists(cand, feats, top_n=5)
+    assert out["item_id"].tolist() == [10, 11]
+    assert out.loc[out["item_id"] == 10, "source"].item() == "item-cf"
