@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -388,6 +387,3 @@ def write_report(out_dir: str | Path, metrics: dict, frames: ShopFrames | None,
     return path
 
 
-def load_metrics(out_dir: str | Path) -> dict:
-    """Read ``out_dir/metrics.json``."""
-    return json.loads((Path(out_dir) / "metrics.json").read_text())

@@ -9,7 +9,6 @@ one query each. Only rows that pass validation are read (the quarantine's own SQ
 
 from __future__ import annotations
 
-import io
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -45,36 +44,6 @@ EVENTS_META = pd.DataFrame({
 }, index=pd.Index([], dtype="int64", name="event_id"))
 # pandas metadata on the Arrow files so plain pd.read_parquet gives item_id as nullable Int64, not float.
 _PANDAS_META = pa.Schema.from_pandas(EVENTS_META.reset_index()[EVENT_COLUMNS], preserve_index=False).metadata
-
-
-def _events_query(as_of: datetime, clean: str | None = None):  # noqa: ANN202 - sqlalchemy Select
-    """The extraction's SELECT as SQLAlchemy (for readers that want it as a query object)."""
-    import sqlalchemy as sa
-
-    t = sa.table("events", *[sa.column(c) for c in EVENT_COLUMNS], schema="shop")
-    aliased = t.alias("e")
-    return (sa.select(*[aliased.c[c] for c in EVENT_COLUMNS])
-            .where(sa.text(clean or clean_events_predicate()))
-            .where(aliased.c.ts < sa.literal(as_of, sa.DateTime(timezone=True))))
-
-
-def parse_events_csv(data: bytes | io.BytesIO) -> pa.Table:
-    """COPY's CSV (no header; NULL as an empty unquoted field) -> an Arrow table with EVENTS_SCHEMA."""
-    import pyarrow.csv as pacsv
-
-    buf = io.BytesIO(data) if isinstance(data, bytes) else data
-    if buf.getbuffer().nbytes == 0:
-        return EVENTS_SCHEMA.empty_table()
-    return pacsv.read_csv(
-        buf,
-        read_options=pacsv.ReadOptions(column_names=EVENTS_SCHEMA.names, block_size=16 << 20),
-        # Queries may hold newlines (quoted by COPY), so the slower multi-line parse is needed.
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(column_types=dict(zip(EVENTS_SCHEMA.names, EVENTS_SCHEMA.types,
-                                                                   strict=True)),
-                                             strings_can_be_null=True, quoted_strings_can_be_null=False,
-                                             timestamp_parsers=[pacsv.ISO8601]),
-    )
 
 
 def _csv_options():  # noqa: ANN202 - three pyarrow option objects

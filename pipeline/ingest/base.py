@@ -391,14 +391,6 @@ def event_frame(event_id, user_id, item_id, event_type, ts, *, session_id=None, 
     return df.sort_values("event_id", ignore_index=True)
 
 
-def check_columns(header: list[str], needed: Iterable[str], path: Path) -> None:
-    """Fail fast (not per row) when a header lacks columns: no row of such a file can be valid."""
-    missing = [c for c in needed if c not in header]
-    if missing:
-        raise InputDataError(f"{path}: column(s) {', '.join(missing)} not in header {header}",
-                             "the file's header, or the column mapping")
-
-
 def normalise_name(name: str) -> str:
     """Header names compared loosely: ``sessionId`` == ``session_id`` == ``SessionID``."""
     return re.sub(r"[^a-z0-9]", "", name.lower())

@@ -173,8 +173,3 @@ def score_from_similarity(history: sp.csr_matrix, similarity: sp.csr_matrix) -> 
     return np.asarray((sp.csr_matrix(history, dtype=np.float32) @ similarity).todense(), dtype=np.float32)
 
 
-def top_neighbours(similarity: sp.csr_matrix, item: int, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Neighbour indices and scores of one item, best first (for "similar items" reads)."""
-    row = similarity.getrow(item)
-    order = np.argsort(-row.data, kind="stable")[:n]
-    return row.indices[order], row.data[order]

@@ -7,14 +7,10 @@ by default; SAR's jaccard/lift on binary co-occurrence are the alternatives (``m
 
 from __future__ import annotations
 
-from datetime import datetime
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
-from pipeline.extract.snapshot import read_snapshot
-from pipeline.recall.matrix import Interactions, build_interactions, cap_user_history
+from pipeline.recall.matrix import Interactions, cap_user_history
 
 NEIGHBOUR_COLUMNS = ["item_id", "similar_item_id", "score", "rank", "method"]
 #: Items a user's row keeps for the similarity build (bounds the cost of very long histories).
@@ -48,17 +44,3 @@ def neighbours_from_interactions(inter: Interactions, *, k: int = 20, method: st
     return neighbours_frame(idx, scores, inter.item_ids, method)
 
 
-def build_neighbours(snapshot_dir: str | Path, as_of: datetime, *, weights: dict[str, float],
-                     half_life_days: dict[str, float], k: int = 20, client: object | None = None,
-                     method: str = "cosine", block_size: int | None = None,
-                     interactions: Interactions | None = None) -> pd.DataFrame:
-    """Top-``k`` neighbours per item, written to ``neighbours.parquet`` (item_id, similar_item_id, score, rank,
-    method); ``interactions`` skips re-reading the snapshot when the caller already built the matrix."""
-    snap = Path(snapshot_dir)
-    if interactions is None:
-        events, items, _ = read_snapshot(snap)
-        interactions = build_interactions(events, as_of, weights=weights, half_life_days=half_life_days,
-                                          item_ids=np.sort(items["item_id"].to_numpy()))
-    out = neighbours_from_interactions(interactions, k=k, method=method, client=client, block_size=block_size)
-    out.to_parquet(snap / "neighbours.parquet", index=False)
-    return out

@@ -12,44 +12,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 
-def popularity_counts(
-    item_codes: np.ndarray,
-    n_items: int,
-    *,
-    weights: np.ndarray | None = None,
-    ts: np.ndarray | None = None,
-    as_of: float | None = None,
-    half_life: float | None = None,
-) -> np.ndarray:
-    """Weighted count per item index (``0 <= item_codes < n_items``); ``ts``/``as_of`` in epoch seconds."""
-    item_codes = np.asarray(item_codes, dtype=np.int64)
-    w = np.ones(len(item_codes), dtype=np.float64) if weights is None else np.asarray(weights, np.float64)
-    if half_life is not None or as_of is not None:
-        if ts is None:
-            raise ValueError("time decay needs ts")
-        ts = np.asarray(ts, dtype=np.float64)
-        ref = float(np.max(ts)) + 1.0 if as_of is None else float(as_of)
-        w = np.where(ts < ref, w, 0.0)
-        if half_life is not None:
-            if half_life <= 0:
-                raise ValueError(f"half_life must be > 0, got {half_life}")
-            w = w * np.power(0.5, (ref - ts) / half_life)
-    return np.bincount(item_codes, weights=w, minlength=n_items)[:n_items]
-
-
 def distinct_user_counts(user_items: sp.spmatrix) -> np.ndarray:
     """Number of distinct users per item (column) of a user x item matrix."""
     return np.asarray((sp.csr_matrix(user_items) != 0).sum(axis=0)).ravel().astype(np.int64)
-
-
-def top_popular(counts: np.ndarray, n: int, *, exclude: np.ndarray | None = None) -> np.ndarray:
-    """Indices of the ``n`` largest counts, best first; ties by lower index; ``exclude`` indices skipped."""
-    c = np.asarray(counts, dtype=np.float64).copy()
-    if exclude is not None and len(exclude):
-        c[np.asarray(exclude)] = -np.inf
-    order = np.lexsort((np.arange(len(c)), -c))
-    order = order[np.isfinite(c[order])]
-    return order[:n]
 
 
 def popular_table(item_feats: pd.DataFrame) -> pd.DataFrame:

@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from pipeline.rerank.config import FUSIONS, RerankConfig, Variant, assign_variants, parse_variants
@@ -186,9 +185,3 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
                        "source": "object", "variant": "object"}).reset_index(drop=True)
 
 
-def lists_digest(lists: pd.DataFrame) -> str:
-    """A short digest of (user, rank, item) triples: equal digests mean equal lists (for tests and logs)."""
-    import hashlib
-
-    arr = lists[["user_id", "rank", "item_id"]].to_numpy(dtype=np.int64)
-    return hashlib.sha256(arr.tobytes()).hexdigest()[:12]
