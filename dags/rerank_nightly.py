@@ -15,8 +15,9 @@ Airflow connection `rerank_postgres` (else `RERANK_DATABASE_URL`); Dask stages u
 `retrain`, `user_ids` (re-score only these users), `top_n` (1..1000), `dry_run` (no swap).
 
 **Assets.** Each stage task updates `rerank.nightly.<stage>` (`x-rerank://nightly/<stage>`, event extra:
-`run_id` and the stage's counts); `publish` also updates `rerank.recsys.user_recommendations`. Schedule a
-downstream DAG with `schedule=[Asset.ref(name="rerank.recsys.user_recommendations")]`.
+`run_id` and the stage's counts). The task `announce` updates `rerank.recsys.user_recommendations` only when
+`publish` really swapped the view (it is skipped on a dry run, and a skipped task emits no Asset event), so a
+downstream DAG with `schedule=[Asset.ref(name="rerank.recsys.user_recommendations")]` runs only on new lists.
 
 **Operations.** Retries with exponential backoff, an `execution_timeout` per stage, training in the pool
 `gpu` (create it: `airflow pools set gpu 1 "ecom-rerank ranker training: one slot per GPU"`). A task that
@@ -157,7 +158,7 @@ def rerank_nightly() -> None:
         emit(context, ASSETS["quality_gate"], rid, out)
         return out
 
-    @_stage("publish", RECS_ASSET)
+    @_stage("publish")
     def publish(rid: str, _q: dict, **context) -> dict:
         from pipeline import nightly
         from pipeline.settings import get_settings
@@ -165,8 +166,16 @@ def rerank_nightly() -> None:
         out = nightly.publish(database_url(), rerank_home(), rid, keep=get_settings().keep_runs,
                               dry_run=context["params"]["dry_run"])
         emit(context, ASSETS["publish"], rid, out)
-        emit(context, RECS_ASSET, rid, out)
         return out
+
+    @task(outlets=[RECS_ASSET], execution_timeout=TIMEOUTS["report"], retries=0)
+    def announce(rid: str, published: dict, **context) -> None:
+        """Tell Asset-scheduled readers about new lists; skipped (no event) when nothing was swapped in."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not published.get("published"):
+            raise AirflowSkipException(f"{rid}: nothing published (dry run), no Asset event")
+        emit(context, RECS_ASSET, rid, published)
 
     @_stage("report")
     def report(rid: str, _p: dict, **context) -> dict:
@@ -182,7 +191,9 @@ def rerank_nightly() -> None:
     e = extract(rid, validate(rid))
     t = train_ranker(rid, item_features(rid, e), user_features(rid, e), cf_build(rid, e))
     s = score_users(rid, evaluate_gate(rid, t))
-    report(rid, publish(rid, quality_gate(rid, s)))
+    p = publish(rid, quality_gate(rid, s))
+    announce(rid, p)
+    report(rid, p)
 
 
 rerank_nightly()

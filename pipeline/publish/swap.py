@@ -286,7 +286,9 @@ def _point_views(cur, pub_id: int) -> None:
 
 
 def _prune(conn, keep: int) -> list[str]:
-    """Keep the live publication and the ``keep`` most recent ones; drop the rest with their tables.
+    """Keep the live publication and the latest publication of each of the ``keep`` most recent runs; drop
+    the rest with their tables (an earlier publication of a kept run, e.g. before a user-subset re-publish,
+    is superseded, so re-publishing one run never pushes older runs out of the rollback window).
 
     One transaction per publication, each with a short lock timeout: a reader still on an old table delays
     only its own drop, which the next run retries.
@@ -294,9 +296,12 @@ def _prune(conn, keep: int) -> list[str]:
     with conn, conn.cursor() as cur:
         cur.execute(
             """
+            WITH latest AS (
+                SELECT DISTINCT ON (run_id) publication_id FROM recsys.publications
+                 ORDER BY run_id, publication_id DESC),
+            kept AS (SELECT publication_id FROM latest ORDER BY publication_id DESC LIMIT %s)
             SELECT publication_id, recs_table, similar_table FROM recsys.publications
-             WHERE NOT live AND publication_id NOT IN (
-                   SELECT publication_id FROM recsys.publications ORDER BY publication_id DESC LIMIT %s)
+             WHERE NOT live AND publication_id NOT IN (SELECT publication_id FROM kept)
              ORDER BY publication_id
             """,
             (keep,),
@@ -346,18 +351,22 @@ def live_lists(url: str, columns: tuple[str, ...] = ("user_id", "item_id")) -> p
 
 
 def rollback(url: str, *, lock_wait_s: float = 60.0) -> dict:
-    """Make the publication before the live one live again (its table is kept for this)."""
+    """Make the previous run's publication live again (its table is kept for this).
+
+    "Previous" is the newest publication older than the live one that belongs to another run: rolling back
+    after a re-publish of the same run (a user subset) goes back a run, not to a half-superseded list.
+    """
     conn = _session(url, lock_wait_s)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute("SELECT publication_id FROM recsys.publications WHERE live")
+            cur.execute("SELECT publication_id, run_id FROM recsys.publications WHERE live")
             row = cur.fetchone()
             if row is None:
                 raise PublishError("nothing is published, so there is nothing to roll back", "rerank run nightly")
             cur.execute(
                 "SELECT publication_id, run_id FROM recsys.publications WHERE publication_id < %s "
-                "ORDER BY publication_id DESC LIMIT 1",
-                (row[0],),
+                "AND run_id <> %s ORDER BY publication_id DESC LIMIT 1",
+                (row[0], row[1]),
             )
             prev = cur.fetchone()
             if prev is None:

@@ -82,7 +82,22 @@ def test_each_stage_produces_its_asset(nightly) -> None:
     for stage in STAGES:
         names = {a.name for a in nightly.get_task(stage).outlets}
         assert f"rerank.nightly.{stage}" in names, stage
-    assert "rerank.recsys.user_recommendations" in {a.name for a in nightly.get_task("publish").outlets}
+    announce = nightly.get_task("announce")
+    assert "rerank.recsys.user_recommendations" in {a.name for a in announce.outlets}
+    assert "rerank.recsys.user_recommendations" not in {a.name for a in nightly.get_task("publish").outlets}
+    assert announce.upstream_task_ids >= {"publish"}
+
+
+def test_dry_run_emits_no_published_asset_event(nightly) -> None:
+    """A dry run swaps nothing, so the readers' Asset must not fire: `announce` skips (a skip emits no event)."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    announce = nightly.get_task("announce").python_callable
+    with pytest.raises(AirflowSkipException, match="dry run"):
+        announce("nightly_20261124T0000", {"published": False, "dry_run": True, "rows": 10})
+    events: dict = {}
+    announce("nightly_20261124T0000", {"published": True, "rows": 10}, outlet_events=_Events(events))
+    assert [e.extra["run_id"] for e in events.values()] == ["nightly_20261124T0000"]
 
 
 def test_training_runs_in_the_gpu_pool(nightly) -> None:
@@ -191,6 +206,19 @@ def test_failure_callback_marks_the_run_failed(db_url: str, tmp_path: Path, monk
     # Never raises, even when the database is unreachable.
     monkeypatch.setenv("RERANK_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
     mark_run_failed({"ti": ti, "exception": "x", "params": {}})
+
+
+class _Events(dict):
+    """Stand-in for a task's ``outlet_events`` accessor: one object with ``extra`` per Asset."""
+
+    def __init__(self, store: dict) -> None:
+        super().__init__()
+        self.store = store
+
+    def __getitem__(self, asset):  # noqa: ANN001, ANN204
+        from types import SimpleNamespace
+
+        return self.store.setdefault(asset.name, SimpleNamespace(extra=None))
 
 
 @pytest.mark.integration

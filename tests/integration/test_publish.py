@@ -85,6 +85,20 @@ def test_publication_is_indexed_analysed_and_last_k_kept(shop: str) -> None:
     assert set(_snapshot(shop)["run_id"]) == {"run2"}
 
 
+def test_keep_and_rollback_count_runs_not_publications(shop: str) -> None:
+    """Re-publishing a run (a user subset) must not push older runs out, and rollback goes back a run."""
+    a = publish_run(shop, "nightly_20261121T0000", _recs("a", shift=1), None, generated_at=GEN, keep=2)
+    b1 = publish_run(shop, "nightly_20261122T0000", _recs("b1", shift=2), None, generated_at=GEN, keep=2)
+    b2 = publish_run(shop, "nightly_20261122T0000", _recs("b2", shift=3), None, generated_at=GEN, keep=2)
+    # b1 is superseded by b2 (same run): dropped; run a is still inside the window of 2 runs.
+    assert _recs_tables(shop) == sorted([a["recs_table"], b2["recs_table"]])
+    assert b1["recs_table"] not in _recs_tables(shop)
+    assert rollback(shop)["run_id"] == "nightly_20261121T0000"
+    assert set(_snapshot(shop)["run_id"]) == {"a"}
+    with pytest.raises(PublishError, match="no earlier publication"):
+        rollback(shop)
+
+
 def test_publish_refuses_incomplete_frames(shop: str) -> None:
     with pytest.raises(PublishError, match="lack columns"):
         publish_run(shop, "r", _recs("r").drop(columns="variant"), None, generated_at=GEN)
