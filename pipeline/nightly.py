@@ -187,12 +187,13 @@ def _score_shard(users: np.ndarray, snap: str, as_of: datetime, top_n: int, n_ca
                  rerank: dict | None = None, variants: dict | None = None, salt: str = "rerank-ab",
                  rules: pd.DataFrame | None = None) -> pd.DataFrame:
     """One Dask task: recall + score + re-rank for a shard of users."""
+    from pipeline.extract import read_events
     from pipeline.recall.candidates import RecallConfig
     from pipeline.recall.stage import candidates_for_users
     from pipeline.rerank import RerankConfig, finalize_lists, load_item_embeddings
 
     snap_p = Path(snap)
-    events = pd.read_parquet(snap_p / "events", filters=[("user_id", "in", users.tolist())])
+    events = read_events(snap_p, filters=[("user_id", "in", users.tolist())])
     feats = pd.read_parquet(snap_p / "item_features.parquet")
     items = pd.read_parquet(snap_p / "items.parquet", columns=["item_id", "title"])
     feats = feats.merge(items, on="item_id", how="left")

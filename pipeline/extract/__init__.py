@@ -1,5 +1,5 @@
-"""Extraction: Dask partitioned reads from Postgres into a Parquet snapshot per run."""
+"""Extraction: an incremental, date-partitioned Parquet event store (any fsspec URL) and each run's view."""
 
-from pipeline.extract.snapshot import extract_snapshot, read_snapshot
+from pipeline.extract.snapshot import events_path, extract_snapshot, plan_extract, read_events, read_snapshot
 
-__all__ = ["extract_snapshot", "read_snapshot"]
+__all__ = ["events_path", "extract_snapshot", "plan_extract", "read_events", "read_snapshot"]

@@ -2,21 +2,34 @@
 
 :func:`image_row` is the pure per-image transform; :func:`image_features` maps it over chunks of items on
 the Dask client. A missing or unreadable file gives ``has_image = False`` and a reason, never a failed run.
-An optional CNN embedding is deliberately not bundled: weights would have to come from a local path and no
-such model ships with the project.
+
+Optional CNN embedding (``img_embedding``, L2-normalised float32): weights come only from a local file
+(``RERANK_IMAGE_MODEL_PATH``, a torch ``state_dict``; nothing is ever downloaded). Two architectures, told
+apart by the state_dict's keys: :func:`small_cnn` (four strided convolutions, global average pool; any
+``state_dict`` saved from it) and torchvision's ``resnet18`` (512-d, only when torchvision is installed;
+it is not a dependency). A configured path that does not exist or does not load is a ConfigError.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import ConfigError
+
 #: Bins per RGB channel of the colour histogram.
 HIST_BINS = 4
 #: Side of the difference hash (``HASH_SIDE**2`` bits).
 HASH_SIDE = 8
+#: Input side of the CNN (images are resized to a square this big).
+CNN_SIDE = 64
+#: Embedding size of :func:`small_cnn`.
+CNN_DIM = 64
+_MEAN = np.asarray([0.485, 0.456, 0.406], dtype="float32")  # ImageNet statistics, what resnet18 expects
+_STD = np.asarray([0.229, 0.224, 0.225], dtype="float32")
 
 
 def dhash(img: object, side: int = HASH_SIDE) -> str:
@@ -55,20 +68,129 @@ def image_row(path: str | Path) -> dict:
             "img_mean_b": float(mean[2]), "img_hist": hist.tolist()}
 
 
-def image_chunk(chunk: pd.DataFrame, root: str | None) -> pd.DataFrame:
-    """Transform: features for a chunk of ``item_id, image_path`` rows (relative paths under ``root``)."""
-    rows = []
+def small_cnn(dim: int = CNN_DIM):  # noqa: ANN201 - a torch.nn.Module (torch is imported lazily)
+    """A small CNN: four 3x3 stride-2 convolutions (3-16-32-64-``dim``) with ReLU, global average pool."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(64, dim, 3, stride=2, padding=1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+
+
+def check_model_path(path: str | Path | None) -> Path:
+    """The weights file, or a ConfigError that names the setting (never a download)."""
+    if not path:
+        raise ConfigError("no image model path given", "set RERANK_IMAGE_MODEL_PATH to a local .pt state_dict")
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"image model weights not found at {p}",
+                          "RERANK_IMAGE_MODEL_PATH must name a local torch state_dict file (weights are never "
+                          "downloaded); unset it to skip the CNN embedding")
+    return p
+
+
+def load_image_model(path: str | Path):  # noqa: ANN201 - a torch.nn.Module in eval mode
+    """Build the architecture the state_dict belongs to and load it (CPU, eval mode)."""
+    p = check_model_path(path)
+    return _load_cached(str(p.resolve()), p.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=2)
+def _load_cached(path: str, _mtime: int):  # noqa: ANN202 - one load per worker process and file version
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"cannot load image model weights {path}: {exc}",
+                          "a torch state_dict saved with torch.save(model.state_dict(), path)") from exc
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path} holds no state_dict", "torch.save(model.state_dict(), path)")
+    if "layer1.0.conv1.weight" in state:
+        try:
+            from torchvision.models import resnet18
+        except ImportError as exc:
+            raise ConfigError(f"{path} holds resnet18 weights but torchvision is not installed",
+                              "install torchvision matching torch, or use small_cnn weights") from exc
+        model = resnet18(weights=None)
+        model.fc = torch.nn.Identity()
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    else:
+        last = [k for k in state if k.endswith(".weight")]
+        if not last:
+            raise ConfigError(f"{path}: not a small_cnn or resnet18 state_dict", "see pipeline.features.images")
+        model = small_cnn(int(state[last[-1]].shape[0]))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConfigError(f"{path}: weights do not fit the model: {str(exc)[:300]}",
+                          "a state_dict of pipeline.features.images.small_cnn or torchvision resnet18") from exc
+    return model.eval()
+
+
+def image_tensor(img: object, side: int = CNN_SIDE) -> np.ndarray:
+    """``3 x side x side`` float32, ImageNet-normalised, from a PIL image."""
+    from PIL import Image
+
+    arr = np.asarray(img.convert("RGB").resize((side, side), Image.Resampling.BILINEAR), dtype="float32") / 255.0
+    return ((arr - _MEAN) / _STD).transpose(2, 0, 1)
+
+
+def embed_images(images: list[np.ndarray], model_path: str | Path, batch_size: int = 64) -> np.ndarray:
+    """L2-normalised CNN embeddings (float32, one row per image tensor)."""
+    import torch
+
+    model = load_image_model(model_path)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            z = model(torch.from_numpy(np.stack(images[i:i + batch_size]))).numpy()
+            out.append(z.astype("float32"))
+    if not out:
+        return np.zeros((0, 0), dtype="float32")
+    z = np.concatenate(out)
+    n = np.linalg.norm(z, axis=1, keepdims=True)
+    return (z / np.where(n > 0, n, 1.0)).astype("float32")
+
+
+def image_chunk(chunk: pd.DataFrame, root: str | None, model_path: str | None = None) -> pd.DataFrame:
+    """Transform: features for a chunk of ``item_id, image_path`` rows (relative paths under ``root``);
+    with ``model_path`` also ``img_embedding`` (None where the image cannot be read)."""
+    from PIL import Image
+
+    rows, tensors, where = [], [], []
     for item_id, p in zip(chunk["item_id"], chunk["image_path"], strict=True):
         path = Path(p)
         if not path.is_absolute() and root:
             path = Path(root) / path
-        rows.append({"item_id": int(item_id), **image_row(path)})
-    return pd.DataFrame(rows)
+        row = {"item_id": int(item_id), **image_row(path)}
+        if model_path and row["has_image"]:
+            with Image.open(path) as im:
+                tensors.append(image_tensor(im))
+            where.append(len(rows))
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if model_path:
+        emb: list[list[float] | None] = [None] * len(out)
+        for i, z in zip(where, embed_images(tensors, model_path), strict=True):
+            emb[i] = z.tolist()
+        out["img_embedding"] = emb
+    return out
 
 
 def image_features(items: pd.DataFrame, client: object | None, *, root: str | Path | None = None,
-                   chunk: int = 500) -> pd.DataFrame:
-    """Image features for the items that have an ``image_path`` (empty frame with ``item_id`` otherwise)."""
+                   chunk: int = 500, model_path: str | Path | None = None) -> pd.DataFrame:
+    """Image features for the items that have an ``image_path`` (empty frame with ``item_id`` otherwise).
+
+    ``model_path``: local CNN weights; adds ``img_embedding`` (checked here, before any task runs)."""
+    if model_path:
+        check_model_path(model_path)
     if "image_path" not in items.columns:
         return pd.DataFrame({"item_id": pd.Series(dtype="int64"), "has_image": pd.Series(dtype=bool)})
     todo = items.loc[items["image_path"].fillna("").astype(str).str.len() > 0, ["item_id", "image_path"]]
@@ -76,8 +198,9 @@ def image_features(items: pd.DataFrame, client: object | None, *, root: str | Pa
         return pd.DataFrame({"item_id": pd.Series(dtype="int64"), "has_image": pd.Series(dtype=bool)})
     parts = [todo.iloc[i:i + chunk] for i in range(0, len(todo), chunk)]
     root_s = str(root) if root else None
+    model_s = str(model_path) if model_path else None
     if client is None:
-        frames = [image_chunk(p, root_s) for p in parts]
+        frames = [image_chunk(p, root_s, model_s) for p in parts]
     else:
-        frames = client.gather(client.map(image_chunk, parts, root=root_s, pure=False))
+        frames = client.gather(client.map(image_chunk, parts, root=root_s, model_path=model_s, pure=False))
     return pd.concat(frames, ignore_index=True)

@@ -115,16 +115,29 @@ def finalize_item_features(items: pd.DataFrame, sums: pd.DataFrame, as_of: datet
 
 def build_item_features(snapshot_dir: str | Path, as_of: datetime, client: object, *,
                         weights: dict[str, float], half_life_days: dict[str, float],
-                        images: bool = True, image_root: str | Path | None = None) -> pd.DataFrame:
+                        images: bool = True, image_root: str | Path | None = None,
+                        image_model_path: str | Path | None = None) -> pd.DataFrame:
     """Per-item features for every catalogue item; written to ``item_features.parquet``.
 
     With ``images`` and items that have an ``image_path``, colour histograms and perceptual hashes are
-    added (``has_image``, ``img_*`` columns; see :mod:`pipeline.features.images`).
+    added (``has_image``, ``img_*`` columns; see :mod:`pipeline.features.images`), and a CNN embedding
+    ``img_embedding`` when ``image_model_path`` (default ``RERANK_IMAGE_MODEL_PATH``) names local weights.
     """
+    if image_model_path is None:
+        from pipeline.settings import get_settings
+
+        image_model_path = get_settings().image_model_path or None
+    if images and image_model_path:
+        from pipeline.features.images import check_model_path
+
+        check_model_path(image_model_path)  # fail before the event pass, with the setting's name
     import dask.dataframe as dd
 
     snap = Path(snapshot_dir)
-    ddf = dd.read_parquet(str(snap / "events"), columns=["item_id", "event_type", "ts"])
+    from pipeline.extract.snapshot import events_path
+
+    # Hive ``date=`` partitions; only three file columns are read (the partition column is not needed).
+    ddf = dd.read_parquet(str(events_path(snap)), columns=["item_id", "event_type", "ts"])
     sums = (ddf.map_partitions(item_event_sums, as_of, weights, half_life_days, meta=_sums_meta())
             .groupby("item_id").sum())
     stats = sums.compute(scheduler=client.get)
@@ -133,7 +146,7 @@ def build_item_features(snapshot_dir: str | Path, as_of: datetime, client: objec
     if images:
         from pipeline.features.images import image_features
 
-        img = image_features(items, client, root=image_root)
+        img = image_features(items, client, root=image_root, model_path=image_model_path or None)
         feats = feats.merge(img, on="item_id", how="left")
         feats["has_image"] = feats["has_image"].fillna(False).astype(bool)
     feats.to_parquet(snap / "item_features.parquet", index=False)

@@ -39,8 +39,9 @@ def item_rows(feats: pd.DataFrame) -> pd.DataFrame:
     def image(row: pd.Series) -> str | None:
         if not row["has_image"]:
             return None
-        return json.dumps({c[4:]: (_json_list(row[c]) if c == "img_hist" else row[c]) for c in img_cols
-                           if c != "img_error"}, default=float)
+        # List-valued columns (histogram, CNN embedding) become JSON arrays (a missing embedding: []).
+        return json.dumps({c[4:]: (_json_list(row[c]) if c in ("img_hist", "img_embedding") else row[c])
+                           for c in img_cols if c != "img_error"}, default=float)
 
     f["image"] = f.apply(image, axis=1) if img_cols and len(f) else None
     return f[ITEM_COLUMNS]

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.extract.snapshot import events_path, read_events
 from pipeline.features.items import decayed_weight, top_category
 
 COUNT_TYPES = ("view", "click", "add_to_cart", "purchase", "search")
@@ -164,8 +165,12 @@ def user_shard_features(events_dir: str, lo: int, hi: int, users: pd.DataFrame, 
     """
     import pyarrow.dataset as pads
 
-    data = pads.dataset(events_dir, format="parquet")
-    part = data.to_table(filter=(pads.field("user_id") >= lo) & (pads.field("user_id") < hi)).to_pandas()
+    from pipeline.frames import EVENT_COLUMNS
+
+    # Hive ``date=`` directories: the partition column is not needed, only the file columns are read.
+    data = pads.dataset(events_dir, format="parquet", partitioning="hive")
+    part = data.to_table(columns=EVENT_COLUMNS,
+                         filter=(pads.field("user_id") >= lo) & (pads.field("user_id") < hi)).to_pandas()
     partial = user_partials(part, items, as_of, weights, half_life, seq_len)
     return finalize_user_features(users, partial, items, as_of)
 
@@ -200,12 +205,12 @@ def build_user_features(snapshot_dir: str | Path, as_of: datetime, client: objec
     shards = user_shards(users["user_id"].to_numpy(), max(2 * workers, -(-len(users) // USERS_PER_SHARD)))
     if shards:
         items_f = client.scatter(items, broadcast=True)  # type: ignore[attr-defined]
-        futs = [client.submit(user_shard_features, str(snap / "events"), lo, hi,  # type: ignore[attr-defined]
+        futs = [client.submit(user_shard_features, str(events_path(snap)), lo, hi,  # type: ignore[attr-defined]
                               users[(users["user_id"] >= lo) & (users["user_id"] < hi)], items_f, as_of, weights,
                               half_life_days, seq_len, pure=False) for lo, hi in shards]
         feats = pd.concat(client.gather(futs), ignore_index=True)  # type: ignore[attr-defined]
     else:
-        empty = pd.read_parquet(snap / "events").iloc[:0]
+        empty = read_events(snap).iloc[:0]
         feats = finalize_user_features(users, user_partials(empty, items, as_of, weights, half_life_days, seq_len),
                                        items, as_of)
     feats = feats.sort_values("user_id").reset_index(drop=True)

@@ -143,3 +143,28 @@ def test_external_scheduler_gives_the_same_features(shop: str, tmp_path: Path, c
                 p.kill()
     pd.testing.assert_frame_equal(local_items, ext_items)
     pd.testing.assert_frame_equal(local_users, ext_users)
+
+
+def test_cnn_image_embedding_is_stored_with_the_item_features(shop: str, tmp_path: Path, cluster,  # noqa: ANN001
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    from pipeline.errors import ConfigError
+    from pipeline.features.images import CNN_DIM, small_cnn
+
+    torch.manual_seed(1)
+    torch.save(small_cnn().state_dict(), tmp_path / "cnn.pt")
+    monkeypatch.setenv("RERANK_IMAGE_MODEL_PATH", str(tmp_path / "cnn.pt"))  # the setting the stage reads
+    snap = tmp_path / "snap"
+    items, _ = _features(shop, snap, cluster)
+    with_img = items[items["has_image"]]
+    assert len(with_img) > 0 and items.loc[~items["has_image"], "img_embedding"].isna().all()
+    z = np.stack(with_img["img_embedding"].to_numpy())
+    assert z.shape == (len(with_img), CNN_DIM) and np.allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-5)
+    write_feature_tables(shop, "run_cnn", snap, which=("items",))
+    with connect(shop) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM recsys.item_features WHERE run_id = 'run_cnn' "
+                    "AND jsonb_array_length(image -> 'embedding') = %s", (CNN_DIM,))
+        assert cur.fetchone()[0] == len(with_img)
+    monkeypatch.setenv("RERANK_IMAGE_MODEL_PATH", str(tmp_path / "missing.pt"))
+    with pytest.raises(ConfigError, match="RERANK_IMAGE_MODEL_PATH"):
+        build_item_features(snap, AS_OF, cluster, weights=W, half_life_days=HL)
