@@ -13,10 +13,12 @@ import argparse
 import json
 import time
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import ConfigError
 from pipeline.frames import ShopFrames
 from pipeline.recall.candidates import SOURCES, RecallConfig, generate_candidates
 from pipeline.recall.content import ContentIndex
@@ -54,8 +56,16 @@ def source_recall(frames: ShopFrames, *, cutoff: str | pd.Timestamp | None = Non
                   n: int = 300, weights: dict[str, float] | None = None,
                   half_life_days: dict[str, float] | None = None, embeddings: pd.DataFrame | None = None,
                   factors: int = 64, seed: int = 42, max_users: int | None = None, batch: int = 500,
-                  client: object | None = None) -> dict:
-    """recall@``n`` per source and for the merge, plus the cold-item figures; a JSON-ready dict."""
+                  client: object | None = None, catalogue: str = "as-of") -> dict:
+    """recall@``n`` per source and for the merge, plus the cold-item figures; a JSON-ready dict.
+
+    ``catalogue="as-of"`` keeps the items created before the cutoff (test items that did not exist yet are
+    dropped: no recall could return them); ``"all"`` keeps every item, for imports whose ``created_at`` is
+    only the item's first event (Taobao): there an item first bought in the test window was on sale before,
+    and it is exactly the cold item that only content recall can reach.
+    """
+    if catalogue not in ("as-of", "all"):
+        raise ConfigError(f"unknown catalogue mode {catalogue!r}", "one of: as-of, all")
     weights = weights or DEFAULT_WEIGHTS
     half_life_days = half_life_days or DEFAULT_HALF_LIFE
     ev = frames.events.copy()
@@ -72,7 +82,7 @@ def source_recall(frames: ShopFrames, *, cutoff: str | pd.Timestamp | None = Non
     test = test.merge(seen.assign(_s=1), how="left", on=["user_id", "item_id"])
     test = test[test["_s"].isna()].drop(columns="_s")
     items = frames.items
-    if "created_at" in items.columns:  # the catalogue as it was at the cutoff
+    if catalogue == "as-of" and "created_at" in items.columns:  # the catalogue as it was at the cutoff
         items = items[pd.to_datetime(items["created_at"], utc=True) < cut]
     test = test[test["item_id"].isin(items["item_id"])]
     users = np.sort(test["user_id"].unique())
@@ -118,10 +128,14 @@ def source_recall(frames: ShopFrames, *, cutoff: str | pd.Timestamp | None = Non
     train_items = set(inter.item_ids[np.asarray((inter.user_items != 0).sum(axis=0)).ravel() > 0].tolist())
     cold = ~test["item_id"].isin(train_items).to_numpy()
     out = {
-        "cutoff": cut.isoformat(), "window": window, "n": n, "train_events": len(train), "test_pairs": len(test),
+        "cutoff": cut.isoformat(), "window": window, "n": n, "catalogue_mode": catalogue,
+        "train_events": len(train), "test_pairs": len(test),
         "test_users": len(users), "catalogue": len(items), "build_seconds": round(build_s, 2),
         "recall": {k: round(float(m.mean()), 4) if len(m) else 0.0 for k, m in hit_mask.items()},
+        "hits": {k: int(m.sum()) for k, m in hit_mask.items()},
         "cold_test_share": round(float(cold.mean()), 4) if len(cold) else 0.0,
+        "cold_test_pairs": int(cold.sum()),
+        "cold_recall": {k: round(float(m[cold].mean()), 4) if cold.any() else 0.0 for k, m in hit_mask.items()},
         "content_only_share": round(float((hit_mask["content"] & ~others).mean()), 4) if len(test) else 0.0,
         "cold_reached_by_content_share": round(float((cold & hit_mask["content"]).mean()), 4) if len(test) else 0.0,
         "candidate_seconds": timing,
@@ -130,7 +144,7 @@ def source_recall(frames: ShopFrames, *, cutoff: str | pd.Timestamp | None = Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m pipeline.recall.audit --generated 3000,1500,28`` or ``--format taobao --path P``."""
+    """``python -m pipeline.recall.audit --generated 3000,1500,28 --out-dir D`` or ``--format taobao --path P``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--generated", help="users,items,days of a generated shop (datagen.build_shop)")
     p.add_argument("--format", help="an importer format (pipeline.ingest.read_dataset), e.g. taobao")
@@ -139,7 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--window", default="1D")
     p.add_argument("--max-users", type=int, default=None)
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--out")
+    p.add_argument("--catalogue", choices=("as-of", "all"), default="as-of",
+                   help="items at the cutoff (as-of) or every item (all: imports whose created_at is a first event)")
+    p.add_argument("--out", help="also write the JSON to this file")
+    p.add_argument("--out-dir", help="write audit.json and recall.csv (one row per source) into this folder")
     a = p.parse_args(argv)
     if a.generated:
         from pipeline.datagen import build_shop
@@ -152,13 +169,26 @@ def main(argv: list[str] | None = None) -> None:
 
         frames = read_dataset(a.format, a.path)
         name = f"{a.format} {a.path}"
-    res = {"dataset": name, **source_recall(frames, n=a.n, window=a.window, max_users=a.max_users)}
+    res = {"dataset": name, **source_recall(frames, n=a.n, window=a.window, max_users=a.max_users,
+                                            catalogue=a.catalogue)}
     text = json.dumps(res, indent=2)
     print(text)
     if a.out:
-        from pathlib import Path
-
         Path(a.out).write_text(text)
+    if a.out_dir:
+        write_outputs(res, a.out_dir)
+
+
+def write_outputs(res: dict, out_dir: str | Path) -> Path:
+    """``audit.json`` (everything) and ``recall.csv`` (source, recall, hits, cold_recall, seconds) in ``out_dir``."""
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "audit.json").write_text(json.dumps(res, indent=2))
+    rows = [{"source": k, "recall": v, "hits": res["hits"][k], "test_pairs": res["test_pairs"],
+             "cold_recall": res["cold_recall"][k], "seconds": res["candidate_seconds"][k]}
+            for k, v in res["recall"].items()]
+    pd.DataFrame(rows).to_csv(d / "recall.csv", index=False)
+    return d
 
 
 if __name__ == "__main__":

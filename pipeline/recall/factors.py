@@ -98,24 +98,50 @@ def train_als(user_items: sp.spmatrix, *, factors: int = 64, regularization: flo
 
 def train_bpr(user_items: sp.spmatrix, *, factors: int = 64, learning_rate: float = 0.01,
               regularization: float = 0.01, iterations: int = 60, seed: int = 42, num_threads: int = 0,
-              verify_negative_samples: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
+              verify_negative_samples: bool = True,
+              sample_weighting: str = "presence") -> tuple[np.ndarray, np.ndarray, dict]:
     """implicit BPR (CPU) on ``user_items``; every non-zero is a positive. Returns (user, item, meta).
 
     implicit's BPR appends a bias column to both factor matrices; it is kept, so ``user @ item.T`` is
-    the model's score.
+    the model's score. ``sample_weighting="ratings"`` samples a positive in proportion to its weight
+    (see :func:`repeat_positives`); ``"presence"`` (default) samples every positive alike.
     """
     from implicit.cpu.bpr import BayesianPersonalizedRanking
 
+    if sample_weighting not in ("presence", "ratings"):
+        raise ModelError(f"unknown BPR sample_weighting {sample_weighting!r}", "one of: presence, ratings")
     m = _check_matrix(user_items)
+    if sample_weighting == "ratings":
+        m = repeat_positives(m)
     params = {"factors": factors, "learning_rate": learning_rate, "regularization": regularization,
               "iterations": iterations, "random_state": seed}
+    extra = {"verify_negative_samples": verify_negative_samples, "sample_weighting": sample_weighting}
     with _blas_one_thread():
         model = BayesianPersonalizedRanking(**params, num_threads=num_threads,
                                             verify_negative_samples=verify_negative_samples)
         model.fit(m, show_progress=False)
     uf, itf = np.asarray(model.user_factors, np.float32), np.asarray(model.item_factors, np.float32)
     _check_finite("bpr", uf, itf)
-    return uf, itf, {"model": "bpr", **params, "versions": _versions()}
+    return uf, itf, {"model": "bpr", **params, **extra, "versions": _versions()}
+
+
+def repeat_positives(user_items: sp.csr_matrix, max_repeats: int = 20) -> sp.csr_matrix:
+    """Each positive repeated ``clip(round(weight), 1, max_repeats)`` times in its row (ones as data).
+
+    implicit's BPR draws a training pair by a uniform index into the non-zeros, so a positive stored
+    ``r`` times is drawn ``r`` times as often: rating-weighted sampling without changing implicit. The
+    rows stay sorted (a repeated column is adjacent), which its negative-sample check relies on.
+    """
+    m = sp.csr_matrix(user_items, copy=True)
+    m.sum_duplicates()  # canonical: one sorted entry per (user, item), so the repeats come out sorted
+    reps = np.clip(np.rint(m.data), 1, max_repeats).astype(np.int64)
+    rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    counts = np.bincount(rows, weights=reps, minlength=m.shape[0]).astype(np.int64)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    indices = np.repeat(m.indices, reps)
+    out = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=m.shape)
+    out.has_canonical_format = False  # duplicates are the point: nothing may sum them
+    return out
 
 
 def fold_in(user_items_row: sp.spmatrix | np.ndarray, item_factors: np.ndarray, regularization: float, *,

@@ -45,6 +45,9 @@ def cap_user_history(user_items: sp.csr_matrix, max_items: int | None) -> sp.csr
     m = sp.csr_matrix(user_items, dtype=np.float32)
     if not max_items or m.nnz == 0:
         return m
+    if not m.has_canonical_format:  # a repeated (user, item) entry is one item of the history
+        m = m.copy()
+        m.sum_duplicates()
     lengths = np.diff(m.indptr)
     if lengths.max() <= max_items:
         return m
@@ -55,7 +58,9 @@ def cap_user_history(user_items: sp.csr_matrix, max_items: int | None) -> sp.csr
         drop = np.ones(e - s, dtype=bool)
         drop[order[:max_items]] = False
         keep[s:e] = ~drop
-    rows = np.repeat(np.arange(m.shape[0]), lengths)
-    out = sp.csr_matrix((m.data[keep], (rows[keep], m.indices[keep])), shape=m.shape, dtype=np.float32)
+    # CSR straight from the kept entries (row order and in-row order unchanged): no COO triplets, whose
+    # int64 row array alone is as large as the matrix
+    indptr = np.concatenate([[0], np.cumsum(np.minimum(lengths, max_items))])
+    out = sp.csr_matrix((m.data[keep], m.indices[keep], indptr.astype(m.indptr.dtype)), shape=m.shape)
     out.sort_indices()
     return out

@@ -30,17 +30,18 @@ def neighbours_frame(idx: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, 
 
 def neighbours_from_interactions(inter: Interactions, *, k: int = 20, method: str = "cosine", shrink: float = 0.0,
                                  client: object | None = None, block_size: int | None = None,
-                                 max_user_items: int | None = MAX_USER_ITEMS) -> pd.DataFrame:
-    """Top-``k`` neighbours per item of ``inter`` (on the Dask ``client`` when given)."""
+                                 max_user_items: int | None = MAX_USER_ITEMS, algorithm: str = "dense") -> pd.DataFrame:
+    """Top-``k`` neighbours per item of ``inter`` (on the Dask ``client`` when given); ``algorithm``
+    "sparse" scores only non-zero co-occurrences (same scores; ties at the k-th place keep lower ids)."""
     from pipeline.recall.itemcf import similarity_topk_dask, similarity_topk_dense
 
     X = cap_user_history(inter.user_items, max_user_items)
     if client is not None:
         idx, scores = similarity_topk_dask(X, client, k=k, method=method, shrink=shrink,  # type: ignore[arg-type]
-                                           block_size=block_size)
+                                           block_size=block_size, algorithm=algorithm)
     else:
         idx, scores = similarity_topk_dense(X, k=k, method=method, shrink=shrink,  # type: ignore[arg-type]
-                                            block_size=block_size)
+                                            block_size=block_size, algorithm=algorithm)
     return neighbours_frame(idx, scores, inter.item_ids, method)
 
 

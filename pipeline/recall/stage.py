@@ -33,7 +33,7 @@ def factors_dir(snapshot_dir: str | Path, model: str = "als") -> Path:
 def build_recall_models(snapshot_dir: str | Path, as_of: datetime, client: object, *, weights: dict[str, float],
                         half_life_days: dict[str, float], k: int = 20, factors: int = 64, seed: int = 42,
                         regularization: float = 20.0, alpha: float = 3.0, iterations: int = 15,
-                        method: str = "cosine", block_size: int | None = None) -> dict:
+                        method: str = "cosine", block_size: int | None = None, algorithm: str | None = None) -> dict:
     """Write ``neighbours.parquet`` (item-CF on Dask) and the ALS factors of the run; return counts/seconds."""
     snap = Path(snapshot_dir)
     if not (snap / "items.parquet").exists():
@@ -43,7 +43,12 @@ def build_recall_models(snapshot_dir: str | Path, as_of: datetime, client: objec
     inter = build_interactions(events, as_of, weights=weights, half_life_days=half_life_days,
                                item_ids=np.sort(items["item_id"].to_numpy()))
     t1 = time.perf_counter()
-    nb = neighbours_from_interactions(inter, k=k, method=method, client=client, block_size=block_size)
+    if algorithm is None:
+        from pipeline.settings import get_settings
+
+        algorithm = get_settings().itemcf_algorithm
+    nb = neighbours_from_interactions(inter, k=k, method=method, client=client, block_size=block_size,
+                                      algorithm=algorithm)
     nb.to_parquet(snap / "neighbours.parquet", index=False)
     t2 = time.perf_counter()
     out = {"users": len(inter.user_ids), "items": len(inter.item_ids), "nnz": int(inter.user_items.nnz),
@@ -108,7 +113,9 @@ def candidates_for_users(users: np.ndarray, snapshot_dir: str | Path, as_of: dat
                            weights=s.event_weights, half_life_days=s.half_life_days)
     users = np.asarray(users, dtype="int64")
     if events is None:
-        events = pd.read_parquet(Path(snap) / "events", filters=[("user_id", "in", users.tolist())])
+        from pipeline.extract import read_events
+
+        events = read_events(snap, filters=[("user_id", "in", users.tolist())])
     feats, nb, fac = _shared(snap)
     want = set(sources or ("search", "content"))
     text_index = _text_index(snap) if "search" in want and (events["event_type"] == "search").any() else None

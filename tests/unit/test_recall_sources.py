@@ -71,10 +71,11 @@ def _inter():
                               item_ids=np.arange(1, 8))
 
 
+@pytest.mark.parametrize("algorithm", ["dense", "sparse"])
 @pytest.mark.parametrize("method", ["cosine", "jaccard", "lift", "count"])
-def test_itemcf_contract(method: str) -> None:
+def test_itemcf_contract(method: str, algorithm: str) -> None:
     inter = _inter()
-    idx, val = similarity_topk_dense(inter.user_items, k=5, method=method)
+    idx, val = similarity_topk_dense(inter.user_items, k=5, method=method, algorithm=algorithm)
     nb = neighbours_frame(idx, val, inter.item_ids, method)
     for item, mates in CLUSTER.items():
         got = nb.loc[nb["item_id"] == item].sort_values("rank")["similar_item_id"].tolist()
@@ -224,3 +225,152 @@ def test_new_user_gets_full_sensible_list() -> None:
     top8 = feats.set_index("item_id").loc[c["item_id"].head(8), "top_category"]
     assert top8.nunique() == 4  # the head of a cold list spans the shop, not one category
     assert c["p_recall"].is_monotonic_decreasing
+
+
+# -- item-CF memory work: chunked blocks, operands, no caller mutation -------------------------------------------
+def _random_matrix(seed: int = 3, users: int = 300, items: int = 120) -> sp.csr_matrix:
+    m = sp.random(users, items, density=0.05, format="csr", random_state=seed, dtype=np.float32)
+    m.data = np.rint(m.data * 4) + 1  # small integer weights: many equal similarities (tie handling)
+    return m
+
+
+@pytest.mark.parametrize("method", ["cosine", "jaccard", "lift", "count"])
+def test_itemcf_chunks_and_blocks_do_not_change_results(method: str) -> None:
+    from pipeline.recall.itemcf import _prepare, block_topk
+
+    m = _random_matrix()
+    ref_idx, ref_val = similarity_topk_dense(m, k=15, method=method, shrink=2.0)
+    X, XT, norms = _prepare(m, method, False)
+    for chunk_cells in (1, m.shape[1] * 7, 10**9):  # one row per chunk, a few rows, the whole block
+        for start, stop in ((0, 50), (50, 120)):
+            idx, val = block_topk(XT[start:stop], X, norms, start, method=method, shrink=2.0, k=15,
+                                  chunk_cells=chunk_cells)
+            assert np.array_equal(val, ref_val[start:stop]) and np.array_equal(idx, ref_idx[start:stop])
+    small_idx, small_val = similarity_topk_dense(m, k=15, method=method, shrink=2.0, block_size=7)
+    assert np.array_equal(small_val, ref_val) and np.array_equal(small_idx, ref_idx)
+
+
+def test_itemcf_cosine_matches_a_dense_reference_and_leaves_input_alone() -> None:
+    # a non-canonical CSR (row 0 holds column 2 twice, un-summed): the build must sum it on its own copy
+    odd = sp.csr_matrix((np.array([1.0, 2.0, 1.0, 3.0], np.float32), np.array([2, 2, 0, 1]),
+                         np.array([0, 2, 3, 4])), shape=(3, 4))
+    before = (odd.data.copy(), odd.indices.copy(), odd.indptr.copy())
+    idx, val = similarity_topk_dense(odd, k=2, method="cosine")
+    assert all(np.array_equal(a, b) for a, b in zip(before, (odd.data, odd.indices, odd.indptr), strict=True))
+    assert not odd.has_canonical_format
+    m = _random_matrix(seed=5)
+    idx, val = similarity_topk_dense(m, k=10, method="cosine")
+    d = m.toarray().astype(np.float64)
+    norms = np.linalg.norm(d, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sim = np.nan_to_num(d.T @ d / np.outer(norms, norms))
+    np.fill_diagonal(sim, 0.0)
+    want = -np.sort(-sim, axis=1)[:, :10]
+    np.testing.assert_allclose(val, want, rtol=1e-5, atol=1e-6)
+
+
+def test_repeat_positives_and_rating_weighted_bpr() -> None:
+    from pipeline.recall.factors import repeat_positives
+
+    m = sp.csr_matrix(np.array([[0, 2.6, 0, 1], [0, 0, 0, 0], [3, 0, 0, 0], [0, 0, 0, 0]], dtype=np.float32))
+    r = repeat_positives(m)
+    assert r.indptr.tolist() == [0, 4, 4, 7, 7] and r.indices.tolist() == [1, 1, 1, 3, 0, 0, 0]
+    # item 1 is liked 20 times as strongly as item 0 by everyone: only rating weighting may rank it above
+    rng = np.random.default_rng(0)
+    w = (rng.random((300, 30)) < 0.15).astype(np.float32)
+    w[:, 0], w[:, 1] = 1.0, 20.0
+    gaps = {}
+    for mode in ("presence", "ratings"):
+        uf, itf, meta = train_bpr(sp.csr_matrix(w), factors=8, iterations=50, num_threads=1, seed=3,
+                                  sample_weighting=mode)
+        s = uf @ itf.T
+        gaps[mode] = float((s[:, 1] - s[:, 0]).mean())
+        assert meta["sample_weighting"] == mode
+    assert gaps["ratings"] > gaps["presence"] + 0.1, gaps
+    from pipeline.errors import ModelError
+
+    with pytest.raises(ModelError, match="sample_weighting"):
+        train_bpr(sp.csr_matrix(w), sample_weighting="clicks")
+
+
+def test_recall_audit_on_a_small_generated_shop(tmp_path) -> None:
+    from pipeline.datagen import build_shop
+    from pipeline.recall.audit import source_recall, write_outputs
+
+    frames, _ = build_shop(200, 150, 10, seed=3)
+    res = source_recall(frames, n=30, factors=8)
+    assert res["test_pairs"] > 0 and res["catalogue_mode"] == "as-of"
+    for name in ("item-cf", "als", "content", "popularity", "merge"):
+        assert 0.0 <= res["recall"][name] <= 1.0
+        assert abs(res["hits"][name] / res["test_pairs"] - res["recall"][name]) <= 5e-5
+    assert res["recall"]["retarget"] == 0.0  # test pairs are items the user never touched: nothing to re-target
+    assert res["recall"]["merge"] > 0.0
+    assert res["content_only_share"] <= res["recall"]["content"]
+    assert res["cold_reached_by_content_share"] <= res["cold_test_share"]
+    for s, v in res["cold_recall"].items():
+        if s in ("item-cf", "als"):  # CF cannot reach an item with no training interaction
+            assert v == 0.0
+    d = write_outputs({"dataset": "tiny", **res}, tmp_path / "audit")
+    table = pd.read_csv(d / "recall.csv")
+    assert set(table["source"]) == set(res["recall"]) and (d / "audit.json").exists()
+
+
+@pytest.mark.parametrize("method", ["cosine", "jaccard", "lift", "count"])
+def test_itemcf_sparse_topk_same_scores_ties_to_lower_index(method: str) -> None:
+    from pipeline.recall.itemcf import item_similarity_topk
+
+    m = _random_matrix(seed=11, users=400, items=150)
+    d_idx, d_val = similarity_topk_dense(m, k=12, method=method, shrink=1.0)
+    s_idx, s_val = similarity_topk_dense(m, k=12, method=method, shrink=1.0, algorithm="sparse", block_size=9)
+    assert np.array_equal(d_val, s_val)  # the same scores in every slot, bit for bit
+    S_dense = item_similarity_topk(m, k=m.shape[1] - 1, method=method, shrink=1.0)
+    S_full = item_similarity_topk(m, k=m.shape[1] - 1, method=method, shrink=1.0, algorithm="sparse")
+    assert (S_dense != S_full).nnz == 0  # all neighbours kept: no k-th place, identical matrices
+    boundary_ties = 0
+    for i in range(m.shape[1]):
+        strict = d_val[i] > d_val[i][-1]  # above the k-th score both paths agree exactly
+        assert np.array_equal(d_idx[i][strict], s_idx[i][strict])
+        pos = s_val[i] > 0
+        row = s_idx[i][pos]
+        assert len(set(row.tolist())) == len(row) and i not in row
+        if pos.all():  # a full row: of all items tied at the k-th score, the lowest indices are kept
+            full = S_full.getrow(i)
+            tied_all = np.sort(full.indices[full.data == s_val[i][-1]])
+            kept = np.sort(row[s_val[i] == s_val[i][-1]])
+            assert np.array_equal(kept, tied_all[: len(kept)])
+            boundary_ties += len(tied_all) > len(kept)
+    assert boundary_ties > 0  # the matrix does exercise ties at the k-th place
+    with pytest.raises(ValueError, match="algorithm"):
+        similarity_topk_dense(m, algorithm="fast")
+
+
+def test_cap_user_history_rows_and_empty_rows() -> None:
+    m = sp.csr_matrix(np.array([[1.0, 3.0, 2.0, 3.0, 0.5], [0, 0, 0, 0, 0], [0, 4.0, 0, 0, 1.0], [0, 0, 0, 0, 0]],
+                               dtype=np.float32))
+    capped = cap_user_history(m, 2)
+    assert capped.toarray().tolist() == [[0, 3, 0, 3, 0], [0] * 5, [0, 4, 0, 0, 1], [0] * 5]
+    assert capped.indptr.tolist() == [0, 2, 2, 4, 4] and capped.has_sorted_indices
+    # a repeated entry counts once, with its summed weight (and the caller's matrix is left alone)
+    odd = sp.csr_matrix((np.array([1.0, 1.5, 2.0, 1.0], np.float32), np.array([0, 0, 1, 2]), np.array([0, 4])),
+                        shape=(1, 3))
+    assert cap_user_history(odd, 1).toarray().tolist() == [[2.5, 0, 0]]
+    assert odd.data.tolist() == [1.0, 1.5, 2.0, 1.0]
+
+
+def test_sparse_prefilter_keeps_every_top_k_entry_and_ties() -> None:
+    from pipeline.recall.itemcf import _above_kth_bucket
+
+    rng = np.random.default_rng(4)
+    r, k = 700, 5  # more rows than one histogram group, to cross a group boundary
+    counts = rng.integers(0, 40, size=r)
+    rows = np.repeat(np.arange(r), counts)
+    sim = rng.choice(np.array([0.5, 0.25, 0.2, 0.2001, 1e-3, 3.0], np.float32), size=len(rows))
+    sim = (sim * rng.integers(1, 4, size=len(rows))).astype(np.float32)  # heavy ties
+    keep = _above_kth_bucket(sim, rows, r, k)
+    assert keep.sum() < len(sim)  # it does filter
+    for i in range(r):
+        s = sim[rows == i]
+        if len(s) == 0:
+            continue
+        kth = np.sort(s)[::-1][min(k, len(s)) - 1]
+        assert keep[rows == i][s >= kth].all()  # every top-k value and every tie with the k-th survives
