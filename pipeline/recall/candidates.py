@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import PipelineError
 from pipeline.features.items import decayed_weight
 from pipeline.recall.popularity import popular_table, top_per_category
 
@@ -71,6 +72,52 @@ class RecallConfig:
         "trending": 0.05})
 
 
+@dataclass
+class ItemTables:
+    """What candidate generation derives from the item features alone, never from the users: built once per
+    item snapshot and reused for every call on it (the refresh keeps one per live nightly run, so a batch
+    pays for its users, not for re-deriving the popularity and per-category tables).
+
+    ``per_category`` and ``repurchasable_ids`` are memoised by their arguments (the config's quotas)."""
+
+    available: pd.DataFrame
+    #: Sorted item ids of ``available``.
+    available_ids: np.ndarray
+    #: popular_table(available) and the same rows by popularity desc, item id asc (the fallback's order).
+    pop: pd.DataFrame
+    pop_order: pd.DataFrame
+    _memo: dict = field(default_factory=dict, repr=False)
+
+    def per_category(self, col: str, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(top ``n`` per category by ``col`` with ``s`` = score / category max, the round-robin mix of
+        them for users without history)."""
+        key = ("cat", col, n)
+        if key not in self._memo:
+            per_cat = top_per_category(self.pop, col, n)
+            if len(per_cat):
+                mx = per_cat.groupby("top_category")[col].transform("max")
+                per_cat = per_cat.assign(s=per_cat[col] / mx.where(mx > 0, 1.0))
+            mix = per_cat.sort_values(["cat_rank", col, "item_id"], ascending=[True, False, True]).head(n)
+            self._memo[key] = (per_cat, mix)
+        return self._memo[key]
+
+    def repurchasable_ids(self, categories: tuple[str, ...]) -> np.ndarray:
+        key = ("rep", tuple(categories))
+        if key not in self._memo:
+            a = self.available
+            self._memo[key] = a.loc[a["top_category"].isin(list(categories)), "item_id"].to_numpy(dtype="int64")
+        return self._memo[key]
+
+
+def item_tables(item_feats: pd.DataFrame) -> ItemTables:
+    """The :class:`ItemTables` of an item-features frame (item_id, in_stock, visible, top_category, activity,
+    optional recent_events / trend)."""
+    available = item_feats.loc[item_feats["in_stock"].astype(bool) & item_feats["visible"].astype(bool)]
+    pop = popular_table(available)
+    return ItemTables(available=available, available_ids=np.unique(available["item_id"].to_numpy(dtype="int64")),
+                      pop=pop, pop_order=pop.sort_values(["popularity", "item_id"], ascending=[False, True]))
+
+
 def _norm(s: pd.Series, by: pd.Series) -> pd.Series:
     """Scale scores to (0, 1] within each user."""
     top = s.groupby(by).transform("max")
@@ -102,8 +149,12 @@ def _frame(users: np.ndarray, items: np.ndarray, source: str, score: np.ndarray,
 
 
 def _top_per_user(df: pd.DataFrame, n: int) -> pd.DataFrame:
-    return (df.sort_values(["user_id", "recall_score", "item_id"], ascending=[True, False, True], kind="stable")
-            .groupby("user_id").head(n))
+    """Each user's ``n`` best rows by score (ties: item id, then row order), sorted so; one lexsort."""
+    u = df["user_id"].to_numpy(dtype="int64")
+    order = np.lexsort((df["item_id"].to_numpy(dtype="int64"), -df["recall_score"].to_numpy(dtype="float64"), u))
+    rank = np.arange(len(order)) - np.maximum.accumulate(
+        np.where(np.r_[True, u[order][1:] != u[order][:-1]], np.arange(len(order)), 0)) if len(order) else order
+    return df.iloc[order[rank < n]]
 
 
 def itemcf_source(hist: pd.DataFrame, neighbours: pd.DataFrame, cfg: RecallConfig, n: int) -> pd.DataFrame | None:
@@ -176,7 +227,9 @@ def search_source(events: pd.DataFrame, text_index: TextIndex, cfg: RecallConfig
         return None
     q = q.sort_values(["user_id", "ts"], ascending=[True, False], kind="stable").groupby("user_id").head(
         cfg.search_queries)
-    sims = text_index.query(q["query"].astype(str).tolist()).tocoo()
+    # a query typed by many users is vectorised and matched once
+    codes, distinct = pd.factorize(q["query"].astype(str).to_numpy(dtype=object))
+    sims = text_index.query(list(distinct))[codes].tocoo()
     age = (pd.Timestamp(cfg.as_of) - q["ts"]).dt.total_seconds().to_numpy() / 86400.0
     decay = np.exp2(-np.clip(age, 0, None) / max(cfg.recent_days, 1))
     df = pd.DataFrame({"user_id": q["user_id"].to_numpy()[sims.row], "item_id": text_index.item_ids[sims.col],
@@ -199,12 +252,13 @@ def content_source(hist: pd.DataFrame, index: ContentIndex, cfg: RecallConfig, n
     return cc[CAND_COLUMNS]
 
 
-def category_sources(users: np.ndarray, hist: pd.DataFrame, pop: pd.DataFrame, cfg: RecallConfig) -> list[pd.DataFrame]:
+def category_sources(users: np.ndarray, hist: pd.DataFrame, tables: ItemTables, cfg: RecallConfig
+                     ) -> list[pd.DataFrame]:
     """``category`` and ``trending``: the favourite categories of users with history; for users without,
     the best of every category interleaved (round-robin by rank), so a new user sees the whole shop."""
     out = []
     n_cat, n_tr = cfg.per_source.get("category", 100), cfg.per_source.get("trending", 50)
-    cats = pop[["item_id", "top_category"]]
+    cats = tables.pop[["item_id", "top_category"]]
     hc = hist.merge(cats, on="item_id") if len(hist) else hist.assign(top_category=pd.Series(dtype="object"))
     fav = (hc.groupby(["user_id", "top_category"])["weight"].sum().reset_index()
            .sort_values(["user_id", "weight", "top_category"], ascending=[True, False, True])
@@ -212,17 +266,14 @@ def category_sources(users: np.ndarray, hist: pd.DataFrame, pop: pd.DataFrame, c
     fav["fav_rank"] = fav.groupby("user_id").cumcount()
     cold = np.setdiff1d(np.asarray(users, dtype="int64"), fav["user_id"].to_numpy())
     for source, col, n in (("category", "popularity", n_cat), ("trending", "trending", n_tr)):
-        per_cat = top_per_category(pop, col, n)
+        per_cat, mix = tables.per_category(col, n)
         if per_cat.empty:
             continue
-        mx = per_cat.groupby("top_category")[col].transform("max")
-        per_cat = per_cat.assign(s=per_cat[col] / mx.where(mx > 0, 1.0))
         warm = fav.merge(per_cat, on="top_category")
         if len(warm):
             warm["recall_score"] = warm["s"] / (1.0 + warm["fav_rank"])  # the favourite category first
             out.append(_top_per_user(_frame(warm["user_id"], warm["item_id"], source, warm["recall_score"]), n))
         if len(cold):
-            mix = per_cat.sort_values(["cat_rank", col, "item_id"], ascending=[True, False, True]).head(n)
             score = 1.0 / (1.0 + mix["cat_rank"].to_numpy())
             # for a user without history the best-of-every-category mix is their popularity list
             label = "popularity" if source == "category" else source
@@ -231,52 +282,145 @@ def category_sources(users: np.ndarray, hist: pd.DataFrame, pop: pd.DataFrame, c
     return out
 
 
+_SOURCE_CODE = {s: i for i, s in enumerate(SOURCES)}
+_PRIOR = np.array([SOURCE_PRIOR[s] for s in SOURCES], dtype="float64")
+_NAMES = np.array(SOURCES, dtype=object)
+
+
+def _codes(source: pd.Series) -> np.ndarray:
+    """Source names -> their index in SOURCES, via the few distinct names (not a string map per row)."""
+    cat = pd.Categorical(source, categories=list(SOURCES))
+    codes = np.asarray(cat.codes, dtype="int64")
+    if (codes < 0).any():
+        unknown = sorted(set(source[codes < 0].astype(str)))
+        raise PipelineError(f"candidate merge: unknown recall source(s) {unknown}",
+                            f"a recall source must label its rows with one of {SOURCES}")
+    return codes
+
+
+def _group_starts(*keys: np.ndarray) -> np.ndarray:
+    """Positions where any of the (sorted) ``keys`` changes: the first row of each group."""
+    n = len(keys[0])
+    change = np.zeros(n, dtype=bool)
+    if n:
+        change[0] = True
+        for k in keys:
+            change[1:] |= k[1:] != k[:-1]
+    return np.flatnonzero(change)
+
+
+def _rank_in_group(starts: np.ndarray, n: int) -> np.ndarray:
+    """0-based position of each row within its group (rows sorted by group; ``starts`` from _group_starts)."""
+    return np.arange(n) - np.repeat(starts, np.diff(np.append(starts, n)))
+
+
+def _first_max(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per group (rows sorted by group): the position of the first row holding the group's maximum (a NaN
+    counts as the lowest value)."""
+    n = len(values)
+    values = np.where(np.isnan(values), -np.inf, values)
+    best = np.repeat(np.maximum.reduceat(values, starts), np.diff(np.append(starts, n)))
+    return np.minimum.reduceat(np.where(values == best, np.arange(n), n), starts)
+
+
+def _dense(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Codes of ``x`` in the sorted order of its distinct values, and their count (hashing, not sorting x)."""
+    codes, uniq = pd.factorize(x)
+    rank = np.empty(len(uniq), dtype="int64")
+    rank[np.argsort(uniq, kind="stable")] = np.arange(len(uniq))
+    return rank[codes], len(uniq)
+
+
+def _empty_out() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="object") for c in OUT_COLUMNS})
+
+
 def _merge(cand: pd.DataFrame, n: int, reserve: dict[str, float] | None = None) -> pd.DataFrame:
     """One row per (user, item): strongest source and its anchor, all sources, per-source scores, noisy-or;
-    then each user's top ``n``: every source's reserved best first, the rest by p_recall."""
-    order = {s: i for i, s in enumerate(SOURCES)}
-    cand = cand.assign(_o=cand["source"].map(order).astype("int64"))
-    cand["_p"] = cand["source"].map(SOURCE_PRIOR) * (0.5 + 0.5 * cand["recall_score"].astype("float64").clip(0, 1))
-    cand = cand.sort_values(["user_id", "item_id", "_p", "_o"], ascending=[True, True, False, True], kind="stable")
-    cand = cand.drop_duplicates(["user_id", "item_id", "source"], keep="first")
-    key = ["user_id", "item_id"]
-    within = (cand.sort_values(["user_id", "_o", "recall_score", "item_id"], ascending=[True, True, False, True],
-                               kind="stable").groupby(["user_id", "_o"]).cumcount())
-    limit = cand["source"].map({s: int(n * f) for s, f in (reserve or {}).items()}).fillna(0).to_numpy()
-    reserved = pd.Series(within.reindex(cand.index).to_numpy() < limit, index=cand.index)
-    first = cand.drop_duplicates(key, keep="first").set_index(key)
-    log_miss = np.log1p(-cand["_p"].clip(upper=1 - 1e-9))
-    first["p_recall"] = 1.0 - np.exp(log_miss.groupby([cand["user_id"], cand["item_id"]], sort=False).sum())
-    mask = (np.int64(1) << cand["_o"]).groupby([cand["user_id"], cand["item_id"]], sort=False).sum()
-    names = {m: "|".join(s for i, s in enumerate(SOURCES) if m >> i & 1) for m in np.unique(mask.to_numpy())}
-    first["sources"] = mask.map(names)
-    wide = cand.pivot_table(index=key, columns="source", values="recall_score", aggfunc="max", fill_value=0.0)
-    for s, col in zip(SOURCES, SCORE_COLUMNS, strict=True):
-        first[col] = wide[s].reindex(first.index).fillna(0.0).astype("float64") if s in wide.columns else 0.0
-    first["_r"] = reserved.groupby([cand["user_id"], cand["item_id"]], sort=False).any()
-    out = first.reset_index()
-    out = (out.sort_values(["user_id", "_r", "p_recall", "item_id"], ascending=[True, False, False, True],
-                           kind="stable").groupby("user_id").head(n))
-    out = out.sort_values(["user_id", "p_recall", "item_id"], ascending=[True, False, True],
-                          kind="stable").reset_index(drop=True)
-    out["anchor_item_id"] = out["anchor_item_id"].astype("Int64")
-    out["recall_score"] = out["recall_score"].astype("float64")
+    then each user's top ``n``: every source's reserved best first, the rest by p_recall.
+
+    Vectorised on integer codes (one radix-friendly sort on a (user, item, source) key, group maxima with
+    reduceat): the refresh merges on every batch, and pandas string maps and pivots were most of its time.
+    Ties: the higher probability, then the source's order in SOURCES, then the earlier row; items by id."""
+    if cand.empty:
+        return _empty_out()
+    u = cand["user_id"].to_numpy(dtype="int64")
+    i = cand["item_id"].to_numpy(dtype="int64")
+    o = cand["_o"].to_numpy(dtype="int64") if "_o" in cand.columns else _codes(cand["source"])
+    rs = cand["recall_score"].to_numpy(dtype="float64")
+    p = _PRIOR[o] * (0.5 + 0.5 * np.clip(rs, 0, 1))
+    uk, _ = _dense(u)
+    ik, n_items = _dense(i)
+    n_src = len(SOURCES)
+    g = uk * n_items + ik  # (user, item) in (user id, item id) order
+    # one row per (user, item, source): its most probable, the earliest of equals (the sort is stable)
+    key = g * n_src + o
+    by_key = np.argsort(key, kind="stable")
+    rows = by_key[_first_max(p[by_key], _group_starts(key[by_key]))]
+    # rows are in (user, item, source order): a group's strongest is its first maximum of p
+    gk, ok, pk, rk = g[rows], o[rows], p[rows], rs[rows]
+    starts = _group_starts(gk)
+    n_groups = len(starts)
+    strongest = rows[_first_max(pk, starts)]
+    sizes = np.diff(np.append(starts, len(rows)))
+    # noisy-or; a NaN score adds nothing (as a NaN-skipping sum would)
+    p_recall = 1.0 - np.exp(np.add.reduceat(np.nan_to_num(np.log1p(-np.minimum(pk, 1 - 1e-9)), nan=0.0), starts))
+    mask = np.bitwise_or.reduceat(np.left_shift(np.int64(1), ok), starts)
+    wide = np.zeros((n_groups, n_src), dtype="float64")
+    wide[np.repeat(np.arange(n_groups), sizes), ok] = rk
+    # each source's best items per user (score desc, item id asc) are reserved up to its share of n
+    limits = np.array([int(n * (reserve or {}).get(s_, 0.0)) for s_ in SOURCES], dtype="int64")
+    reserved = np.zeros(len(rows), dtype=bool)
+    cand_r = np.flatnonzero(limits[ok] > 0)
+    if len(cand_r):
+        uo = (gk[cand_r] // n_items) * n_src + ok[cand_r]
+        order = cand_r[np.lexsort((gk[cand_r] % n_items, -rk[cand_r], uo))]
+        within = _rank_in_group(_group_starts((gk[order] // n_items) * n_src + ok[order]), len(order))
+        reserved[order] = within < limits[ok[order]]
+    res = np.logical_or.reduceat(reserved, starts)
+    # top n per user: the reserved first (best p_recall first), then the rest; listed by p_recall, item id
+    gg = gk[starts]
+    uu = gg // n_items
+    top = np.lexsort((gg % n_items, -p_recall, uu))
+    ut = uu[top]
+    rt = res[top]
+    ustarts = _group_starts(ut)
+    usizes = np.diff(np.append(ustarts, len(top)))
+    c_res = np.cumsum(rt)
+    before = np.repeat(c_res[ustarts] - rt[ustarts], usizes)
+    rank_res = c_res - rt - before  # 0-based rank among the user's reserved rows
+    n_res = np.repeat(np.add.reduceat(rt.astype("int64"), ustarts), usizes)
+    rank_rest = _rank_in_group(ustarts, len(top)) - rank_res - rt  # rank among the user's other rows
+    take = np.where(rt, rank_res < n, rank_rest < n - n_res)
+    top = top[take]
+    masks, which = np.unique(mask[top], return_inverse=True)
+    names = np.array(["|".join(s_ for k, s_ in enumerate(SOURCES) if m >> k & 1) for m in masks], dtype=object)
+    first = strongest[top]
+    out = pd.DataFrame({"user_id": u[first], "item_id": i[first], "source": _NAMES[o[first]],
+                        "recall_score": rs[first],
+                        "anchor_item_id": pd.array(cand["anchor_item_id"].iloc[first].to_numpy(dtype=object),
+                                                   dtype="Int64"),
+                        "p_recall": p_recall[top], "sources": names[which]})
+    for k, col in enumerate(SCORE_COLUMNS):
+        out[col] = wide[top, k]
     return out[OUT_COLUMNS]
 
 
 def generate_candidates(users: np.ndarray, events: pd.DataFrame, neighbours: pd.DataFrame,
                         item_feats: pd.DataFrame, cfg: RecallConfig, *, factors: Factors | None = None,
                         content_index: ContentIndex | None = None, text_index: TextIndex | None = None,
-                        sources: tuple[str, ...] | None = None) -> pd.DataFrame:
+                        sources: tuple[str, ...] | None = None, tables: ItemTables | None = None) -> pd.DataFrame:
     """Merged, de-duplicated, filtered candidates for ``users`` (every user gets ``n_candidates`` when the
     available catalogue has that many items). Optional inputs switch on their source: ``factors`` (als),
     ``content_index`` (content), ``text_index`` (search; built from ``item_feats.title`` when absent).
-    ``sources`` restricts the sources (evaluation of one source); popularity is kept only if listed."""
+    ``sources`` restricts the sources (evaluation of one source); popularity is kept only if listed.
+    ``tables``: :func:`item_tables` of ``item_feats``, when the caller reuses them across calls."""
     users = np.unique(np.asarray(users, dtype="int64"))
     use = set(sources or SOURCES)
     events = events[events["user_id"].isin(users)]
     hist = user_history(events, cfg)
-    available = item_feats.loc[item_feats["in_stock"].astype(bool) & item_feats["visible"].astype(bool)]
+    tables = tables if tables is not None else item_tables(item_feats)
+    available = tables.available
     if available.empty or not len(users):  # nothing can be recommended; the output gate reports empty lists
         return pd.DataFrame({c: pd.Series(dtype="object") for c in OUT_COLUMNS})
     quota = cfg.per_source
@@ -305,14 +449,13 @@ def generate_candidates(users: np.ndarray, events: pd.DataFrame, neighbours: pd.
     if "content" in use and content_index is not None and (
             f := content_source(hist, content_index, cfg, quota.get("content", 100))) is not None:
         frames.append(f)
-    pop = popular_table(available)
     if use & {"category", "trending"}:
-        frames.extend(f for f in category_sources(users, hist, pop, cfg) if f["source"].iat[0] in use
+        frames.extend(f for f in category_sources(users, hist, tables, cfg) if f["source"].iat[0] in use
                       or (f["source"].iat[0] == "popularity" and "category" in use))
     if "popularity" in use:
         # Fallback: enough popular items that every user still has a full list after exclusions.
         n_pop = cfg.n_candidates + (int(hist.groupby("user_id").size().max()) if len(hist) else 0)
-        top = pop.sort_values(["popularity", "item_id"], ascending=[False, True]).head(n_pop)
+        top = tables.pop_order.head(n_pop)
         # items without any activity still fill the list (score 0), so a tiny shop gives full lists
         score = (top["popularity"] / max(float(top["popularity"].max()), 1e-9)).to_numpy()
         frames.append(_frame(np.repeat(users, len(top)), np.tile(top["item_id"].to_numpy(), len(users)),
@@ -321,12 +464,14 @@ def generate_candidates(users: np.ndarray, events: pd.DataFrame, neighbours: pd.
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in OUT_COLUMNS})
-    cand = pd.concat(frames, ignore_index=True)
-    cand = cand[cand["user_id"].isin(users) & cand["item_id"].isin(available["item_id"])]
+    # every frame holds one source (each source labels its own rows): its code, not a string map per row
+    cand = pd.concat([f.assign(_o=_SOURCE_CODE[f["source"].iat[0]]) for f in frames], ignore_index=True)
+    u, i = cand["user_id"].to_numpy(dtype="int64"), cand["item_id"].to_numpy(dtype="int64")
+    ok = np.isin(u, users) & np.isin(i, tables.available_ids)
     bought = hist.loc[hist["bought"], ["user_id", "item_id"]]
     if len(bought):
-        repurchasable = available.loc[available["top_category"].isin(cfg.repurchasable), "item_id"]
-        bought = bought[~bought["item_id"].isin(repurchasable)]
-        cand = cand.merge(bought.assign(_b=True), on=["user_id", "item_id"], how="left")
-        cand = cand[cand["_b"].isna()].drop(columns="_b")
-    return _merge(cand, cfg.n_candidates, cfg.reserve)
+        b_item = bought["item_id"].to_numpy(dtype="int64")
+        keep = ~np.isin(b_item, tables.repurchasable_ids(cfg.repurchasable))
+        span = int(max(i.max(initial=0), b_item.max(initial=0))) + 1
+        ok &= ~np.isin(u * span + i, bought["user_id"].to_numpy(dtype="int64")[keep] * span + b_item[keep])
+    return _merge(cand[ok], cfg.n_candidates, cfg.reserve)

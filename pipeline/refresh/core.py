@@ -32,7 +32,7 @@ from pipeline.db.copy import copy_frame
 from pipeline.db.engine import connect
 from pipeline.errors import PipelineError
 from pipeline.refresh.fresh import FreshConfig, build_lists
-from pipeline.refresh.live import LiveRun, load_live
+from pipeline.refresh.live import cached_runs_for, load_live
 from pipeline.validate.sqlchecks import clean_events_predicate
 
 #: Default advisory lock key (ASCII "RRFS"); refreshers of one database must agree on it.
@@ -111,12 +111,30 @@ def _live_pub(cur) -> dict | None:
     return dict(zip(["publication_id", "run_id", "generated_at", "champion"], row, strict=True)) if row else None
 
 
-def _prepare(conn, url: str, home: str | Path) -> LiveRun | None:
-    """Load (or take from the cache) the live run's inputs *before* the batch transaction takes the lock."""
+#: The batch's state in one round trip (after the lock): the watermark row (locked), the transaction's
+#: now(), whether shop.events is a table (a view has no xmin), and the live publication with the champion.
+_STATE_SQL = """
+INSERT INTO recsys.refresh_state (name) VALUES (%(name)s) ON CONFLICT (name) DO NOTHING;
+SELECT s.last_event_id, now(),
+       (SELECT relkind IN ('r', 'p') FROM pg_class WHERE oid = 'shop.events'::regclass),
+       p.publication_id, p.run_id, p.generated_at,
+       (SELECT max(model_version) FROM recsys.models WHERE status = 'champion')
+  FROM recsys.refresh_state s LEFT JOIN recsys.publications p ON p.live
+ WHERE s.name = %(name)s
+   FOR UPDATE OF s
+"""
+
+
+def _prepare(conn, url: str, home: str | Path) -> None:
+    """Load the live run's inputs *before* the batch transaction takes the lock, when none is cached yet
+    (a process's first batch); afterwards the cache answers and this costs nothing."""
+    if cached_runs_for(url, home):
+        return
     with conn.cursor() as cur:
         pub = _live_pub(cur)
     conn.commit()
-    return load_live(url, home, pub, pub["champion"]) if pub else None
+    if pub:
+        load_live(url, home, pub, pub["champion"])
 
 
 def run_batch(conn, url: str, home: str | Path, *, name: str = "default", batch_size: int = DEFAULT_BATCH_SIZE,
@@ -125,25 +143,24 @@ def run_batch(conn, url: str, home: str | Path, *, name: str = "default", batch_
     """One batch in one transaction on ``conn`` (autocommit off); commits or rolls back before returning."""
     cfg = cfg or FreshConfig()
     hook = hook or (lambda point, info: None)
-    live = _prepare(conn, url, home)
+    _prepare(conn, url, home)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (lock_key,))
             if not cur.fetchone()[0]:
                 conn.rollback()
                 return BatchResult("busy")
-            cur.execute("INSERT INTO recsys.refresh_state (name) VALUES (%s) ON CONFLICT (name) DO NOTHING", (name,))
-            cur.execute("SELECT last_event_id, now() FROM recsys.refresh_state WHERE name = %s FOR UPDATE", (name,))
-            after, now = cur.fetchone()
-            pub = _live_pub(cur)
-            if pub is None:  # nothing to overlay yet; keep the events for when a nightly run has published
+            cur.execute(_STATE_SQL, {"name": name})
+            after, now, events_is_table, *pub_row = cur.fetchone()
+            if pub_row[0] is None:  # nothing to overlay yet; keep the events for when a nightly run has published
                 conn.rollback()
                 return BatchResult("no_live_run", watermark=after)
-            if live is None or live.publication_id != pub["publication_id"]:
-                live = load_live(url, home, pub, pub["champion"])  # a nightly run published meanwhile (rare)
+            pub = dict(zip(["publication_id", "run_id", "generated_at", "champion"], pub_row, strict=True))
+            # The cached live run when it is this publication's with this champion; else (a nightly run
+            # published or a champion was promoted since the last batch: rare) it is loaded here.
+            live = load_live(url, home, pub, pub["champion"])
             hook("locked", {"watermark": after})
-            cur.execute("SELECT relkind IN ('r', 'p') FROM pg_class WHERE oid = 'shop.events'::regclass")
-            cur.execute(_batch_sql(bool(cur.fetchone()[0])), {"after": after, "limit": batch_size})
+            cur.execute(_batch_sql(bool(events_is_table)), {"after": after, "limit": batch_size})
             rows = cur.fetchall()
             n_read = len(rows)
             settled = [r[-1] for r in rows]
@@ -165,25 +182,26 @@ def run_batch(conn, url: str, home: str | Path, *, name: str = "default", batch_
                 history = _frame(cur.fetchall(), EVENT_COLUMNS)
                 lists = build_lists(users, history, fresh["event_id"].to_numpy(), live.neighbours, live.item_feats,
                                     now, cfg, p_rank=live.p_rank, item_text=live.item_text,
-                                    recall_kwargs=live.recall_kwargs)
+                                    recall_kwargs=live.recall_kwargs, tables=live.tables)
                 hook("lists_built", {"users": len(users), "rows": len(lists)})
-                cur.execute("SELECT nextval('recsys.refresh_batches_batch_id_seq')")
+                cur.execute("DELETE FROM recsys.recs_realtime WHERE user_id = ANY(%s); "
+                            "SELECT nextval('recsys.refresh_batches_batch_id_seq')", (users.tolist(),))
                 batch_id = cur.fetchone()[0]
                 if "variant" not in lists:
                     lists["variant"] = "control"
                 lists = lists.assign(model_version=live.model_version, run_id=f"refresh_{batch_id}", generated_at=now)
-                cur.execute("DELETE FROM recsys.recs_realtime WHERE user_id = ANY(%s)", (users.tolist(),))
                 n_rows = copy_frame(cur, "recsys.recs_realtime", lists[OVERLAY_COLUMNS], OVERLAY_COLUMNS)
                 hook("rows_written", {"users": len(users), "rows": n_rows})
             else:
                 cur.execute("SELECT nextval('recsys.refresh_batches_batch_id_seq')")
                 batch_id = cur.fetchone()[0]
-            cur.execute("UPDATE recsys.refresh_state SET last_event_id = %s, updated_at = now() WHERE name = %s",
-                        (upto, name))
-            cur.execute(
+            cur.execute(  # the watermark and the batch log in one round trip
+                "UPDATE recsys.refresh_state SET last_event_id = %(upto)s, updated_at = now() WHERE name = %(name)s; "
                 "INSERT INTO recsys.refresh_batches (batch_id, name, from_event_id, to_event_id, events, skipped, "
-                "users, rows, started_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (batch_id, name, after, upto, len(clean), len(batch) - len(clean), len(users), n_rows, now))
+                "users, rows, started_at) VALUES (%(batch_id)s, %(name)s, %(after)s, %(upto)s, %(events)s, "
+                "%(skipped)s, %(users)s, %(rows)s, %(now)s)",
+                {"upto": upto, "name": name, "batch_id": batch_id, "after": after, "events": len(clean),
+                 "skipped": len(batch) - len(clean), "users": len(users), "rows": n_rows, "now": now})
             hook("watermark_moved", {"watermark": upto})
         conn.commit()
     except BaseException:

@@ -1,7 +1,10 @@
-"""What a refresh reuses from the live nightly run: item features, neighbours, titles, the champion ranker.
+"""What a refresh reuses from the live nightly run: item features, neighbours, titles, the champion ranker,
+and every table derived from them alone (:class:`pipeline.refresh.fresh.LiveTables`: available items,
+popularity and per-category tops, trimmed neighbours, search text and query matches).
 
-Loaded once per live publication and cached in the process (``--follow`` reloads only when a nightly run
-publishes), so a refresh batch costs its users' work, not a snapshot read.
+Loaded once per live publication and cached in the process, keyed by (database, home, publication id,
+champion version): ``--follow`` reloads only when a nightly run publishes or a new champion is promoted,
+so a refresh batch costs its users' work, not a snapshot read. :func:`clear_cache` drops it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.refresh.fresh import search_text
+from pipeline.refresh.fresh import LiveTables, live_tables
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class LiveRun:
     p_rank: Scorer | None
     #: Optional inputs of generate_candidates: ``factors`` (ALS, for the fold-in) and ``text_index``.
     recall_kwargs: dict
+    #: Tables derived from item_feats and neighbours, reused by every batch of this live run.
+    tables: LiveTables
 
 
 _CACHE: dict[tuple, LiveRun] = {}
@@ -110,12 +115,27 @@ def load_live(url: str, home: str | Path, pub: dict, champion: str | None = None
     feats = pd.read_parquet(snap / "item_features.parquet")
     items = pd.read_parquet(snap / "items.parquet", columns=["item_id", "title"])
     feats = feats.merge(items, on="item_id", how="left")
-    available = feats.loc[feats["in_stock"] & feats["visible"]]
     version, scorer = _champion(url, champion)
+    tables = live_tables(feats, _neighbours(url, snap, int(pub["publication_id"])))
     live = LiveRun(publication_id=int(pub["publication_id"]), run_id=str(pub["run_id"]),
-                   generated_at=pub["generated_at"], item_feats=feats,
-                   neighbours=_neighbours(url, snap, int(pub["publication_id"])), item_text=search_text(available),
-                   model_version=version, p_rank=scorer, recall_kwargs=_recall_kwargs(snap, available))
+                   generated_at=pub["generated_at"], item_feats=feats, neighbours=tables.neighbours,
+                   item_text=tables.item_text, model_version=version, p_rank=scorer,
+                   recall_kwargs=_recall_kwargs(snap, tables.available), tables=tables)
     _CACHE.clear()  # one live run at a time: drop the previous publication's frames
     _CACHE[key] = live
     return live
+
+
+def cached_runs_for(url: str, home: str | Path) -> bool:
+    """Whether a live run of this database and home is cached (whichever publication it is)."""
+    return any(k[0] == url and k[1] == str(home) for k in _CACHE)
+
+
+def cached_runs() -> list[tuple]:
+    """Keys of the cached live runs (at most one): (url, home, publication_id, champion)."""
+    return list(_CACHE)
+
+
+def clear_cache() -> None:
+    """Forget the cached live run (the next batch reloads it from the snapshot)."""
+    _CACHE.clear()

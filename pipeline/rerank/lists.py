@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline.rerank.config import FUSIONS, RerankConfig, Variant, assign_variants, parse_variants
@@ -161,20 +162,38 @@ def finalize_lists(cand: pd.DataFrame, item_feats: pd.DataFrame, *, top_n: int, 
 
 
 def _reasons(df: pd.DataFrame, info: pd.DataFrame, bought: pd.DataFrame | None) -> list[str]:
-    titles = info.set_index("item_id")["title"]
-    anchors = df["anchor_item_id"] if "anchor_item_id" in df else pd.Series(pd.NA, index=df.index)
-    anchor_title = anchors.map(titles)
-    pairs: set = set()
-    if bought is not None and len(bought):
-        b = bought.dropna(subset=["user_id", "item_id"])
-        pairs = set(zip(b["user_id"].astype("int64").to_numpy(), b["item_id"].astype("int64").to_numpy(), strict=True))
-    anchor_bought = [bool(pairs) and pd.notna(a) and (int(u), int(a)) in pairs
-                     for u, a in zip(df["user_id"].to_numpy(), anchors.to_numpy(), strict=True)]
-    queries = df["query"] if "query" in df else pd.Series(None, index=df.index, dtype=object)
-    cats = df["top_category"] if "top_category" in df else pd.Series(None, index=df.index, dtype=object)
+    """:func:`reason_text` of every row, computed once per distinct (source, anchor, bought, category,
+    query) combination: lists repeat few combinations, and a per-row Python call dominated the refresh."""
+    n = len(df)
+    titles = info.drop_duplicates("item_id").set_index("item_id")["title"]
+    anchors = (df["anchor_item_id"].astype("Int64") if "anchor_item_id" in df
+               else pd.Series(pd.NA, index=df.index, dtype="Int64"))
     has = anchors.notna().to_numpy()
-    return [reason_text(s, t, b, c, q, h) for s, t, b, c, q, h in
-            zip(df["source"], anchor_title, anchor_bought, cats, queries, has, strict=True)]
+    anchor_bought = np.zeros(n, dtype=bool)
+    if bought is not None and len(bought) and has.any():
+        b = bought.dropna(subset=["user_id", "item_id"])
+        owned = pd.MultiIndex.from_arrays([b["user_id"].astype("int64").to_numpy(),
+                                           b["item_id"].astype("int64").to_numpy()])
+        asked = pd.MultiIndex.from_arrays([df["user_id"].astype("int64").to_numpy()[has],
+                                           anchors.to_numpy()[has].astype("int64")])
+        anchor_bought[has] = asked.isin(owned)
+    frame = pd.DataFrame({
+        "source": df["source"].to_numpy(dtype=object),
+        "title": anchors.map(titles).to_numpy(dtype=object),
+        "bought": anchor_bought,
+        "category": df["top_category"].to_numpy(dtype=object) if "top_category" in df else None,
+        "query": df["query"].to_numpy(dtype=object) if "query" in df else None,
+        "has": has,
+    }, index=pd.RangeIndex(n))
+    if n == 0:
+        return []
+    group = frame.groupby(list(frame.columns), dropna=False, sort=False).ngroup().to_numpy()
+    first = frame.assign(group=group).drop_duplicates("group")
+    texts = np.empty(int(group.max()) + 1, dtype=object)
+    for g, s, t, b_, c, q, h in zip(first["group"], first["source"], first["title"], first["bought"],
+                                    first["category"], first["query"], first["has"], strict=True):
+        texts[g] = reason_text(s, t, bool(b_), c, q, bool(h))
+    return texts[group].tolist()
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psycopg2
 import pytest
@@ -361,3 +362,70 @@ def test_sigkill_mid_batch_then_rerun_processes_every_event_exactly_once(shop: t
     assert res["status"] == "ok" and res["batches"] == 2 and res["events"] == 12
     _assert_exactly_once(url, w0, ids, clean=24)
     _assert_complete_lists(url, {r[0] for r in rows})
+
+
+def test_a_newly_published_nightly_run_replaces_the_cached_live_run(shop: tuple[str, str]) -> None:
+    """The follower's cache is keyed by the live publication: after a new nightly run publishes, the next
+    batch uses the new run's neighbours, not the cached ones."""
+    from pipeline.refresh import live
+
+    url, home = shop
+    _insert(url, [(1, 10, "view", None)])
+    assert refresh_once(url, home, cfg=CFG)["users"] == 1  # loads (and caches) the first live run
+    (old_key,) = live.cached_runs()
+    old_nb = _neighbours(home)
+    items = _read(url, "SELECT item_id FROM shop.items WHERE in_stock AND visible ORDER BY item_id")["item_id"]
+    viewed = int(old_nb["item_id"].value_counts().index[0])
+    new_targets = [int(i) for i in items[::-1] if i != viewed
+                   and i not in set(old_nb.loc[old_nb["item_id"] == viewed, "similar_item_id"])][:5]
+    assert len(new_targets) == 5
+
+    seed_live_run(url, home, datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1), run_id="seed_live_2")
+    snap = Path(home) / "runs" / "seed_live_2" / "snapshot"
+    crafted = pd.DataFrame({"item_id": viewed, "rank": range(1, 6), "similar_item_id": new_targets,
+                            "score": [0.9, 0.8, 0.7, 0.6, 0.5]})
+    crafted.to_parquet(snap / "neighbours.parquet", index=False)  # the new run's neighbours of `viewed`
+
+    user = 2
+    _insert(url, [(user, viewed, "view", None), (user, viewed, "click", None)])
+    res = refresh_once(url, home, cfg=CFG)
+    assert res["status"] == "ok" and res["users"] == 1
+    (new_key,) = live.cached_runs()
+    assert new_key != old_key and new_key[2] != old_key[2]  # reloaded for the new publication
+    lst = _list(url, user)
+    fresh_rows = lst[lst["source"] == "fresh-cf"]
+    assert len(fresh_rows) >= 1
+    assert set(fresh_rows["item_id"]) <= set(new_targets)
+    assert set(fresh_rows["anchor_item_id"]) == {viewed}
+
+
+def test_cached_and_uncached_live_run_build_the_same_lists(shop: tuple[str, str]) -> None:
+    """A batch built from the cached live run (its derived tables memoised by earlier batches) gives the
+    lists a freshly loaded run with every table derived on the spot gives."""
+    from pipeline.refresh import core, live
+    from pipeline.refresh.fresh import build_lists
+
+    url, home = shop
+    word = _read(url, "SELECT title FROM shop.items WHERE item_id = 7").iloc[0, 0].split()[0]
+    ids = _insert(url, [(u, 1 + (u * 11 + k) % 150, "view" if k else "add_to_cart", None)
+                        for u in range(1, 16) for k in range(3)] + [(3, None, "search", word)])
+    users = np.arange(1, 16)
+    with connect(url) as conn, conn.cursor() as cur:
+        pub = core._live_pub(cur)
+        now = datetime.now(UTC)
+        cur.execute(core._history_sql(), {"users": users.tolist(), "upto": max(ids), "since": now - timedelta(days=90)})
+        history = core._frame(cur.fetchall(), core.EVENT_COLUMNS)
+    live.clear_cache()
+    run = live.load_live(url, home, pub, pub["champion"])
+    assert live.load_live(url, home, pub, pub["champion"]) is run  # the second batch's lookup hits the cache
+    args = (users, history, np.array(ids), run.neighbours, run.item_feats, now, CFG)
+    kw = {"p_rank": run.p_rank, "recall_kwargs": run.recall_kwargs}
+    cached = [build_lists(*args, **kw, item_text=run.item_text, tables=run.tables) for _ in range(2)]
+    live.clear_cache()
+    fresh_run = live.load_live(url, home, pub, pub["champion"])
+    assert fresh_run is not run
+    uncached = build_lists(users, history, np.array(ids), fresh_run.neighbours, fresh_run.item_feats, now, CFG,
+                           p_rank=fresh_run.p_rank, recall_kwargs=fresh_run.recall_kwargs)  # tables derived here
+    assert len(uncached) == len(users) * CFG.top_n and (uncached["source"] == "fresh-cf").any()
+    for c in cached:
+        pd.testing.assert_frame_equal(c, uncached)

@@ -13,6 +13,7 @@ from pipeline.refresh.fresh import (
     build_lists,
     fresh_cf,
     fresh_events,
+    live_tables,
     query_tokens,
     search_match,
     search_text,
@@ -117,3 +118,34 @@ def test_build_lists_gives_a_brand_new_user_a_full_personal_list() -> None:
     assert len(lists) == CFG.top_n and lists["user_id"].eq(99).all()
     assert {"fresh-cf", "fresh-search"} <= set(lists["source"])
     assert not lists.duplicated("item_id").any()
+
+
+def test_build_lists_with_the_live_runs_tables_equals_building_them_per_call() -> None:
+    old = [(i, 7, it, "purchase" if it == 2 else "view", None, NOW - timedelta(days=2)) for i, it in
+           enumerate([1, 2, 3, 2], start=1)]
+    fresh = [(10, 7, 12, "view", None, NOW - timedelta(seconds=5)), (11, 7, 13, "click", None, NOW),
+             (12, 99, 4, "view", None, NOW), (13, 99, None, "search", "hiking boot", NOW),
+             (14, 8, None, "search", "chef knife", NOW)]
+    ev = _events(old + fresh)
+    users, batch = np.array([7, 8, 99]), np.array([10, 11, 12, 13, 14])
+    plain = build_lists(users, ev, batch, _neighbours(), _items(), NOW, CFG)
+    tables = live_tables(_items(), _neighbours())
+    cached = build_lists(users, ev, batch, _neighbours(), _items(), NOW, CFG, tables=tables)
+    warm = build_lists(users, ev, batch, _neighbours(), _items(), NOW, CFG, tables=tables)  # memoised pieces
+    pd.testing.assert_frame_equal(plain, cached)
+    pd.testing.assert_frame_equal(plain, warm)
+    assert {"fresh-cf", "fresh-search"} <= set(plain["source"]) and set(plain["user_id"]) == {7, 8, 99}
+
+
+def test_live_tables_remember_a_bounded_number_of_queries(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.refresh import fresh
+
+    monkeypatch.setattr(fresh, "QUERY_MEMO", 2)
+    tables = live_tables(_items(), _neighbours())
+    first = tables.query_matches("hiking boot", 10)
+    assert tables.query_matches("hiking boot", 10) is first  # memoised
+    tables.query_matches("chef knife", 10)
+    tables.query_matches("boot 13", 10)  # a third query: the oldest is forgotten
+    assert tables.query_matches("hiking boot", 10) is not first
+    pd.testing.assert_series_equal(tables.query_matches("hiking boot", 10), first)
+    assert first.index[0] in range(11, 16) and first.iloc[0] == pytest.approx(1.0)

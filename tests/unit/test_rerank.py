@@ -260,16 +260,19 @@ def test_reason_for_an_anchored_source_without_anchor_names_no_item() -> None:
 
 # -- the evaluation harness's `pipeline` model -------------------------------------------------------------
 def test_pipeline_model_is_registered_and_lambda_one_keeps_the_recall_top_k() -> None:
+    """With item-CF as the only source, no ranker and no diversity, the pipeline's top-k is item-CF's."""
     from pipeline.evaluate.models import get_model
 
     rng = np.random.default_rng(0)
     train = pd.DataFrame({"user_id": rng.integers(1, 40, 600), "item_id": rng.integers(1, 60, 600)})
     users = np.arange(1, 40)
-    plain = get_model("pipeline", mmr_lambda=1.0, n_candidates=30, dims=8).fit(train)
+    plain = get_model("pipeline", mmr_lambda=1.0, n_candidates=30, dims=8, use_ranker=False,
+                      sources={"item-cf": {}}).fit(train)
     recall = get_model("item-cf").fit(train).recommend(users, 10)
     got = plain.recommend(users, 10)
     assert got.groupby("user_id")["item_id"].apply(set).equals(recall.groupby("user_id")["item_id"].apply(set))
-    diverse = get_model("pipeline", mmr_lambda=0.3, n_candidates=30, dims=8).fit(train).recommend(users, 10)
+    diverse = get_model("pipeline", mmr_lambda=0.3, n_candidates=30, dims=8, use_ranker=False,
+                        sources={"item-cf": {}}).fit(train).recommend(users, 10)
     assert (diverse.groupby("user_id").size() == 10).all()
     assert not diverse[["user_id", "item_id"]].merge(train).shape[0]  # seen items stay excluded
 
@@ -287,3 +290,33 @@ def test_duplicate_candidates_never_repeat_an_item() -> None:
     out = finalize_lists(cand, feats, top_n=5)
     assert out["item_id"].tolist() == [10, 11]
     assert out.loc[out["item_id"] == 10, "source"].item() == "item-cf"
+
+
+def test_reasons_per_combination_match_reason_text_per_row() -> None:
+    """The grouped reason computation gives exactly the per-row :func:`reason_text` of every row."""
+    import numpy as np
+
+    from pipeline.rerank.lists import _reasons, reason_text
+
+    rng = np.random.default_rng(3)
+    n = 2000
+    sources = np.array(["item-cf", "retarget", "als", "search", "category", "trending", "explore", "popularity",
+                        "fresh-cf", "new"])
+    df = pd.DataFrame({
+        "user_id": rng.integers(1, 40, n),
+        "source": rng.choice(sources, n),
+        "anchor_item_id": pd.array(np.where(rng.random(n) < 0.4, pd.NA, rng.integers(1, 30, n)), dtype="Int64"),
+        "top_category": rng.choice(np.array(["Shoes", "", None, "Tents"], dtype=object), n),
+        "query": rng.choice(np.array([None, "  boots ", "", np.nan], dtype=object), n),
+    })
+    info = pd.DataFrame({"item_id": np.arange(1, 26), "title": [f"item {i}" if i % 7 else None for i in range(1, 26)]})
+    bought = pd.DataFrame({"user_id": rng.integers(1, 40, 300), "item_id": rng.integers(1, 30, 300)})
+    titles = info.set_index("item_id")["title"]
+    pairs = set(zip(bought["user_id"], bought["item_id"], strict=True))
+    want = [reason_text(s, titles.get(a) if pd.notna(a) else None, pd.notna(a) and (u, a) in pairs, c, q, pd.notna(a))
+            for u, s, a, c, q in zip(df["user_id"], df["source"], df["anchor_item_id"], df["top_category"],
+                                     df["query"], strict=True)]
+    got = _reasons(df, info, bought)
+    assert got == want
+    assert any(r.startswith("bought together with") for r in got) and any("search" in r for r in got)
+    assert _reasons(df.iloc[:0], info, bought) == []
