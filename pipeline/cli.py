@@ -252,13 +252,16 @@ def evaluate(
     k: int = typer.Option(10, help="Cut-off"),
     models: str = typer.Option("random,popularity,item-cf", help="Comma-separated model names"),
     out_dir: Path = typer.Option(..., "--out", help="Output folder (metrics.json, report.html, splits, lists)"),
+    params: str = typer.Option("", "--params",
+                               help='JSON object: model -> its parameters, e.g. {"pipeline": {"mmr_lambda": 1.0}}'),
 ) -> None:
     """Import -> train -> recommend -> score on a throwaway database; write metrics.json and report.html."""
     from pipeline.evaluate.runner import run_evaluation
 
+    model_params = _json_params(params)
     with _throwaway_database() as url:
         result = run_evaluation(fmt, path, protocol=protocol, k=k, models=[m for m in models.split(",") if m],
-                                out_dir=out_dir, url=url)
+                                out_dir=out_dir, url=url, model_params=model_params)
     table = Table(title=f"{result['dataset']} / {result['protocol']} / k={result['k']}")
     keys = [f"ndcg@{k}", f"map@{k}", f"precision@{k}", f"recall@{k}", "coverage", "train_seconds"]
     table.add_column("model")
@@ -268,6 +271,20 @@ def evaluate(
         table.add_row(r["model"], *[f"{r.get(key, float('nan')):.4f}" for key in keys])
     out.print(table)
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'report.html'}")
+
+
+def _json_params(text: str) -> dict[str, dict] | None:
+    """``--params`` as {model: {param: value}}; anything else is a ConfigError naming the problem."""
+    if not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--params is not valid JSON: {exc}", 'pass e.g. \'{"als": {"factors": 32}}\'') from exc
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ConfigError("--params must be a JSON object of objects (model name -> its parameters)",
+                          'e.g. \'{"pipeline": {"mmr_lambda": 0.8}}\'')
+    return value
 
 
 class _throwaway_database:

@@ -40,6 +40,9 @@ class Recommender:
     name = "base"
     #: Whether :meth:`score` uses a supplied history (fold-in) instead of the fitted one.
     uses_history = False
+    #: Whether the model reads the *order* of a history (sequential models): a matrix has none, so the
+    #: harness hands the history rows over with :meth:`set_history` before scoring with a supplied one.
+    uses_order = False
 
     def __init__(self, *, use_ratings: bool = True, seed: int = 42, batch_cells: int = 20_000_000) -> None:
         self.use_ratings = use_ratings
@@ -49,6 +52,9 @@ class Recommender:
         self.item_ids: np.ndarray = np.zeros(0)
         self.user_items: sp.csr_matrix = sp.csr_matrix((0, 0))
         self.popularity: np.ndarray = np.zeros(0)
+        self.train_rows: pd.DataFrame | None = None
+        self.valid_rows: pd.DataFrame | None = None
+        self.history_sequences: dict | None = None
 
     # -- contract -------------------------------------------------------------------------------------
     def fit(self, train: pd.DataFrame, items: pd.DataFrame | None = None) -> Recommender:
@@ -66,8 +72,39 @@ class Recommender:
         self.user_ids = np.unique(train[USER_COL].to_numpy())
         self.user_items = self.matrix(train)
         self.popularity = distinct_user_counts(self.user_items).astype(np.float32)
+        self.train_rows = train
+        self.history_sequences = None
+        self._train_sequences: dict | None = None
         self._fit(self.user_items)
         return self
+
+    def set_validation(self, valid: pd.DataFrame | None) -> None:
+        """Held-out next items (leave-one-out's item -2) that a model may use for early stopping or
+        tuning before :meth:`fit`; never the test item. Models that do not tune ignore them."""
+        self.valid_rows = valid
+
+    def set_history(self, rows: pd.DataFrame | None) -> None:
+        """Ordered history rows (user_id, item_id, ts / event_id) behind the next supplied-history scoring
+        calls; only models with ``uses_order`` read them (``None`` goes back to the fitted history)."""
+        if not self.uses_order:
+            return
+        from pipeline.recall.sequential import ordered_sequences
+
+        self.history_sequences = None if rows is None else ordered_sequences(rows, self.item_ids)
+
+    def sequences_for(self, users: np.ndarray, supplied: bool) -> list[np.ndarray]:
+        """Catalogue-index sequences (oldest first) of ``users``: the supplied history set with
+        :meth:`set_history` when ``supplied``, else the training rows; empty for users without rows."""
+        src = self.history_sequences if supplied and self.history_sequences is not None else None
+        if src is None:
+            if getattr(self, "_train_sequences", None) is None:
+                from pipeline.recall.sequential import ordered_sequences
+
+                self._train_sequences = ordered_sequences(self.train_rows, self.item_ids) \
+                    if self.train_rows is not None else {}
+            src = self._train_sequences
+        empty = np.zeros(0, np.int64)
+        return [src.get(u, empty) for u in users.tolist()]
 
     def matrix(self, rows: pd.DataFrame) -> sp.csr_matrix:
         """users x items matrix of ``rows`` (ratings when present and wanted, else 1; repeats add up).
@@ -280,15 +317,17 @@ class ALSModel(_ImplicitModel):
 class BPRModel(_ImplicitModel):
     """implicit's BayesianPersonalizedRanking (CPU); every training row is a positive.
 
-    Defaults from the same inner split of train (factors 64-200, learning rate 0.003-0.05, regularization
-    0.001-0.1, 10-300 epochs): implicit's BPR overfits fast on ml-100k (300 epochs is worse than 60),
-    best inner nDCG@10 0.206 at 64 factors, lr 0.01, reg 0.01, 60 epochs.
+    Defaults from the same inner split of train (factors 10-200, learning rate 0.003-0.05, regularization
+    0.001-0.1, 10-300 epochs, ratings-weighted sampling, unverified negatives; benchmarks/tune_bpr_inner.py):
+    implicit's BPR overfits fast on ml-100k (300 epochs is worse than 60). Mean inner nDCG@10 over 4 seeds:
+    0.2090 at 96 factors, lr 0.0075, reg 0.01, 80 epochs (0.2046 for the earlier 64 / 0.01 / 60; the seed
+    spread is about 0.005); cornac's settings (200 factors, reg 0.001, 100 epochs) gave 0.1765.
     """
 
     name = "bpr"
 
-    def __init__(self, *, factors: int = 64, learning_rate: float = 0.01, regularization: float = 0.01,
-                 iterations: int = 60, use_ratings: bool = False, **kw: Any) -> None:
+    def __init__(self, *, factors: int = 96, learning_rate: float = 0.0075, regularization: float = 0.01,
+                 iterations: int = 80, use_ratings: bool = False, **kw: Any) -> None:
         super().__init__(factors=factors, regularization=regularization, iterations=iterations,
                          use_ratings=use_ratings, **kw)
         self.learning_rate = learning_rate
@@ -344,6 +383,71 @@ class ContentModel(Recommender):
         return (prof @ self.E.T).astype(np.float32)
 
 
+class EASEModel(Recommender):
+    """EASE (Steck 2019): closed-form item-item weights ``B = I - P / diag(P)``, ``P = (X^T X + l2 I)^-1``,
+    zero diagonal; score = history @ B. Dense ``n_items^2``: meant for catalogues up to ~10k items
+    (refuses more than ``max_items``)."""
+
+    name = "ease"
+    uses_history = True
+
+    def __init__(self, *, l2: float = 500.0, max_items: int = 10_000, use_ratings: bool = False, **kw: Any) -> None:
+        super().__init__(use_ratings=use_ratings, **kw)
+        self.l2, self.max_items = l2, max_items
+
+    def _fit(self, user_items: sp.csr_matrix) -> None:
+        n = user_items.shape[1]
+        if n > self.max_items:
+            raise ModelError(f"ease: {n} items is more than max_items={self.max_items}",
+                             "EASE inverts a dense items x items matrix; raise max_items or use item-cf")
+        X = sp.csr_matrix(user_items, dtype=np.float64)
+        G = (X.T @ X).toarray()
+        G[np.diag_indices(n)] += self.l2
+        P = np.linalg.inv(G)
+        B = -P / np.diag(P)[None, :]
+        B[np.diag_indices(n)] = 0.0
+        self.B = B.astype(np.float32)
+
+    def _score(self, rows: np.ndarray, history: sp.csr_matrix, supplied: bool) -> np.ndarray:
+        return np.asarray(sp.csr_matrix(history, dtype=np.float32) @ self.B, dtype=np.float32)
+
+
+class SequentialKNNModel(Recommender):
+    """Sequential item-kNN (pipeline.recall.sequential): the items that followed the user's last items.
+
+    Defaults tuned on Beauty's leave-one-out *validation* item (items[:-2] fitted, item -2 ranked); see
+    the module for the parameters. A tiny popularity term breaks ties (and ranks users with no
+    transitions at all).
+    """
+
+    name = "seq-knn"
+    uses_history = True
+    uses_order = True
+
+    def __init__(self, *, window: int = 3, step_decay: float = 0.5, backward: float = 0.3, row_pow: float = 0.5,
+                 col_pow: float = 0.5, n_last: int = 3, recency: float = 0.5, pop_weight: float = 1e-4,
+                 use_ratings: bool = False, **kw: Any) -> None:
+        super().__init__(use_ratings=use_ratings, **kw)
+        self.window, self.step_decay, self.backward = window, step_decay, backward
+        self.row_pow, self.col_pow, self.n_last, self.recency = row_pow, col_pow, n_last, recency
+        self.pop_weight = pop_weight
+
+    def _fit(self, user_items: sp.csr_matrix) -> None:
+        from pipeline.recall.sequential import transition_matrix
+
+        seqs = self.sequences_for(self.user_ids, False)
+        self.T = transition_matrix(seqs, len(self.item_ids), window=self.window, step_decay=self.step_decay,
+                                   backward=self.backward, row_pow=self.row_pow, col_pow=self.col_pow)
+        self._pop = self.popularity / max(float(self.popularity.max(initial=0.0)), 1.0)
+
+    def _score(self, rows: np.ndarray, history: sp.csr_matrix, supplied: bool) -> np.ndarray:
+        from pipeline.recall.sequential import sequential_scores
+
+        seqs = self.sequences_for(self.user_ids[rows], supplied)
+        s = sequential_scores(seqs, self.T, n_last=self.n_last, recency=self.recency)
+        return s + np.float32(self.pop_weight) * self._pop[None, :]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Registry
 
@@ -376,8 +480,13 @@ def get_model(name: str, **params: Any) -> Recommender:
         if name in RESERVED:
             hint += f"; {name!r} is provided by {RESERVED[name]}, which has not registered it yet"
         raise ModelError(f"unknown model {name!r}", hint)
-    return _REGISTRY[name](**params)
+    try:
+        return _REGISTRY[name](**params)
+    except TypeError as exc:  # an unknown or misspelt parameter name
+        raise ModelError(f"model {name!r} does not take these parameters: {exc}",
+                         f"check the names in --params against the {name!r} model's docstring") from exc
 
 
-for _cls in (RandomModel, PopularityModel, ItemCFModel, SARModel, ALSModel, BPRModel, ContentModel):
+for _cls in (RandomModel, PopularityModel, ItemCFModel, SARModel, ALSModel, BPRModel, ContentModel,
+             EASEModel, SequentialKNNModel):
     register_model(_cls.name, _cls)

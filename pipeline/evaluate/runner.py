@@ -148,6 +148,8 @@ def evaluate_frames(
     params = model_params or {}
     for name in models:
         model: Recommender = get_model(name, **params.get(name, {}))
+        if loo is not None:
+            model.set_validation(loo.valid)  # early stopping / tuning target: item -2, never the test item
         t0 = time.perf_counter()
         model.fit(train, catalog)
         fit_s = time.perf_counter() - t0
@@ -156,12 +158,16 @@ def evaluate_frames(
             r = M.ranking_metrics(test, recs, k)
         else:
             hist = loo.test_history
+            model.set_history(hist)  # sequential models read the order of items[:-1]
             r = _loo_metrics(model, hist, loo.test, k)
+            model.set_history(loo.train)
             valid_rows.append({"model": name, **{f"{m}@{k}": v for m, v in
                                                  _loo_metrics(model, loo.train, loo.valid, k).items()}})
+            model.set_history(hist)
             h = model.matrix(hist[hist[USER_COL].isin(test_users)])
             rows, _ = model._rows(np.asarray(test_users))
             recs = model.recommend(test_users, k, history=h[np.maximum(rows, 0)])
+            model.set_history(None)
         recs_all[name] = recs
         recs.to_csv(out / f"recs_{name}.csv", index=False)
         ild = (M.intra_list_diversity(recs, k, item_categories=cats) if cats is not None
@@ -228,12 +234,14 @@ def run_evaluation(
     models: Sequence[str] | None = None,
     out_dir: str | Path,
     url: str | None = None,
+    model_params: dict[str, dict] | None = None,
 ) -> dict:
     """Read a dataset (``pipeline.ingest.read_dataset``) and evaluate it; returns metrics.json.
 
     With ``url`` (a throwaway database) the dataset is also imported into ``shop.*`` and the events used
     for training are read back from ``shop.events``; the round trip must keep every row. The rating
     column (not part of the shop contract) is joined back from the parsed frames by event_id.
+    ``model_params`` maps a model name to its constructor parameters (e.g. ``{"pipeline": {"mmr_lambda": 1}}``).
     """
     from pipeline.ingest import import_dataset, read_dataset
 
@@ -253,4 +261,4 @@ def run_evaluation(
                             rejects=frames.rejects, name=frames.name)
     dataset = Path(path).name if frames.name in ("", "shop", None) else frames.name
     return evaluate_frames(frames, protocol=protocol, k=k, models=list(models or DEFAULT_MODELS),
-                           out_dir=out_dir, dataset=dataset)
+                           out_dir=out_dir, dataset=dataset, model_params=model_params)

@@ -116,3 +116,51 @@ class RankerNet(nn.Module):
         ta = torch.einsum("ucl,uld->ucd", att, h)  # DIN: the part of the history relevant to this item
         x = torch.cat([c, u, u * c, ta, ta * c, self.source(cand["source"]), self.num_norm(cand["num"])], dim=-1)
         return self.mlp(x).squeeze(-1) + (u * c).sum(-1)
+
+
+class SASRecNet(nn.Module):
+    """SASRec (Kang & McAuley 2018): causal self-attention over item ids, tied input/output embeddings.
+
+    Item index 0 is padding (catalogue index ``i`` is token ``i + 1``); sequences are left-padded and
+    positions count from the end, so a batch can be trimmed to its longest sequence without changing any
+    position. ``forward`` gives the hidden state after every position; ``logits`` scores item tokens.
+    """
+
+    def __init__(self, n_items: int, *, dim: int = 64, heads: int = 1, layers: int = 2, seq_len: int = 50,
+                 dropout: float = 0.2) -> None:
+        super().__init__()
+        self.n_items, self.dim, self.heads, self.seq_len = n_items, dim, heads, seq_len
+        self.item = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        self.pos = nn.Embedding(seq_len, dim)
+        self.drop = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim, dropout=dropout, batch_first=True,
+                                           norm_first=True, activation="gelu")
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        nn.init.normal_(self.item.weight, std=dim ** -0.5)
+        nn.init.normal_(self.pos.weight, std=0.02)
+        with torch.no_grad():
+            self.item.weight[0].zero_()
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """``B x L`` item tokens (left-padded, L <= seq_len) -> ``B x L x dim`` causal hidden states."""
+        B, L = seq.shape
+        valid = seq > 0
+        pos = torch.arange(L - 1, -1, -1, device=seq.device)  # distance from the end
+        x = self.item(seq) * (self.dim ** 0.5) + self.pos(pos)[None]
+        x = self.drop(x) * valid[..., None]
+        causal = torch.ones(L, L, dtype=torch.bool, device=seq.device).tril()
+        # a query sees earlier non-padding keys and always itself (so no row is fully masked: no NaN)
+        allowed = (causal[None] & valid[:, None, :]) | torch.eye(L, dtype=torch.bool, device=seq.device)[None]
+        mask = torch.zeros(B, L, L, device=seq.device).masked_fill(~allowed, float("-inf"))
+        mask = mask.repeat_interleave(self.heads, dim=0)
+        return self.norm(self.encoder(x, mask=mask))
+
+    def logits(self, h: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of ``h`` (``N x dim``) against item ``tokens`` (``N x C`` or ``C``), or all catalogue items."""
+        if tokens is None:
+            return h @ self.item.weight[1:].T
+        e = self.item(tokens)
+        if e.dim() == 2:
+            return h @ e.T
+        return torch.einsum("nd,ncd->nc", h, e)

@@ -116,10 +116,14 @@ def test_registry_errors_and_hooks() -> None:
     assert {"random", "popularity", "item-cf", "als", "bpr", "sar"} <= set(model_names())
     with pytest.raises(ModelError, match="unknown model 'nope'.*valid names: als, bpr"):
         get_model("nope")
-    with pytest.raises(ModelError, match="'ranker' is provided by"):
-        if "ranker" in model_names():
-            pytest.skip("the ranker registered itself")
-        get_model("ranker")
+    # reserved names import their module on first use, which registers them
+    assert get_model("ranker").name == "ranker" and get_model("pipeline").name == "pipeline"
+    registry.RESERVED["later"] = "pipeline.no_such_module"
+    try:
+        with pytest.raises(ModelError, match="'later' is provided by pipeline.no_such_module"):
+            get_model("later")
+    finally:
+        registry.RESERVED.pop("later", None)
 
     class Echo(registry.PopularityModel):
         name = "echo"
