@@ -168,12 +168,12 @@ def rerank_nightly() -> None:
         emit(context, ASSETS["publish"], rid, out)
         return out
 
-    @task(outlets=[RECS_ASSET], execution_timeout=TIMEOUTS["report"], retries=0)
+    @task(outlets=[RECS_ASSET], execution_timeout=TIMEOUTS["report"])
     def announce(rid: str, published: dict, **context) -> None:
         """Tell Asset-scheduled readers about new lists; skipped (no event) when nothing was swapped in."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        if not published.get("published"):
+        if published.get("publication_id") is None:
             raise AirflowSkipException(f"{rid}: nothing published (dry run), no Asset event")
         emit(context, RECS_ASSET, rid, published)
 

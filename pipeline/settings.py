@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: Candidates per user after the recall merge.
     candidates: int = Field(300, ge=1)
+    #: Item-CF top-K path (pipeline.recall.itemcf.ALGORITHMS): ``sparse`` scores only non-zero
+    #: co-occurrences (same scores as ``dense``; equal scores at the K-th place keep the lower item id).
+    itemcf_algorithm: Literal["dense", "sparse"] = "sparse"
     #: Length of each user's published list.
     top_n: int = Field(50, ge=1, le=1000)
     #: Published runs kept for ``rerank publish rollback``.
@@ -75,6 +78,13 @@ class Settings(BaseSettings):
     embedding_method: Literal["auto", "minilm", "tfidf"] = "auto"
     #: Events before this date are quarantined as impossible.
     ts_floor: str = "1990-01-01"
+    #: Where the incremental, date-partitioned event snapshot lives: any fsspec URL (``file:///...``,
+    #: ``s3://bucket/prefix``; remote schemes need their fsspec package). Unset: ``<home>/snapshots``.
+    snapshot_url: str | None = None
+    #: Rebuild the event snapshot from scratch instead of reading only events after its high-water mark.
+    snapshot_rebuild: bool = False
+    #: Optional CNN image embedding: a local file of torch weights (never downloaded). Unset: no embedding.
+    image_model_path: str | None = None
     #: Share of bad rows per source table above which validation fails the run.
     max_bad_share: float = Field(0.01, ge=0.0, le=1.0)
     #: Seed for everything random in a run.

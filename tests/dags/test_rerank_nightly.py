@@ -96,7 +96,7 @@ def test_dry_run_emits_no_published_asset_event(nightly) -> None:
     with pytest.raises(AirflowSkipException, match="dry run"):
         announce("nightly_20261124T0000", {"published": False, "dry_run": True, "rows": 10})
     events: dict = {}
-    announce("nightly_20261124T0000", {"published": True, "rows": 10}, outlet_events=_Events(events))
+    announce("nightly_20261124T0000", {"publication_id": 7, "rows": 10}, outlet_events=_Events(events))
     assert [e.extra["run_id"] for e in events.values()] == ["nightly_20261124T0000"]
 
 
