@@ -45,9 +45,24 @@ test: setup
 lint: setup
 	$(BIN)/ruff check pipeline dags tests benchmarks
 
+# Full-size evaluations (minutes to tens of minutes each on 2 cores); figures in README "Latest figures".
+DATA ?= $${RERANK_SHARED_DATA:-../shared/data}
+ML100K_PIPELINE := {"ease": {"l2": 400}, "pipeline": {"use_ranker": false, "mmr_lambda": 1.0, "sources": {"als": {}, "ease": {"l2": 400}, "item-cf": {}, "popularity": {}}, "recall_weights": {"als": 1, "ease": 2, "item-cf": 0, "popularity": 0}}}
 eval: setup
-	$(BIN)/rerank evaluate --format movielens --path $${RERANK_SHARED_DATA:-../shared/data}/ml-100k \
-		--protocol msr-stratified --models random,popularity,item-cf,als,bpr --out out/ml-100k
+	$(BIN)/rerank evaluate --format movielens --path $(DATA)/ml-100k \
+		--protocol msr-stratified --models random,popularity,item-cf,als,bpr,ease,pipeline \
+		--params '$(ML100K_PIPELINE)' --out out/ml-100k
+	$(BIN)/rerank evaluate --format amazon-s3rec --path $(DATA)/amazon-s3rec/Beauty.txt \
+		--protocol leave-one-out --models seq-knn,ranker,pipeline --out out/beauty
+	$(BIN)/rerank evaluate --format amazon-s3rec --path $(DATA)/amazon-s3rec/Sports_and_Outdoors.txt \
+		--protocol leave-one-out --models seq-knn,ranker,pipeline \
+		--params '{"ranker": {"max_epochs": 12}, "pipeline": {"max_epochs": 12}}' --out out/sports
+	$(BIN)/rerank evaluate --format taobao --path $(DATA)/taobao-userbehavior/UserBehavior_head_814users.csv \
+		--protocol temporal --models popularity,item-cf,als,seq-knn,ranker,pipeline \
+		--params '{"item-cf": {"neighbours": 100}, "pipeline": {"sources": {"item-cf": {"neighbours": 100}, "als": {}, "seq-knn": {}, "popularity": {}}}}' \
+		--out out/taobao
+	$(BIN)/python -m pipeline.recall.audit --format taobao \
+		--path $(DATA)/taobao-userbehavior/UserBehavior_head_814users.csv --out-dir out/audit-taobao
 
 bench: setup
 	$(BIN)/python benchmarks/bench_generate.py --tier S
