@@ -484,7 +484,7 @@ def get_model(name: str, **params: Any) -> Recommender:
         return _REGISTRY[name](**params)
     except TypeError as exc:  # an unknown or misspelt parameter name
         raise ModelError(f"model {name!r} does not take these parameters: {exc}",
-                         f"check the names in --params against the {name!r} model's docstring") from exc
+                         f"the parameter names in --params against the {name!r} model's docstring") from exc
 
 
 for _cls in (RandomModel, PopularityModel, ItemCFModel, SARModel, ALSModel, BPRModel, ContentModel,
