@@ -224,6 +224,15 @@ def block_topk(XT_block: sp.csr_matrix, X: sp.csr_matrix, norms: np.ndarray, sta
     return out_idx, out_val
 
 
+def _check_args(method: str, k: int, algorithm: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown similarity method {method!r}; valid: {', '.join(METHODS)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown top-k algorithm {algorithm!r}; valid: {', '.join(ALGORITHMS)}")
+
+
 def similarity_topk_dask(
     user_items: sp.spmatrix,
     client: object,
@@ -241,12 +250,7 @@ def similarity_topk_dask(
     returns only its top-``k``, so a worker holds at most ``block_size x n_items`` dense floats per thread
     and the client receives ``n_items x k``. Same output as the single-process version.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown similarity method {method!r}; valid: {', '.join(METHODS)}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown top-k algorithm {algorithm!r}; valid: {', '.join(ALGORITHMS)}")
+    _check_args(method, k, algorithm)
     X, XT, norms = _prepare(user_items, method, binary)
     n_items = X.shape[1]
     kk = min(k, max(n_items, 1))
@@ -283,12 +287,7 @@ def similarity_topk_dense(
     which of several equal scores at the k-th place is kept (the lower item index), in far less time when
     co-occurrence is sparse (large catalogues); ``dense`` is the original path.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown similarity method {method!r}; valid: {', '.join(METHODS)}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown top-k algorithm {algorithm!r}; valid: {', '.join(ALGORITHMS)}")
+    _check_args(method, k, algorithm)
     X, XT, norms = _prepare(user_items, method, binary)
     n_items = X.shape[1]
     kk = min(k, max(n_items, 1))
