@@ -25,14 +25,14 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import psycopg2  # noqa: E402
+
+from bench_refresh import _admin, _with_db  # noqa: E402  (same folder: the scratch-database helpers)
 
 from pipeline.db.engine import connect, database_url  # noqa: E402
 
@@ -63,18 +63,6 @@ for k, (users, hist, ids) in enumerate(d["batches"]):
     res.append([len(users), best])
 print(json.dumps(res))
 """
-
-
-def _with_db(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
-
-
-def _admin(url: str, sql: str) -> None:
-    conn = psycopg2.connect(_with_db(url, "postgres"))
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(sql)
-    conn.close()
 
 
 def _baseline_tree(ref: str, dest: Path) -> Path:
