@@ -144,7 +144,7 @@ def evaluate_frames(
     n_catalog = (train[ITEM_COL].nunique() if protocol != "leave-one-out"
                  else len(pd.unique(catalog[ITEM_COL])))
     test_users = pd.unique(test[USER_COL])
-    results, recs_all, seg_rows, beyond, valid_rows = [], {}, [], [], []
+    results, recs_all, seg_rows, beyond, valid_rows, tuning = [], {}, [], [], [], {}
     params = model_params or {}
     for name in models:
         model: Recommender = get_model(name, **params.get(name, {}))
@@ -153,6 +153,8 @@ def evaluate_frames(
         t0 = time.perf_counter()
         model.fit(train, catalog)
         fit_s = time.perf_counter() - t0
+        if getattr(model, "tuning", None):  # what a model chose on validation (pipeline's fusion)
+            tuning[name] = model.tuning
         if loo is None:
             recs = model.recommend(test_users, k)
             r = M.ranking_metrics(test, recs, k)
@@ -196,7 +198,7 @@ def evaluate_frames(
         notes.append("leave-one-out: models fitted once on items[:-2]; test ranks item -1 over all items "
                      "minus items[:-1] (item-CF and ALS fold the longer history in); ties at expected "
                      "position.")
-    details = {"notes": notes, "beyond": beyond, "valid": valid_rows or None,
+    details = {"notes": notes, "beyond": beyond, "valid": valid_rows or None, "tuning": tuning or None,
                "sizes": {"train": len(train), "test": len(test), "test_users": len(test_users)}}
     (out / "details.json").write_text(json.dumps(details, indent=2, default=float))
     write_report(out, metrics, frames, recs_all, train=train, segments=segments, details=details)

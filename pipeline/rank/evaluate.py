@@ -37,6 +37,7 @@ import torch
 
 from pipeline.errors import ModelError, NonFiniteWeightsError
 from pipeline.evaluate.models import Recommender, get_model, register_model
+from pipeline.rank.head import SourceTop, source_top
 from pipeline.rank.model import resolve_device
 from pipeline.rank.net import SASRecNet
 
@@ -227,30 +228,40 @@ class MergedRecall:
         for m in self.models.values():
             m.set_history(rows)
 
-    def components(self, users: np.ndarray, history: sp.csr_matrix | None,
-                   seen: sp.csr_matrix) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(candidate mask, per-source scores scaled to [0, 1] per user, 0 off the source's top-k)."""
-        n_items = seen.shape[1]
-        mask = np.zeros((len(users), n_items), bool)
+    def tops(self, users: np.ndarray, history: sp.csr_matrix | None, seen: sp.csr_matrix) -> dict[str, SourceTop]:
+        """Each source's scores for ``users`` (seen items ``-inf``) and its top ``n_per_source``."""
         seen_rc = seen.nonzero()
-        parts: dict[str, np.ndarray] = {}
+        out: dict[str, SourceTop] = {}
         for name, model in self.models.items():
             sc = model.score(users, history).astype(np.float32)
             sc[seen_rc] = -np.inf
-            k = min(self.n_per_source, n_items)
-            top = np.argpartition(-sc, kth=k - 1, axis=1)[:, :k]
-            vals = np.take_along_axis(sc, top, axis=1)
-            ok = np.isfinite(vals)
-            rows = np.repeat(np.arange(len(users)), k).reshape(len(users), k)
-            mask[rows[ok], top[ok]] = True
+            out[name] = source_top(sc, self.n_per_source)
+        return out
+
+    @staticmethod
+    def parts_from(tops: dict[str, SourceTop]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(candidate mask, per-source scores scaled to [0, 1] per user, 0 off the source's top-k)."""
+        first = next(iter(tops.values()))
+        n_users, n_items = first.raw.shape
+        mask = np.zeros((n_users, n_items), bool)
+        parts: dict[str, np.ndarray] = {}
+        for name, t in tops.items():
+            vals = np.take_along_axis(t.raw, t.top, axis=1)
+            rows = np.broadcast_to(np.arange(n_users)[:, None], t.top.shape)
+            mask[rows[t.ok], t.top[t.ok]] = True
             # per-user scale to [0, 1]: min of the user's top-k -> 0, max -> 1
-            hi = np.where(ok, vals, -np.inf).max(1, keepdims=True)
-            lo = np.where(ok, vals, np.inf).min(1, keepdims=True)
+            hi = np.where(t.ok, vals, -np.inf).max(1, keepdims=True)
+            lo = np.where(t.ok, vals, np.inf).min(1, keepdims=True)
             span = np.where(np.isfinite(hi - lo) & (hi > lo), hi - lo, 1.0)
-            p = np.zeros((len(users), n_items), np.float32)
-            p[rows, top] = np.where(ok, (vals - np.where(np.isfinite(lo), lo, 0.0)) / span, 0.0)
+            p = np.zeros((n_users, n_items), np.float32)
+            p[rows, t.top] = np.where(t.ok, (vals - np.where(np.isfinite(lo), lo, 0.0)) / span, 0.0)
             parts[name] = p
         return mask, parts
+
+    def components(self, users: np.ndarray, history: sp.csr_matrix | None,
+                   seen: sp.csr_matrix) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(candidate mask, per-source scores scaled to [0, 1] per user, 0 off the source's top-k)."""
+        return self.parts_from(self.tops(users, history, seen))
 
     def fuse(self, parts: dict[str, np.ndarray], weights: dict[str, float] | None = None) -> np.ndarray:
         """P_recall: the weighted mean of the per-source scaled scores."""

@@ -8,6 +8,15 @@ candidates, P_recall the merge's per-user scaled score; the powers are a log-lin
 validation) and the MMR re-rank (pipeline.rerank.lists).
 ``use_ranker=False`` drops the ranker (P_rank = 1: recall + re-rank only).
 
+``head="mlp"`` (the default; ``"linear"`` a linear one) puts a listwise head (pipeline.rank.head) on top
+of the SASRec logits: like the nightly RankerNet, which reads the recall sources and scores next to the
+behaviour sequence, it scores each candidate from the ranker's logit and every source's score and rank,
+trained on the validation item (leave-one-out's item -2; else an inner holdout of train). P_rank is then
+its softmax over the candidates, and ``recall_power`` is chosen on its out-of-fold scores (2-fold cross
+fit on the validation users), the figure ``tuning["valid_ndcg@10_out_of_fold"]`` reports: the harness's
+own validation row for ``pipeline`` is in-sample. With fewer than ``head_min_targets`` validation items
+among the candidates, and with ``head="none"``, the fusion is the grid-tuned product as before.
+
 Offline datasets carry no stock, brands or rules, so caps and exploration are off; MMR's item similarity
 is the cosine of a truncated SVD of the item x user matrix of the training rows (the similarity the
 harness's ILD uses when items have no categories). ``score`` (leave-one-out's full ranking) is the fused
@@ -28,6 +37,7 @@ from pipeline.errors import ModelError
 from pipeline.evaluate.models import register_model
 from pipeline.frames import ITEM_COL, RANK_COL, SCORE_COL, USER_COL
 from pipeline.rank.evaluate import MergedRecall, RankerRecommender, _lift
+from pipeline.rank.head import CandidateBlock, ListwiseHead, candidate_block, cross_fit, ndcg_at
 from pipeline.rerank.config import RerankConfig
 from pipeline.rerank.lists import finalize_lists
 
@@ -63,7 +73,8 @@ class PipelineModel(RankerRecommender):
 
     def __init__(self, *, n_candidates: int = 100, mmr_lambda: float | None = None, fusion: str | None = None,
                  recall_power: float = 1.0, rank_power: float = 1.0, use_ranker: bool = True, tune: bool = True,
-                 tune_users: int = 3000, dims: int = 64, **kw: Any) -> None:
+                 tune_users: int = 3000, dims: int = 64, head: str = "mlp", head_hidden: int = 32,
+                 head_epochs: int = 6, head_users: int = 25000, head_min_targets: int = 200, **kw: Any) -> None:
         kw.setdefault("n_per_source", 100)
         super().__init__(**kw)
         if self.n_per_source <= 0:
@@ -71,13 +82,20 @@ class PipelineModel(RankerRecommender):
         base = RerankConfig(max_category_share=1.0, max_brand_share=1.0, explore_share=0.0)
         over = {k: v for k, v in (("mmr_lambda", mmr_lambda), ("fusion", fusion)) if v is not None}
         self.config = base.with_overrides(over)
-        self.rank_power, self.tunes, self.tune_users = rank_power, tune and use_ranker, tune_users
+        if head not in ("mlp", "linear", "none"):
+            raise ModelError(f"pipeline: head {head!r}", "use 'mlp', 'linear' or 'none' (the product grid)")
+        self.rank_power, self.tunes, self.tune_users = rank_power, tune, tune_users
+        self.head_kind, self.head_users, self.head_min_targets = head, head_users, head_min_targets
+        self.head_params = {"hidden": head_hidden if head == "mlp" else 0, "epochs": head_epochs,
+                            "seed": self.seed}
+        self.head: ListwiseHead | None = None
         self.n_candidates, self.recall_power, self.use_ranker, self.dims = (n_candidates, recall_power,
                                                                           use_ranker, dims)
         self.tuning: dict = {}
 
     def _fit(self, user_items: sp.csr_matrix) -> None:
-        if self.use_ranker:
+        self.head = None
+        if self.use_ranker or self.tunes:
             super()._fit(user_items)
         else:
             self.recall = MergedRecall(self.recall_params["sources"], n_per_source=self.n_per_source,
@@ -85,7 +103,80 @@ class PipelineModel(RankerRecommender):
             self.recall.fit(self.train_rows, pd.DataFrame({"item_id": self.item_ids}))
         self.embeddings = (self.item_ids, svd_item_embeddings(user_items, self.dims, self.seed))
 
+    def _fit_ranker(self, train: list[np.ndarray], valid: tuple | None) -> None:
+        if self.use_ranker:
+            super()._fit_ranker(train, valid)
+        else:
+            self.ranker = None
+
+    def _block(self, users: np.ndarray, seqs: list[np.ndarray] | None, history: sp.csr_matrix | None,
+               seen: sp.csr_matrix) -> tuple[CandidateBlock, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(candidate features, candidate mask, P_recall, ranker logits or None) for ``users``."""
+        logits = self.ranker.score(seqs) if self.ranker is not None and seqs is not None else None
+        tops = self.recall.tops(users, history, seen)
+        mask, parts = self.recall.parts_from(tops)
+        block = candidate_block(mask, tops, popularity=self.popularity, history_len=seen.getnnz(axis=1),
+                                logits=logits)
+        return block, mask, self.recall.fuse(parts), logits
+
     def _tune(self, rows: np.ndarray, seqs: list[np.ndarray], targets: np.ndarray, hist: sp.csr_matrix) -> None:
+        if self.head_kind == "none":
+            self._tune_grid(rows, seqs, targets, hist)
+        else:
+            self._tune_head(rows, seqs, targets, hist)
+
+    def _tune_head(self, rows: np.ndarray, seqs: list[np.ndarray], targets: np.ndarray,
+                   hist: sp.csr_matrix) -> None:
+        """Train the listwise head (pipeline.rank.head) on the validation targets of up to ``head_users``
+        users and choose ``recall_power`` (P_re = P_recall ** a * P_rank, P_rank the head's softmax over the
+        candidates) on the head's out-of-fold scores; ``self.tuning`` keeps the out-of-fold NDCG@10."""
+        rng = np.random.default_rng(self.seed)
+        if len(rows) > self.head_users:
+            pick = np.sort(rng.choice(len(rows), self.head_users, replace=False))
+            rows, seqs, targets = rows[pick], [seqs[i] for i in pick], targets[pick]
+        xs, valids, tgts, precs = [], [], [], []
+        for s in range(0, len(rows), 1024):
+            sel = slice(s, s + 1024)
+            block, _, p_recall, _ = self._block(self.user_ids[rows[sel]], seqs[sel] if self.use_ranker else None,
+                                                None, hist[rows[sel]])
+            xs.append(block.x)
+            valids.append(block.valid)
+            tgts.append(block.positions(targets[sel]))
+            precs.append(block.take(p_recall))
+        width = max(v.shape[1] for v in valids)
+
+        def pad(a: np.ndarray) -> np.ndarray:
+            return np.pad(a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
+
+        x = np.concatenate([pad(a) for a in xs])
+        valid = np.concatenate([pad(a) for a in valids])
+        target = np.concatenate(tgts)
+        if (target >= 0).sum() < self.head_min_targets:
+            # too few held-out items among the candidates to learn from: the product grid instead
+            log.info("pipeline: %d validation targets among the candidates (< head_min_targets=%d): "
+                     "product fusion", int((target >= 0).sum()), self.head_min_targets)
+            self._tune_grid(rows, seqs, targets, hist)
+            self.tuning["head"] = "none (too few targets)"
+            return
+        log_rec = np.log(np.clip(np.concatenate([pad(a) for a in precs]), 1e-6, 1.0))
+        oof = cross_fit(x, valid, target, **self.head_params)
+        trace, best = [], (-1.0, 0.0)
+        for a in (0.0, 0.1, 0.25, 0.5, 1.0):
+            v = float(ndcg_at(np.where(valid, oof + a * log_rec, -np.inf), target).mean())
+            trace.append({"recall_power": a, "ndcg@10": v})
+            if v > best[0]:
+                best = (v, a)
+        self.head = ListwiseHead(**self.head_params).fit(x, valid, target)
+        self.recall_power, self.rank_power = best[1], 1.0
+        self.tuning = {"head": self.head_kind, "recall_power": best[1], "valid_ndcg@10_out_of_fold": best[0],
+                       "users": len(rows), "targets_in_candidates": float((target >= 0).mean()),
+                       "features": int(x.shape[-1]), "trace": trace}
+        log.info("pipeline head trained on %d validation users (%.1f%% with the target among the candidates): "
+                 "recall_power=%s out-of-fold ndcg@10=%.4f", len(rows), 100 * (target >= 0).mean(), best[1],
+                 best[0])
+
+    def _tune_grid(self, rows: np.ndarray, seqs: list[np.ndarray], targets: np.ndarray,
+                   hist: sp.csr_matrix) -> None:
         """Choose recall_power, rank_power and the source weights by NDCG@10 of the validation targets
         (a sample of ``tune_users``) ranked like leave-one-out's full ranking: a grid over the powers,
         then one pass over each source's weight. Sets them on the model; ``self.tuning`` keeps the trace."""
@@ -94,8 +185,8 @@ class PipelineModel(RankerRecommender):
             pick = np.sort(rng.choice(len(rows), self.tune_users, replace=False))
             rows, seqs, targets = rows[pick], [seqs[i] for i in pick], targets[pick]
         h = hist[rows]
-        logits = self.ranker.score(seqs)
         mask, parts = self.recall.components(self.user_ids[rows], None, h)
+        logits = self.ranker.score(seqs) if self.ranker is not None else np.zeros(mask.shape, np.float32)
         seen = h.nonzero()
         at = (np.arange(len(rows)), targets)
 
@@ -138,7 +229,18 @@ class PipelineModel(RankerRecommender):
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """(P_re, candidate mask, P_recall ** power, P_rank, ranker logits or None) for known ``rows``."""
         users = self.user_ids[rows]
-        if self.use_ranker:
+        if self.head is not None:
+            seqs = self.sequences_for(users, supplied) if self.use_ranker else None
+            seen = sp.csr_matrix(history)
+            block, mask, p_recall, logits = self._block(users, seqs, history if supplied else None, seen)
+            sc = self.head.score(block.x, block.valid).astype(np.float64)
+            top = sc.max(1, keepdims=True)
+            e = np.exp(sc - np.where(np.isfinite(top), top, 0.0))
+            prob = e / np.maximum(e.sum(1, keepdims=True), 1e-300)
+            r, c = np.nonzero(block.valid)
+            p_rank = np.zeros(mask.shape)
+            p_rank[r, block.items[r, c]] = prob[r, c]
+        elif self.use_ranker:
             logits, mask, p_recall = self._parts(rows, history, supplied)
             p_rank = _softmax_masked(logits * self.rank_power, mask)  # = P_rank ** power, renormalised
         else:
