@@ -112,8 +112,55 @@ class TestBPR(ModelContract):
     params = {"factors": 8, "learning_rate": 0.05, "regularization": 0.001, "iterations": 300}
 
 
+class TestRP3beta(ModelContract):
+    name = "rp3beta"
+
+
+class TestRP3betaNeighbours(ModelContract):
+    name = "rp3beta"
+    params = {"neighbours": 2, "alpha": 1.0, "beta": 0.0, "use_ratings": True}
+
+
+class TestUserKNN(ModelContract):
+    name = "user-knn"
+
+
+class TestUserKNNRatings(ModelContract):
+    name = "user-knn"
+    params = {"neighbours": 2, "power": 1.0, "use_ratings": True}
+
+
+def test_rp3beta_known_weights() -> None:
+    """Two users, three items: the walk's probabilities by hand, and beta dividing by popularity."""
+    train = pd.DataFrame({"user_id": [0, 0, 1, 1], "item_id": [10, 11, 11, 12]})
+    m = get_model("rp3beta", alpha=1.0, beta=0.0).fit(train)
+    # from item 10: user 0 (p=1), then items 10/11 (1/2 each): W[10, 11] = 1/2, W[10, 12] = 0
+    # from item 11: users 0/1 (1/2 each), then 10 (1/4) or 11 (1/4 + 1/4) or 12 (1/4)
+    expect = np.array([[0.0, 0.5, 0.0], [0.25, 0.0, 0.25], [0.0, 0.5, 0.0]], np.float32)
+    np.testing.assert_allclose(m.W, expect, atol=1e-7)
+    m2 = get_model("rp3beta", alpha=1.0, beta=1.0).fit(train)  # item 11 has 2 users: its column halves
+    np.testing.assert_allclose(m2.W, expect * np.array([1.0, 0.5, 1.0], np.float32)[None, :], atol=1e-7)
+    np.testing.assert_allclose(m.score([0]), expect[[0, 1]].sum(0, keepdims=True), atol=1e-7)
+    with pytest.raises(ModelError, match="max_items"):
+        get_model("rp3beta", max_items=2).fit(train)
+
+
+def test_user_knn_known_scores() -> None:
+    """Cosine between users, the user itself excluded, top-1 neighbour kept; a supplied history folds in."""
+    train = pd.DataFrame({"user_id": [0, 0, 1, 1, 2], "item_id": [10, 11, 10, 12, 13]})
+    m = get_model("user-knn", neighbours=1, power=1.0).fit(train)
+    # user 0 = {10, 11}: cosine to user 1 = 1/2, to user 2 = 0, so the list is user 1's items
+    s = m.score([0])[0]
+    np.testing.assert_allclose(s, [0.5, 0.0, 0.5, 0.0], atol=1e-6)
+    recs = m.recommend([0], k=1)
+    assert recs["item_id"].tolist() == [12]
+    # a new history {13} is most like user 2 (cosine 1): item 13 is seen, the rest score 0
+    h = m.matrix(pd.DataFrame({"user_id": [0], "item_id": [13]}))[[0]]
+    np.testing.assert_allclose(m.score([0], h)[0], [0.0, 0.0, 0.0, 1.0], atol=1e-6)
+
+
 def test_registry_errors_and_hooks() -> None:
-    assert {"random", "popularity", "item-cf", "als", "bpr", "sar"} <= set(model_names())
+    assert {"random", "popularity", "item-cf", "als", "bpr", "sar", "rp3beta", "user-knn"} <= set(model_names())
     with pytest.raises(ModelError, match="unknown model 'nope'.*valid names: als, bpr"):
         get_model("nope")
     # reserved names import their module on first use, which registers them
