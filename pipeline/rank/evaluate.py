@@ -280,12 +280,13 @@ class MergedRecall:
         return mask, self.fuse(parts)
 
 
-def inner_holdout(rows: pd.DataFrame, how: str = "last", seed: int = 42,
-                  min_len: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rows without the holdout, holdout): one row per user with at least ``min_len`` rows, the last in
-    time order (``how="last"``, a next-item target) or a random one (``"random"``, for random splits)."""
-    if how not in ("last", "random"):
-        raise ModelError(f"ranker: inner_holdout {how!r}", "use 'last' or 'random'")
+def inner_holdout(rows: pd.DataFrame, how: str = "last", seed: int = 42, min_len: int = 3,
+                  share: float = 0.25) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows without the holdout, holdout) of the users with at least ``min_len`` rows: each one's last
+    row in time order (``how="last"``, a next-item target), a random one (``"random"``) or a random
+    ``share`` of them, at least one (``"share"``: like msr-stratified's random split, many targets each)."""
+    if how not in ("last", "random", "share"):
+        raise ModelError(f"ranker: inner_holdout {how!r}", "use 'last', 'random' or 'share'")
     keys = ["user_id"] + [c for c in ("ts", "event_id") if c in rows.columns]
     data = rows.assign(_pos=np.arange(len(rows))).sort_values([*keys, "_pos"], kind="stable")
     g = data.groupby("user_id", sort=False)
@@ -293,8 +294,10 @@ def inner_holdout(rows: pd.DataFrame, how: str = "last", seed: int = 42,
     if how == "last":
         pick = (g.cumcount(ascending=False).to_numpy() == 0)
     else:
-        r = np.random.default_rng(seed).random(len(data))
-        pick = r == pd.Series(r, index=data.index).groupby(data["user_id"].to_numpy()).transform("min").to_numpy()
+        r = pd.Series(np.random.default_rng(seed).random(len(data)), index=data.index)
+        order = r.groupby(data["user_id"].to_numpy()).rank(method="first").to_numpy()  # 1 = the user's lowest
+        take = 1 if how == "random" else np.maximum(1, np.floor(share * n))
+        pick = order <= take
     pick &= n >= min_len
     data = data.drop(columns="_pos")
     return data[~pick], data[pick]
@@ -313,10 +316,11 @@ class RankerRecommender(Recommender):
                  batch_size: int = 128, n_neg: int = 512, max_epochs: int = 30, eval_every: int = 3,
                  patience: int = 2, max_seconds: float | None = None, device: str | None = None,
                  threads: int | None = 1, valid_users: int = 5000, early_stopping: bool = True,
-                 inner_holdout: str = "last", use_ratings: bool = False, **kw: Any) -> None:
+                 inner_holdout: str = "last", holdout_share: float = 0.25, use_ratings: bool = False,
+                 **kw: Any) -> None:
         super().__init__(use_ratings=use_ratings, **kw)
         self.n_per_source, self.early_stopping = n_per_source, early_stopping
-        self.inner_holdout = inner_holdout
+        self.inner_holdout, self.holdout_share = inner_holdout, holdout_share
         self.recall_params = {"sources": sources, "n_per_source": n_per_source, "weights": recall_weights}
         self.net_params = {"dim": dim, "heads": heads, "layers": layers, "seq_len": seq_len, "dropout": dropout,
                            "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "n_neg": n_neg,
@@ -329,8 +333,9 @@ class RankerRecommender(Recommender):
     tunes = False
 
     def _targets(self, valid: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """(user rows, item indices) of the validation targets that are known users and items."""
-        v = valid.drop_duplicates("user_id", keep="last")
+        """(user rows, item indices) of the validation targets that are known users and items: one per
+        user (the last), or every held-out row with ``inner_holdout="share"``."""
+        v = valid if self.inner_holdout == "share" else valid.drop_duplicates("user_id", keep="last")
         tgt = np.searchsorted(self.item_ids, v["item_id"].to_numpy())
         ok = (tgt < len(self.item_ids)) & (self.item_ids[np.minimum(tgt, len(self.item_ids) - 1)]
                                            == v["item_id"].to_numpy())
@@ -345,7 +350,8 @@ class RankerRecommender(Recommender):
         if self.valid_rows is not None and len(self.valid_rows):
             valid = self._targets(self.valid_rows)
         elif self.early_stopping or self.tunes:
-            fit_rows, held = inner_holdout(self.train_rows, self.inner_holdout, self.seed)
+            fit_rows, held = inner_holdout(self.train_rows, self.inner_holdout, self.seed,
+                                           share=self.holdout_share)
             valid, inner = self._targets(held), True
         from pipeline.recall.sequential import ordered_sequences
 

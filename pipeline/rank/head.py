@@ -57,6 +57,15 @@ class CandidateBlock:
         hit = (self.items == np.asarray(targets)[:, None]) & self.valid
         return np.where(hit.any(1), hit.argmax(1), -1)
 
+    def hits(self, rows: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """``U x C`` mask of the candidates that are targets; ``(rows[j], targets[j])`` are (block row,
+        catalogue index) pairs, several per row allowed."""
+        out = np.zeros(self.valid.shape, bool)
+        hit = (self.items[rows] == np.asarray(targets)[:, None]) & self.valid[rows]
+        found = hit.any(1)
+        out[np.asarray(rows)[found], hit.argmax(1)[found]] = True
+        return out
+
     def take(self, dense: np.ndarray) -> np.ndarray:
         """``dense`` (``U x n_items``) at the candidates (0 on padding)."""
         return np.where(self.valid, np.take_along_axis(dense, self.items, axis=1), 0)
@@ -124,12 +133,16 @@ class ListwiseHead:
         self.net: torch.nn.Module | None = None
 
     def fit(self, x: np.ndarray, valid: np.ndarray, target: np.ndarray) -> ListwiseHead:
-        """Train on users whose ``target`` column is >= 0 (``x``: ``U x C x F``, ``valid``: ``U x C``)."""
-        keep = target >= 0
+        """Train on ``x`` (``U x C x F``, ``valid``: ``U x C``) and the held-out items' columns ``target``:
+        one per user (``U``, -1 = not a candidate) or a ``U x C`` mask (several per user, each an equal
+        share of the soft label); users with none among their candidates are skipped."""
+        hits = target_mask(target, valid.shape)
+        keep = hits.any(1)
         if not keep.any():
             raise ModelError("head: no held-out item is among the candidates",
                              "more candidates per source (n_per_source) or a larger validation set")
-        x, valid, target = x[keep], valid[keep], target[keep]
+        x, valid, hits = x[keep], valid[keep], hits[keep]
+        soft = (hits / hits.sum(1, keepdims=True)).astype(np.float32)
         rows = x[valid]
         self.mu, self.sd = rows.mean(0), rows.std(0) + 1e-6
         torch.manual_seed(self.seed)
@@ -148,7 +161,7 @@ class ListwiseHead:
             for s in range(0, len(perm), self.batch_users):
                 b = perm[s: s + self.batch_users]
                 logits = self._forward(x[b], valid[b])
-                loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(target[b]).long())
+                loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(soft[b, : logits.shape[1]]))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -176,16 +189,32 @@ class ListwiseHead:
         return out
 
 
-def ndcg_at(scores: np.ndarray, target: np.ndarray, k: int = 10) -> np.ndarray:
-    """Per-user NDCG@k of the ``target`` column among the row's finite scores (0 when ``target`` < 0);
-    ties count half, as the harness's expected rank."""
-    out = np.zeros(len(scores))
+def target_mask(target: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``U x C`` mask of the target columns (``target``: one column per user, -1 = none, or a mask)."""
+    target = np.asarray(target)
+    if target.ndim == 2:
+        return target.astype(bool)
+    out = np.zeros(shape, bool)
     has = target >= 0
-    if has.any():
-        s = scores[has]
-        t = s[np.arange(len(s)), target[has]][:, None]
-        rank = (s > t).sum(1) + 0.5 * ((s == t).sum(1) - 1)
-        out[has] = np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0)
+    out[np.flatnonzero(has), target[has]] = True
+    return out
+
+
+def ndcg_at(scores: np.ndarray, target: np.ndarray, k: int = 10, n_relevant: np.ndarray | None = None
+            ) -> np.ndarray:
+    """Per-user NDCG@k of the ``target`` columns (one per user, -1 = none, or a ``U x C`` mask) among the
+    row's finite scores, each at its expected rank among ties; the ideal DCG counts ``n_relevant`` items
+    per user (default: the targets found), so held-out items that are no candidate count as misses."""
+    hits = target_mask(target, scores.shape)
+    n_rel = hits.sum(1) if n_relevant is None else np.asarray(n_relevant)
+    out = np.zeros(len(scores))
+    for u in np.flatnonzero(hits.any(1)):
+        s = scores[u]
+        t = s[hits[u]]
+        rank = (s[None, :] > t[:, None]).sum(1) + 0.5 * ((s[None, :] == t[:, None]).sum(1) - 1)
+        dcg = np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0).sum()
+        idcg = (1.0 / np.log2(np.arange(min(int(n_rel[u]), k)) + 2.0)).sum()
+        out[u] = dcg / max(idcg, 1e-12)
     return out
 
 

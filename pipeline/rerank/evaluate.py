@@ -130,19 +130,25 @@ class PipelineModel(RankerRecommender):
         """Train the listwise head (pipeline.rank.head) on the validation targets of up to ``head_users``
         users and choose ``recall_power`` (P_re = P_recall ** a * P_rank, P_rank the head's softmax over the
         candidates) on the head's out-of-fold scores; ``self.tuning`` keeps the out-of-fold NDCG@10."""
+        # one block row per user; a user may hold several targets (inner_holdout="share")
+        users, first, inv = np.unique(rows, return_index=True, return_inverse=True)
         rng = np.random.default_rng(self.seed)
-        if len(rows) > self.head_users:
-            pick = np.sort(rng.choice(len(rows), self.head_users, replace=False))
-            rows, seqs, targets = rows[pick], [seqs[i] for i in pick], targets[pick]
+        pick = np.arange(len(users))
+        if len(users) > self.head_users:
+            pick = np.sort(rng.choice(len(users), self.head_users, replace=False))
         xs, valids, tgts, precs = [], [], [], []
-        for s in range(0, len(rows), 1024):
-            sel = slice(s, s + 1024)
-            block, _, p_recall, _ = self._block(self.user_ids[rows[sel]], seqs[sel] if self.use_ranker else None,
-                                                None, hist[rows[sel]])
+        for s in range(0, len(pick), 1024):
+            part = pick[s: s + 1024]
+            useqs = [seqs[first[i]] for i in part] if self.use_ranker else None
+            block, _, p_recall, _ = self._block(self.user_ids[users[part]], useqs, None, hist[users[part]])
+            local = np.full(len(users), -1)
+            local[part] = np.arange(len(part))
+            at = local[inv]
             xs.append(block.x)
             valids.append(block.valid)
-            tgts.append(block.positions(targets[sel]))
+            tgts.append(block.hits(at[at >= 0], targets[at >= 0]))
             precs.append(block.take(p_recall))
+        n_rel = np.bincount(inv, minlength=len(users))[pick]
         width = max(v.shape[1] for v in valids)
 
         def pad(a: np.ndarray) -> np.ndarray:
@@ -150,30 +156,30 @@ class PipelineModel(RankerRecommender):
 
         x = np.concatenate([pad(a) for a in xs])
         valid = np.concatenate([pad(a) for a in valids])
-        target = np.concatenate(tgts)
-        if (target >= 0).sum() < self.head_min_targets:
+        target = np.concatenate([pad(a) for a in tgts])
+        if target.sum() < self.head_min_targets:
             # too few held-out items among the candidates to learn from: the product grid instead
             log.info("pipeline: %d validation targets among the candidates (< head_min_targets=%d): "
-                     "product fusion", int((target >= 0).sum()), self.head_min_targets)
+                     "product fusion", int(target.sum()), self.head_min_targets)
             self._tune_grid(rows, seqs, targets, hist)
             self.tuning["head"] = "none (too few targets)"
             return
         log_rec = np.log(np.clip(np.concatenate([pad(a) for a in precs]), 1e-6, 1.0))
         oof = cross_fit(x, valid, target, **self.head_params)
         trace, best = [], (-1.0, 0.0)
-        for a in (0.0, 0.1, 0.25, 0.5, 1.0):
-            v = float(ndcg_at(np.where(valid, oof + a * log_rec, -np.inf), target).mean())
+        for a in (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0):
+            v = float(ndcg_at(np.where(valid, oof + a * log_rec, -np.inf), target, n_relevant=n_rel).mean())
             trace.append({"recall_power": a, "ndcg@10": v})
             if v > best[0]:
                 best = (v, a)
         self.head = ListwiseHead(**self.head_params).fit(x, valid, target)
         self.recall_power, self.rank_power = best[1], 1.0
+        found = float(target.sum() / max(n_rel.sum(), 1))
         self.tuning = {"head": self.head_kind, "recall_power": best[1], "valid_ndcg@10_out_of_fold": best[0],
-                       "users": len(rows), "targets_in_candidates": float((target >= 0).mean()),
+                       "users": len(pick), "targets": int(n_rel.sum()), "targets_in_candidates": found,
                        "features": int(x.shape[-1]), "trace": trace}
-        log.info("pipeline head trained on %d validation users (%.1f%% with the target among the candidates): "
-                 "recall_power=%s out-of-fold ndcg@10=%.4f", len(rows), 100 * (target >= 0).mean(), best[1],
-                 best[0])
+        log.info("pipeline head trained on %d validation users (%.1f%% of their targets among the candidates): "
+                 "recall_power=%s out-of-fold ndcg@10=%.4f", len(pick), 100 * found, best[1], best[0])
 
     def _tune_grid(self, rows: np.ndarray, seqs: list[np.ndarray], targets: np.ndarray,
                    hist: sp.csr_matrix) -> None:

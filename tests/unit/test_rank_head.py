@@ -100,3 +100,32 @@ def test_pipeline_trains_the_head_on_the_validation_item(tmp_path: Path) -> None
                         dataset="chains", model_params={"pipeline": params})
     res = m["results"][0]
     assert res["hr@10"] == 1.0 and res["ndcg@10"] > 0.9  # C' is fully determined by B'
+
+
+def test_multi_target_ndcg_and_hits() -> None:
+    s = np.array([[5.0, 4.0, 3.0, 2.0]])
+    hits = np.array([[True, False, True, False]])
+    # ranks 0 and 2 of 2 relevant: (1 + 1/log2(4)) / (1 + 1/log2(3))
+    want = (1 + 0.5) / (1 + 1 / np.log2(3))
+    np.testing.assert_allclose(ndcg_at(s, hits), [want])
+    # a third held-out item that is not a candidate still counts in the ideal DCG
+    want3 = (1 + 0.5) / (1 + 1 / np.log2(3) + 0.5)
+    np.testing.assert_allclose(ndcg_at(s, hits, n_relevant=np.array([3])), [want3])
+    tops = {"a": source_top(np.array([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]], np.float32), 2)}
+    mask = np.array([[True, True, False], [False, True, True]])
+    b = candidate_block(mask, tops, popularity=np.ones(3), history_len=np.array([1, 1]))
+    got = b.hits(np.array([0, 0, 1, 1]), np.array([0, 2, 2, 1]))
+    assert got.tolist() == [[True, False], [True, True]]  # item 2 is no candidate of row 0
+
+
+def test_inner_holdout_share_takes_a_share_of_each_user() -> None:
+    from pipeline.rank.evaluate import inner_holdout
+
+    rows = pd.DataFrame({"user_id": np.repeat([1, 2, 3], [8, 4, 2]), "item_id": np.arange(14)})
+    kept, held = inner_holdout(rows, "share", seed=1, share=0.25)
+    assert held.groupby("user_id").size().to_dict() == {1: 2, 2: 1}  # user 3 is under min_len
+    assert len(kept) + len(held) == len(rows) and not set(kept["item_id"]) & set(held["item_id"])
+    _, again = inner_holdout(rows, "share", seed=1, share=0.25)
+    assert again["item_id"].tolist() == held["item_id"].tolist()
+    _, one = inner_holdout(rows, "random", seed=1)
+    assert one.groupby("user_id").size().to_dict() == {1: 1, 2: 1}
