@@ -47,7 +47,7 @@ lint: setup
 
 # Full-size evaluations (minutes to tens of minutes each on 2 cores); figures in README "Latest figures".
 DATA ?= $${RERANK_SHARED_DATA:-../shared/data}
-ML100K_PIPELINE := {"ease": {"l2": 400}, "pipeline": {"use_ranker": false, "tune": false, "mmr_lambda": 1.0, "sources": {"als": {}, "ease": {"l2": 6000, "use_ratings": true}, "user-knn": {}}, "recall_weights": {"als": 1, "ease": 1, "user-knn": 0.5}}}
+ML100K_PIPELINE := {"ease": {"l2": 400}, "pipeline": {"use_ranker": false, "tune": false, "mmr_lambda": 1.0, "sources": {"als": {"seeds": 8}, "ease": {"l2": 6000, "use_ratings": true}, "user-knn": {}}, "recall_weights": {"als": 1, "ease": 1, "user-knn": 0.5}}}
 eval: setup
 	$(BIN)/rerank evaluate --format movielens --path $(DATA)/ml-100k \
 		--protocol msr-stratified --models random,popularity,item-cf,als,bpr,ease,rp3beta,user-knn,pipeline \

@@ -182,3 +182,136 @@ def test_registry_errors_and_hooks() -> None:
             register_model("echo", Echo)
     finally:
         registry._REGISTRY.pop("echo", None)
+
+
+class TestALSBagged(ModelContract):
+    name = "als"
+    params = {"factors": 4, "regularization": 0.1, "iterations": 30, "seeds": 3, "num_threads": 1}
+
+
+class TestEASE(ModelContract):
+    name = "ease"
+    params = {"l2": 1.0}
+
+
+class TestEDLAE(ModelContract):
+    name = "edlae"
+    params = {"l2": 1.0, "dropout": 0.25}
+
+
+class TestDLAE(ModelContract):
+    name = "edlae"
+    params = {"l2": 1.0, "dropout": 0.25, "zero_diagonal": False}
+
+
+def test_als_one_seed_is_the_single_fit() -> None:
+    """``seeds=1`` (the default) is the plain fit: the same factors and scores as before bagging."""
+    from pipeline.recall.factors import fold_in, train_als
+
+    kw = {"factors": 4, "regularization": 0.1, "iterations": 10, "seed": 3, "num_threads": 1}
+    m = get_model("als", **kw).fit(TRAIN, ITEMS)
+    m1 = get_model("als", seeds=1, **kw).fit(TRAIN, ITEMS)
+    uf, itf, _ = train_als(m.user_items, factors=4, regularization=0.1, alpha=3.0, iterations=10, seed=3,
+                           num_threads=1)
+    np.testing.assert_array_equal(m.user_factors, uf)
+    np.testing.assert_array_equal(m.item_factors, itf)
+    np.testing.assert_array_equal(m.score([0, 3, 6]), m1.score([0, 3, 6]))
+    h = m.matrix(pd.DataFrame({"user_id": [3, 3], "item_id": [10, 13]}))[[3]]
+    np.testing.assert_allclose(m.score([3], h), fold_in(h, itf, 0.1, alpha=3.0) @ itf.T, rtol=1e-5, atol=1e-6)
+
+
+def test_als_bagging_averages_the_fits_and_is_deterministic() -> None:
+    """``seeds=n`` scores are the mean of n single fits with seeds seed..seed+n-1, fitted or folded in."""
+    kw = {"factors": 4, "regularization": 0.1, "iterations": 10, "num_threads": 1}
+    bag = get_model("als", seed=5, seeds=3, **kw).fit(TRAIN, ITEMS)
+    singles = [get_model("als", seed=5 + k, **kw).fit(TRAIN, ITEMS) for k in range(3)]
+    users = [0, 3, 6, 999]  # 999: unknown, popularity as for any model
+    mean = np.mean([s.score(users) for s in singles], axis=0)
+    np.testing.assert_allclose(bag.score(users), mean, rtol=1e-5, atol=1e-6)
+    assert bag.user_factors.shape == (7, 12) and bag.item_factors.shape == (7, 12)
+    h = bag.matrix(pd.DataFrame({"user_id": [3, 3, 3], "item_id": [10, 13, 14]}))[[3]]
+    np.testing.assert_allclose(bag.score([3], h), np.mean([s.score([3], h) for s in singles], axis=0),
+                               rtol=1e-5, atol=1e-6)
+    again = get_model("als", seed=5, seeds=3, **kw).fit(TRAIN, ITEMS)
+    np.testing.assert_array_equal(bag.score(users), again.score(users))
+    assert not np.array_equal(bag.score(users), singles[0].score(users))
+    with pytest.raises(ModelError, match="seeds"):
+        get_model("als", seeds=0)
+
+
+def test_bpr_bagging_averages_the_fits() -> None:
+    kw = {"factors": 4, "learning_rate": 0.05, "iterations": 20, "num_threads": 1}
+    bag = get_model("bpr", seed=1, seeds=2, **kw).fit(TRAIN, ITEMS)
+    singles = [get_model("bpr", seed=1 + k, **kw).fit(TRAIN, ITEMS) for k in range(2)]
+    np.testing.assert_allclose(bag.score([0, 3]), np.mean([s.score([0, 3]) for s in singles], axis=0),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_edlae_known_weights() -> None:
+    """Two items always together: G = [[2, 2], [2, 2]]. EASE with l2: B[0, 1] = 2 / (2 + l2); EDLAE adds
+    p / (1 - p) * G_ii to each l2, DLAE keeps the diagonal and solves (G + L) B = G."""
+    train = pd.DataFrame({"user_id": [0, 0, 1, 1], "item_id": [10, 11, 10, 11]})
+    ease = get_model("ease", l2=1.0).fit(train)
+    np.testing.assert_allclose(ease.B, [[0.0, 2 / 3], [2 / 3, 0.0]], atol=1e-6)
+    # p = 0.5: lambda_i = 1 + 1 * 2 = 3, so B[0, 1] = 2 / (2 + 3)
+    ed = get_model("edlae", l2=1.0, dropout=0.5).fit(train)
+    np.testing.assert_allclose(ed.B, [[0.0, 0.4], [0.4, 0.0]], atol=1e-6)
+    np.testing.assert_allclose(get_model("ease", l2=1.0, dropout=0.5).fit(train).B, ed.B)
+    # DLAE: (G + 3 I) B = G  ->  B = [[5, 2], [2, 5]]^-1 [[2, 2], [2, 2]] = 2/7 everywhere
+    dl = get_model("edlae", l2=1.0, dropout=0.5, zero_diagonal=False).fit(train)
+    np.testing.assert_allclose(dl.B, np.full((2, 2), 2 / 7), atol=1e-6)
+    # per-item l2 differs with popularity: item 12 (1 user) is shrunk less than item 10 (3 users)
+    t2 = pd.DataFrame({"user_id": [0, 0, 1, 1, 2, 2], "item_id": [10, 11, 10, 11, 10, 12]})
+    G = np.array([[3, 2, 1], [2, 2, 0], [1, 0, 1]], float)
+    L = 1.0 + 0.5 / 0.5 * np.diag(G)
+    P = np.linalg.inv(G + np.diag(L))
+    B = -P / np.diag(P)[None, :]
+    np.fill_diagonal(B, 0.0)
+    np.testing.assert_allclose(get_model("edlae", l2=1.0, dropout=0.5).fit(t2).B, B, atol=1e-6)
+    assert get_model("edlae").dropout == 0.5 and get_model("ease").dropout == 0.0
+    with pytest.raises(ModelError, match="dropout"):
+        get_model("edlae", dropout=1.0)
+
+
+class TestUserEASE(ModelContract):
+    name = "user-ease"
+    params = {"l2": 1.0}
+
+
+class TestMultVAE(ModelContract):
+    name = "mult-vae"
+    params = {"hidden": 16, "latent": 4, "dropout": 0.0, "epochs": 150, "anneal_steps": 50,
+              "learning_rate": 0.01}
+
+
+def test_user_ease_known_scores() -> None:
+    """Users 0 and 1 both have {10, 11}, user 2 has {12}: with l2 = 1, (X X^T + I)^-1 gives
+    B[1, 0] = B[0, 1] = 2/3, so user 0 scores 2/3 x user 1's row; a new history {10} folds in as
+    b = h X^T P = [1/5, 1/5, 0] and scores b X = [2/5, 2/5, 0]."""
+    train = pd.DataFrame({"user_id": [0, 0, 1, 1, 2], "item_id": [10, 11, 10, 11, 12]})
+    m = get_model("user-ease", l2=1.0).fit(train)
+    np.testing.assert_allclose(m.score([0, 2]), [[2 / 3, 2 / 3, 0.0], [0.0, 0.0, 0.0]], atol=1e-6)
+    h = m.matrix(pd.DataFrame({"user_id": [0], "item_id": [10]}))[[0]]
+    np.testing.assert_allclose(m.score([0], h), [[0.4, 0.4, 0.0]], atol=1e-6)
+    with pytest.raises(ModelError, match="max_users"):
+        get_model("user-ease", max_users=2).fit(train)
+
+
+def test_mult_vae_deterministic_and_folds_in() -> None:
+    """Same seed, same scores; another seed differs; a supplied history changes the scores."""
+    kw = {"hidden": 8, "latent": 2, "epochs": 5}
+    a = get_model("mult-vae", seed=1, **kw).fit(TRAIN, ITEMS)
+    np.testing.assert_array_equal(a.score([0, 3]), get_model("mult-vae", seed=1, **kw).fit(TRAIN, ITEMS).score([0, 3]))
+    assert not np.array_equal(a.score([0, 3]), get_model("mult-vae", seed=2, **kw).fit(TRAIN, ITEMS).score([0, 3]))
+    h = a.matrix(pd.DataFrame({"user_id": [3], "item_id": [13]}))[[3]]
+    assert not np.allclose(a.score([3], h), a.score([3]))
+
+
+def test_mult_vae_bagging_averages_the_nets() -> None:
+    kw = {"hidden": 8, "latent": 2, "epochs": 3}
+    bag = get_model("mult-vae", seed=4, seeds=2, **kw).fit(TRAIN, ITEMS)
+    singles = [get_model("mult-vae", seed=4 + k, **kw).fit(TRAIN, ITEMS) for k in range(2)]
+    np.testing.assert_allclose(bag.score([0, 6]), np.mean([s.score([0, 6]) for s in singles], axis=0),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(get_model("mult-vae", seed=4, **kw).fit(TRAIN, ITEMS).score([0]),
+                                  singles[0].score([0]))
