@@ -149,6 +149,14 @@ class Groups:
     size: int                   # 1 + K
 
 
+def _runs(keys: np.ndarray) -> list[tuple[int, int, int]]:
+    """(key, start, end) of each run of equal values in the sorted array ``keys``."""
+    if not len(keys):
+        return []
+    first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return list(zip(keys[first].tolist(), first.tolist(), np.r_[first[1:], len(keys)].tolist(), strict=True))
+
+
 def sample_groups(win: Window, item_pool: np.ndarray, *, n_recall_neg: int = 12, n_random_neg: int = 4,
                   seed: int = 0) -> Groups:
     """One group per positive of ``win``: the positive, recall negatives first, random ones filling up."""
@@ -156,29 +164,43 @@ def sample_groups(win: Window, item_pool: np.ndarray, *, n_recall_neg: int = 12,
     k = n_recall_neg + n_random_neg
     cols = ["user_id", "item_id", "source", "recall_score", "p_recall"]
     cand = win.candidates[cols] if len(win.candidates) else pd.DataFrame(columns=cols)
-    touched = set(zip(win.touched["user_id"].to_numpy(), win.touched["item_id"].to_numpy(), strict=True))
-    by_user = {u: g for u, g in cand.groupby("user_id", sort=False)} if len(cand) else {}
-    users = np.unique(win.labels["user_id"].to_numpy())
-    seq_of = {u: i for i, u in enumerate(users)}
+    # Plain Python ints and numpy slices instead of per-user sub-frames: the draws (and so the groups) are
+    # the same as before, the bookkeeping around them was most of the time.
+    touched = set(zip(win.touched["user_id"].to_numpy().tolist(), win.touched["item_id"].to_numpy().tolist(),
+                      strict=True))
+    by_user: dict[int, np.ndarray] = {}
+    if len(cand):
+        cu = cand["user_id"].to_numpy(dtype=np.int64)
+        o = np.argsort(cu, kind="stable")  # a user's candidates keep their frame order
+        cu, ci = cu[o], cand["item_id"].to_numpy(dtype=np.int64)[o]
+        by_user = {u: ci[s:e] for u, s, e in _runs(cu)}
+    lu = win.labels["user_id"].to_numpy(dtype=np.int64)
+    users = np.unique(lu)
+    seq_of = {u: i for i, u in enumerate(users.tolist())}
     rec_key = cand.set_index(["user_id", "item_id"]) if len(cand) else None
-    out_user, out_item, out_seq, gw, gu = [], [], [], [], []
-    for u, g in win.labels.groupby("user_id", sort=True):
+    lo = np.argsort(lu, kind="stable")  # users ascending, labels in frame order within a user
+    l_item, l_weight = win.labels["item_id"].to_numpy()[lo], win.labels["weight"].to_numpy()[lo]
+    out_item, gw, gu, gs = [], [], [], []
+    for u, s, e in _runs(lu[lo]):
         pool = by_user.get(u)
-        pool_items = np.zeros(0, dtype=np.int64) if pool is None else pool["item_id"].to_numpy(dtype=np.int64)
-        pool_items = np.array([i for i in pool_items if (u, i) not in touched], dtype=np.int64)
-        for it, w in zip(g["item_id"].to_numpy(), g["weight"].to_numpy(), strict=True):
+        pool_items = np.array([] if pool is None else [i for i in pool.tolist() if (u, i) not in touched],
+                              dtype=np.int64)
+        for it, w in zip(l_item[s:e], l_weight[s:e], strict=True):
             rn = rng.choice(pool_items, min(n_recall_neg, len(pool_items)), replace=False) if len(pool_items) \
                 else np.zeros(0, dtype=np.int64)
             need = k - len(rn)
             rand = rng.choice(item_pool, need + 8, replace=len(item_pool) < need + 8)
-            rand = np.array([i for i in rand if (u, i) not in touched and i not in rn], dtype=np.int64)[:need]
+            taken = set(rn.tolist())
+            rand = np.array([i for i in rand.tolist() if (u, i) not in touched and i not in taken],
+                            dtype=np.int64)[:need]
             if len(rand) < need:  # tiny catalogues: repeat what there is rather than fail
                 rand = np.resize(rand if len(rand) else rn if len(rn) else np.array([it]), need)
-            out_user.append(np.full(1 + k, u, dtype=np.int64))
             out_item.append(np.concatenate([[it], rn, rand]).astype(np.int64))
-            out_seq.append(np.full(1 + k, seq_of[u], dtype=np.int64))
             gw.append(w)
             gu.append(u)
+            gs.append(seq_of[u])
+    out_user = [np.repeat(np.asarray(gu, dtype=np.int64), 1 + k)] if gu else []
+    out_seq = [np.repeat(np.asarray(gs, dtype=np.int64), 1 + k)] if gs else []
     if not out_user:
         rows = pd.DataFrame({c: pd.Series(dtype="float64") for c in [*cols, "seq"]})
         return Groups(rows, np.zeros(0), np.zeros(0, dtype=np.int64), users, [win.cutoff] * len(users), 1 + k)

@@ -146,37 +146,63 @@ def item_stats_at(events: pd.DataFrame, cutoff: datetime, weights: dict[str, flo
     return s
 
 
+def _sort_key(col: pd.Series) -> np.ndarray:
+    """An integer/float array that sorts like ``col`` under pandas' ``sort_values`` (missing values last)."""
+    if isinstance(col.dtype, pd.DatetimeTZDtype) or (isinstance(col.dtype, np.dtype) and col.dtype.kind == "M"):
+        v = col.array.asi8  # epoch integers in the column's unit, same order; NaT is the smallest int64
+        nat = np.iinfo(np.int64).min
+        return np.where(v == nat, np.iinfo(np.int64).max, v) if (v == nat).any() else v
+    if isinstance(col.dtype, np.dtype) and col.dtype.kind in "iub":
+        return col.to_numpy()
+    if isinstance(col.dtype, np.dtype) and col.dtype.kind == "f" and not np.isnan(col.to_numpy()).any():
+        return col.to_numpy()
+    codes, uniques = pd.factorize(col, sort=True)  # ranks of the values: same order, NA -> -1
+    return np.where(codes < 0, len(uniques), codes)
+
+
 def user_sequences(events: pd.DataFrame, users: np.ndarray, cutoff: datetime | pd.Timestamp | None,
                    space: FeatureSpace) -> dict[str, np.ndarray]:
     """Each user's last ``seq_len`` item events before ``cutoff`` as left-padded index arrays.
 
     Returns ``items``, ``types``, ``gaps`` (``len(users) x seq_len``, most recent last). ``cutoff=None``
-    means "no time information": gaps are padding (e.g. datasets without timestamps).
+    means "no time information": gaps are padding (e.g. datasets without timestamps). Events are ordered by
+    user, then ``ts``, ``event_id``, ``_order`` (those present), ties in frame order.
     """
     n, L = len(users), space.seq_len
     out = {k: np.zeros((n, L), dtype=np.int64) for k in ("items", "types", "gaps")}
     if n == 0 or events.empty:
         return out
-    ev = events[events["item_id"].notna() & events["event_type"].isin(space.event_types)]
+    # numpy on row positions instead of filtered/sorted/grouped frames: this ran on every scoring call and
+    # its pandas sort + groupby + tail was a large share of what scoring spent outside the forward pass.
+    codes, uniques = pd.factorize(events["event_type"])
+    tmap = {t: i + 1 for i, t in enumerate(space.event_types)}
+    tcode = np.append(np.fromiter((tmap.get(u, 0) for u in uniques), dtype=np.int64, count=len(uniques)), 0)
+    types = tcode[codes]  # 0: not a sequence event type (or missing)
+    keep = (types > 0) & events["item_id"].notna().to_numpy()
     if cutoff is not None:
-        ev = ev[ev["ts"] < pd.Timestamp(cutoff)]
-    ev = ev[ev["user_id"].isin(users)]
-    if ev.empty:
+        keep &= (events["ts"] < pd.Timestamp(cutoff)).to_numpy()
+    keep &= events["user_id"].isin(users).to_numpy()
+    sel = np.flatnonzero(keep)
+    if not len(sel):
         return out
-    sort = ["user_id"] + [c for c in ("ts", "event_id", "_order") if c in ev.columns]
-    ev = ev.sort_values(sort, kind="stable")
-    ev = ev.groupby("user_id", sort=False).tail(L)
-    uid = ev["user_id"].to_numpy(dtype=np.int64)
+    keys = ["user_id"] + [c for c in ("ts", "event_id", "_order") if c in events.columns]
+    # np.lexsort is stable and sorts by its last key first, like a stable multi-column sort_values.
+    srt = np.lexsort([_sort_key(events[c])[sel] for c in reversed(keys)])
+    sel = sel[srt]
+    uid = events["user_id"].to_numpy()[sel]
+    new_user = np.r_[True, uid[1:] != uid[:-1]]
+    ends = np.r_[np.flatnonzero(new_user)[1:], len(uid)]
+    back = ends[np.cumsum(new_user) - 1] - 1 - np.arange(len(uid))  # 0 = a user's most recent event
+    last = back < L
+    sel, uid, back = sel[last], uid[last], back[last]
     order = np.argsort(users, kind="stable")
     row = order[np.searchsorted(users, uid, sorter=order)]
-    back = ev.groupby("user_id", sort=False).cumcount(ascending=False).to_numpy()  # 0 = most recent
     col = L - 1 - back
-    out["items"][row, col] = space.item_index(ev["item_id"].to_numpy(dtype=np.int64))
-    tmap = {t: i + 1 for i, t in enumerate(space.event_types)}
-    out["types"][row, col] = ev["event_type"].map(tmap).to_numpy(dtype=np.int64)
-    if cutoff is not None and "ts" in ev.columns:
-        secs = (pd.Timestamp(cutoff) - ev["ts"]).dt.total_seconds().to_numpy()
-        out["gaps"][row, col] = space.gap_bucket(secs)
+    out["items"][row, col] = space.item_index(events["item_id"].to_numpy(dtype=np.int64, na_value=0)[sel])
+    out["types"][row, col] = types[sel]
+    if cutoff is not None and "ts" in events.columns:
+        secs = (pd.Timestamp(cutoff) - events["ts"].array[sel]).total_seconds()
+        out["gaps"][row, col] = space.gap_bucket(np.asarray(secs, dtype=np.float64))
     return out
 
 
@@ -212,25 +238,29 @@ def candidate_tensors(cand: pd.DataFrame, item_side: pd.DataFrame, stats: pd.Dat
                       space: FeatureSpace, emb: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
     """Per candidate row: item, side-feature and source indices, numeric features, text/image embedding."""
     ids = cand["item_id"].to_numpy(dtype=np.int64)
-    side = item_side.reindex(ids)
     n = len(ids)
+    # Item-level lookups on the distinct items, then one gather: a batch has ~100x more rows than items.
+    code, uniq = pd.factorize(ids)
+    uniq = np.asarray(uniq, dtype=np.int64)
+    side = item_side.reindex(uniq)
     src = cand["source"] if "source" in cand.columns else pd.Series([None] * n, index=cand.index)
     rs = pd.to_numeric(cand.get("recall_score", pd.Series(0.0, index=cand.index)), errors="coerce")
     pr = pd.to_numeric(cand.get("p_recall", pd.Series(0.0, index=cand.index)), errors="coerce")
-    st = stats.reindex(ids)
-    num = np.column_stack([
-        rs.fillna(0.0).to_numpy(dtype=np.float64), pr.fillna(0.0).to_numpy(dtype=np.float64),
-        src.notna().to_numpy(dtype=np.float64),
-        np.log1p(st["activity"].fillna(0.0).to_numpy(dtype=np.float64)),
-        np.log1p(st["recent_events"].fillna(0.0).to_numpy(dtype=np.float64)),
-        st["trend"].fillna(0.1).to_numpy(dtype=np.float64),
-    ]).astype(np.float32) if n else np.zeros((0, len(NUMERIC_FEATURES)), dtype=np.float32)
+    num = np.empty((n, len(NUMERIC_FEATURES)), dtype=np.float32)
+    if n:
+        st = stats.reindex(uniq)
+        num[:, 0] = rs.fillna(0.0).to_numpy(dtype=np.float64)
+        num[:, 1] = pr.fillna(0.0).to_numpy(dtype=np.float64)
+        num[:, 2] = src.notna().to_numpy(dtype=np.float64)
+        num[:, 3] = np.log1p(st["activity"].fillna(0.0).to_numpy(dtype=np.float64))[code]
+        num[:, 4] = np.log1p(st["recent_events"].fillna(0.0).to_numpy(dtype=np.float64))[code]
+        num[:, 5] = st["trend"].fillna(0.1).to_numpy(dtype=np.float64)[code]
     out = {
-        "item": space.item_index(ids),
-        "cat": side["cat"].fillna(0).to_numpy(dtype=np.int64),
-        "top": side["top"].fillna(0).to_numpy(dtype=np.int64),
-        "brand": side["brand"].fillna(0).to_numpy(dtype=np.int64),
-        "price": side["price"].fillna(0).to_numpy(dtype=np.int64),
+        "item": space.item_index(uniq)[code],
+        "cat": side["cat"].fillna(0).to_numpy(dtype=np.int64)[code],
+        "top": side["top"].fillna(0).to_numpy(dtype=np.int64)[code],
+        "brand": side["brand"].fillna(0).to_numpy(dtype=np.int64)[code],
+        "price": side["price"].fillna(0).to_numpy(dtype=np.int64)[code],
         "source": space.source_index(src),
         "num": num,
     }

@@ -110,7 +110,7 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.weight)
 
-    def take(self, idx: np.ndarray) -> Encoded:
+    def take(self, idx: np.ndarray | slice) -> Encoded:
         return Encoded({k: v[idx] for k, v in self.seq.items()}, {k: v[idx] for k, v in self.cand.items()},
                        self.weight[idx])
 
@@ -123,6 +123,65 @@ class Encoded:
 
 def _to_torch(d: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in d.items()}
+
+
+@dataclass
+class UserBlocks:
+    """Layout of candidate rows as ``U x C`` blocks: user ``u``'s rows fill ``block[u, :count[u]]`` (rest padding).
+
+    When the rows are already grouped by user in user order and every user has the same count (recall's
+    fixed top-N), a block is a reshaped view of the flat arrays: no copy, no padding.
+    """
+
+    users: np.ndarray  # sorted distinct user ids
+    ucode: np.ndarray  # per row: index into ``users``
+    pos: np.ndarray  # per row: slot in its user's block (rows keep their frame order within a user)
+    order: np.ndarray | None  # rows grouped by user (None: the frame already is)
+    starts: np.ndarray
+    counts: np.ndarray
+    width: int
+    dense: bool
+
+    @classmethod
+    def of(cls, ucol: np.ndarray) -> UserBlocks:
+        n = len(ucol)
+        if n > 1 and bool((ucol[1:] < ucol[:-1]).any()):
+            users, ucode = np.unique(ucol, return_inverse=True)
+            order: np.ndarray | None = np.argsort(ucode, kind="stable")
+        else:  # grouped and sorted: no sort needed
+            first = np.r_[True, ucol[1:] != ucol[:-1]] if n else np.zeros(0, dtype=bool)
+            users, ucode, order = ucol[first], np.cumsum(first) - 1, None
+        counts = np.bincount(ucode, minlength=len(users))
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        pos = np.empty(n, dtype=np.int64)
+        if order is None:
+            pos[:] = np.arange(n) - starts[ucode]
+        else:
+            pos[order] = np.arange(n) - np.repeat(starts, counts)
+        width = int(counts.max()) if n else 0
+        return cls(users, ucode, pos, order, starts, counts, width,
+                   dense=order is None and bool((counts == width).all()))
+
+    def _rows(self, s: int, e: int) -> np.ndarray | slice:
+        lo, hi = int(self.starts[s]), int(self.starts[e - 1] + self.counts[e - 1])
+        return slice(lo, hi) if self.order is None else self.order[lo:hi]
+
+    def block(self, v: np.ndarray, s: int, e: int) -> np.ndarray:
+        """Users ``s:e`` of the per-row array ``v`` as ``(e - s) x width x ...``."""
+        rows = self._rows(s, e)
+        if self.dense:
+            return v[rows].reshape(e - s, self.width, *v.shape[1:])
+        b = np.zeros((e - s, self.width, *v.shape[1:]), dtype=v.dtype)
+        b[self.ucode[rows] - s, self.pos[rows]] = v[rows]
+        return b
+
+    def put(self, out: np.ndarray, block: np.ndarray, s: int, e: int) -> None:
+        """Write the ``(e - s) x width`` results of users ``s:e`` back to their rows of ``out``."""
+        rows = self._rows(s, e)
+        if self.dense:
+            out[rows] = block.reshape(-1)
+        else:
+            out[rows] = block[self.ucode[rows] - s, self.pos[rows]]
 
 
 class RankerModel:
@@ -173,7 +232,9 @@ class RankerModel:
                              "events in the days before the holdout")
         seen = [w.history["item_id"].dropna().to_numpy(dtype=np.int64) for w in windows]
         seen += [w.labels["item_id"].to_numpy(dtype=np.int64) for w in windows]
-        sources = sorted({str(s) for w in windows if len(w.candidates) for s in w.candidates["source"].dropna()})
+        # Distinct values first: a Python loop over every candidate row's string took ~0.1 s per fit.
+        sources = sorted({str(s) for w in windows if len(w.candidates)
+                          for s in w.candidates["source"].dropna().unique()})
         emb_dim = 0
         if emb is not None and len(emb):
             emb_dim = int(len(np.asarray(emb["embedding"].iloc[0])))
@@ -298,7 +359,7 @@ class RankerModel:
         amp = dev.type == "cuda"
         step = max(1, self.config.score_batch_rows // max(data.cand["item"].shape[1], 1))
         for s in range(0, len(data), step):
-            part = data.take(np.arange(s, min(s + step, len(data))))
+            part = data.take(slice(s, s + step))  # a view, not a copy
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 out.append(self.net(_to_torch(part.seq, dev), _to_torch(part.cand, dev)).float().cpu())
         return torch.cat(out) if out else torch.zeros((0, 1))
@@ -342,14 +403,7 @@ class RankerModel:
         n = len(cand)
         if n == 0:
             return np.zeros(0, dtype=np.float32)
-        ucol = cand["user_id"].to_numpy(dtype=np.int64)
-        users, ucode = np.unique(ucol, return_inverse=True)
-        order = np.argsort(ucode, kind="stable")
-        counts = np.bincount(ucode, minlength=len(users))
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        pos = np.empty(n, dtype=np.int64)
-        pos[order] = np.arange(n) - np.repeat(starts, counts)
-        width = int(counts.max())
+        blocks = UserBlocks.of(cand["user_id"].to_numpy(dtype=np.int64))
         if {"activity", "recent_events", "trend"} <= set(item_feats.columns):
             stats = item_feats.drop_duplicates("item_id").set_index("item_id")[["activity", "recent_events",
                                                                                "trend"]]
@@ -358,25 +412,19 @@ class RankerModel:
                                   cfg.half_life_days)
         side = space.side_table(item_feats) if "item_id" in item_feats.columns else space.side_table(
             pd.DataFrame({"item_id": cand["item_id"].unique()}))
-        seq = user_sequences(events, users, as_of, space)
+        seq = user_sequences(events, blocks.users, as_of, space)
         flat = candidate_tensors(cand, side, stats, space, emb)
         self._cand_emb(flat)
         out = np.empty(n, dtype=np.float32)
-        step = max(1, cfg.score_batch_rows // width)
+        n_users = len(blocks.users)
+        step = max(1, cfg.score_batch_rows // blocks.width)
         net.eval()
         with torch.inference_mode():
-            for s in range(0, len(users), step):
-                e = min(s + step, len(users))
-                rows = order[starts[s]: starts[e - 1] + counts[e - 1]]
-                r_u, r_p = ucode[rows] - s, pos[rows]
-                block = {}
-                for k, v in flat.items():
-                    b = np.zeros((e - s, width, *v.shape[1:]), dtype=v.dtype)
-                    b[r_u, r_p] = v[rows]
-                    block[k] = torch.from_numpy(b)
+            for s in range(0, n_users, step):
+                e = min(s + step, n_users)
+                block = {k: torch.from_numpy(blocks.block(v, s, e)) for k, v in flat.items()}
                 sq = {k: torch.from_numpy(v[s:e]) for k, v in seq.items()}
-                lg = net(sq, block).numpy()
-                out[rows] = lg[r_u, r_p]
+                blocks.put(out, net(sq, block).numpy(), s, e)
         return out
 
     def score(self, cand: pd.DataFrame, events: pd.DataFrame, item_feats: pd.DataFrame,
