@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_rank import _one_thread  # noqa: F401  (autouse: one torch thread in this module too)
 
 from pipeline.rank.data import Groups, Window, sample_groups
 from pipeline.rank.features import FeatureSpace, candidate_tensors, item_stats_at, user_sequences
@@ -24,13 +25,6 @@ AS_OF = datetime(2026, 11, 24, tzinfo=UTC)
 TYPES = ["view", "click", "add_to_cart", "purchase", "search", "wishlist"]  # the last two never in a sequence
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two cores shared by many test processes: one intra-op thread avoids OpenMP spin contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # -- reference implementations (the code before the vectorised rewrite) -----------------------------------

@@ -117,17 +117,21 @@ def test_sequences_follow_ts_and_transitions_follow_order() -> None:
     assert T[i1, i2] > 0 and T[i2, i1] == 0
 
 
-def test_leave_one_out_harness_with_the_ranker(tmp_path: Path) -> None:
-    # each user: one whole chain, then the first two items of the next: train holds every A -> B -> C,
-    # validation is B', test is C'
+def chain_frames(n_users: int) -> ShopFrames:
+    """Each user: one whole chain, then the first two items of the next: train holds every A -> B -> C,
+    leave-one-out's validation item is B', its test item C'."""
     chains = [(1, 2, 3), (4, 5, 6), (7, 8, 9)]
-    rows = [(u, item) for u in range(30) for item in (*chains[u % 3], *chains[(u + 1) % 3])]
+    rows = [(u, item) for u in range(n_users) for item in (*chains[u % 3], *chains[(u + 1) % 3])]
     ev = pd.DataFrame(rows, columns=["user_id", "item_id"]).assign(
         event_id=lambda d: np.arange(1, len(d) + 1), event_type="purchase",
         ts=lambda d: pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(d["event_id"], unit="h"))
-    frames = ShopFrames(users=pd.DataFrame({"user_id": ev["user_id"].unique()}),
-                        items=pd.DataFrame({"item_id": np.sort(ev["item_id"].unique())}), events=ev,
-                        rejects=pd.DataFrame(), name="chains")
+    return ShopFrames(users=pd.DataFrame({"user_id": ev["user_id"].unique()}),
+                      items=pd.DataFrame({"item_id": np.sort(ev["item_id"].unique())}), events=ev,
+                      rejects=pd.DataFrame(), name="chains")
+
+
+def test_leave_one_out_harness_with_the_ranker(tmp_path: Path) -> None:
+    frames = chain_frames(30)
     m = evaluate_frames(frames, protocol="leave-one-out", models=["ranker", "pipeline"], out_dir=tmp_path,
                         dataset="chains", model_params={"ranker": {**RANKER, "early_stopping": True},
                                                         "pipeline": {**PIPELINE, "tune": True}})

@@ -3,13 +3,14 @@ known-answer problem, determinism, out-of-fold scores, and ``pipeline`` using it
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from test_rank_evaluate import chain_frames
 
 from pipeline.evaluate.runner import evaluate_frames
-from pipeline.frames import ShopFrames
 from pipeline.rank.head import ListwiseHead, candidate_block, cross_fit, ndcg_at, source_top
 
 
@@ -84,15 +85,7 @@ def test_ndcg_at_counts_ties_half_and_misses_as_zero() -> None:
 
 
 def test_pipeline_trains_the_head_on_the_validation_item(tmp_path: Path) -> None:
-    # each user: a whole chain, then the first two items of the next; validation B', test C'
-    chains = [(1, 2, 3), (4, 5, 6), (7, 8, 9)]
-    rows = [(u, item) for u in range(60) for item in (*chains[u % 3], *chains[(u + 1) % 3])]
-    ev = pd.DataFrame(rows, columns=["user_id", "item_id"]).assign(
-        event_id=lambda d: np.arange(1, len(d) + 1), event_type="purchase",
-        ts=lambda d: pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(d["event_id"], unit="h"))
-    frames = ShopFrames(users=pd.DataFrame({"user_id": ev["user_id"].unique()}),
-                        items=pd.DataFrame({"item_id": np.sort(ev["item_id"].unique())}), events=ev,
-                        rejects=pd.DataFrame(), name="chains")
+    frames = chain_frames(60)  # validation B', test C'
     params = {"dim": 16, "layers": 1, "seq_len": 5, "dropout": 0.0, "lr": 0.01, "batch_size": 8, "n_neg": 0,
               "max_epochs": 40, "sources": {"item-cf": {}, "seq-knn": {}, "popularity": {}}, "mmr_lambda": 1.0,
               "head_min_targets": 1, "head_epochs": 20}
@@ -100,6 +93,9 @@ def test_pipeline_trains_the_head_on_the_validation_item(tmp_path: Path) -> None
                         dataset="chains", model_params={"pipeline": params})
     res = m["results"][0]
     assert res["hr@10"] == 1.0 and res["ndcg@10"] > 0.9  # C' is fully determined by B'
+    tuning = json.loads((tmp_path / "details.json").read_text())["tuning"]["pipeline"]
+    assert tuning["head"] == "mlp" and tuning["targets"] == 60
+    assert 0.0 <= tuning["valid_ndcg@10_out_of_fold"] <= 1.0
 
 
 def test_multi_target_ndcg_and_hits() -> None:
