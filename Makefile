@@ -48,6 +48,8 @@ lint: setup
 # Full-size evaluations (minutes to tens of minutes each on 2 cores); figures in README "Latest figures".
 DATA ?= $${RERANK_SHARED_DATA:-../shared/data}
 ML100K_PIPELINE := {"ease": {"l2": 400}, "pipeline": {"use_ranker": false, "tune": false, "mmr_lambda": 1.0, "sources": {"als": {"seeds": 8}, "ease": {"l2": 6000, "use_ratings": true}, "user-knn": {}}, "recall_weights": {"als": 1, "ease": 1, "user-knn": 0.5}}}
+# item-CF with every neighbour is items x items: 48k Taobao items do not fit in memory
+TAOBAO_SOURCES := {"item-cf": {"neighbours": 100}, "als": {}, "seq-knn": {}, "popularity": {}}
 eval: setup
 	$(BIN)/rerank evaluate --format movielens --path $(DATA)/ml-100k \
 		--protocol msr-stratified --models random,popularity,item-cf,als,bpr,ease,rp3beta,user-knn,pipeline \
@@ -59,7 +61,7 @@ eval: setup
 		--params '{"ranker": {"max_epochs": 12}, "pipeline": {"max_epochs": 12}}' --out out/sports
 	$(BIN)/rerank evaluate --format taobao --path $(DATA)/taobao-userbehavior/UserBehavior_head_814users.csv \
 		--protocol temporal --models popularity,item-cf,als,seq-knn,ranker,pipeline \
-		--params '{"item-cf": {"neighbours": 100}, "pipeline": {"sources": {"item-cf": {"neighbours": 100}, "als": {}, "seq-knn": {}, "popularity": {}}}}' \
+		--params '{"item-cf": {"neighbours": 100}, "ranker": {"sources": $(TAOBAO_SOURCES)}, "pipeline": {"sources": $(TAOBAO_SOURCES)}}' \
 		--out out/taobao
 	$(BIN)/python -m pipeline.recall.audit --format taobao \
 		--path $(DATA)/taobao-userbehavior/UserBehavior_head_814users.csv --out-dir out/audit-taobao

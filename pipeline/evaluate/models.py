@@ -229,19 +229,25 @@ class ItemCFModel(Recommender):
     """Item-kNN: cosine top-``neighbours`` per item (pipeline.recall.itemcf); score = history @ S.
 
     ``neighbours=None`` keeps every neighbour: on ml-100k's inner split of train that was best
-    (nDCG@10 0.249 vs 0.240-0.246 for 20-200 neighbours), and binary presence matched ratings.
+    (nDCG@10 0.249 vs 0.240-0.246 for 20-200 neighbours), and binary presence matched ratings. The top-k
+    build then holds ``n_items^2`` (index, score) pairs: above ``max_gib`` of them it refuses.
     """
 
     name = "item-cf"
     uses_history = True
 
     def __init__(self, *, neighbours: int | None = None, shrink: float = 0.0, method: str = "cosine",
-                 use_ratings: bool = False, **kw: Any) -> None:
+                 use_ratings: bool = False, max_gib: float = 8.0, **kw: Any) -> None:
         super().__init__(use_ratings=use_ratings, **kw)
-        self.neighbours, self.shrink, self.method = neighbours, shrink, method
+        self.neighbours, self.shrink, self.method, self.max_gib = neighbours, shrink, method, max_gib
 
     def _fit(self, user_items: sp.csr_matrix) -> None:
-        k = self.neighbours or max(user_items.shape[1] - 1, 1)
+        n = user_items.shape[1]
+        k = self.neighbours or max(n - 1, 1)
+        need = n * k * 12 / 2**30  # int64 index + float32 score per kept pair
+        if need > self.max_gib:
+            raise ModelError(f"{self.name}: {k} neighbours for each of {n} items need about {need:.0f} GiB "
+                             f"(max_gib={self.max_gib:g})", "set neighbours, e.g. {\"neighbours\": 100}")
         self.similarity = item_similarity_topk(user_items, k=k, method=self.method,  # type: ignore[arg-type]
                                                shrink=self.shrink)
 

@@ -315,3 +315,12 @@ def test_mult_vae_bagging_averages_the_nets() -> None:
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(get_model("mult-vae", seed=4, **kw).fit(TRAIN, ITEMS).score([0]),
                                   singles[0].score([0]))
+
+
+def test_item_cf_with_every_neighbour_refuses_a_catalogue_too_large_for_memory() -> None:
+    train = pd.DataFrame({"user_id": np.repeat(np.arange(20), 5), "item_id": np.arange(100) % 37})
+    # 37 items x 36 neighbours x 12 bytes = 1.5e-5 GiB; 5 neighbours = 2.1e-6 GiB
+    with pytest.raises(ModelError, match="36 neighbours for each of 37 items") as err:
+        get_model("item-cf", max_gib=1e-5).fit(train)
+    assert "neighbours" in err.value.hint
+    assert get_model("item-cf", neighbours=5, max_gib=1e-5).fit(train).similarity.shape == (37, 37)
