@@ -288,23 +288,28 @@ def _json_params(text: str) -> dict[str, dict] | None:
 
 
 class _throwaway_database:
-    """A private database on the configured server, dropped afterwards (never the shop's own)."""
+    """A private database on the configured server, dropped afterwards (never the shop's own); an embedded
+    server that this call had to start is stopped again."""
 
     def __enter__(self) -> str:
         import uuid
         from urllib.parse import urlsplit, urlunsplit
 
         import psycopg2
+        from psycopg2 import sql
 
         from pipeline.db import migrate
 
+        self.started = None if _settings().database_url else _embedded()
+        if self.started is not None and self.started.status()["running"]:
+            self.started = None  # somebody else's server: leave it running
         base = _url()
         self.name = f"rerank_eval_{uuid.uuid4().hex[:10]}"
         self.admin = urlunsplit(urlsplit(base)._replace(path="/postgres"))
         conn = psycopg2.connect(self.admin)
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{self.name}"')
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.name)))
         conn.close()
         url = urlunsplit(urlsplit(base)._replace(path="/" + self.name))
         migrate.upgrade(url)
@@ -316,11 +321,15 @@ class _throwaway_database:
         from pipeline.db.engine import sa_engine
 
         sa_engine.cache_clear()
+        from psycopg2 import sql
+
         conn = psycopg2.connect(self.admin)
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name)))
         conn.close()
+        if self.started is not None:
+            self.started.down()
 
 
 @publish_app.command("rollback")

@@ -217,6 +217,7 @@ class EmbeddedPostgres:
 
     def _ensure_database(self, bins: Binaries) -> None:
         import psycopg2
+        from psycopg2 import sql
 
         conn = psycopg2.connect(self.url("postgres"))
         conn.autocommit = True
@@ -224,7 +225,7 @@ class EmbeddedPostgres:
             with conn.cursor() as cur:
                 cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,))
                 if cur.fetchone() is None:
-                    cur.execute(f'CREATE DATABASE "{DB_NAME}"')
+                    cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB_NAME)))
         finally:
             conn.close()
 

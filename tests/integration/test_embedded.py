@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -94,3 +95,31 @@ def test_data_directory_from_another_major_version_is_a_clear_error(home: Path) 
     (data / "PG_VERSION").write_text("11\n")
     with pytest.raises(EmbeddedPostgresError, match="made by PostgreSQL 11"):
         EmbeddedPostgres(home).up()
+
+
+def _evaluate_tiny(home: Path) -> subprocess.CompletedProcess:
+    data = home / "Tiny.txt"
+    data.write_text("".join(f"{u} {u % 5 + 1} {u % 7 + 6} {u % 3 + 13} {u % 4 + 16}\n" for u in range(1, 31)))
+    env = {k: v for k, v in os.environ.items() if k != "RERANK_DATABASE_URL"}
+    env["RERANK_HOME"] = str(home)
+    rerank = str(Path(sys.executable).with_name("rerank"))
+    return subprocess.run([rerank, "evaluate", "--format", "amazon-s3rec", "--path", str(data), "--protocol",
+                           "leave-one-out", "--models", "popularity", "--out", str(home / "out")],
+                          capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_evaluate_stops_the_embedded_server_it_started_and_only_that(home: Path) -> None:
+    pg = EmbeddedPostgres(home)
+    proc = _evaluate_tiny(home)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (home / "out" / "metrics.json").exists()
+    assert not pg.is_running()  # started for the throwaway database, stopped after it
+    pg.up()  # a server somebody started stays up, and the throwaway database is gone from it
+    proc = _evaluate_tiny(home)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert pg.is_running()
+    conn = psycopg2.connect(pg.url("postgres"))
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'rerank_eval_%'")
+        assert cur.fetchone()[0] == 0
+    conn.close()
