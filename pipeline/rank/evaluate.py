@@ -246,15 +246,11 @@ class MergedRecall:
         mask = np.zeros((n_users, n_items), bool)
         parts: dict[str, np.ndarray] = {}
         for name, t in tops.items():
-            vals = np.take_along_axis(t.raw, t.top, axis=1)
             rows = np.broadcast_to(np.arange(n_users)[:, None], t.top.shape)
             mask[rows[t.ok], t.top[t.ok]] = True
-            # per-user scale to [0, 1]: min of the user's top-k -> 0, max -> 1
-            hi = np.where(t.ok, vals, -np.inf).max(1, keepdims=True)
-            lo = np.where(t.ok, vals, np.inf).min(1, keepdims=True)
-            span = np.where(np.isfinite(hi - lo) & (hi > lo), hi - lo, 1.0)
+            vals, lo, span = t.scale()  # per-user: min of the user's top-k -> 0, max -> 1
             p = np.zeros((n_users, n_items), np.float32)
-            p[rows, t.top] = np.where(t.ok, (vals - np.where(np.isfinite(lo), lo, 0.0)) / span, 0.0)
+            p[rows, t.top] = np.where(t.ok, (vals - lo) / span, 0.0)
             parts[name] = p
         return mask, parts
 

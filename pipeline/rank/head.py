@@ -32,6 +32,15 @@ class SourceTop:
     top: np.ndarray
     ok: np.ndarray
 
+    def scale(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(top-k values, per-user offset, span): ``(v - offset) / span`` maps a user's top-k onto [0, 1]
+        (min -> 0, max -> 1; span 1 where the top-k is flat or empty)."""
+        vals = np.take_along_axis(self.raw, self.top, axis=1)
+        hi = np.where(self.ok, vals, -np.inf).max(1, keepdims=True)
+        lo = np.where(self.ok, vals, np.inf).min(1, keepdims=True)
+        span = np.where(np.isfinite(hi - lo) & (hi > lo), hi - lo, 1.0)
+        return vals, np.where(np.isfinite(lo), lo, 0.0), span
+
 
 def source_top(raw: np.ndarray, k: int) -> SourceTop:
     """Top ``k`` of each row of ``raw`` (``-inf`` = excluded), sorted best first."""
@@ -97,17 +106,14 @@ def candidate_block(mask: np.ndarray, tops: Mapping[str, SourceTop], *, populari
     n_src = np.zeros((U, C), np.float32)
     for t in tops.values():
         k = t.top.shape[1]
-        vals = np.take_along_axis(t.raw, t.top, axis=1)
-        hi = np.where(t.ok, vals, -np.inf).max(1, keepdims=True)
-        lo = np.where(t.ok, vals, np.inf).min(1, keepdims=True)
-        span = np.where(np.isfinite(hi - lo) & (hi > lo), hi - lo, 1.0)
+        _, lo, span = t.scale()
         rank = np.full((U, n_items), k, np.int32)
         rows = np.broadcast_to(np.arange(U)[:, None], t.top.shape)
         rank[rows[t.ok], t.top[t.ok]] = np.broadcast_to(np.arange(k), t.top.shape)[t.ok]
         rk = np.take_along_axis(rank, items, axis=1)
         raw = np.take_along_axis(t.raw, items, axis=1)
         raw = np.where(np.isfinite(raw), raw, 0.0)
-        scaled = np.where(rk < k, (raw - np.where(np.isfinite(lo), lo, 0.0)) / span, 0.0)
+        scaled = np.where(rk < k, (raw - lo) / span, 0.0)
         n_src += rk < k
         feats += [scaled, np.log1p(rk), _slog(raw)]
     feats += [np.log1p(np.asarray(popularity, np.float64)[items]),
