@@ -1,0 +1,183 @@
+"""Signals tried against ``pipeline``'s ml-100k merge on the inner split (issue #6, acceptance 2; round three).
+
+    python benchmarks/probe_ml100k.py trend|fusion|ease-weights|demographic [--split inner] [--cache DIR]
+
+Each probe prints nDCG@10 of a signal alone and added to the Makefile's mix (``ML100K_PIPELINE``: bagged ALS,
+EASE on ratings with l2 6000, user-kNN at 1 / 1 / 0.5, merged as :mod:`tune_ml100k` emulates ``MergedRecall``).
+Splits, the metric and the cached base scores are ``tune_ml100k``'s; the outer test part is never read here
+unless ``--split outer`` is asked for.
+
+* ``trend``: popularity at the time the user was active (items' rating counts per time bin, smoothed by a
+  Gaussian over bins, weighted by the user's own activity per bin): the offline counterpart of a trending
+  source. Added with a weight, or as a lift (trend / popularity)^g on the merged score.
+* ``fusion``: per-user z-scores over the unseen catalogue instead of top-100 min-max; candidate depth;
+  a log-popularity prior added to the merged score.
+* ``ease-weights``: EASE with rating-weighted inputs but binary (or other) targets,
+  B = P (X'Y - diag(mu)), mu chosen so that diag(B) = 0, P = (X'X + l2 I)^-1.
+* ``demographic``: popularity within the user's group (gender, age band, occupation; u.user) with shrinkage
+  to global popularity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+import tune_ml100k as T  # noqa: E402
+
+BASE = ("als-bag8", "ease-r6000", "user-knn")
+BASE_WEIGHTS = [1.0, 1.0, 0.5]
+
+
+class Probe:
+    """One split's problem, the base mix's scaled parts, and helpers to score a signal against it."""
+
+    def __init__(self, data: str, split: str, cache: Path) -> None:
+        self.train, test = T.load(data)[split]
+        self.data, self.split, self.cache = data, split, cache
+        self.prob = T.Problem(self.train, test)
+        self.raw = [T.scores_for(split, n, self.prob, cache).astype(np.float64) for n in BASE]
+        self.parts = [T.scaled(r, self.prob.seen, 100, "minmax") for r in self.raw]
+        self.base = T.merged(self.parts, BASE_WEIGHTS, self.prob.seen)
+        print(f"base mix {BASE} {BASE_WEIGHTS}: {self.prob.ndcg(self.base):.4f}", flush=True)
+
+    def added(self, signal: np.ndarray, weights: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)) -> list[float]:
+        """nDCG@10 of the base mix plus ``signal`` (scaled like a source) at each weight."""
+        sc = T.scaled(signal, self.prob.seen, 100, "minmax")
+        return [round(self.prob.ndcg(T.merged([*self.parts, sc], [*BASE_WEIGHTS, w], self.prob.seen)), 4)
+                for w in weights]
+
+    def user_rows(self, user_ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        """(mask of training rows whose user is scored, their row in the scored-user order)."""
+        pos = {u: r for r, u in enumerate(self.prob.users)}
+        mask = user_ids.isin(pos).to_numpy()
+        return mask, user_ids[mask].map(pos).to_numpy()
+
+
+def trend_scores(p: Probe, bin_days: int, bandwidth: float) -> np.ndarray:
+    """Scored users x items: sum over the user's activity bins of P(item | bin), bins smoothed."""
+    tr = p.train
+    secs = (tr["ts"] - tr["ts"].min()).dt.total_seconds().to_numpy()
+    b = (secs // (86400 * bin_days)).astype(np.int64)
+    nb = int(b.max()) + 1
+    items = np.searchsorted(p.prob.items, tr["item_id"].to_numpy())
+    counts = np.zeros((len(p.prob.items), nb))
+    np.add.at(counts, (items, b), 1.0)
+    d = np.arange(nb)[:, None] - np.arange(nb)[None, :]
+    kernel = np.exp(-0.5 * (d / bandwidth) ** 2) if bandwidth > 0 else np.eye(nb)
+    smooth = counts @ kernel
+    smooth /= np.maximum(smooth.sum(0, keepdims=True), 1e-12)
+    act = np.zeros((len(p.prob.users), nb))
+    mask, rows = p.user_rows(tr["user_id"])
+    np.add.at(act, (rows, b[mask]), 1.0)
+    act /= np.maximum(act.sum(1, keepdims=True), 1e-12)
+    return act @ smooth.T
+
+
+def probe_trend(p: Probe) -> None:
+    pop = T.scores_for(p.split, "popularity", p.prob, p.cache).astype(np.float64)
+    print(f"popularity alone {p.prob.ndcg(pop):.4f}")
+    share = pop / np.maximum(pop.sum(1, keepdims=True), 1e-12)
+    for bin_days, bw in ((1, 0), (1, 3), (3, 3), (7, 0), (7, 3), (7, 6), (14, 2), (1, 15)):
+        s = trend_scores(p, bin_days, bw)
+        lift = s / np.maximum(share, 1e-12)
+        lifted = [round(p.prob.ndcg(np.where(p.base > 0, p.base * lift ** g, -1.0)), 4) for g in (0.1, 0.25, 0.5, 1.0)]
+        print(f"trend bin {bin_days} d, bandwidth {bw} bins: alone {p.prob.ndcg(s):.4f}; "
+              f"added at 0.1/0.25/0.5/1 {p.added(s)}; lift^0.1/0.25/0.5/1 {lifted}", flush=True)
+
+
+def probe_fusion(p: Probe) -> None:
+    def z(r: np.ndarray) -> np.ndarray:
+        s = np.where(p.prob.seen, np.nan, r)
+        return (r - np.nanmean(s, 1, keepdims=True)) / np.nanstd(s, 1, keepdims=True)
+
+    zs = [z(r) for r in p.raw]
+    for w in ([1, 1, 0.5], [1, 1, 0.25], [1, 1, 0], [1, 1.5, 0.5]):
+        print(f"z-score fusion {w}: {p.prob.ndcg(sum(a * b for a, b in zip(w, zs, strict=True))):.4f}")
+    for n in (20, 50, 100, 200, 400):
+        parts = [T.scaled(r, p.prob.seen, n, "minmax") for r in p.raw]
+        print(f"top-{n} per source: {p.prob.ndcg(T.merged(parts, BASE_WEIGHTS, p.prob.seen)):.4f}")
+    lp = np.log1p(T.scores_for(p.split, "popularity", p.prob, p.cache).astype(np.float64))
+    for g in (-0.02, -0.01, 0.01, 0.02, 0.05):
+        print(f"+ {g} log(1 + popularity): {p.prob.ndcg(np.where(p.base > 0, p.base + g * lp, -9.0)):.4f}")
+
+
+def probe_ease_weights(p: Probe) -> None:
+    tr = p.train
+    users = np.unique(tr["user_id"].to_numpy())
+    ui = np.searchsorted(users, tr["user_id"].to_numpy())
+    ii = np.searchsorted(p.prob.items, tr["item_id"].to_numpy())
+    r = tr["rating"].to_numpy(np.float64)
+    rows = np.searchsorted(users, p.prob.users)
+
+    def mat(w: np.ndarray) -> np.ndarray:
+        return sp.csr_matrix((w, (ui, ii)), shape=(len(users), len(p.prob.items))).toarray()
+
+    def ease(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
+        g = x.T @ x
+        g[np.diag_indices_from(g)] += l2
+        pinv = np.linalg.inv(g)
+        m = pinv @ (x.T @ y)
+        b = m - pinv * (np.diag(m) / np.diag(pinv))[None, :]
+        return x[rows] @ b
+
+    ones, xr = mat(np.ones_like(r)), mat(r)
+    check = ease(xr, xr, 6000.0)
+    print(f"symmetric EASE on ratings, l2 6000 (= ease-r6000 {p.prob.ndcg(p.raw[1]):.4f}): {p.prob.ndcg(check):.4f}")
+    for name, x, y, l2s in (("x=r, y=1", xr, ones, (1000, 2000, 4000, 8000)),
+                            ("x=sqrt(r), y=1", mat(np.sqrt(r)), ones, (400, 800, 1600, 3200)),
+                            ("x=r^2, y=1", mat(r ** 2), ones, (12000, 24000, 48000)),
+                            ("x=r, y=sqrt(r)", xr, mat(np.sqrt(r)), (1000, 2000, 4000, 8000)),
+                            ("x=r^2, y=r^2", mat(r ** 2), mat(r ** 2), (50000, 100000, 200000))):
+        for l2 in l2s:
+            s = ease(x, y, float(l2))
+            parts = [p.parts[0], T.scaled(s, p.prob.seen, 100, "minmax"), p.parts[2]]
+            print(f"EASE {name}, l2 {l2}: alone {p.prob.ndcg(s):.4f}; in place of ease-r6000 "
+                  f"{p.prob.ndcg(T.merged(parts, BASE_WEIGHTS, p.prob.seen)):.4f}", flush=True)
+
+
+def probe_demographic(p: Probe) -> None:
+    people = pd.read_csv(Path(p.data) / "u.user", sep="|", names=["user_id", "age", "gender", "occ", "zip"])
+    people["user_id"] = people["user_id"].astype(p.train["user_id"].dtype)
+    people["age_band"] = pd.cut(people["age"], [0, 18, 25, 35, 45, 55, 200]).cat.codes
+    people = people.set_index("user_id")
+    items = np.searchsorted(p.prob.items, p.train["item_id"].to_numpy())
+    for key in (["gender"], ["age_band"], ["occ"], ["gender", "age_band"], ["gender", "age_band", "occ"]):
+        group = people[key].astype(str).agg("|".join, axis=1)
+        gid, names = pd.factorize(group)
+        gmap = pd.Series(gid, index=group.index)
+        counts = np.zeros((len(names), len(p.prob.items)))
+        np.add.at(counts, (gmap.reindex(p.train["user_id"]).to_numpy(), items), 1.0)
+        glob = counts.sum(0)
+        for shrink in (10.0, 100.0):
+            prob = (counts + shrink * glob / glob.sum()) / (counts.sum(1, keepdims=True) + shrink)
+            s = prob[gmap.reindex(p.prob.users).to_numpy()]
+            print(f"group {'+'.join(key)}, shrink {shrink:g}: alone {p.prob.ndcg(s):.4f}; "
+                  f"added at 0.1/0.25/0.5/1 {p.added(s)}", flush=True)
+
+
+PROBES = {"trend": probe_trend, "fusion": probe_fusion, "ease-weights": probe_ease_weights,
+          "demographic": probe_demographic}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("probe", choices=sorted(PROBES))
+    ap.add_argument("--split", default="inner", choices=("inner", "inner2", "outer"))
+    ap.add_argument("--data", default=str(Path(os.environ.get("RERANK_SHARED_DATA", "../shared/data")) / "ml-100k"))
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/ml2_cache"))
+    a = ap.parse_args()
+    PROBES[a.probe](Probe(a.data, a.split, a.cache))
+
+
+if __name__ == "__main__":
+    main()
