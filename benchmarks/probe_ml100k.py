@@ -1,6 +1,6 @@
 """Signals tried against ``pipeline``'s ml-100k merge on the inner split (issue #6, acceptance 2; round three).
 
-    python benchmarks/probe_ml100k.py trend|fusion|ease-weights|demographic [--split inner] [--cache DIR]
+    python benchmarks/probe_ml100k.py trend|fusion|ease-weights|demographic|sequence [--split inner] [--cache DIR]
 
 Each probe prints nDCG@10 of a signal alone and added to the Makefile's mix (``ML100K_PIPELINE``: bagged ALS,
 EASE on ratings with l2 6000, user-kNN at 1 / 1 / 0.5, merged as :mod:`tune_ml100k` emulates ``MergedRecall``).
@@ -16,11 +16,16 @@ unless ``--split outer`` is asked for.
   B = P (X'Y - diag(mu)), mu chosen so that diag(B) = 0, P = (X'X + l2 I)^-1.
 * ``demographic``: popularity within the user's group (gender, age band, occupation; u.user) with shrinkage
   to global popularity.
+* ``sequence``: sequential item-kNN (``seq-knn``) over the user's whole history (``n_last`` 1000, no recency
+  decay): items rated next to the user's items in other users' time lines. A random split leaves the held-out
+  ratings between the user's training ratings in time, so this is the one probe with a gain on both inner
+  splits; its gain shrinks as the training part grows (inner2 -> inner -> outer), see the note of issue #6.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -165,8 +170,20 @@ def probe_demographic(p: Probe) -> None:
                   f"added at 0.1/0.25/0.5/1 {p.added(s)}", flush=True)
 
 
+def probe_sequence(p: Probe) -> None:
+    for window, decay, back in itertools.product((1, 2, 3, 5, 8), (0.5, 0.8, 1.0), (0.3, 1.0)):
+        if window == 1 and decay != 0.8:
+            continue  # one step: the decay does not apply
+        name = f"seq-knn-w{window}-d{decay}-b{back}-all"
+        T.CONFIGS[name] = ("seq-knn", {"window": window, "step_decay": decay, "backward": back, "n_last": 1000,
+                                       "recency": 1.0})
+        s = T.scores_for(p.split, name, p.prob, p.cache).astype(np.float64)
+        print(f"seq-knn window {window}, step decay {decay}, backward {back}: alone {p.prob.ndcg(s):.4f}; "
+              f"added at 0.5/0.75/1/1.25/1.5 {p.added(s, (0.5, 0.75, 1.0, 1.25, 1.5))}", flush=True)
+
+
 PROBES = {"trend": probe_trend, "fusion": probe_fusion, "ease-weights": probe_ease_weights,
-          "demographic": probe_demographic}
+          "demographic": probe_demographic, "sequence": probe_sequence}
 
 
 def main() -> None:
