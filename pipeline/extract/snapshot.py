@@ -80,7 +80,9 @@ def _csv_options():  # noqa: ANN202 - three pyarrow option objects
             # Queries may hold newlines (quoted by COPY); measured: the multi-line parse costs no more here.
             pacsv.ParseOptions(newlines_in_values=True),
             pacsv.ConvertOptions(column_types=dict(zip(EVENTS_SCHEMA.names, EVENTS_SCHEMA.types, strict=True)),
-                                 strings_can_be_null=True, quoted_strings_can_be_null=False,
+                                 # Only COPY's NULL (an unquoted empty field) is null: pyarrow's default
+                                 # list would turn a query or session id "NA", "null" or "nan" into NULL.
+                                 null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
                                  timestamp_parsers=[pacsv.ISO8601]))
 
 

@@ -85,11 +85,14 @@ def read_attributes(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not isinstance(data, dict):
         raise InputDataError(f"{path} is not a JSON object (item -> [attribute ids])", HINT)
     good: dict[int, list[int]] = {}
+    first_key: dict[int, str] = {}
     bad: list[tuple[str, object, str]] = []
     for key, value in data.items():
         reasons = []
         if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 18):
             reasons.append(f"bad item_id '{safe_text(key, 40)}': not a non-negative integer")
+        elif int(key) in first_key:  # "10" and "010": one item; the first entry wins, as for every key
+            reasons.append(f"duplicate item_id: same key as '{safe_text(first_key[int(key)], 40)}'")
         if not (isinstance(value, list) and all(isinstance(a, int) and not isinstance(a, bool) and a >= 0
                                                 for a in value)):
             reasons.append("bad attributes: expected a list of non-negative integer ids")
@@ -97,6 +100,7 @@ def read_attributes(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             bad.append((key, value, "; ".join(reasons)))
         else:
             good[int(key)] = value
+            first_key[int(key)] = key
     later = {a for attrs in good.values() for a in attrs[1:]}
     ids = sorted(good)
     brands, cats = [], []

@@ -76,6 +76,8 @@ def read_text(path: Path, *, encoding: str = "utf-8") -> list[str]:
         raise InputDataError(f"cannot read {path}: {exc.strerror}", "the path and its permissions") from exc
     errors = "surrogateescape" if encoding.replace("-", "").lower() == "utf8" else "strict"
     text = data.decode(encoding, errors=errors)
+    if text.startswith("\ufeff"):  # a UTF-8 byte order mark (Excel's "CSV UTF-8") is not part of the data
+        text = text[1:]
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

@@ -8,17 +8,21 @@ already uses need no entry. Columns:
   case-insensitively), ``ts`` (epoch seconds or milliseconds, or ISO 8601; naive times are UTC), and
   ``item_id`` (may be empty only on ``search`` rows);
 - optional: ``event_id`` (else the line/row number), ``query``, ``session_id``, ``quantity`` (integer >= 1,
-  default 1), and item descriptors ``title``, ``category``, ``brand``, ``price`` (an item takes the first
-  non-empty value it has in file order; items without one get ``item <id>`` / ``unknown``).
+  default 1, also when blank), and item descriptors ``title``, ``category``, ``brand``, ``price`` (an item
+  takes the first non-empty value it has in file order; items without one get ``item <id>`` / ``unknown``).
 
 CSV: the delimiter is the one of ``, ; TAB |`` most frequent in the header line; fields may be quoted, but a
 record must fit on one line (quotes never span lines, so a stray quote cannot swallow later rows).
-Duplicate key: ``event_id`` when mapped, else the whole event (user, item, type, ts, session).
+Duplicate key: ``event_id`` when mapped, else the whole event (user, item, type, ts, session, query, quantity).
+A row whose title, category or brand ``shop.items`` validation would refuse is refused here, with the same
+reason (else it would become its item's descriptor and validation would quarantine all the item's events).
+Parquet: a NULL in a required column refuses its row (``empty <col>``); binary columns are read as UTF-8.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +30,7 @@ import pandas as pd
 from pipeline.errors import InputDataError
 from pipeline.frames import EVENT_TYPES, ShopFrames
 from pipeline.ingest.base import (
+    INVALID_UTF8,
     RowSet,
     derive_items,
     derive_users,
@@ -33,6 +38,7 @@ from pipeline.ingest.base import (
     read_text,
     require_file,
 )
+from pipeline.validate.sqlchecks import BAD_CHARS, MAX_LEN
 
 REQUIRED = ["user_id", "item_id", "event_type", "ts"]
 OPTIONAL = ["event_id", "query", "session_id", "quantity", "title", "category", "brand", "price"]
@@ -52,6 +58,10 @@ def _resolve(header: list[str], mapping: dict[str, str] | None, path: Path) -> d
     if absent or missing:
         what = [f"{c} (file column {f!r})" for c, f in absent.items()] + missing
         raise InputDataError(f"{path}: column(s) {', '.join(what)} not found; the file has {header}", HINT)
+    twice = sorted({f for f in cols.values() if header.count(f) > 1})
+    if twice:  # which of the two holds the data is a guess; the last one used to win silently
+        raise InputDataError(f"{path}: column name(s) {twice} appear more than once in the header {header}",
+                             "rename the duplicated columns, or map the contract column to another one")
     return cols
 
 
@@ -63,8 +73,15 @@ def _blank_none(v: object) -> str | None:
 def _build(rows: RowSet, cols: dict[str, str], name: str) -> ShopFrames:
     """Validate contract-named fields in ``rows.fields`` and build the frames."""
     f = rows.fields
+    if rows.kind == "row":  # a Parquet NULL is an empty value (in CSV, None already means "missing field")
+        for c in [*REQUIRED, "event_id"]:
+            if c in f.columns:
+                f[c] = f[c].where(f[c].notna(), "")
     user = rows.ids("user_id")
     f["event_type"] = f["event_type"].map(lambda v: v.strip().lower() if isinstance(v, str) else v)
+    blank_type = f["event_type"].eq("").fillna(False).astype(bool)
+    rows.add(blank_type, "empty event_type")
+    f.loc[blank_type, "event_type"] = None  # reported once, not also as an unknown type
     etype = rows.choice("event_type", {t: t for t in EVENT_TYPES})
     item = rows.ids("item_id", required=False)
     no_item = f["item_id"].notna() & item.isna() & f["item_id"].str.strip().eq("")
@@ -73,15 +90,20 @@ def _build(rows: RowSet, cols: dict[str, str], name: str) -> ShopFrames:
     ts = rows.timestamps("ts")
     idx = rows.text.index
     event_id = rows.ids("event_id") if "event_id" in cols else pd.Series(idx, index=idx)
+    if "quantity" in cols:  # blank is absent (shops often fill it on cart/purchase rows only): default 1
+        f["quantity"] = f["quantity"].map(lambda v: v if _blank_none(v) is not None else None)
     quantity = (rows.integers("quantity", lo=1, hi=10**6) if "quantity" in cols
                 else pd.Series(1, index=idx, dtype="Int64"))
     session = f["session_id"] if "session_id" in cols else pd.Series(None, index=idx, dtype=object)
+    query_all = f["query"].map(_blank_none) if "query" in cols else pd.Series(None, index=idx, dtype=object)
+    _descriptor_rules(rows)
     if "event_id" in cols:
         rows.dedupe(event_id, "event_id")
-    else:
-        rows.dedupe(pd.DataFrame({"u": user, "i": item, "e": etype, "t": ts, "s": session}), "event")
+    else:  # the whole event: two searches (or purchases) in one second differ by query (or quantity)
+        rows.dedupe(pd.DataFrame({"u": user, "i": item, "e": etype, "t": ts, "s": session, "q": query_all,
+                                  "n": quantity}), "event")
     ok = rows.ok
-    query = f["query"][ok].map(_blank_none) if "query" in cols else None
+    query = query_all[ok] if "query" in cols else None
     session_ok = session[ok].map(_blank_none)
     events = event_frame(event_id[ok], user[ok], item[ok], etype[ok], ts[ok], session_id=session_ok,
                          query=query, quantity=quantity[ok].fillna(1))
@@ -92,11 +114,36 @@ def _build(rows: RowSet, cols: dict[str, str], name: str) -> ShopFrames:
         v = f.loc[ok, c].map(_blank_none)
         first = pd.DataFrame({"i": item[ok], "v": v}).dropna().drop_duplicates("i").set_index("i")["v"]
         found = items["item_id"].map(first)
-        if c == "price":
-            found = pd.to_numeric(found, errors="coerce").where(lambda p: (p >= 0) & (p < 1e10))
+        if c == "price":  # shop.items.price is numeric(12,2): below 10^10 once rounded to cents
+            found = pd.to_numeric(found, errors="coerce").where(lambda p: (p >= 0) & (p < 9_999_999_999.995))
         items[c] = found.where(found.notna(), items[c])
     return ShopFrames(users=derive_users(events), items=items, events=events, rejects=rows.rejects(),
                       name=name)
+
+
+def _descriptor_rules(rows: RowSet) -> None:
+    """Refuse a row whose item descriptor validation would refuse in ``shop.items`` (same reasons).
+
+    An item takes its first non-empty descriptor, so one row's bad title or category would become the item's:
+    validation would then quarantine the item and, with it, every event of the item ("item_id refers to a
+    quarantined item"), clean rows included.
+    """
+    f = rows.fields
+    for c in ("title", "category", "brand"):
+        if c in f.columns:
+            n = f[c].map(lambda v: len(v.strip()) if isinstance(v, str) else 0)
+            rows.add(n > MAX_LEN[c], f"{c} longer than {MAX_LEN[c]} characters")
+    if "title" in f.columns:
+        bad = f["title"].map(lambda v: isinstance(v, str) and re.search(BAD_CHARS, v) is not None)
+        rows.add(bad, "title has control or replacement characters")
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _delimiter(header_line: str) -> str:
@@ -131,7 +178,27 @@ def read_parquet(path: Path, mapping: dict[str, str] | None = None) -> ShopFrame
         raise InputDataError(f"{path} is not a readable Parquet file: {exc}", HINT) from exc
     cols = _resolve(list(schema.names), mapping, path)
     table = pq.read_table(path, columns=list(dict.fromkeys(cols.values())))
-    as_text = {c: pc.cast(table[f], pa.string()) for c, f in cols.items()}
-    df = pa.table(as_text).to_pandas(types_mapper=None).astype(object)
+    binary = {c for c, f in cols.items()
+              if pa.types.is_binary(table[f].type) or pa.types.is_large_binary(table[f].type)}
+    as_text = {}
+    for c, f in cols.items():
+        if c in binary:
+            continue
+        try:
+            as_text[c] = pc.cast(table[f], pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise InputDataError(f"{path}: column {f!r} ({table[f].type}) cannot be read as {c}: {exc}",
+                                 "a column of numbers, text or timestamps, or a mapping to another column") from exc
+    df = (pa.table(as_text).to_pandas(types_mapper=None).astype(object) if as_text
+          else pd.DataFrame(index=pd.RangeIndex(table.num_rows)))
+    invalid = {}
+    for c in binary:  # undeclared bytes: invalid UTF-8 refuses its row (shown as \xNN, as in CSV lines)
+        values = table[cols[c]].to_pylist()
+        invalid[c] = pd.Series([b is not None and not _utf8(b) for b in values], index=range(1, len(values) + 1))
+        df[c] = pd.Series([None if b is None else b.decode("utf-8", "backslashreplace") for b in values],
+                          dtype=object)
+    df = df[list(cols)]
     rows = RowSet.from_records(path.name, "shop.events", df)
+    for c, bad in invalid.items():
+        rows.add(bad, f"{INVALID_UTF8} in {c}")
     return _build(rows, cols, path.stem)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.errors import InputDataError
 from pipeline.frames import ShopFrames
 from pipeline.ingest.base import (
     RowSet,
@@ -44,7 +45,12 @@ def _genres(folder: Path) -> list[str]:
     path = folder / "u.genre"
     if not path.is_file():
         return GENRES
-    rows = [ln.split("|") for ln in read_text(path, encoding="latin-1") if ln.strip()]
+    lines = read_text(path, encoding="latin-1")
+    rows = [ln.split("|") for ln in lines if ln.strip()]
+    bad = [n for n, ln in enumerate(lines, start=1) if ln.count("|") == 1 and not ln.split("|")[1].strip().isdigit()]
+    if bad:  # the genre order defines every item's flags: guessing it would mislabel the whole catalogue
+        raise InputDataError(f"{path}: genre line(s) {bad[:5]} have no integer index",
+                             "u.genre holds `name|index` lines (or remove it to use the standard ml-100k order)")
     return [name for name, _ in sorted(((r[0], int(r[1])) for r in rows if len(r) == 2), key=lambda r: r[1])]
 
 

@@ -32,7 +32,7 @@ FUTURE_SLACK = timedelta(days=1)
 MAX_LEN = {"title": 2000, "description": 100_000, "category": 500, "brand": 500, "query": 1000,
            "session_id": 200}
 # C0 control characters (other than tab, LF, CR) and U+FFFD (what a lossy UTF-8 decode leaves behind).
-_BAD_CHARS = r"[\x01-\x08\x0B\x0C\x0E-\x1F\uFFFD]"
+BAD_CHARS = r"[\x01-\x08\x0B\x0C\x0E-\x1F\uFFFD]"
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,9 @@ def item_rules(*, ts_floor: str = TS_FLOOR, cutoff: datetime | None = None, uniq
     rules += [
         Rule("empty title", "coalesce(btrim(title), '') = ''"),
         _too_long("title"),
-        Rule("title has control or replacement characters", f"title ~ '{_BAD_CHARS}'"),
+        Rule("title has control or replacement characters", f"title ~ '{BAD_CHARS}'"),
         _too_long("description"),
-        Rule("description has control or replacement characters", f"description ~ '{_BAD_CHARS}'"),
+        Rule("description has control or replacement characters", f"description ~ '{BAD_CHARS}'"),
         Rule("empty category", "coalesce(btrim(category), '') = ''"),
         _too_long("category"),
         _too_long("brand"),
