@@ -8,7 +8,8 @@ Readers never see a half-written run:
 2. *swap* (one short transaction): insert the publication, move the ``live`` flag, ``CREATE OR REPLACE
    VIEW`` both read views. It waits at most ``lock_timeout`` for running reads and retries, so readers queue
    behind it for milliseconds, never for a load. Killed before its commit, the previous run stays live.
-3. *tidy* (after the swap): delete obsolete overlay rows, keep the live and the last ``keep`` publications.
+3. *tidy* (after the swap): keep the live and the last ``keep`` publications, delete overlay rows no kept
+   publication can show (never failing the publication: the swap has committed).
 
 A table committed by step 1 whose swap never happened (killed between 1 and 2) is an orphan; the next
 publication drops it. Publications are serialised by a session advisory lock, so one run never mistakes
@@ -175,7 +176,7 @@ def _swap(conn, pub_id: int, insert: tuple | None, *, lock_timeout_ms: int, atte
                 if insert is not None:
                     cur.execute(
                         "INSERT INTO recsys.publications (publication_id, run_id, recs_table, similar_table, "
-                        "generated_at, stats) VALUES (%s, %s, %s, %s, %s, %s)", insert)
+                        "generated_at, oldest_at, stats) VALUES (%s, %s, %s, %s, %s, %s, %s)", insert)
                 _point_views(cur, pub_id)
                 if hook:
                     hook("swap")
@@ -236,23 +237,29 @@ def publish_run(url: str, run_id: str, recs: pd.DataFrame, similar: pd.DataFrame
             if hook:
                 hook("index")
             cur.execute(sql.SQL("ANALYZE {}").format(rt))
+            # The read views belong to rerank_writer (migration 0005) and read the run's tables with its
+            # rights; owning them also lets a pipeline logged in as rerank_writer prune them later.
+            cur.execute(sql.SQL("ALTER TABLE {} OWNER TO rerank_writer").format(rt))
             if similar_table:
                 cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier("recsys", similar_table)))
+                cur.execute(sql.SQL("ALTER TABLE {} OWNER TO rerank_writer").format(
+                    sql.Identifier("recsys", similar_table)))
         timings["load_s"] = time.perf_counter() - t0
         if hook:
             hook("loaded")
 
         # 2. Swap: short, retried on lock timeouts.
-        insert = (pub_id, run_id, recs_table, similar_table, generated_at, json.dumps(stats or {}, default=str))
+        # A user-subset run carries the other users' live rows with their own (older) generated_at.
+        oldest_at = pd.Timestamp(recs["generated_at"].min()).to_pydatetime() if len(recs) else generated_at
+        insert = (pub_id, run_id, recs_table, similar_table, generated_at, oldest_at,
+                  json.dumps(stats or {}, default=str))
         timings["swap_s"] = _swap(conn, pub_id, insert, lock_timeout_ms=swap_lock_timeout_ms,
                                   attempts=swap_attempts, hook=hook)
 
         # 3. Tidy: never blocks the swap; a failure here leaves extra tables for the next run.
         t0 = time.perf_counter()
-        with conn, conn.cursor() as cur:
-            cur.execute("SET LOCAL lock_timeout = '5s'")
-            cur.execute("DELETE FROM recsys.recs_realtime WHERE generated_at <= %s", (generated_at,))
         pruned = _prune(conn, keep)
+        _drop_stale_overlay(conn)
         timings["tidy_s"] = time.perf_counter() - t0
     finally:
         conn.close()  # also releases the advisory lock
@@ -263,12 +270,12 @@ def publish_run(url: str, run_id: str, recs: pd.DataFrame, similar: pd.DataFrame
 
 def _point_views(cur, pub_id: int) -> None:
     """Inside the caller's transaction: make publication ``pub_id`` the live one."""
-    cur.execute("SELECT recs_table, similar_table, generated_at FROM recsys.publications WHERE publication_id = %s",
-                (pub_id,))
+    cur.execute("SELECT recs_table, similar_table, coalesce(oldest_at, generated_at) FROM recsys.publications "
+                "WHERE publication_id = %s", (pub_id,))
     row = cur.fetchone()
     if row is None:
         raise PublishError(f"publication {pub_id} does not exist", "recsys.publications")
-    recs_table, similar_table, generated_at = row
+    recs_table, similar_table, oldest_at = row
     if similar_table is None:
         cur.execute("SELECT similar_table FROM recsys.publications WHERE live")
         live = cur.fetchone()
@@ -281,8 +288,26 @@ def _point_views(cur, pub_id: int) -> None:
     cur.execute("UPDATE recsys.publications SET live = true, published_at = now() WHERE publication_id = %s",
                 (pub_id,))
     cur.execute(_view_sql("user_recommendations", recs_table=sql.Identifier("recsys", recs_table),
-                          generated_at=sql.SQL("{}::timestamptz").format(sql.Literal(generated_at))))
+                          generated_at=sql.SQL("{}::timestamptz").format(sql.Literal(oldest_at))))
     cur.execute(_view_sql("similar_items", similar_table=sql.Identifier("recsys", similar_table)))
+
+
+#: Overlay rows no newer than every kept publication's oldest rows: no live or rolled-back-to view can show them.
+STALE_OVERLAY_SQL = ("DELETE FROM recsys.recs_realtime WHERE generated_at <= "
+                     "(SELECT min(coalesce(oldest_at, generated_at)) FROM recsys.publications)")
+
+
+def _drop_stale_overlay(conn) -> None:
+    """Delete overlay rows that no kept publication can show (a rollback brings back the ones newer than the
+    publication it restores, so they outlive a newer run). A refresh batch in flight holds row locks on the
+    lists it rewrites: past a short wait, skip; the refresher's ``clean_overlay`` deletes them later. The
+    swap has committed by now, so a failure here must not fail the publication."""
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SET LOCAL lock_timeout = '5s'")
+            cur.execute(STALE_OVERLAY_SQL)
+    except psycopg2.errors.LockNotAvailable:
+        pass
 
 
 def _prune(conn, keep: int) -> list[str]:

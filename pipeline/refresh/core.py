@@ -218,11 +218,13 @@ BATCH_LOG_DAYS = 7
 
 
 def clean_overlay(conn) -> int:
-    """Delete overlay rows no newer than the live run (the view ignores them already) and batch-log rows
-    older than BATCH_LOG_DAYS; returns the overlay rows deleted."""
+    """Delete overlay rows no newer than every kept publication (the view ignores them, and would after a
+    rollback too; rows newer than an older kept run must stay, or a rollback to it loses the fresh lists the
+    watermark already passed) and batch-log rows older than BATCH_LOG_DAYS; returns the overlay rows deleted."""
+    from pipeline.publish.swap import STALE_OVERLAY_SQL
+
     with conn.cursor() as cur:
-        cur.execute("DELETE FROM recsys.recs_realtime rt USING recsys.publications p "
-                    "WHERE p.live AND rt.generated_at <= p.generated_at")
+        cur.execute(STALE_OVERLAY_SQL)
         n = cur.rowcount
         cur.execute("DELETE FROM recsys.refresh_batches WHERE committed_at < now() - make_interval(days => %s)",
                     (BATCH_LOG_DAYS,))

@@ -257,7 +257,8 @@ def test_overlay_rows_older_than_the_live_run_are_cleaned(shop: tuple[str, str])
     _insert(url, [(1, 10, "view", None), (2, 11, "view", None)])
     assert refresh_once(url, home, cfg=CFG)["rows"] == 2 * CFG.top_n
     with connect(url) as conn, conn.cursor() as cur:  # a newer nightly run went live
-        cur.execute("UPDATE recsys.publications SET generated_at = now() + interval '1 minute' WHERE live")
+        cur.execute("UPDATE recsys.publications SET generated_at = now() + interval '1 minute', "
+                    "oldest_at = now() + interval '1 minute' WHERE live")
     res = refresh_once(url, home, cfg=CFG)
     assert res["overlay_rows_cleaned"] == 2 * CFG.top_n
     assert _read(url, "SELECT count(*) FROM recsys.recs_realtime").iloc[0, 0] == 0
