@@ -21,6 +21,12 @@ mark (the largest event_id read); a run reads only ``event_id > high-water`` and
   is also taken when the validation rules or ``ts_floor`` change (a fingerprint in the manifest).
 * Re-running the same run (same batch key) replaces its own batch when it is the newest one (same file
   names, no duplicates) and reuses it untouched when later runs came after it.
+* Events that arrive before their item (refused only by the item-dependent rules,
+  :data:`~pipeline.validate.sqlchecks.ITEM_DEPENDENT`) are *deferred*: their ids stay in the manifest and
+  every later run re-reads them (``event_id = ANY(deferred) AND <clean>``) into its own batch, so an event
+  is stored once its item is there instead of being passed by the high-water mark for good. Each range
+  task lists its deferred ids in the same REPEATABLE READ snapshot as its COPY: an id is stored or deferred,
+  never both. At most :data:`MAX_DEFERRED` ids are kept (the newest); older ones need ``full=True``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from pipeline.validate.sqlchecks import (
     clean_events_predicate,
     clean_items_predicate,
     clean_users_predicate,
+    deferrable_events_predicate,
     proven_unique,
 )
 
@@ -54,6 +61,8 @@ MIN_ROWS_TO_SPLIT = 100_000
 #: Parquet compression of the event files (snappy: about the CPU of no compression, half the bytes).
 COMPRESSION = "snappy"
 _DAY_US = 86_400_000_000
+#: Deferred event ids kept in the manifest at most (the newest win; a full rebuild reads the rest).
+MAX_DEFERRED = 1_000_000
 EVENTS_SCHEMA = pa.schema([
     ("event_id", pa.int64()), ("user_id", pa.int64()), ("item_id", pa.int64()), ("event_type", pa.string()),
     ("query", pa.string()), ("session_id", pa.string()), ("quantity", pa.int64()),
@@ -150,12 +159,15 @@ def split_by_day(batch: pa.RecordBatch) -> list[tuple[int, pa.RecordBatch]]:
 
 
 def copy_range(url: str, lo: int, hi: int, clean: str, store_url: str, name: str,
-               compression: str = COMPRESSION) -> list[dict]:
-    """One task: the clean events with ``lo <= event_id < hi`` into one Parquet file per event date.
+               compression: str = COMPRESSION, *, deferrable: str | None = None,
+               ids: list[int] | None = None) -> dict:
+    """One task: the clean events with ``lo <= event_id < hi`` (or, given ``ids``, with those ids) into one
+    Parquet file per event date.
 
     The COPY runs in a thread writing into a pipe while pyarrow parses the other end block by block and
-    appends each block to its date's file, so the server's export and the parse overlap. Returns the
-    files written (``path`` relative to ``events/``, ``date``, ``rows``).
+    appends each block to its date's file, so the server's export and the parse overlap. Returns
+    ``files`` (``path`` relative to ``events/``, ``date``, ``rows``) and ``deferred``: the ids the COPY left
+    out that break ``deferrable`` (item-dependent rules), listed in the COPY's own snapshot.
     """
     import os
     import threading
@@ -164,17 +176,30 @@ def copy_range(url: str, lo: int, hi: int, clean: str, store_url: str, name: str
     from psycopg2 import sql
 
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in EVENT_COLUMNS)
-    stmt = sql.SQL("COPY (SELECT {cols} FROM shop.events WHERE event_id >= {lo} AND event_id < {hi} "
-                   "AND {clean}) TO STDOUT WITH (FORMAT csv)").format(
-        cols=cols, lo=sql.Literal(int(lo)), hi=sql.Literal(int(hi)), clean=sql.SQL(clean))
+    where = (sql.SQL("event_id = ANY({})").format(sql.Literal([int(i) for i in ids])) if ids is not None
+             else sql.SQL("event_id >= {} AND event_id < {}").format(sql.Literal(int(lo)), sql.Literal(int(hi))))
+    stmt = sql.SQL("COPY (SELECT {cols} FROM shop.events WHERE {where} AND {clean}) TO STDOUT WITH (FORMAT csv)"
+                   ).format(cols=cols, where=where, clean=sql.SQL(clean))
+    later = None if deferrable is None else sql.SQL(
+        "SELECT event_id FROM shop.events WHERE {where} AND NOT ({clean}) AND {deferrable} ORDER BY event_id"
+    ).format(where=where, clean=sql.SQL(clean), deferrable=sql.SQL(deferrable))
     rfd, wfd = os.pipe()
     failure: list[BaseException] = []
+    deferred: list[int] = []
 
     def produce() -> None:
         try:
-            with os.fdopen(wfd, "wb") as w, connect(url) as conn, conn.cursor() as cur:
-                cur.execute("SET TimeZone = 'UTC'")
-                cur.copy_expert(stmt.as_string(conn), w, size=1 << 20)
+            with connect(url) as conn:
+                # one snapshot for the COPY and the deferred ids: an item loaded in between cannot make an
+                # event both missed by the COPY and absent from the list (or stored and listed)
+                conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+                with os.fdopen(wfd, "wb") as w, conn.cursor() as cur:
+                    cur.execute("SET TimeZone = 'UTC'")
+                    cur.copy_expert(stmt.as_string(conn), w, size=1 << 20)
+                if later is not None:
+                    with conn.cursor() as cur:
+                        cur.execute(later)
+                        deferred.extend(int(r[0]) for r in cur.fetchall())
         except BaseException as exc:  # re-raised in the task below
             failure.append(exc)
 
@@ -195,7 +220,7 @@ def copy_range(url: str, lo: int, hi: int, clean: str, store_url: str, name: str
         producer.join()
         if failure:
             raise failure[0]
-        return writers.close()
+        return {"files": writers.close(), "deferred": deferred}
     except BaseException:
         writers.discard()
         raise
@@ -365,6 +390,7 @@ def extract_snapshot(url: str, out_dir: str | Path, as_of: datetime, client: obj
         clean_items = clean_items_predicate(ts_floor=ts_floor, unique_proven=items_unique)
         clean_users = clean_users_predicate(ts_floor=ts_floor,
                                             unique_proven=proven_unique(cur, "shop.users", "user_id"))
+        deferrable = deferrable_events_predicate(ts_floor=ts_floor, items_unique_proven=items_unique)
         store_root = st.store_url_for(store_url or default_store_url(), st.source_key(cur))
         fs, root = st.resolve(store_root)
         manifest = st.read_manifest(fs, root)
@@ -379,6 +405,10 @@ def extract_snapshot(url: str, out_dir: str | Path, as_of: datetime, client: obj
     files: list[dict] = []
     small = None
     if plan.mode != "reuse":
+        # the deferred ids before this batch: none for a rebuild; a re-run starts from its batch's start
+        pending = [] if plan.mode == "full" else list((manifest or {}).get("deferred", []))
+        if plan.mode == "rerun":
+            pending = list((manifest or {})["batches"][-1].get("deferred_before", []))
         if plan.mode == "full":
             st.remove_tree(fs, st.join(root, st.EVENTS))
             st.remove(fs, [st.join(root, st.MANIFEST)])
@@ -387,6 +417,7 @@ def extract_snapshot(url: str, out_dir: str | Path, as_of: datetime, client: obj
             assert manifest is not None
             st.write_manifest(fs, root, {**manifest, "batches": plan.keep, "high_water": plan.after})
             st.remove(fs, [st.join(root, st.EVENTS, f["path"]) for f in manifest["batches"][-1]["files"]])
+        parts: list[dict] = []
         if plan.after is not None and last_id is not None and last_id > plan.after:
             ranges = event_ranges(plan.after + 1, int(last_id), int(last_id) - plan.after,
                                   _n_workers(client) if client is not None else 1)
@@ -396,9 +427,10 @@ def extract_snapshot(url: str, out_dir: str | Path, as_of: datetime, client: obj
             try:
                 if client is None:
                     small = _read_small(url, as_of, clean_items, clean_users)
-                    parts = [copy_range(*a) for a in zip(*args, strict=True)]
+                    parts = [copy_range(*a, deferrable=deferrable) for a in zip(*args, strict=True)]
                 else:
-                    futures = client.map(copy_range, *args, pure=False)  # type: ignore[attr-defined]
+                    futures = client.map(copy_range, *args, deferrable=deferrable,  # type: ignore[attr-defined]
+                                         pure=False)
                     # The small tables are read here while the workers stream events.
                     small = _read_small(url, as_of, clean_items, clean_users)
                     parts = client.gather(futures)  # type: ignore[attr-defined]
@@ -408,16 +440,22 @@ def extract_snapshot(url: str, out_dir: str | Path, as_of: datetime, client: obj
                 raise DatabaseError(f"extracting shop.events into {store_root} failed: {exc}",
                                     "that the Dask workers reach the database URL and can write the snapshot "
                                     "URL (RERANK_SNAPSHOT_URL), and the worker logs") from exc
-            files = sorted((f for p in parts for f in p), key=lambda f: (f["date"], f["path"]))
-            read = sum(f["rows"] for f in files)
+        if pending:  # earlier events whose item was missing: the ones clean now join this batch
+            parts.append(copy_range(url, 0, 0, clean_events, store_root, f"{batch}-deferred", compression,
+                                    deferrable=deferrable, ids=pending))
+        files = sorted((f for p in parts for f in p["files"]), key=lambda f: (f["date"], f["path"]))
+        read = sum(f["rows"] for f in files)
+        deferred = sorted({i for p in parts for i in p["deferred"]})[-MAX_DEFERRED:]
         high_water = int(last_id) if last_id is not None else 0
         new_batch = {"batch": batch, "after": plan.after if plan.after is not None else 0, "upto": high_water,
                      "rows": read, "files": files, "as_of": as_of.isoformat(),
-                     "created": datetime.now(UTC).isoformat(timespec="seconds")}
+                     "created": datetime.now(UTC).isoformat(timespec="seconds"), "deferred_before": pending}
         with connect(url) as conn, conn.cursor() as cur:
             probes = _probe(cur, sorted({i for i in (first_id, last_id) if i is not None}))
+        # only the newest batch can be re-run, so only it keeps the deferred ids it started from
+        kept = [{k: v for k, v in b.items() if k != "deferred_before"} for b in plan.keep]
         manifest = {"version": st.STORE_VERSION, "fingerprint": fingerprint, "high_water": high_water,
-                    "probes": probes, "batches": [*plan.keep, new_batch]}
+                    "probes": probes, "batches": [*kept, new_batch], "deferred": deferred}
         st.write_manifest(fs, root, manifest)
     assert manifest is not None
     if small is None:

@@ -163,6 +163,16 @@ def clean_events_predicate(*, ts_floor: str = TS_FLOOR, unique_proven: bool = Fa
                                         items_unique_proven=items_unique_proven))
 
 
+#: Event rules that depend on ``shop.items``: a row they refuse may turn clean once its item is loaded or fixed.
+ITEM_DEPENDENT = ("item_id not in shop.items", "item_id refers to a quarantined item")
+
+
+def deferrable_events_predicate(*, ts_floor: str = TS_FLOOR, items_unique_proven: bool = True) -> str:
+    """SQL boolean: the ``shop.events`` row breaks an item-dependent rule (:data:`ITEM_DEPENDENT`)."""
+    return any_bad([r for r in event_rules(ts_floor=ts_floor, items_unique_proven=items_unique_proven)
+                    if r.reason in ITEM_DEPENDENT])
+
+
 def clean_items_predicate(*, ts_floor: str = TS_FLOOR, unique_proven: bool = False) -> str:
     """SQL boolean for a clean row of ``shop.items``."""
     return "NOT " + any_bad(item_rules(ts_floor=ts_floor, unique_proven=unique_proven))

@@ -211,15 +211,11 @@ def test_extraction_keeps_text_that_looks_like_a_null_marker(db_url: str, tmp_pa
     assert ev["query"].tolist() == words and ev["session_id"].tolist() == words
 
 
-@pytest.mark.xfail(strict=True, reason="incremental extraction never re-reads an event refused only because "
-                                       "its item was missing or bad when it was read (see the docstring)")
 def test_event_that_arrives_before_its_item_is_extracted_once_the_item_arrives(db_url: str, tmp_path: Path) -> None:
     """Events often land before the catalogue sync brings their item. Such an event is quarantined ("item_id
-    not in shop.items") and left out, which is right for that run; but the store's high-water mark then
-    passes it, so once the item arrives no later incremental run reads it: it is lost until a full rebuild,
-    while a full read gives it. Fix (not small): keep the ids refused only by item-dependent rules in the
-    manifest ("deferred") and re-read ``event_id = ANY(deferred) AND <clean>`` on each incremental run,
-    or start the next read at the lowest deferred id and let the batch's dedupe skip already-stored ids."""
+    not in shop.items") and left out, which is right for that run; but the store's high-water mark passed it,
+    so once the item arrived no later incremental run read it: lost until a full rebuild. It is now deferred
+    (its id kept in the manifest) and read by the first run after its item arrives."""
     from pipeline.extract import extract_snapshot, read_events
 
     with connect(db_url) as conn, conn.cursor() as cur:
@@ -237,3 +233,35 @@ def test_event_that_arrives_before_its_item_is_extracted_once_the_item_arrives(d
     assert set(read_events(tmp_path / "r3")["event_id"]) == {1, 2} and full["events"] == 2
     assert set(read_events(tmp_path / "r2")["event_id"]) == {1, 2}
     assert second["events"] == 2
+
+
+def test_a_deferred_event_is_stored_once_across_reruns_and_later_runs(db_url: str, tmp_path: Path) -> None:
+    """The deferred event is stored by the run that finds its item, exactly once: re-running that run replaces
+    its batch (starting again from the deferred ids it began with), and later runs no longer re-read it."""
+    import json
+
+    from pipeline.extract import extract_snapshot, read_events
+
+    with connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO shop.users (user_id, created_at) VALUES (1, '2026-01-01')")
+        cur.execute("INSERT INTO shop.items (item_id, title, category, created_at) VALUES (10, 'x', 'A', '2026-01-01')")
+        cur.execute("INSERT INTO shop.events (event_id, user_id, item_id, event_type, ts) VALUES "
+                    "(1, 1, 10, 'view', '2026-11-20'), (2, 1, 99, 'view', '2026-11-20'), "
+                    "(3, 1, 77, 'click', '2026-11-20')")
+    store = str(tmp_path / "store")
+    extract_snapshot(db_url, tmp_path / "r1", AS_OF, None, store_url=store)
+    manifest = next(Path(store).rglob("manifest.json"))
+    assert json.loads(manifest.read_text())["deferred"] == [2, 3]
+    with connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO shop.items (item_id, title, category, created_at) VALUES (99, 'y', 'A', '2026-01-01')")
+    for _ in range(2):  # the run that finds item 99, and its re-run
+        second = extract_snapshot(db_url, tmp_path / "r2", AS_OF, None, store_url=store)
+        assert sorted(read_events(tmp_path / "r2")["event_id"]) == [1, 2]
+        assert json.loads(manifest.read_text())["deferred"] == [3]  # item 77 is still missing
+    assert second["mode"] == "rerun"
+    with connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO shop.events (event_id, user_id, item_id, event_type, ts) VALUES "
+                    "(4, 1, 10, 'click', '2026-11-20')")
+    third = extract_snapshot(db_url, tmp_path / "r3", AS_OF, None, store_url=store)
+    assert third["mode"] == "incremental"
+    assert sorted(read_events(tmp_path / "r3")["event_id"]) == [1, 2, 4]
