@@ -201,9 +201,12 @@ def _score_shard(users: np.ndarray, snap: str, as_of: datetime, top_n: int, n_ca
                        half_life_days=half_life)
     cand = candidates_for_users(users, snap_p, as_of, cfg, events=events)
     if artifact_uri and len(cand):
+        from pipeline.rank.features import load_item_embeddings as ranker_embeddings
         from pipeline.rank.score import load_model  # cached per worker process
 
-        cand["p_rank"] = load_model(artifact_uri).score(cand, events, feats, as_of)
+        # the embeddings the model trained and was gated with: items it never saw still get theirs
+        cand["p_rank"] = load_model(artifact_uri).score(
+            cand, events, feats, as_of, emb=ranker_embeddings(str(snap_p / "item_embeddings.parquet")))
     else:
         cand["p_rank"] = 1.0
     bought = events.loc[events["event_type"] == "purchase", ["user_id", "item_id", "ts"]].dropna(subset=["item_id"])

@@ -265,5 +265,5 @@ def candidate_tensors(cand: pd.DataFrame, item_side: pd.DataFrame, stats: pd.Dat
         "num": num,
     }
     if space.embedding_dim:
-        out["emb"] = embedding_matrix(emb, ids, space.embedding_dim)
+        out["emb"] = embedding_matrix(emb, uniq, space.embedding_dim)[code]
     return out

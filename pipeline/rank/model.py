@@ -479,6 +479,7 @@ class RankerModel:
     @classmethod
     def load(cls, path: str | Path) -> RankerModel:
         """The model saved in folder ``path``, on CPU in eval mode (digest and format checked)."""
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
         p = Path(path)
@@ -488,12 +489,24 @@ class RankerModel:
         if side.get("format") != FORMAT or side.get("format_version") != FORMAT_VERSION:
             raise ModelError(f"ranker: {p} holds format {side.get('format')!r} v{side.get('format_version')}",
                              f"this build reads {FORMAT} v{FORMAT_VERSION}")
+        # The weights carry the digest of the sidecar they were saved with: a model.json next to another
+        # model's weights would otherwise load (same shapes) or fail deep inside torch (other shapes).
+        with safe_open(str(p / WEIGHTS_FILE), framework="pt") as f:
+            stamped = (f.metadata() or {}).get("config_digest")
+        if stamped != side.get("config_digest"):
+            raise ModelError(f"ranker: {p / WEIGHTS_FILE} has config digest {stamped!r}, {SIDECAR_FILE} "
+                             f"{side.get('config_digest')!r}", "the two files come from different models: "
+                             "save the model again or restore both files together")
         tensors = load_file(str(p / WEIGHTS_FILE))
         m = cls(RankerConfig(**side["config"]))
         m.space = FeatureSpace.from_json(side["feature_space"], tensors["vocab.item_ids"].numpy())
         m._item_emb = tensors["vocab.item_emb"].numpy() if "vocab.item_emb" in tensors else None
         m.net = RankerNet(NetConfig(**side["net"]))
-        m.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, strict=True)
+        try:
+            m.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, strict=True)
+        except RuntimeError as exc:  # missing / unexpected / differently shaped tensors
+            raise ModelError(f"ranker: the weights in {p} do not fit the network in its sidecar: {exc}",
+                             "save the model again with this build") from exc
         m.net.eval()
         m.calibration = (float(side["calibration"][0]), float(side["calibration"][1]))
         m.metrics, m.history = side.get("metrics", {}), side.get("history", [])

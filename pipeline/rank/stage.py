@@ -9,6 +9,7 @@ champion's by more than ``tolerance``. Lists are ranked by the fused score P_rec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -90,6 +91,16 @@ def _holdout(events: pd.DataFrame, items: pd.DataFrame, as_of: datetime, recall:
     return build_window(events, t, end, recall_candidate_fn(items, **recall))
 
 
+def _weights_digest(model: RankerModel) -> str:
+    """8 hex digits of the trained weights and calibration (what ``score`` computes with)."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.net.state_dict().items()) if model.net is not None else []:
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps(list(model.calibration)).encode())
+    return h.hexdigest()[:8]
+
+
 def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: bool = True, device: str = "auto",
                  seed: int = 42, n_windows: int = 7, config: RankerConfig | None = None,
                  n_candidates: int | None = None, max_users_per_window: int | None = 20_000) -> dict:
@@ -127,7 +138,10 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
     hold = _holdout(events, items, as_of, recall)
     cand_m = holdout_metrics(model, hold, items, emb=emb)
     base_m = holdout_metrics(None, hold, items)
-    version = f"ranker-{pd.Timestamp(as_of):%Y%m%dT%H%M}-{model.config_digest[:8]}"
+    # The weights are part of the name: a re-run that reproduces the model lands on the same row and files,
+    # one that does not (late events, GPU non-determinism) is a new candidate for the gate. Named by the
+    # config alone, a re-run rewrote the champion's files in place with weights the gate never saw.
+    version = f"ranker-{pd.Timestamp(as_of):%Y%m%dT%H%M}-{model.config_digest[:8]}-{_weights_digest(model)}"
     model.version = version
     model.metrics.update({"holdout": cand_m, "recall_only": base_m, "windows": len(windows),
                           "holdout_cutoff": hold.cutoff.isoformat(), "data_seconds": round(data_s, 3),
@@ -163,6 +177,10 @@ def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime, *, toleranc
         raise ModelError(f"candidate {version} is not in recsys.models", "run train_ranker again")
     if champ and champ["model_version"] == version:
         return {**base, "promoted": False, "candidate": version, "reason": "the candidate is already champion"}
+    if (row.get("metrics") or {}).get("rolled_back"):
+        # An operator took this model out of service; a repeated run must not put it back on its own.
+        return {**base, "promoted": False, "candidate": version,
+                "reason": f"{version} was rolled back; `rerank models promote {version}` restores it by hand"}
     events, items, emb = _load(_snapshot(home, run_id))
     hold = _holdout(events, items, as_of, trained["recall"])
     key = f"ndcg@{GATE_K}"

@@ -43,8 +43,10 @@ _CACHE: dict[tuple, LiveRun] = {}
 Scorer = Callable[[pd.DataFrame, pd.DataFrame, pd.DataFrame, datetime], pd.Series]
 
 
-def _champion(url: str, version: str | None) -> tuple[str, Scorer | None]:
-    """The champion ranker when one is registered (torch is imported only then); else recall-only ordering."""
+def _champion(url: str, version: str | None, snap: Path | None = None) -> tuple[str, Scorer | None]:
+    """The champion ranker when one is registered (torch is imported only then); else recall-only ordering.
+
+    ``snap``: the live run's snapshot, whose item embeddings the ranker reads (items it never saw, too)."""
     if version is None:
         return "recall-only", None
     try:
@@ -55,8 +57,12 @@ def _champion(url: str, version: str | None) -> tuple[str, Scorer | None]:
     if model is None:  # registered, but its files are gone: the ranker package has logged why
         return "recall-only", None
 
+    from pipeline.rank.features import load_item_embeddings
+
+    emb = load_item_embeddings(str(snap / "item_embeddings.parquet")) if snap is not None else None
+
     def score(cand: pd.DataFrame, events: pd.DataFrame, item_feats: pd.DataFrame, as_of: datetime) -> pd.Series:
-        return pd.Series(model.score(cand, events, item_feats, as_of), index=cand.index, dtype="float64")
+        return pd.Series(model.score(cand, events, item_feats, as_of, emb=emb), index=cand.index, dtype="float64")
 
     return str(getattr(model, "version", None) or version), score
 
@@ -115,7 +121,7 @@ def load_live(url: str, home: str | Path, pub: dict, champion: str | None = None
     feats = pd.read_parquet(snap / "item_features.parquet")
     items = pd.read_parquet(snap / "items.parquet", columns=["item_id", "title"])
     feats = feats.merge(items, on="item_id", how="left")
-    version, scorer = _champion(url, champion)
+    version, scorer = _champion(url, champion, snap)
     tables = live_tables(feats, _neighbours(url, snap, int(pub["publication_id"])))
     live = LiveRun(publication_id=int(pub["publication_id"]), run_id=str(pub["run_id"]),
                    generated_at=pub["generated_at"], item_feats=feats, neighbours=tables.neighbours,

@@ -1,7 +1,5 @@
-"""Ingest, validate and extract on bad input: each test pins one defect a review found.
-
-Every test here failed on the code as reviewed; the ones whose fix was small and local now pass, the rest are
-``xfail(strict=True)`` with the fix described. Accounting is checked as "loaded + quarantined == rows read".
+"""Ingest, validate and extract on bad input: each test pins one defect a review found (each failed on the
+code as reviewed). Accounting is checked as "loaded + quarantined == rows read".
 """
 
 from __future__ import annotations
