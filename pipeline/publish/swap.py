@@ -22,6 +22,7 @@ Test hook: ``RERANK_TEST_PUBLISH_PAUSE_AT=<point>`` makes the publishing process
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sys
@@ -40,6 +41,7 @@ from pipeline.db.copy import frame_to_csv
 from pipeline.db.engine import connect
 from pipeline.errors import PublishError
 
+log = logging.getLogger(__name__)
 VIEWS_DIR = Path(__file__).resolve().parents[2] / "sql" / "views"
 RECS_COLUMNS = ["user_id", "rank", "item_id", "score", "reason", "anchor_item_id", "source", "variant",
                 "model_version", "run_id", "generated_at"]
@@ -192,9 +194,12 @@ def _swap(conn, pub_id: int, insert: tuple | None, *, lock_timeout_ms: int, atte
 def publish_run(url: str, run_id: str, recs: pd.DataFrame, similar: pd.DataFrame | None, *,
                 generated_at: datetime, keep: int = 3, stats: dict | None = None, hook: Hook | None = None,
                 chunk_rows: int = 500_000, lock_wait_s: float = 600.0, swap_lock_timeout_ms: int = 2000,
-                swap_attempts: int = 10) -> dict:
+                swap_attempts: int = 10, allow_older: bool = False) -> dict:
     """Publish ``recs`` (and item neighbours) for ``run_id``; return table names and timings.
 
+    A run older than the live one (``generated_at`` earlier, another run: a backfill, or an old date's task
+    cleared and re-run) is not made live unless ``allow_older``: it returns ``published: False`` and writes
+    nothing (``rerank publish rollback`` is the way back to older lists).
     ``hook(point)`` is called at each of :data:`PAUSE_POINTS` (tests use it to kill the process there).
     """
     missing = set(RECS_COLUMNS) - set(recs.columns)
@@ -208,6 +213,15 @@ def publish_run(url: str, run_id: str, recs: pd.DataFrame, similar: pd.DataFrame
     t_all = time.perf_counter()
     conn = _session(url, lock_wait_s)
     try:
+        with conn, conn.cursor() as cur:
+            # under the publish lock: no other publication or rollback can change the live one meanwhile
+            cur.execute("SELECT run_id, generated_at FROM recsys.publications WHERE live AND generated_at > %s "
+                        "AND run_id <> %s", (generated_at, run_id))
+            newer = cur.fetchone()
+        if newer is not None and not allow_older:
+            log.warning("not publishing %s: the live run %s is newer (%s)", run_id, newer[0], newer[1])
+            return {"published": False, "publication_id": None, "rows": len(recs), "live_run_id": newer[0],
+                    "reason": f"the live run {newer[0]} (generated {newer[1]}) is newer than {run_id}"}
         with conn, conn.cursor() as cur:
             orphans = _drop_orphans(cur)
             cur.execute("SELECT nextval('recsys.publications_publication_id_seq')")
@@ -264,8 +278,9 @@ def publish_run(url: str, run_id: str, recs: pd.DataFrame, similar: pd.DataFrame
     finally:
         conn.close()  # also releases the advisory lock
     timings["total_s"] = time.perf_counter() - t_all
-    return {"publication_id": pub_id, "recs_table": recs_table, "similar_table": similar_table, "rows": len(recs),
-            "orphans_dropped": orphans, "pruned": pruned, **{k: round(v, 4) for k, v in timings.items()}}
+    return {"published": True, "publication_id": pub_id, "recs_table": recs_table, "similar_table": similar_table,
+            "rows": len(recs), "orphans_dropped": orphans, "pruned": pruned,
+            **{k: round(v, 4) for k, v in timings.items()}}
 
 
 def _point_views(cur, pub_id: int) -> None:

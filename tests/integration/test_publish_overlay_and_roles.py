@@ -151,3 +151,21 @@ def test_the_pipeline_role_can_publish_and_the_reader_role_reads_the_result(shop
     assert _seen(shop, 1) == {"day2"}
     assert rollback(as_writer)["run_id"] == "nightly_20261123T0000"
     assert _seen(shop, 1) == {"day1"}
+
+
+def test_an_older_run_published_after_a_newer_one_does_not_replace_it(shop: str) -> None:
+    """A backfill, or an old date's publish task cleared and re-run, must not swap readers back to older lists;
+    ``allow_older`` (or ``rerank publish rollback``) is the deliberate way back."""
+    publish_run(shop, "nightly_20261124T0000", _recs("day2", DAY2, 2), None, generated_at=DAY2)
+    res = publish_run(shop, "nightly_20261123T0000", _recs("day1", DAY1, 1), None, generated_at=DAY1)
+    assert res["published"] is False and res["publication_id"] is None
+    assert res["live_run_id"] == "nightly_20261124T0000"
+    assert live_publication(shop)["run_id"] == "nightly_20261124T0000"
+    assert _seen(shop, 1) == {"day2"}
+    with connect(shop) as conn, conn.cursor() as cur:  # nothing was loaded for the skipped run
+        cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'recsys' "
+                    "AND tablename LIKE 'recs_nightly_20261123%'")
+        assert cur.fetchone()[0] == 0
+    res = publish_run(shop, "nightly_20261123T0000", _recs("day1", DAY1, 1), None, generated_at=DAY1, allow_older=True)
+    assert res["published"] is True and live_publication(shop)["run_id"] == "nightly_20261123T0000"
+    assert _seen(shop, 1) == {"day1"}
