@@ -203,12 +203,17 @@ def als_source(users: np.ndarray, hist: pd.DataFrame, factors: Factors, n: int) 
     active = np.flatnonzero(np.abs(U).sum(axis=1) > 0)
     if not len(active):
         return None
-    scores = U[active] @ factors.item_factors.T
+    # BLAS takes another kernel (gemv) for a single row, whose sums differ in the last bits: score one user
+    # as a two-row product so a user's scores do not depend on how many users share the shard.
+    Ua = U[active] if len(active) > 1 else np.repeat(U[active], 2, axis=0)
+    scores = (Ua @ factors.item_factors.T)[: len(active)]
     seen = hist[hist["user_id"].isin(users[active])]
     kk = min(n + (int(seen.groupby("user_id").size().max()) if len(seen) else 0), scores.shape[1])
-    idx = np.argpartition(-scores, kth=kk - 1, axis=1)[:, :kk]
-    val = np.take_along_axis(scores, idx, axis=1)
-    df = _frame(np.repeat(users[active], kk), factors.item_ids[idx.ravel()], "als", val.ravel())
+    # every item at least as good as the kk-th (ties included): which of equal scores argpartition keeps is
+    # arbitrary and kk depends on the shard; _top_per_user then breaks ties by item id
+    kth = -np.partition(-scores, kth=kk - 1, axis=1)[:, kk - 1]
+    r, c = np.nonzero((scores >= kth[:, None]) & (scores > 0))
+    df = _frame(users[active][r], factors.item_ids[c], "als", scores[r, c])
     if len(seen):
         df = df.merge(seen[["user_id", "item_id"]].assign(_s=True), on=["user_id", "item_id"], how="left")
         df = df[df["_s"].isna()].drop(columns="_s")
@@ -225,7 +230,9 @@ def search_source(events: pd.DataFrame, text_index: TextIndex, cfg: RecallConfig
     q = events[(events["event_type"] == "search") & events["query"].notna() & (events["ts"] >= since)]
     if q.empty:
         return None
-    q = q.sort_values(["user_id", "ts"], ascending=[True, False], kind="stable").groupby("user_id").head(
+    # newest first; equal timestamps (day-granular imports) by event id, newest first: not by row order
+    by = ["user_id", "ts", "event_id"] if "event_id" in q.columns else ["user_id", "ts", "query"]
+    q = q.sort_values(by, ascending=[True, False, False], kind="stable").groupby("user_id").head(
         cfg.search_queries)
     # a query typed by many users is vectorised and matched once
     codes, distinct = pd.factorize(q["query"].astype(str).to_numpy(dtype=object))
@@ -454,12 +461,16 @@ def generate_candidates(users: np.ndarray, events: pd.DataFrame, neighbours: pd.
                       or (f["source"].iat[0] == "popularity" and "category" in use))
     if "popularity" in use:
         # Fallback: enough popular items that every user still has a full list after exclusions.
-        n_pop = cfg.n_candidates + (int(hist.groupby("user_id").size().max()) if len(hist) else 0)
-        top = tables.pop_order.head(n_pop)
+        # Each user's depth is n_candidates plus their *own* history size: a shard-wide maximum would give a
+        # user more (noisy-or) popularity rows when a heavy user shares the shard, so lists would depend on
+        # the shard split, i.e. on the number of Dask workers.
+        depth = cfg.n_candidates + hist.groupby("user_id").size().reindex(users, fill_value=0).to_numpy("int64")
+        top = tables.pop_order.head(int(depth.max()))
         # items without any activity still fill the list (score 0), so a tiny shop gives full lists
         score = (top["popularity"] / max(float(top["popularity"].max()), 1e-9)).to_numpy()
-        frames.append(_frame(np.repeat(users, len(top)), np.tile(top["item_id"].to_numpy(), len(users)),
-                             "popularity", np.tile(score, len(users))))
+        keep = np.tile(np.arange(len(top)), len(users)) < np.repeat(depth, len(top))
+        frames.append(_frame(np.repeat(users, len(top))[keep], np.tile(top["item_id"].to_numpy(), len(users))[keep],
+                             "popularity", np.tile(score, len(users))[keep]))
 
     frames = [f for f in frames if len(f)]
     if not frames:

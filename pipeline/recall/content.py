@@ -98,12 +98,25 @@ def content_candidates(history: pd.DataFrame, index: ContentIndex, *, n: int = 1
     h = h[ok].assign(_row=rows[ok])
     if h.empty:
         return pd.DataFrame({c: pd.Series(dtype="int64" if c != "recall_score" else "float64") for c in cols})
+    # weights relative to the user's strongest item: the query is normalised anyway, and decayed weights of
+    # old histories (1e-48 and less) would round to 0 in float32 and leave an empty query
+    top = h.groupby("user_id")["weight"].transform("max")
+    h = h[top > 0]
+    if h.empty:
+        return pd.DataFrame({c: pd.Series(dtype="int64" if c != "recall_score" else "float64") for c in cols})
     users, inv = np.unique(h["user_id"].to_numpy(), return_inverse=True)
-    w = h["weight"].to_numpy(np.float32)
+    w = (h["weight"] / top.loc[h.index]).to_numpy(np.float32)
     q = np.zeros((len(users), index.vectors.shape[1]), np.float32)
     np.add.at(q, inv, index.vectors[h["_row"].to_numpy()] * w[:, None])
-    n_hist = np.bincount(inv)
-    r, s = index.search(q, n + int(n_hist.max()))
+    # a zero query (history items without an embedding, or opposite vectors) is no evidence: faiss would
+    # return the first rows of the index with score 0, arbitrary items labelled as content matches
+    has_q = np.linalg.norm(q, axis=1) > 0
+    if not has_q.all():
+        h = h[has_q[inv]]
+        if h.empty:
+            return pd.DataFrame({c: pd.Series(dtype="int64" if c != "recall_score" else "float64") for c in cols})
+        users, q = users[has_q], q[has_q]
+    r, s = index.search(q, n + int(h.groupby("user_id").size().max()))
     out = pd.DataFrame({"user_id": np.repeat(users, r.shape[1]), "_row": r.ravel(), "recall_score": s.ravel()})
     out = out[out["_row"] >= 0]
     out["item_id"] = index.item_ids[out["_row"].to_numpy()]

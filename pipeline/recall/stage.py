@@ -63,9 +63,30 @@ def build_recall_models(snapshot_dir: str | Path, as_of: datetime, client: objec
     return out
 
 
-@lru_cache(maxsize=2)
+def _stamp(snap: str) -> tuple:
+    """(name, mtime_ns, size) of every file ``_shared`` reads: a re-run of a stage for the same run (the run
+    id is the date) rewrites them, and a long-lived worker must not keep serving the first attempt's copy."""
+    p = Path(snap)
+    files = [p / f for f in ("items.parquet", "item_features.parquet", "neighbours.parquet")]
+    files += [factors_dir(p) / f for f in ("user_factors.npy", "item_factors.npy", "user_ids.npy", "item_ids.npy")]
+    return tuple((f.name, st.st_mtime_ns, st.st_size) for f in files if (st := _stat(f)) is not None)
+
+
+def _stat(f: Path):  # noqa: ANN202 - os.stat_result | None
+    try:
+        return f.stat()
+    except FileNotFoundError:
+        return None
+
+
 def _shared(snap: str) -> tuple[pd.DataFrame, pd.DataFrame, Factors | None]:
-    """What every shard of a run reads (item features with titles, neighbours, factors): once per worker."""
+    """What every shard of a run reads (item features with titles, neighbours, factors): once per worker
+    and version of the files."""
+    return _shared_cached(snap, _stamp(snap))
+
+
+@lru_cache(maxsize=2)
+def _shared_cached(snap: str, stamp: tuple) -> tuple[pd.DataFrame, pd.DataFrame, Factors | None]:
     p = Path(snap)
     items = pd.read_parquet(p / "items.parquet")
     if (p / "item_features.parquet").exists():
@@ -85,11 +106,15 @@ def _shared(snap: str) -> tuple[pd.DataFrame, pd.DataFrame, Factors | None]:
     return feats, nb, fac
 
 
-@lru_cache(maxsize=2)
 def _text_index(snap: str):  # noqa: ANN202 - TextIndex
+    return _text_index_cached(snap, _stamp(snap))
+
+
+@lru_cache(maxsize=2)
+def _text_index_cached(snap: str, stamp: tuple):  # noqa: ANN202 - TextIndex
     from pipeline.recall.text import TextIndex, item_texts
 
-    feats = _shared(snap)[0]
+    feats = _shared_cached(snap, stamp)[0]
     avail = feats[feats["in_stock"].astype(bool) & feats["visible"].astype(bool)]
     return TextIndex(avail["item_id"].to_numpy(), item_texts(avail).tolist())
 
