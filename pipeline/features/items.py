@@ -51,8 +51,18 @@ def decay_factor(events: pd.DataFrame, as_of: datetime, half_life_days: dict[str
     return pd.Series(np.exp2(-np.clip(age_days, 0, None) / hl), index=events.index)
 
 
+#: Fixed-point unit of the decayed sums (``activity``, ``decayed_*``): integers add up exactly in any order,
+#: so the fit does not depend on how the events are split into partitions (float sums do, in the last bits).
+FIXED_POINT = 2**30
+
+
+def _is_decayed(col: str) -> bool:
+    return col == "activity" or col.startswith("decayed_")
+
+
 def item_event_sums(part: pd.DataFrame, as_of: datetime, weights: dict, half_life: dict) -> pd.DataFrame:
-    """Transform (per partition): one row per item event with the columns that the fit sums per item."""
+    """Transform (per partition): one row per item event with the columns that the fit sums per item
+    (all int64; the decayed ones in units of 1 / :data:`FIXED_POINT`)."""
     part = part[part["item_id"].notna()]
     # One categorical encoding of event_type serves every per-type lookup below.
     types = list(dict.fromkeys([*ITEM_EVENT_TYPES, *weights, *half_life]))
@@ -63,8 +73,11 @@ def item_event_sums(part: pd.DataFrame, as_of: datetime, weights: dict, half_lif
     age = (pd.Timestamp(as_of) - part["ts"]).to_numpy()
     age_days = age / np.timedelta64(1, "D")
     decay = np.exp2(-np.clip(age_days, 0, None) / hl)
+    def fixed(x: np.ndarray) -> np.ndarray:
+        return np.rint(x * FIXED_POINT).astype("int64")
+
     out = {"item_id": part["item_id"].astype("int64").to_numpy(),
-           "activity": w * decay,
+           "activity": fixed(w * decay),
            "events": np.ones(len(part), dtype="int64"),
            "recent_events": (age <= np.timedelta64(SHORT_DAYS, "D")).astype("int64"),
            "long_events": (age <= np.timedelta64(LONG_DAYS, "D")).astype("int64"),
@@ -72,14 +85,14 @@ def item_event_sums(part: pd.DataFrame, as_of: datetime, weights: dict, half_lif
     for t in ITEM_EVENT_TYPES:
         hit = codes == types.index(t)
         out[f"n_{t}"] = hit.astype("int64")
-        out[f"decayed_{t}"] = np.where(hit, decay, 0.0)
+        out[f"decayed_{t}"] = fixed(np.where(hit, decay, 0.0))
     return pd.DataFrame(out)[["item_id", *SUM_COLUMNS]]
 
 
 def _sums_meta() -> pd.DataFrame:
     cols = {"item_id": pd.Series(dtype="int64")}
     for c in SUM_COLUMNS:
-        cols[c] = pd.Series(dtype="float64" if c == "activity" or c.startswith("decayed_") else "int64")
+        cols[c] = pd.Series(dtype="int64")
     return pd.DataFrame(cols)
 
 
@@ -94,7 +107,9 @@ def finalize_item_features(items: pd.DataFrame, sums: pd.DataFrame, as_of: datet
     cols = ["item_id", "category", "brand", "price", "in_stock", "visible", "created_at"]
     feats = items[cols].merge(sums, left_on="item_id", right_index=True, how="left")
     for c in SUM_COLUMNS:
-        feats[c] = feats[c].fillna(0).astype("float64" if c == "activity" or c.startswith("decayed_") else "int64")
+        feats[c] = feats[c].fillna(0).astype("int64")
+        if _is_decayed(c):
+            feats[c] = feats[c] / FIXED_POINT
     # Trend: share of the last SHORT_DAYS in the item's activity, smoothed so a single event is no trend.
     feats["trend"] = (feats["recent_events"] + 1.0) / (feats["events"] + 10.0)
     # Short vs long window rate per day (> 1: rising), smoothed by one pseudo-event per window.

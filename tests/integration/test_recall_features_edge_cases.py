@@ -160,10 +160,6 @@ def test_a_shard_reads_the_snapshot_as_it_is_now(tmp_path: Path) -> None:
     assert 2 not in set(again["item_id"])
 
 
-@pytest.mark.xfail(strict=True, reason="the item-feature fit sums float decayed weights per partition, so the last "
-                   "bits of activity/decayed_* depend on how the events are split into files (the store's incremental "
-                   "history); fix: accumulate them in fixed point (int64) in item_event_sums and scale back in "
-                   "finalize_item_features, or sum per item over events in a fixed order")
 def test_item_activity_does_not_depend_on_the_number_of_partitions() -> None:
     import dask.dataframe as dd
 
