@@ -23,7 +23,7 @@ import pandas as pd
 
 from pipeline import runs
 from pipeline.dask_client import dask_client
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, InputDataError, PipelineError
 from pipeline.settings import Settings, get_settings, use_settings
 
 STAGES = ("validate", "extract", "item_features", "user_features", "cf_build", "train_ranker",
@@ -65,10 +65,25 @@ def _params(home: str | Path, run_id: str) -> dict:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
+def check_config(s: Settings) -> None:
+    """Refuse bad re-rank, A/B variant and output gate settings before a run starts: the stages that use them
+    (score_users on Dask workers, quality_gate) come after hours of extraction and training."""
+    from pipeline.publish.gate import GateThresholds
+    from pipeline.rerank.config import RerankConfig, parse_variants
+
+    try:
+        RerankConfig().with_overrides(s.rerank)
+    except TypeError as exc:  # a value of the wrong type (e.g. a string for a share)
+        raise ConfigError(f"invalid RERANK_RERANK: {exc}", "pipeline/rerank/config.py RerankConfig") from None
+    parse_variants(s.variants)
+    GateThresholds.from_dict(s.gate)
+
+
 def begin(url: str, home: str, as_of: datetime, *, dag: str = "rerank_nightly", params: dict | None = None) -> str:
     """Record the run in recsys.runs and its params under RERANK_HOME; return the run_id."""
     from pipeline.db.migrate import require_schema
 
+    check_config(get_settings())
     require_schema(url)
     run_id = runs.start_run(url, dag=dag, as_of=as_of, params=params)
     shutil.rmtree(_dir(home, run_id) / "stages", ignore_errors=True)  # a re-run starts its figures afresh
@@ -322,19 +337,42 @@ def run_nightly(settings: Settings | None = None, *, as_of: datetime, retrain: b
     from pipeline.db.engine import database_url
 
     s = settings or get_settings()
+    # Refuse bad input before anything is recorded (a typo'd stage would leave a run 'running' forever).
+    if only_stage is not None and only_stage not in STAGES:
+        raise PipelineError(f"unknown stage {only_stage!r}", f"one of {', '.join(STAGES)}")
+    if top_n is not None and not 1 <= top_n <= 1000:
+        raise ConfigError(f"top_n must be between 1 and 1000, got {top_n}", "--top-n / RERANK_TOP_N")
     url, home = database_url(s), str(s.home_path)
-    top_n = top_n or s.top_n
-    params = {"as_of": as_of.isoformat(), "retrain": retrain, "user_ids": list(user_ids or []), "top_n": top_n,
-              "dry_run": dry_run}
-    if only_stage and runs.run_stats(url, runs.make_run_id("rerank_nightly", as_of)):
-        # One stage of an existing run: keep its params and figures (re-beginning would reset them, and e.g.
-        # publish would forget the run's user subset).
-        run_id = runs.make_run_id("rerank_nightly", as_of)
-    else:
-        run_id = begin(url, home, as_of, params=params)
-    with use_settings(s), dask_client(s) as client:
-        return _run_steps(s, url, home, run_id, as_of, client, retrain=retrain, only_stage=only_stage,
-                          user_ids=user_ids, top_n=top_n, dry_run=dry_run, on_stage=on_stage)
+    with use_settings(s):
+        check_config(s)
+        existing = runs.run_stats(url, runs.make_run_id("rerank_nightly", as_of)) if only_stage else {}
+        if existing:
+            # One stage of an existing run: keep its params and figures (re-beginning would reset them), and
+            # run with its user subset and list length, which quality_gate and publish read from its params.
+            run_id = runs.make_run_id("rerank_nightly", as_of)
+            user_ids, top_n = _same_params(run_id, existing.get("params") or {}, user_ids, top_n, s.top_n)
+        else:
+            top_n = top_n or s.top_n
+            params = {"as_of": as_of.isoformat(), "retrain": retrain, "user_ids": list(user_ids or []),
+                      "top_n": top_n, "dry_run": dry_run}
+            run_id = begin(url, home, as_of, params=params)
+        with dask_client(s) as client:
+            return _run_steps(s, url, home, run_id, as_of, client, retrain=retrain, only_stage=only_stage,
+                              user_ids=user_ids, top_n=top_n, dry_run=dry_run, on_stage=on_stage)
+
+
+def _same_params(run_id: str, recorded: dict, user_ids: Sequence[int] | None, top_n: int | None,
+                 default_top_n: int) -> tuple[list[int] | None, int]:
+    """The recorded user subset and list length of ``run_id``; given ones must agree with them."""
+    had_users = sorted(int(u) for u in recorded.get("user_ids") or [])
+    had_top_n = int(recorded.get("top_n") or default_top_n)
+    if user_ids and sorted(int(u) for u in user_ids) != had_users:
+        raise ConfigError(f"run {run_id} was begun with user_ids {had_users or 'all'}, not {list(user_ids)}",
+                          "re-run the whole night (without --stage) to change the user subset")
+    if top_n is not None and top_n != had_top_n:
+        raise ConfigError(f"run {run_id} was begun with top_n {had_top_n}, not {top_n}",
+                          "re-run the whole night (without --stage) to change the list length")
+    return (had_users or None), had_top_n
 
 
 def _run_steps(s: Settings, url: str, home: str, run_id: str, as_of: datetime, client: object, *, retrain: bool,
@@ -363,6 +401,15 @@ def _run_steps(s: Settings, url: str, home: str, run_id: str, as_of: datetime, c
         t0 = time.perf_counter()
         try:
             out = steps[name]()
+        except FileNotFoundError as exc:
+            if not only_stage:
+                finish(url, run_id, "failed", f"{name}: {exc}")
+                raise
+            # One stage run before the stages it reads from: say so in one line, not a traceback.
+            error = InputDataError(f"stage {name} of run {run_id} found no input {exc.filename or exc}",
+                                   "run the earlier stages of this run first (rerank run nightly --as-of DATE)")
+            finish(url, run_id, "failed", str(error))
+            raise error from None
         except Exception as exc:
             finish(url, run_id, "failed", f"{name}: {exc}")
             raise

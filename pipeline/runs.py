@@ -33,9 +33,15 @@ def config_digest(config: dict) -> str:
 
 
 def make_run_id(dag: str, as_of: datetime) -> str:
-    """Deterministic per DAG and as_of, so re-running a date replaces that date's run (no duplicates)."""
+    """Deterministic per DAG and as_of, so re-running a date replaces that date's run (no duplicates).
+
+    Whole minutes keep the short form (``nightly_20261124T0000``); seconds and microseconds are appended
+    only when set, so two different as_of values (e.g. manual triggers a few seconds apart) never share one.
+    """
     short = {"rerank_nightly": "nightly", "rerank_refresh": "refresh"}.get(dag, dag)
-    return f"{short}_{as_of.astimezone(UTC):%Y%m%dT%H%M}"
+    t = as_of.astimezone(UTC)
+    suffix = f"{t:%S%f}" if t.microsecond else f"{t:%S}" if t.second else ""
+    return f"{short}_{t:%Y%m%dT%H%M}{suffix}"
 
 
 def run_dir(home: str | Path, run_id: str) -> Path:
@@ -79,10 +85,13 @@ def finish_run(url: str, run_id: str, status: str, error: str | None = None) -> 
         cur.execute(
             """
             UPDATE recsys.runs SET status = %s, finished_at = now(),
-                   stats = CASE WHEN %s::text IS NULL THEN stats ELSE stats || jsonb_build_object('error', %s::text) END
+                   stats = CASE WHEN %s::text IS NOT NULL THEN stats || jsonb_build_object('error', %s::text)
+                                -- a run completed after a failure (cleared task, --stage) keeps no stale error
+                                WHEN %s = 'success' THEN stats - 'error'
+                                ELSE stats END
              WHERE run_id = %s
             """,
-            (status, error, error, run_id),
+            (status, error, error, status, run_id),
         )
 
 

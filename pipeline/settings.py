@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -97,6 +98,27 @@ class Settings(BaseSettings):
             return None
         if not v.startswith(("postgresql://", "postgres://", "postgresql+psycopg2://")):
             raise ValueError(f"not a libpq URI: {v!r}; expected postgresql://user:pass@host:port/db")
+        return v
+
+    @field_validator("home")
+    @classmethod
+    def _local_home(cls, v: str) -> str:
+        # Runs, models and reports are local files (a URL would become a folder named "s3:"); the event
+        # store, the part that grows with the shop, takes an fsspec URL of its own.
+        if "://" in v:
+            raise ValueError(f"not a local path: {v!r}; RERANK_HOME holds run folders and models on a local or "
+                             "mounted file system, and RERANK_SNAPSHOT_URL=s3://... puts the event store on "
+                             "object storage")
+        return v
+
+    @field_validator("ts_floor")
+    @classmethod
+    def _check_ts_floor(cls, v: str) -> str:
+        # It becomes a timestamptz literal in the validation SQL: a bad one would fail only mid-run.
+        try:
+            datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"not an ISO date or datetime: {v!r}; expected e.g. 1990-01-01") from None
         return v
 
     @field_validator("event_weights", "half_life_days")
