@@ -6,6 +6,7 @@ scaled to [0, 1] per user. Similarity is the cosine of item embeddings (``item_e
 without them, category-path overlap (0.5 for the same top-level category, +0.5 for the same full path).
 Caps: an item whose top-level category or brand already fills its share of the top N is skipped while an
 uncapped candidate remains, so capped items move down, never out (a list is never shortened by a cap).
+Candidates with a zero (or missing) score, e.g. buried with factor 0, come after all the others.
 
 The greedy runs for a batch of users at once on padded ``users x candidates`` arrays: ``top_n`` numpy
 steps per batch instead of a Python loop per user.
@@ -62,17 +63,17 @@ def _greedy(rel: np.ndarray, valid: np.ndarray, top: np.ndarray, full: np.ndarra
     cat_cnt = np.zeros((U, C), dtype=np.int32)
     brand_cnt = np.zeros((U, C), dtype=np.int32)
     rows = np.arange(U)
+    zero = rel <= 0
     use_sim = lam < 1.0
     for t in range(min(n, C)):
         avail = valid & ~selected
         mmr = lam * rel - (1.0 - lam) * maxsim if use_sim else rel
         over = (cat_cnt >= cat_cap) | (brand_cnt >= brand_cap)
-        pri = np.where(avail & ~over, mmr, -np.inf)
+        # Tiers, best first: uncapped, capped, then zero-relevance items (a bury with factor 0 sends an item
+        # to the bottom, which MMR's similarity term must not undo). mmr lies in [-1, 1], so steps of 4 and 8
+        # keep the tiers apart and ties inside a tier still go to the lower position (the better score).
+        pri = np.where(avail, mmr - 4.0 * over - 8.0 * zero, -np.inf)
         pick = pri.argmax(axis=1)
-        none = ~np.isfinite(pri[rows, pick])
-        if none.any():  # only capped candidates left for these users: take the best of them
-            sec = np.where(avail, mmr, -np.inf)
-            pick = np.where(none, sec.argmax(axis=1), pick)
         has = avail[rows, pick]
         if not has.any():
             break
@@ -113,8 +114,10 @@ def mmr_select(df: pd.DataFrame, *, top_n: int, mmr_lambda: float = 1.0, max_cat
     brand = pd.factorize(d.get("brand", none))[0]
     ucode = pd.factorize(d["user_id"])[0]
     pos = d.groupby("user_id", sort=False).cumcount().to_numpy()
-    best = d.groupby("user_id", sort=False)["score"].transform("max").to_numpy(dtype="float64")
-    rel = np.where(best > 0, d["score"].to_numpy(dtype="float64") / np.where(best > 0, best, 1.0), 0.0)
+    # A missing (NaN) score ranks like a zero one, at the bottom: NaN would win every argmax below.
+    score = d["score"].astype("float64").fillna(0.0)
+    best = score.groupby(d["user_id"], sort=False).transform("max").to_numpy(dtype="float64")
+    rel = np.where(best > 0, score.to_numpy(dtype="float64") / np.where(best > 0, best, 1.0), 0.0)
     erow = None
     if embeddings is not None and mmr_lambda < 1.0:
         ids, mat = embeddings

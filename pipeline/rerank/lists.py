@@ -104,15 +104,18 @@ def _one_variant(cand: pd.DataFrame, info: pd.DataFrame, cfg: RerankConfig, *, t
                  * c["rule_factor"])
     c = c.merge(info[["item_id", "top_category", "category", "brand"]], on="item_id", how="left")
     # A candidate proposed twice (e.g. by two upstream merges) keeps its best score: a list never repeats an item.
-    c = (c.sort_values(["user_id", "item_id", "score"], ascending=[True, True, False], kind="stable")
+    # Equal scores: the source by name, then the lower anchor, so the kept reason never depends on row order.
+    keys = ["user_id", "item_id", "score", *[k for k in ("source", "anchor_item_id") if k in c]]
+    c = (c.sort_values(keys, ascending=[True, True, False] + [True] * (len(keys) - 3), kind="stable")
          .drop_duplicates(["user_id", "item_id"], keep="first"))
     use_emb = embeddings if cfg.diversity_space in ("auto", "embedding") else None
     lists = mmr_select(c, top_n=top_n, mmr_lambda=cfg.mmr_lambda, max_category_share=cfg.max_category_share,
                        max_brand_share=cfg.max_brand_share, embeddings=use_emb)
     pool = _new_items(info, cfg, as_of, limit=max(4 * top_n, 50))
     if len(pool) and len(lists):
-        _, excluded_items = rule_effects(info, rules)
-        pool = pool[~pool["item_id"].isin(excluded_items)]
+        mult, excluded_items = rule_effects(info, rules)
+        # Neither excluded nor buried with factor 0 ("to the bottom") items may take an exploration slot.
+        pool = pool[~pool["item_id"].isin(excluded_items) & pool["item_id"].map(mult).fillna(1.0).gt(0).to_numpy()]
         pool = pool.assign(score=0.0, top_category=pool["item_id"].map(info.set_index("item_id")["top_category"]))
         excl = purchase_exclusions(bought, info, as_of=as_of, windows=cfg.repurchase_days)
         lists = add_exploration(lists, pool, top_n=top_n, share=cfg.explore_share, excluded=excl,

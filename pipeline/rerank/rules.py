@@ -104,7 +104,9 @@ def purchase_exclusions(purchases: pd.DataFrame | None, items: pd.DataFrame, *, 
     last = p.groupby(["user_id", "item_id"], as_index=False)["ts"].max()
     cats = last[["item_id"]].merge(items[["item_id", "category"]], on="item_id", how="left")["category"]
     days = window_days(cats.set_axis(last.index), windows)
-    age = (pd.Timestamp(as_of) - pd.to_datetime(last["ts"], utc=True)).dt.total_seconds() / 86400.0
+    t = pd.Timestamp(as_of)
+    t = t.tz_localize("UTC") if t.tzinfo is None else t  # a naive as_of is UTC, as in lists._new_items
+    age = (t - pd.to_datetime(last["ts"], utc=True)).dt.total_seconds() / 86400.0
     keep = days.isna() | (age < days)
     return last.loc[keep, ["user_id", "item_id"]].astype("int64")
 
