@@ -137,6 +137,18 @@ def _prepare(conn, url: str, home: str | Path) -> None:
         load_live(url, home, pub, pub["champion"])
 
 
+def _rerank_inputs(url: str, now) -> dict:  # noqa: ANN001 - a datetime from the database
+    """The nightly run's re-rank inputs as of ``now``: settings, active rules, repurchase windows, A/B arms
+    (read per batch, so a rule a merchandiser adds applies to the next overlay lists too)."""
+    from pipeline.rerank import RerankConfig, load_repurchase_windows, load_rules
+    from pipeline.settings import get_settings
+
+    s = get_settings()
+    config = RerankConfig(**{"repurchase_days": load_repurchase_windows(url), **s.rerank})
+    return {"rerank": config, "rules": load_rules(url, now), "variants": dict(s.variants),
+            "variant_salt": s.variant_salt}
+
+
 def run_batch(conn, url: str, home: str | Path, *, name: str = "default", batch_size: int = DEFAULT_BATCH_SIZE,
               lock_key: int = DEFAULT_LOCK_KEY, cfg: FreshConfig | None = None, history_days: int = 90,
               hook: Hook | None = None) -> BatchResult:
@@ -180,9 +192,10 @@ def run_batch(conn, url: str, home: str | Path, *, name: str = "default", batch_
                 cur.execute(_history_sql(), {"users": users.tolist(), "upto": upto,
                                            "since": now - pd.Timedelta(days=history_days).to_pytimedelta()})
                 history = _frame(cur.fetchall(), EVENT_COLUMNS)
+                rerank = _rerank_inputs(url, now)
                 lists = build_lists(users, history, fresh["event_id"].to_numpy(), live.neighbours, live.item_feats,
                                     now, cfg, p_rank=live.p_rank, item_text=live.item_text,
-                                    recall_kwargs=live.recall_kwargs, tables=live.tables)
+                                    recall_kwargs=live.recall_kwargs, tables=live.tables, **rerank)
                 hook("lists_built", {"users": len(users), "rows": len(lists)})
                 cur.execute("DELETE FROM recsys.recs_realtime WHERE user_id = ANY(%s); "
                             "SELECT nextval('recsys.refresh_batches_batch_id_seq')", (users.tolist(),))

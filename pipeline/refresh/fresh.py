@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.recall.candidates import SOURCES, ItemTables, RecallConfig, generate_candidates, item_tables
-from pipeline.rerank import finalize_lists
+from pipeline.rerank import RerankConfig, finalize_lists
+from pipeline.rerank.rules import purchase_exclusions
 
 #: Priors of the fresh sources, on the scale of ``candidates.SOURCE_PRIOR`` (retarget 1.0, item-cf 0.8,
 #: category 0.35, popularity 0.15): fresh intent outranks long-term item-cf, never the re-targeted item itself.
@@ -246,14 +247,18 @@ def build_lists(users: np.ndarray, history: pd.DataFrame, batch_ids: np.ndarray,
                 item_feats: pd.DataFrame, now: datetime, cfg: FreshConfig,
                 p_rank: Callable[[pd.DataFrame, pd.DataFrame, pd.DataFrame, datetime], pd.Series] | None = None,
                 item_text: pd.Series | None = None, recall_kwargs: dict | None = None,
-                tables: LiveTables | None = None) -> pd.DataFrame:
+                tables: LiveTables | None = None, rerank: RerankConfig | None = None,
+                rules: pd.DataFrame | None = None, variants: dict | None = None,
+                variant_salt: str = "rerank-ab") -> pd.DataFrame:
     """Each of ``users``' new list: ``user_id, rank, item_id, score, reason, anchor_item_id, source``.
 
     ``history`` holds the users' clean events up to the batch's end (``event_id, user_id, item_id,
     event_type, query, session_id, quantity, ts``); ``item_feats`` the live run's item features with titles;
     ``recall_kwargs`` optional inputs of generate_candidates (``factors``, ``text_index``). ``tables``: the
     live run's :class:`LiveTables` of ``item_feats`` and ``neighbours`` (built here when absent; the lists
-    are the same either way).
+    are the same either way). ``rerank``, ``rules``, ``variants`` and ``variant_salt``: the re-rank the nightly
+    run applies (settings, ``recsys.rules`` and ``recsys.repurchase_windows``), so an overlay list keeps the
+    merchandisers' rules and the user's A/B arm.
     """
     users = np.asarray(users, dtype="int64")
     tables = tables if tables is not None else live_tables(item_feats, neighbours, item_text)
@@ -279,8 +284,12 @@ def build_lists(users: np.ndarray, history: pd.DataFrame, batch_ids: np.ndarray,
             ex["sources"] = ex["source"]
         cand = pd.concat([base, ex], ignore_index=True) if len(base) else ex
     ev = history[history["item_id"].notna()]
-    bought = ev.loc[ev["event_type"] == "purchase", ["user_id", "item_id"]].astype("int64").drop_duplicates()
-    keep = _best_candidates(cand, users, tables.items.available_ids, bought, cfg.n_candidates)
+    bought = ev.loc[ev["event_type"] == "purchase", ["user_id", "item_id", "ts"]].astype(
+        {"user_id": "int64", "item_id": "int64"})
+    windows = rerank.repurchase_days if rerank is not None else None
+    # bought items stay out, except those past their category's repurchase window
+    excluded = purchase_exclusions(bought, tables.item_feats, as_of=now, windows=windows)
+    keep = _best_candidates(cand, users, tables.items.available_ids, excluded, cfg.n_candidates)
     hint = hint[keep]
     cand = cand.iloc[keep].reset_index(drop=True)
     cand = cand.astype({"user_id": "int64", "item_id": "int64", "p_recall": "float64"})
@@ -290,7 +299,8 @@ def build_lists(users: np.ndarray, history: pd.DataFrame, batch_ids: np.ndarray,
     cand["p_rank"] = (p_rank(cand, history, tables.item_feats, pd.Timestamp(now) + pd.Timedelta(seconds=1))
                       if p_rank is not None and len(cand) else 1.0)
     final = [c for c in _FINAL_COLUMNS if c in cand.columns]  # the re-rank reads these; less to copy per step
-    lists = finalize_lists(cand[final], tables.item_feats, top_n=cfg.top_n, bought=bought)
+    lists = finalize_lists(cand[final], tables.item_feats, top_n=cfg.top_n, bought=bought, config=rerank,
+                           variants=variants or None, variant_salt=variant_salt, rules=rules, as_of=now)
     hints = cand[["user_id", "item_id"]].assign(hint=hint)
     lists = lists.merge(hints, on=["user_id", "item_id"], how="left")
     fresh_src = lists["source"].isin(list(FRESH_PRIOR)) & lists["hint"].notna()

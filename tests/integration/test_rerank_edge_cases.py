@@ -1,7 +1,7 @@
 """Adversarial edge cases of the re-rank step (rules, diversity, exploration, reasons) and of its callers.
 
-Each test pins a defect found in review: it failed on the code before the fix next to it (or is marked
-``xfail(strict=True)`` where the fix belongs to another module's owner). Tiny known inputs, no timing.
+Each test pins a defect found in review: it failed on the code before its fix (the near-real-time refresh
+used to ignore recsys.rules, repurchase windows and the A/B arms). Tiny known inputs, no timing.
 """
 
 from __future__ import annotations
@@ -159,8 +159,6 @@ def _first_item(url: str) -> tuple[int, str]:
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason="refresh.fresh.build_lists calls finalize_lists without recsys.rules: "
-                                       "a merchandiser exclusion leaks into the overlay rows the view serves")
 def test_a_refreshed_list_keeps_the_merchandisers_exclusions(db_url: str, tmp_path: Path) -> None:
     from pipeline.db.engine import connect
     from pipeline.refresh import refresh_once
@@ -178,8 +176,6 @@ def test_a_refreshed_list_keeps_the_merchandisers_exclusions(db_url: str, tmp_pa
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason="the refresh writes variant 'control' for everyone: it never assigns "
-                                       "the user's A/B arm (settings.variants / variant_salt) nor its overrides")
 def test_a_refreshed_list_keeps_the_users_ab_variant(db_url: str, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import json
