@@ -6,6 +6,8 @@ Checks, each named in the failure message and in ``QualityGateFailed.failed_chec
 ==================  ===========================================================================
 empty_lists         users of the run without a list (max ``max_empty_lists``, default 0)
 duplicate_items     the same item twice in one user's list (max 0)
+bad_ranks           users whose ranks are not exactly 1..n (max 0)
+bad_scores          rows whose score is NaN or infinite (max 0)
 unavailable_items   out-of-stock or invisible items (max 0)
 missing_reasons     rows without a reason text (max 0)
 coverage            share of the available catalogue in some list (min ``min_coverage``)
@@ -25,7 +27,8 @@ import pandas as pd
 
 from pipeline.errors import ConfigError, QualityGateFailed
 
-CHECKS = ("empty_lists", "duplicate_items", "unavailable_items", "missing_reasons", "coverage", "fallback_share",
+CHECKS = ("empty_lists", "duplicate_items", "bad_ranks", "bad_scores", "unavailable_items", "missing_reasons",
+          "coverage", "fallback_share",
           "diversity", "churn")
 
 
@@ -35,6 +38,8 @@ class GateThresholds:
 
     max_empty_lists: int = 0
     max_duplicate_items: int = 0
+    max_bad_ranks: int = 0
+    max_bad_scores: int = 0
     max_unavailable_items: int = 0
     max_missing_reasons: int = 0
     min_coverage: float = 0.01  # share of the available catalogue appearing in some list
@@ -82,6 +87,16 @@ def list_diversity(recs: pd.DataFrame, items: pd.DataFrame, k: int = 10,
     return None if v != v else float(v)
 
 
+def _bad_ranks(recs: pd.DataFrame) -> int:
+    """Users whose ranks are not exactly 1..n (a gap, a repeat, a 0): readers ORDER BY rank and LIMIT."""
+    if recs.empty or "rank" not in recs:
+        return 0
+    r = recs[["user_id", "rank"]].sort_values(["user_id", "rank"], kind="stable")
+    expected = r.groupby("user_id").cumcount().to_numpy() + 1
+    wrong = r["rank"].to_numpy() != expected
+    return int(r.loc[wrong, "user_id"].nunique())
+
+
 def check_output(recs: pd.DataFrame, *, users: pd.Series, items: pd.DataFrame,
                  thresholds: GateThresholds | dict | None = None, live: pd.DataFrame | None = None,
                  fallback_sources: tuple[str, ...] = ("popularity",),
@@ -94,6 +109,9 @@ def check_output(recs: pd.DataFrame, *, users: pd.Series, items: pd.DataFrame,
     listed = set(recs["user_id"].unique())
     empty = int((~users.isin(listed)).sum())
     dups = int(recs.duplicated(["user_id", "item_id"]).sum())
+    bad_ranks = _bad_ranks(recs)
+    bad_scores = int((~np.isfinite(pd.to_numeric(recs["score"], errors="coerce").to_numpy(dtype="float64"))).sum()) \
+        if "score" in recs else 0
     available = items.loc[items["in_stock"].fillna(False).astype(bool) & items["visible"].fillna(False).astype(bool),
                           "item_id"]
     unavailable = int((~recs["item_id"].isin(available)).sum())
@@ -104,6 +122,7 @@ def check_output(recs: pd.DataFrame, *, users: pd.Series, items: pd.DataFrame,
     diversity = list_diversity(recs, items, t.diversity_k, item_embeddings) if len(recs) else None
     churn = churn_against(recs, live) if live is not None and len(live) and len(recs) else None
     figures = {"users": int(len(users)), "rows": int(len(recs)), "empty_lists": empty, "duplicate_items": dups,
+               "bad_ranks": bad_ranks, "bad_scores": bad_scores,
                "unavailable_items": unavailable, "missing_reasons": missing_reasons, "coverage": round(coverage, 4),
                "fallback_share": round(fallback, 4),
                "diversity": None if diversity is None else round(diversity, 4),
@@ -115,6 +134,10 @@ def check_output(recs: pd.DataFrame, *, users: pd.Series, items: pd.DataFrame,
         failed["empty_lists"] = f"{empty} users have an empty list (max {t.max_empty_lists})"
     if dups > t.max_duplicate_items:
         failed["duplicate_items"] = f"{dups} duplicate items within lists (max {t.max_duplicate_items})"
+    if bad_ranks > t.max_bad_ranks:
+        failed["bad_ranks"] = f"{bad_ranks} users whose ranks are not 1..n (max {t.max_bad_ranks})"
+    if bad_scores > t.max_bad_scores:
+        failed["bad_scores"] = f"{bad_scores} rows with a NaN or infinite score (max {t.max_bad_scores})"
     if unavailable > t.max_unavailable_items:
         failed["unavailable_items"] = f"{unavailable} out-of-stock or invisible items (max {t.max_unavailable_items})"
     if missing_reasons > t.max_missing_reasons:

@@ -13,6 +13,8 @@ Create Date: 2026-11-25
   run republishes the other users' live rows unchanged; the view compares each user's near-real-time rows
   with that user's own nightly rows, and keeps the overlay rows newer than ``oldest_at`` (NULL: as old as
   ``generated_at``, as every publication before this revision).
+- ``recsys.rules.factor`` must be finite: Postgres orders NaN above every number, so ``factor >= 1`` let
+  NaN and Infinity through (an infinite boost published ``score = inf``). NOT VALID, as 0003's check.
 """
 
 from alembic import op
@@ -27,6 +29,7 @@ def upgrade() -> None:
     op.execute(
         """
         ALTER TABLE recsys.publications ADD COLUMN IF NOT EXISTS oldest_at timestamptz;
+        ALTER TABLE recsys.rules ADD CONSTRAINT rules_factor_finite CHECK (factor < 'Infinity'::float8) NOT VALID;
         GRANT SELECT ON ALL TABLES IN SCHEMA shop TO rerank_writer;
         GRANT ALL ON ALL TABLES IN SCHEMA recsys TO rerank_writer;
         GRANT ALL ON ALL SEQUENCES IN SCHEMA recsys TO rerank_writer;
@@ -53,5 +56,6 @@ def downgrade() -> None:
         ALTER VIEW recsys.user_recommendations OWNER TO CURRENT_USER;
         ALTER VIEW recsys.similar_items OWNER TO CURRENT_USER;
         ALTER TABLE recsys.publications DROP COLUMN IF EXISTS oldest_at;
+        ALTER TABLE recsys.rules DROP CONSTRAINT IF EXISTS rules_factor_finite;
         """
     )

@@ -67,3 +67,13 @@ def test_reader_sees_only_the_two_views(db_url: str) -> None:
             with pytest.raises(psycopg2.errors.InsufficientPrivilege):
                 cur.execute(f"SELECT 1 FROM {table}")
             cur.execute("ROLLBACK TO SAVEPOINT s")
+
+
+@pytest.mark.parametrize("factor", ["Infinity", "NaN"])
+def test_a_rule_factor_must_be_finite(db_url: str, factor: str) -> None:
+    # Postgres orders NaN above every number, so "factor >= 1" alone let NaN and Infinity boosts through
+    with pytest.raises(psycopg2.errors.CheckViolation), connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO recsys.rules (kind, category, factor) VALUES ('boost', 'A', %s::float8)", (factor,))
+    with connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO recsys.rules (kind, category, factor) VALUES ('boost', 'A', 2.0) RETURNING rule_id")
+        cur.execute("DELETE FROM recsys.rules WHERE rule_id = %s", (cur.fetchone()[0],))

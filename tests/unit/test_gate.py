@@ -53,6 +53,25 @@ def test_duplicate_items() -> None:
     _fails(r, "duplicate_items")
 
 
+def test_bad_ranks() -> None:
+    r = _recs()
+    r.loc[r["user_id"] == 2, "rank"] = [1, 2, 4, 5, 6]  # a gap: a reader's LIMIT 5 sees four items
+    err = _fails(r, "bad_ranks")
+    assert err.figures["bad_ranks"] == 1
+    r = _recs()
+    r.loc[(r["user_id"] == 3) & (r["rank"] == 2), "rank"] = 1  # a repeat
+    _fails(r, "bad_ranks")
+    shuffled = _recs().sample(frac=1.0, random_state=0)  # row order is not rank order: fine
+    assert check_output(shuffled, users=USERS, items=_items())["bad_ranks"] == 0
+
+
+def test_bad_scores() -> None:
+    r = _recs().assign(score=1.0)
+    r.loc[0, "score"] = np.nan
+    r.loc[1, "score"] = np.inf  # an infinite boost factor
+    assert _fails(r, "bad_scores").figures["bad_scores"] == 2
+
+
 def test_unavailable_items() -> None:
     items = _items()
     items.loc[items["item_id"] == 3, "in_stock"] = False  # user 1 rank 1 holds item 3
