@@ -68,12 +68,18 @@ def _stage(name: str, *extra_outlets, **kwargs):  # noqa: ANN202 - the @task dec
 def rerank_nightly() -> None:
     @task(execution_timeout=TIMEOUTS["begin"])
     def begin(**context) -> str:
+        from airflow.sdk.exceptions import AirflowFailException
+
         from pipeline import nightly
+        from pipeline.errors import ConfigError
         from pipeline.runs import parse_as_of
 
-        as_of = as_of_from(context)
-        params = {**context["params"], "as_of": as_of}
-        return nightly.begin(database_url(), rerank_home(), parse_as_of(as_of), dag=DAG_ID, params=params)
+        try:
+            as_of = as_of_from(context)
+            params = {**context["params"], "as_of": as_of}
+            return nightly.begin(database_url(), rerank_home(), parse_as_of(as_of), dag=DAG_ID, params=params)
+        except ConfigError as exc:  # a bad trigger param or setting: retrying cannot help
+            raise AirflowFailException(str(exc)) from exc
 
     @_stage("validate")
     def validate(rid: str, **context) -> dict:
@@ -174,7 +180,8 @@ def rerank_nightly() -> None:
         from airflow.sdk.exceptions import AirflowSkipException
 
         if published.get("publication_id") is None:
-            raise AirflowSkipException(f"{rid}: nothing published (dry run), no Asset event")
+            raise AirflowSkipException(f"{rid}: nothing published (dry run, or older than the live run), "
+                                       "no Asset event")
         emit(context, RECS_ASSET, rid, published)
 
     @_stage("report")

@@ -100,6 +100,16 @@ def test_dry_run_emits_no_published_asset_event(nightly) -> None:
     assert [e.extra["run_id"] for e in events.values()] == ["nightly_20261124T0000"]
 
 
+def test_an_impossible_as_of_fails_at_once_without_retries(nightly) -> None:
+    """The params schema takes any date-shaped string; begin refuses 2026-02-30 with AirflowFailException,
+    which Airflow does not retry (a ConfigError would be retried with backoff, uselessly)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    begin = nightly.get_task("begin").python_callable
+    with pytest.raises(AirflowFailException, match="2026-02-30"):
+        begin(params={"as_of": "2026-02-30"})
+
+
 def test_training_runs_in_the_gpu_pool(nightly) -> None:
     train = nightly.get_task("train_ranker")
     assert train.pool == "gpu"
