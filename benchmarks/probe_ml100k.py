@@ -1,6 +1,7 @@
 """Signals tried against ``pipeline``'s ml-100k merge on the inner split (issue #6, acceptance 2; round three).
 
     python benchmarks/probe_ml100k.py trend|fusion|ease-weights|demographic|sequence [--split inner] [--cache DIR]
+    python benchmarks/probe_ml100k.py kfold [--cache DIR]
 
 Each probe prints nDCG@10 of a signal alone and added to the Makefile's mix (``ML100K_PIPELINE``: bagged ALS,
 EASE on ratings with l2 6000, user-kNN at 1 / 1 / 0.5, merged as :mod:`tune_ml100k` emulates ``MergedRecall``).
@@ -20,6 +21,9 @@ unless ``--split outer`` is asked for.
   decay): items rated next to the user's items in other users' time lines. A random split leaves the held-out
   ratings between the user's training ratings in time, so this is the one probe with a gain on both inner
   splits; its gain shrinks as the training part grows (inner2 -> inner -> outer), see the note of issue #6.
+* ``kfold``: the mix and its variants by 5-fold cross-validation of the outer training part (item-stratified
+  folds, each model fitted on 4 folds, 80 %): four times the validation rows of the inner split, so the
+  per-fold differences show how far one split's noise reaches.
 """
 
 from __future__ import annotations
@@ -182,17 +186,66 @@ def probe_sequence(p: Probe) -> None:
               f"added at 0.5/0.75/1/1.25/1.5 {p.added(s, (0.5, 0.75, 1.0, 1.25, 1.5))}", flush=True)
 
 
+KFOLD_SOURCES = {"als": ("als", {"seeds": 8}), "ease": ("ease", {"l2": 6000, "use_ratings": True}),
+                 "uknn": ("user-knn", {}), "rp3": ("rp3beta", {}),
+                 "seq": ("seq-knn", {"window": 3, "step_decay": 0.8, "backward": 0.3, "n_last": 1000,
+                                     "recency": 1.0}),
+                 "dlae": ("edlae", {"l2": 800, "dropout": 0.25, "zero_diagonal": False})}
+
+
+def probe_kfold(data: str, cache: Path, folds: int = 5) -> None:
+    from pipeline.evaluate.models import get_model
+
+    outer_train = T.load(data)["outer"][0]
+    draw = pd.Series(np.random.default_rng(2026).random(len(outer_train)), index=outer_train.index)
+    rank = draw.groupby(outer_train["item_id"]).rank(method="first").to_numpy() - 1
+    size = draw.groupby(outer_train["item_id"]).transform("size").to_numpy()
+    fold = np.floor(rank / size * folds).astype(int)  # each item's ratings spread evenly over the folds
+    probs, parts = [], []
+    for k in range(folds):
+        prob = T.Problem(outer_train[fold != k], outer_train[fold == k])
+        scaled = {}
+        for name, (model, params) in KFOLD_SOURCES.items():
+            f = cache / f"kfold{k}-{name}.npy"
+            if not f.exists():
+                cache.mkdir(parents=True, exist_ok=True)
+                np.save(f, get_model(model, **params).fit(prob.train).score(prob.users).astype(np.float32))
+            scaled[name] = T.scaled(np.load(f), prob.seen, 100, "minmax")
+        probs.append(prob)
+        parts.append(scaled)
+
+    def cv(weights: dict[str, float]) -> np.ndarray:
+        names = [n for n, w in weights.items() if w > 0]
+        return np.array([p.ndcg(T.merged([s[n] for n in names], [weights[n] for n in names], p.seen))
+                         for p, s in zip(probs, parts, strict=True)])
+
+    base = {"als": 1.0, "ease": 1.0, "uknn": 0.5}
+    b = cv(base)
+    print(f"base mix {base}: mean {b.mean():.4f}, folds {np.round(b, 4).tolist()}")
+    for extra in ("seq", "rp3", "dlae"):
+        for w in (0.25, 0.5, 0.75, 1.0):
+            v = cv({**base, extra: w})
+            print(f"+ {extra} at {w}: mean {v.mean():.4f} ({v.mean() - b.mean():+.4f}), "
+                  f"per fold {np.round(v - b, 4).tolist()}", flush=True)
+    for wa, wu in itertools.product((0.75, 1.0, 1.5), (0.0, 0.25, 0.5)):
+        v = cv({"als": wa, "ease": 1.0, "uknn": wu})
+        print(f"als {wa}, ease 1, user-knn {wu}: mean {v.mean():.4f} ({v.mean() - b.mean():+.4f})")
+
+
 PROBES = {"trend": probe_trend, "fusion": probe_fusion, "ease-weights": probe_ease_weights,
           "demographic": probe_demographic, "sequence": probe_sequence}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("probe", choices=sorted(PROBES))
+    ap.add_argument("probe", choices=sorted([*PROBES, "kfold"]))
     ap.add_argument("--split", default="inner", choices=("inner", "inner2", "outer"))
     ap.add_argument("--data", default=str(Path(os.environ.get("RERANK_SHARED_DATA", "../shared/data")) / "ml-100k"))
     ap.add_argument("--cache", type=Path, default=Path("/tmp/ml2_cache"))
     a = ap.parse_args()
+    if a.probe == "kfold":
+        probe_kfold(a.data, a.cache)
+        return
     PROBES[a.probe](Probe(a.data, a.split, a.cache))
 
 
