@@ -16,12 +16,11 @@ import numpy as np
 import pandas as pd
 import psycopg2
 import pytest
+from publish_common import load_items, synthetic_recs
 
-from pipeline.db.copy import copy_frame
 from pipeline.db.engine import connect
 from pipeline.errors import PublishError
 from pipeline.publish import live_lists, live_publication, publish_run, rollback
-from pipeline.publish.swap import RECS_COLUMNS
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -30,21 +29,12 @@ GEN = datetime(2026, 11, 24, tzinfo=UTC)
 
 
 def _recs(run_id: str, shift: int = 0, users: int = N_USERS) -> pd.DataFrame:
-    u = np.repeat(np.arange(1, users + 1), TOP)
-    r = np.tile(np.arange(1, TOP + 1), users)
-    return pd.DataFrame({"user_id": u, "rank": r, "item_id": (u * 7 + r + shift) % N_ITEMS + 1,
-                         "score": 1.0 / r, "reason": "popular right now", "anchor_item_id": pd.NA,
-                         "source": "popularity", "variant": "control", "model_version": "m1", "run_id": run_id,
-                         "generated_at": pd.Timestamp(GEN)})[RECS_COLUMNS]
+    return synthetic_recs(run_id, GEN, users=users, items=N_ITEMS, top=TOP, shift=shift)
 
 
 @pytest.fixture
 def shop(db_url: str) -> str:
-    items = pd.DataFrame({"item_id": np.arange(1, N_ITEMS + 1), "title": "t", "category": "A>B",
-                          "in_stock": True, "visible": True})
-    with connect(db_url) as conn, conn.cursor() as cur:
-        copy_frame(cur, "shop.items", items)
-    return db_url
+    return load_items(db_url, N_ITEMS)
 
 
 def _read(cur, user: int) -> list[tuple]:

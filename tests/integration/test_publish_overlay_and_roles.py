@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import psycopg2
 import pytest
+from publish_common import load_items, synthetic_recs
 
 from pipeline.db.copy import copy_frame
 from pipeline.db.engine import connect
@@ -29,12 +30,7 @@ DAY2 = DAY1 + timedelta(days=1)  # ... and of the next one
 
 
 def _recs(tag: str, generated_at: datetime, shift: int) -> pd.DataFrame:
-    u = np.repeat(np.arange(1, N_USERS + 1), TOP)
-    r = np.tile(np.arange(1, TOP + 1), N_USERS)
-    return pd.DataFrame({"user_id": u, "rank": r, "item_id": (u * 7 + r + shift) % N_ITEMS + 1,
-                         "score": 1.0 / r, "reason": "popular right now", "anchor_item_id": pd.NA,
-                         "source": "popularity", "variant": "control", "model_version": "m1", "run_id": tag,
-                         "generated_at": pd.Timestamp(generated_at)})[RECS_COLUMNS]
+    return synthetic_recs(tag, generated_at, users=N_USERS, items=N_ITEMS, top=TOP, shift=shift)
 
 
 def _overlay(url: str, user: int, generated_at: datetime, tag: str) -> None:
@@ -58,11 +54,7 @@ def _seen(url: str, user: int) -> set[str]:
 
 @pytest.fixture
 def shop(db_url: str) -> str:
-    items = pd.DataFrame({"item_id": np.arange(1, N_ITEMS + 1), "title": "t", "category": "A>B",
-                          "in_stock": True, "visible": True})
-    with connect(db_url) as conn, conn.cursor() as cur:
-        copy_frame(cur, "shop.items", items)
-    return db_url
+    return load_items(db_url, N_ITEMS)
 
 
 def test_a_refresh_batch_in_flight_does_not_fail_a_publication_after_its_swap(shop: str) -> None:

@@ -12,41 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from rank_common import AS_OF, CFG, RUN
 
 from pipeline.errors import ModelError
 from pipeline.rank import registry
-from pipeline.rank.model import RankerConfig
 from pipeline.rank.score import load_champion
 from pipeline.rank.stage import RESULT_FILE, evaluate_gate, train_ranker
 
-pytestmark = pytest.mark.integration
-AS_OF = datetime(2026, 11, 24, tzinfo=UTC)
-RUN = "nightly_20261124T0000"
-CFG = RankerConfig(dim=16, heads=2, hidden=32, seq_len=10, n_recall_neg=6, n_random_neg=2, max_epochs=4,
-                   patience=2, batch_groups=64)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def snapshot(rerank_env: dict[str, str]) -> Path:
-    """A run snapshot written straight from a generated shop (the extract stage's file layout)."""
-    from pipeline.datagen.build import build_shop
-
-    shop, _ = build_shop(300, 100, 8, seed=11, end=AS_OF)
-    snap = Path(rerank_env["RERANK_HOME"]) / "runs" / RUN / "snapshot"
-    (snap / "events").mkdir(parents=True)
-    shop.events.to_parquet(snap / "events" / "part.0.parquet", index=False)
-    shop.items.drop(columns=["attrs", "description", "image_path"]).to_parquet(snap / "items.parquet", index=False)
-    shop.users[["user_id", "created_at"]].to_parquet(snap / "users.parquet", index=False)
-    return snap
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def test_train_gate_promote_and_score(snapshot: Path, rerank_env: dict[str, str]) -> None:
