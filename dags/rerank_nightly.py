@@ -160,7 +160,7 @@ def rerank_nightly() -> None:
     def quality_gate(rid: str, _s: dict, **context) -> dict:
         from pipeline import nightly
 
-        out = nightly.quality_gate(rerank_home(), rid, url=database_url())
+        out = nightly.quality_gate(rerank_home(), rid, url=database_url(), top_n=context["params"]["top_n"])
         emit(context, ASSETS["quality_gate"], rid, out)
         return out
 

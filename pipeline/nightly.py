@@ -273,8 +273,10 @@ def score_users(home: str, run_id: str, as_of: datetime, *, top_n: int, n_candid
 
 
 @_stage("quality_gate")
-def quality_gate(home: str, run_id: str, thresholds: dict | None = None, url: str | None = None) -> dict:
-    """Check the run's lists (settings' gate thresholds unless given); with ``url``, churn against the live run."""
+def quality_gate(home: str, run_id: str, thresholds: dict | None = None, url: str | None = None,
+                 top_n: int | None = None) -> dict:
+    """Check the run's lists (settings' gate thresholds unless given); with ``url``, churn against the live run.
+    ``top_n``: the list length asked for (default: the run's recorded one) for the long / short list checks."""
     from pipeline.publish import check_output, live_lists
     from pipeline.rerank import load_item_embeddings
 
@@ -282,13 +284,15 @@ def quality_gate(home: str, run_id: str, thresholds: dict | None = None, url: st
     recs = pd.read_parquet(d / "recs.parquet")
     items = pd.read_parquet(d / "snapshot" / "items.parquet")
     users = pd.read_parquet(d / "snapshot" / "users.parquet")["user_id"]
-    subset = _params(home, run_id).get("user_ids")
+    params = _params(home, run_id)
+    subset = params.get("user_ids")
     if subset:
         users = users[users.isin(subset)]
     live = live_lists(url) if url else None
     return check_output(recs, users=users, items=items,
                         thresholds=thresholds if thresholds is not None else dict(get_settings().gate),
-                        live=live, item_embeddings=load_item_embeddings(d / "snapshot"))
+                        live=live, item_embeddings=load_item_embeddings(d / "snapshot"),
+                        top_n=top_n or params.get("top_n"))
 
 
 @_stage("publish")
@@ -388,7 +392,7 @@ def _run_steps(s: Settings, url: str, home: str, run_id: str, as_of: datetime, c
         "evaluate_gate": lambda: evaluate_gate(url, home, run_id, as_of),
         "score_users": lambda: score_users(home, run_id, as_of, top_n=top_n, n_candidates=s.candidates,
                                            user_ids=user_ids, client=client, url=url),
-        "quality_gate": lambda: quality_gate(home, run_id, url=url),
+        "quality_gate": lambda: quality_gate(home, run_id, url=url, top_n=top_n),
         "publish": lambda: publish(url, home, run_id, keep=s.keep_runs, dry_run=dry_run),
         "report": lambda: report(url, home, run_id),
     }

@@ -8,6 +8,9 @@ empty_lists         users of the run without a list (max ``max_empty_lists``, de
 duplicate_items     the same item twice in one user's list (max 0)
 bad_ranks           users whose ranks are not exactly 1..n (max 0)
 bad_scores          rows whose score is NaN or infinite (max 0)
+long_lists          users with more than ``top_n`` rows (max 0; needs ``top_n``)
+short_lists         share of listed users with fewer than min(``top_n``, available items) rows
+                    (max ``max_short_share``; needs ``top_n``): a stage that silently truncates lists
 unavailable_items   out-of-stock or invisible items (max 0)
 missing_reasons     rows without a reason text (max 0)
 coverage            share of the available catalogue in some list (min ``min_coverage``)
@@ -27,9 +30,8 @@ import pandas as pd
 
 from pipeline.errors import ConfigError, QualityGateFailed
 
-CHECKS = ("empty_lists", "duplicate_items", "bad_ranks", "bad_scores", "unavailable_items", "missing_reasons",
-          "coverage", "fallback_share",
-          "diversity", "churn")
+CHECKS = ("empty_lists", "duplicate_items", "bad_ranks", "bad_scores", "long_lists", "short_lists",
+          "unavailable_items", "missing_reasons", "coverage", "fallback_share", "diversity", "churn")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,9 @@ class GateThresholds:
     max_duplicate_items: int = 0
     max_bad_ranks: int = 0
     max_bad_scores: int = 0
+    max_long_lists: int = 0
+    # Users who bought most of a small catalogue legitimately get short lists; a truncating bug hits everyone.
+    max_short_share: float = 0.5
     max_unavailable_items: int = 0
     max_missing_reasons: int = 0
     min_coverage: float = 0.01  # share of the available catalogue appearing in some list
@@ -100,10 +105,12 @@ def _bad_ranks(recs: pd.DataFrame) -> int:
 def check_output(recs: pd.DataFrame, *, users: pd.Series, items: pd.DataFrame,
                  thresholds: GateThresholds | dict | None = None, live: pd.DataFrame | None = None,
                  fallback_sources: tuple[str, ...] = ("popularity",),
-                 item_embeddings: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+                 item_embeddings: tuple[np.ndarray, np.ndarray] | None = None,
+                 top_n: int | None = None) -> dict:
     """Measure the run's lists; raise QualityGateFailed naming every failed check, else return the figures.
 
-    ``live``: the live run's (user_id, item_id) rows for the churn check (see ``publish.live_lists``).
+    ``live``: the live run's (user_id, item_id) rows for the churn check (see ``publish.live_lists``);
+    ``top_n``: the run's list length, for the long / short list checks (skipped without it).
     """
     t = thresholds if isinstance(thresholds, GateThresholds) else GateThresholds.from_dict(thresholds)
     listed = set(recs["user_id"].unique())
@@ -118,11 +125,17 @@ def check_output(recs: pd.DataFrame, *, users: pd.Series, items: pd.DataFrame,
     missing_reasons = int((recs["reason"].isna() | (recs["reason"].astype(str).str.strip() == "")).sum()) \
         if "reason" in recs else len(recs)
     coverage = recs["item_id"].nunique() / max(len(available), 1)
+    long_lists, short_share = 0, 0.0
+    if top_n is not None and len(recs):
+        length = recs.groupby("user_id").size()
+        long_lists = int((length > top_n).sum())
+        short_share = float((length < min(top_n, available.nunique())).mean())
     fallback = float(recs["source"].isin(fallback_sources).mean()) if len(recs) else 1.0
     diversity = list_diversity(recs, items, t.diversity_k, item_embeddings) if len(recs) else None
     churn = churn_against(recs, live) if live is not None and len(live) and len(recs) else None
     figures = {"users": int(len(users)), "rows": int(len(recs)), "empty_lists": empty, "duplicate_items": dups,
-               "bad_ranks": bad_ranks, "bad_scores": bad_scores,
+               "bad_ranks": bad_ranks, "bad_scores": bad_scores, "long_lists": long_lists,
+               "short_lists": round(short_share, 4),
                "unavailable_items": unavailable, "missing_reasons": missing_reasons, "coverage": round(coverage, 4),
                "fallback_share": round(fallback, 4),
                "diversity": None if diversity is None else round(diversity, 4),
@@ -138,6 +151,11 @@ def check_output(recs: pd.DataFrame, *, users: pd.Series, items: pd.DataFrame,
         failed["bad_ranks"] = f"{bad_ranks} users whose ranks are not 1..n (max {t.max_bad_ranks})"
     if bad_scores > t.max_bad_scores:
         failed["bad_scores"] = f"{bad_scores} rows with a NaN or infinite score (max {t.max_bad_scores})"
+    if long_lists > t.max_long_lists:
+        failed["long_lists"] = f"{long_lists} users have more than top_n={top_n} rows (max {t.max_long_lists})"
+    if short_share > t.max_short_share:
+        failed["short_lists"] = (f"{short_share:.1%} of the listed users have fewer than "
+                                 f"{min(top_n or 0, available.nunique())} rows (max {t.max_short_share:.0%})")
     if unavailable > t.max_unavailable_items:
         failed["unavailable_items"] = f"{unavailable} out-of-stock or invisible items (max {t.max_unavailable_items})"
     if missing_reasons > t.max_missing_reasons:

@@ -51,6 +51,8 @@ def test_every_user_gets_a_full_list_with_reasons(shop: str, rerank_env: dict[st
     sizes = lists.groupby("user_id").size()
     assert len(sizes) == n_users
     assert (sizes == 20).all()
+    # The gate judged the lists against the run's top_n (a truncating stage would have failed it).
+    assert (res["quality_gate"]["long_lists"], res["quality_gate"]["short_lists"]) == (0, 0.0)
     assert not lists.duplicated(["user_id", "item_id"]).any()
     assert lists["reason"].str.len().gt(0).all()
     assert set(lists["source"]) >= {"item-cf", "popularity"}

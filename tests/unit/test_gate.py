@@ -129,3 +129,24 @@ def test_several_failures_are_all_named() -> None:
 def test_unknown_threshold_fails_fast() -> None:
     with pytest.raises(ConfigError, match="max_empty"):
         GateThresholds.from_dict({"max_empty": 3})
+
+
+def test_lists_longer_than_top_n_fail() -> None:
+    assert check_output(_recs(k=5), users=USERS, items=_items(), top_n=5)["long_lists"] == 0
+    err = _fails(_recs(k=6), "long_lists", top_n=5)
+    assert err.figures["long_lists"] == 4 and "top_n=5" in str(err)
+
+
+def test_truncated_lists_fail_but_a_few_short_ones_pass() -> None:
+    """A stage that cuts every list short is refused; a minority of short lists (users who bought most of the
+    catalogue) passes; a catalogue smaller than top_n asks only for what is available."""
+    err = _fails(_recs(k=3), "short_lists", top_n=5)
+    assert err.figures["short_lists"] == 1.0
+    one_short = _recs(k=5)
+    one_short = one_short[~((one_short["user_id"] == 1) & (one_short["rank"] > 3))]
+    assert check_output(one_short, users=USERS, items=_items(), top_n=5)["short_lists"] == 0.25
+    small = _recs(k=5).assign(item_id=lambda d: d["rank"])  # every list holds the whole 5-item catalogue
+    assert check_output(small, users=USERS, items=_items(5), top_n=10)["short_lists"] == 0.0
+    assert check_output(_recs(k=3), users=USERS, items=_items(), top_n=5,
+                        thresholds={"max_short_share": 1.0})["short_lists"] == 1.0
+    assert "short_lists" in check_output(_recs(k=3), users=USERS, items=_items())  # no top_n: not judged
