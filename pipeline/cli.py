@@ -338,7 +338,9 @@ def publish_rollback() -> None:
     from pipeline.publish import rollback
 
     res = rollback(_url())
-    print(f"live again: run {res['run_id']} (publication {res['publication_id']})")
+    print(f"live again: run {res['run_id']} (publication {res['publication_id']}); "
+          f"{res['overlay_rows_dropped']} near-real-time rows built on the rolled-back run dropped "
+          "(the refresh rebuilds those users' lists)")
 
 
 @models_app.command("list")

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -164,8 +165,9 @@ def _session(url: str, wait_s: float):  # noqa: ANN202 - a psycopg2 connection h
 
 
 def _swap(conn, pub_id: int, insert: tuple | None, *, lock_timeout_ms: int, attempts: int,
-          hook: Hook | None) -> float:
+          hook: Hook | None, before_views: Callable[[Any], None] | None = None) -> float:
     """One short transaction making ``pub_id`` live; retried when running reads hold the views too long.
+    ``before_views(cursor)`` runs inside that transaction first (a rollback's overlay undo).
 
     Returns the duration of the successful transaction in seconds.
     """
@@ -179,6 +181,8 @@ def _swap(conn, pub_id: int, insert: tuple | None, *, lock_timeout_ms: int, atte
                     cur.execute(
                         "INSERT INTO recsys.publications (publication_id, run_id, recs_table, similar_table, "
                         "generated_at, oldest_at, stats) VALUES (%s, %s, %s, %s, %s, %s, %s)", insert)
+                if before_views is not None:
+                    before_views(cur)
                 _point_views(cur, pub_id)
                 if hook:
                     hook("swap")
@@ -390,16 +394,38 @@ def live_lists(url: str, columns: tuple[str, ...] = ("user_id", "item_id")) -> p
         return pd.DataFrame(cur.fetchall(), columns=list(columns))
 
 
+#: In one transaction with a rollback's swap: lock the refresh watermarks first (a refresh batch takes its
+#: watermark row before the overlay rows, so the same order cannot deadlock with one in flight), move each
+#: back to where it stood when the rolled-back publication went live (the first batch after that read from
+#: there; not when that is older than the kept batch log, which may have lost batches), then delete the
+#: overlay lists built on the rolled-back run.
+_UNDO_OVERLAY_SQL = """
+SELECT name FROM recsys.refresh_state ORDER BY name FOR UPDATE;
+UPDATE recsys.refresh_state s SET last_event_id = b.first_from, updated_at = now()
+  FROM (SELECT name, min(from_event_id) AS first_from FROM recsys.refresh_batches
+         WHERE started_at >= %(since)s GROUP BY name) b
+ WHERE s.name = b.name AND s.last_event_id > b.first_from
+   AND %(since)s > now() - make_interval(days => %(log_days)s);
+DELETE FROM recsys.recs_realtime WHERE generated_at >= %(since)s;
+"""
+
+
 def rollback(url: str, *, lock_wait_s: float = 60.0) -> dict:
     """Make the previous run's publication live again (its table is kept for this).
 
     "Previous" is the newest publication older than the live one that belongs to another run: rolling back
     after a re-publish of the same run (a user subset) goes back a run, not to a half-superseded list.
+
+    Near-real-time lists built while the rolled-back publication was live came from its run (its model, its
+    CF matrices): they go in the same transaction, and the refresh watermark moves back to where it stood
+    then, so the refresh rebuilds those users' lists on the restored run. Older overlay lists stay.
     """
+    from pipeline.refresh.core import BATCH_LOG_DAYS
+
     conn = _session(url, lock_wait_s)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute("SELECT publication_id, run_id FROM recsys.publications WHERE live")
+            cur.execute("SELECT publication_id, run_id, published_at FROM recsys.publications WHERE live")
             row = cur.fetchone()
             if row is None:
                 raise PublishError("nothing is published, so there is nothing to roll back", "rerank run nightly")
@@ -411,7 +437,13 @@ def rollback(url: str, *, lock_wait_s: float = 60.0) -> dict:
             prev = cur.fetchone()
             if prev is None:
                 raise PublishError("no earlier publication is kept", "RERANK_KEEP_RUNS keeps the last K runs")
-        _swap(conn, prev[0], None, lock_timeout_ms=2000, attempts=10, hook=None)
+        undone = {}
+
+        def undo_overlay(cur) -> None:  # noqa: ANN001 - a psycopg2 cursor
+            cur.execute(_UNDO_OVERLAY_SQL, {"since": row[2], "log_days": BATCH_LOG_DAYS})
+            undone["overlay_rows_dropped"] = cur.rowcount
+
+        _swap(conn, prev[0], None, lock_timeout_ms=2000, attempts=10, hook=None, before_views=undo_overlay)
     finally:
         conn.close()
-    return {"publication_id": prev[0], "run_id": prev[1]}
+    return {"publication_id": prev[0], "run_id": prev[1], **undone}

@@ -102,6 +102,54 @@ def test_rollback_brings_back_the_near_real_time_lists_users_had(shop: str) -> N
     assert _seen(shop, 2) == {"day1"}
 
 
+def _refreshed_during_day2(url: str, user: int) -> None:
+    """The refresh as it ran while day 2's run was live: a batch on day 1 (events 10..40), one after day 2
+    went live (40..100) that rebuilt ``user``'s list on day 2's run, and the watermark at 100."""
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE recsys.refresh_state SET last_event_id = 100 WHERE name = 'default'")
+        cur.execute("INSERT INTO recsys.refresh_batches (name, from_event_id, to_event_id, events, skipped, users, "
+                    "rows, started_at) VALUES ('default', 10, 40, 5, 0, 1, %s, %s), "
+                    "('default', 40, 100, 9, 0, 1, %s, now())", (TOP, DAY1 + timedelta(hours=10), TOP))
+    _overlay(url, user, datetime.now(UTC), "refresh_day2")
+
+
+def _watermark(url: str) -> int:
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT last_event_id FROM recsys.refresh_state WHERE name = 'default'")
+        return cur.fetchone()[0]
+
+
+def test_rollback_drops_the_near_real_time_lists_built_on_the_rolled_back_run(shop: str) -> None:
+    """Day 2's run is rolled back (a bad model, say). Near-real-time lists the refresh built while it was
+    live came from its model and matrices; they stayed in front of the restored run, so the users who had
+    been active saw the bad run's ranking after the rollback. They go with it, the watermark moves back to
+    where it stood when day 2 went live (the refresh rebuilds those lists on day 1's run), and lists built
+    on day 1 stay."""
+    publish_run(shop, "nightly_20261123T0000", _recs("day1", DAY1, 1), None, generated_at=DAY1)
+    _overlay(shop, 1, DAY1 + timedelta(hours=10), "refresh_day1")
+    publish_run(shop, "nightly_20261124T0000", _recs("day2", DAY2, 2), None, generated_at=DAY2)
+    _refreshed_during_day2(shop, 2)
+    assert _seen(shop, 2) == {"refresh_day2"}
+    res = rollback(shop)
+    assert res["run_id"] == "nightly_20261123T0000" and res["overlay_rows_dropped"] == TOP
+    assert _seen(shop, 2) == {"day1"}
+    assert _seen(shop, 1) == {"refresh_day1"}
+    assert _watermark(shop) == 40
+
+
+def test_rollback_keeps_the_watermark_when_the_batch_log_may_have_lost_batches(shop: str) -> None:
+    """A publication live for longer than the batch log keeps: its first batches may be pruned, so the
+    point to rewind to is unknown. The lists built on it still go; the watermark stays."""
+    publish_run(shop, "nightly_20261123T0000", _recs("day1", DAY1, 1), None, generated_at=DAY1)
+    publish_run(shop, "nightly_20261124T0000", _recs("day2", DAY2, 2), None, generated_at=DAY2)
+    with connect(shop) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE recsys.publications SET published_at = now() - interval '8 days' WHERE live")
+    _refreshed_during_day2(shop, 2)
+    assert rollback(shop)["overlay_rows_dropped"] == TOP
+    assert _seen(shop, 2) == {"day1"}
+    assert _watermark(shop) == 100
+
+
 def test_a_user_subset_publication_keeps_the_near_real_time_lists_of_the_users_it_does_not_touch(
         shop: str, tmp_path: Path) -> None:
     """A manual day-2 run for a user subset publishes the subset's new lists and, for everyone else, the live
