@@ -9,7 +9,8 @@
 #     --platform manylinux2014_x86_64 -d .whl pydantic pydantic_core pydantic-settings annotated-types \
 #     typing-inspection python-dotenv psycopg2-binary dill implicit     (the versions of .venv)
 #   cp ../shared/data/amazon-s3rec/Beauty.txt .gpu/
-# then run `bash benchmarks/gpu_check.sh` there with carry [".whl", ".gpu"].
+# then run `bash benchmarks/gpu_check.sh` there with carry [".whl", ".gpu"]; BEAUTY_MODELS (default ranker) and
+# BEAUTY_SECONDS (220) choose the Beauty models and their time limit.
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
@@ -28,16 +29,16 @@ step() {  # name, seconds, command...
   tail -n 12 "$OUT/$name.log"
 }
 
-step pytest 100 python3 -m pytest -q -p no:cacheprovider --timeout=140 tests/unit/test_rank.py tests/unit/test_models_contract.py
+step pytest 100 python3 -m pytest -q -p no:cacheprovider --timeout=140 tests/unit/test_rank.py tests/unit/test_rank_encoding.py
 # bench_rank at a size that fills a GPU batch better than the CI size; the CPU run is the same machine's baseline
 BENCH=(benchmarks/bench_rank.py --users 8000 --items 2000 --days 10 --windows 5 --reps 5)
 step bench_cuda 120 python3 "${BENCH[@]}" --device cuda --threads 16
 if [ -f .gpu/Beauty.txt ]; then
   # run_evaluation without a database (the CLI's throwaway database needs Postgres, which that image lacks)
-  step beauty_ranker_cuda 220 env RERANK_DEVICE=cuda python3 -c "import json, sys
+  step beauty_cuda "${BEAUTY_SECONDS:-220}" env RERANK_DEVICE=cuda python3 -c "import json, sys
 from pipeline.evaluate.runner import run_evaluation
-r = run_evaluation('amazon-s3rec', '.gpu/Beauty.txt', protocol='leave-one-out', models=['ranker'], out_dir=sys.argv[1])
-print(json.dumps(r['results']))" "$OUT/beauty"
+r = run_evaluation('amazon-s3rec', '.gpu/Beauty.txt', protocol='leave-one-out', models=sys.argv[2].split(','), out_dir=sys.argv[1])
+print(json.dumps(r['results']))" "$OUT/beauty" "${BEAUTY_MODELS:-ranker}"
   cp "$OUT/beauty/metrics.json" "$OUT/beauty_metrics.json" 2>/dev/null
   rm -rf "$OUT/beauty"
 fi
