@@ -1,7 +1,7 @@
 """Signals tried against ``pipeline``'s ml-100k merge on the inner split (issue #6, acceptance 2; round three).
 
     python benchmarks/probe_ml100k.py trend|fusion|ease-weights|demographic|sequence [--split inner] [--cache DIR]
-    python benchmarks/probe_ml100k.py kfold [--cache DIR]
+    python benchmarks/probe_ml100k.py kfold [--cache DIR] [--extras slim,hoease,...] [--no-weight-grid]
 
 Each probe prints nDCG@10 of a signal alone and added to the Makefile's mix (``ML100K_PIPELINE``: bagged ALS,
 EASE on ratings with l2 6000, user-kNN at 1 / 1 / 0.5, merged as :mod:`tune_ml100k` emulates ``MergedRecall``).
@@ -23,7 +23,12 @@ unless ``--split outer`` is asked for.
   splits; its gain shrinks as the training part grows (inner2 -> inner -> outer), see the note of issue #6.
 * ``kfold``: the mix and its variants by 5-fold cross-validation of the outer training part (item-stratified
   folds, each model fitted on 4 folds, 80 %): four times the validation rows of the inner split, so the
-  per-fold differences show how far one split's noise reaches.
+  per-fold differences show how far one split's noise reaches. ``--extras`` picks the sources judged (each
+  alone, added to the base at 0.25-1, in place of EASE at 0.5-1.5; "better in n/5" counts folds).
+
+Third round, new families (5-fold, base 0.2510; shared 2-core box): SLIM-ElasticNet (``slim``, ``slim-r``),
+higher-order EASE (``hoease-r``, ``hoease-r-c160k``) all within -0.0021..+0.0003; RecVAE (``recvae``) added
+at 0.5: +0.0015, better in 5/5 folds, short of the +0.003 bar.
 """
 
 from __future__ import annotations
@@ -190,46 +195,87 @@ KFOLD_SOURCES = {"als": ("als", {"seeds": 8}), "ease": ("ease", {"l2": 6000, "us
                  "uknn": ("user-knn", {}), "rp3": ("rp3beta", {}),
                  "seq": ("seq-knn", {"window": 3, "step_decay": 0.8, "backward": 0.3, "n_last": 1000,
                                      "recency": 1.0}),
-                 "dlae": ("edlae", {"l2": 800, "dropout": 0.25, "zero_diagonal": False})}
+                 "dlae": ("edlae", {"l2": 800, "dropout": 0.25, "zero_diagonal": False}),
+                 # third round: new model families (SLIM-ElasticNet, higher-order EASE), settings from inner
+                 "slim": ("slim", {"alpha": 0.5, "l1_ratio": 0.001}),
+                 "slim-r": ("slim", {"alpha": 10.0, "l1_ratio": 0.001, "use_ratings": True}),
+                 "hoease-r": ("ease-pairs", {"l2": 6000, "l2_pairs": 40000, "pairs": 500, "rho": 10000,
+                                             "use_ratings": True}),
+                 "hoease-r-c160k": ("ease-pairs", {"l2": 6000, "l2_pairs": 160000, "pairs": 500, "rho": 10000,
+                                                   "use_ratings": True}),
+                 "recvae": ("recvae", {"epochs": 15, "gamma": 0.02, "batch_size": 64, "learning_rate": 1e-3})}
+KFOLD_SOURCES.update({f"recvae-s{s}": ("recvae", {"epochs": 15, "gamma": 0.02, "batch_size": 64,
+                                                    "learning_rate": 1e-3, "seed": s}) for s in (43, 44)})
+#: bags: the mean of the members' raw scores (as ``seeds`` bags ALS), then scaled like one source
+KFOLD_BAGS = {"recvae-bag3": ("recvae", "recvae-s43", "recvae-s44")}
+#: extras judged by ``kfold`` when ``--extras`` is not given
+KFOLD_EXTRAS = ("seq", "rp3", "dlae")
 
 
-def probe_kfold(data: str, cache: Path, folds: int = 5) -> None:
+def probe_kfold(data: str, cache: Path, folds: int = 5, extras: tuple[str, ...] = KFOLD_EXTRAS,
+                weight_grid: bool = True) -> None:
+    """Base mix and each extra (alone, added at 0.25-1, in place of EASE) by ``folds``-fold CV."""
+    import time
+
     from pipeline.evaluate.models import get_model
 
+    unknown = [e for e in extras if e not in KFOLD_SOURCES and e not in KFOLD_BAGS]
+    if unknown:
+        raise SystemExit(f"unknown extras {unknown}; known: {sorted(KFOLD_SOURCES)}")
     outer_train = T.load(data)["outer"][0]
     draw = pd.Series(np.random.default_rng(2026).random(len(outer_train)), index=outer_train.index)
     rank = draw.groupby(outer_train["item_id"]).rank(method="first").to_numpy() - 1
     size = draw.groupby(outer_train["item_id"]).transform("size").to_numpy()
     fold = np.floor(rank / size * folds).astype(int)  # each item's ratings spread evenly over the folds
-    probs, parts = [], []
+    probs, parts, raw = [], [], []
     for k in range(folds):
         prob = T.Problem(outer_train[fold != k], outer_train[fold == k])
-        scaled = {}
-        for name, (model, params) in KFOLD_SOURCES.items():
+        scaled, scores = {}, {}
+        members = [m for e in extras for m in KFOLD_BAGS.get(e, ())]
+        for name in dict.fromkeys(("als", "ease", "uknn", *members, *extras)):
+            if name in KFOLD_BAGS:
+                scores[name] = np.mean([scores[m] for m in KFOLD_BAGS[name]], axis=0)
+                scaled[name] = T.scaled(scores[name], prob.seen, 100, "minmax")
+                continue
+            model, params = KFOLD_SOURCES[name]
             f = cache / f"kfold{k}-{name}.npy"
             if not f.exists():
                 cache.mkdir(parents=True, exist_ok=True)
+                t0 = time.perf_counter()
                 np.save(f, get_model(model, **params).fit(prob.train).score(prob.users).astype(np.float32))
-            scaled[name] = T.scaled(np.load(f), prob.seen, 100, "minmax")
+                print(f"  fitted {name} on fold {k} in {time.perf_counter() - t0:.1f} s", flush=True)
+            scores[name] = np.load(f)
+            scaled[name] = T.scaled(scores[name], prob.seen, 100, "minmax")
         probs.append(prob)
         parts.append(scaled)
+        raw.append(scores)
 
     def cv(weights: dict[str, float]) -> np.ndarray:
         names = [n for n, w in weights.items() if w > 0]
         return np.array([p.ndcg(T.merged([s[n] for n in names], [weights[n] for n in names], p.seen))
                          for p, s in zip(probs, parts, strict=True)])
 
+    def line(label: str, v: np.ndarray, b: np.ndarray) -> str:
+        d = v - b
+        return (f"{label}: mean {v.mean():.4f} ({d.mean():+.4f}), per fold {np.round(d, 4).tolist()}, "
+                f"better in {int((d > 0).sum())}/{len(d)}")
+
     base = {"als": 1.0, "ease": 1.0, "uknn": 0.5}
     b = cv(base)
     print(f"base mix {base}: mean {b.mean():.4f}, folds {np.round(b, 4).tolist()}")
-    for extra in ("seq", "rp3", "dlae"):
+    ease_alone = np.array([p.ndcg(r["ease"]) for p, r in zip(probs, raw, strict=True)])
+    print(f"ease alone: mean {ease_alone.mean():.4f}, folds {np.round(ease_alone, 4).tolist()}")
+    for extra in extras:
+        alone = np.array([p.ndcg(r[extra]) for p, r in zip(probs, raw, strict=True)])
+        print(f"{extra} alone: mean {alone.mean():.4f}, folds {np.round(alone, 4).tolist()}", flush=True)
         for w in (0.25, 0.5, 0.75, 1.0):
-            v = cv({**base, extra: w})
-            print(f"+ {extra} at {w}: mean {v.mean():.4f} ({v.mean() - b.mean():+.4f}), "
-                  f"per fold {np.round(v - b, 4).tolist()}", flush=True)
-    for wa, wu in itertools.product((0.75, 1.0, 1.5), (0.0, 0.25, 0.5)):
-        v = cv({"als": wa, "ease": 1.0, "uknn": wu})
-        print(f"als {wa}, ease 1, user-knn {wu}: mean {v.mean():.4f} ({v.mean() - b.mean():+.4f})")
+            print(line(f"+ {extra} at {w}", cv({**base, extra: w}), b), flush=True)
+        for w in (0.5, 1.0, 1.5):
+            print(line(f"{extra} at {w} in place of ease", cv({"als": 1.0, extra: w, "uknn": 0.5}), b), flush=True)
+    if weight_grid:
+        for wa, wu in itertools.product((0.75, 1.0, 1.5), (0.0, 0.25, 0.5)):
+            v = cv({"als": wa, "ease": 1.0, "uknn": wu})
+            print(f"als {wa}, ease 1, user-knn {wu}: mean {v.mean():.4f} ({v.mean() - b.mean():+.4f})")
 
 
 PROBES = {"trend": probe_trend, "fusion": probe_fusion, "ease-weights": probe_ease_weights,
@@ -242,9 +288,13 @@ def main() -> None:
     ap.add_argument("--split", default="inner", choices=("inner", "inner2", "outer"))
     ap.add_argument("--data", default=str(Path(os.environ.get("RERANK_SHARED_DATA", "../shared/data")) / "ml-100k"))
     ap.add_argument("--cache", type=Path, default=Path("/tmp/ml2_cache"))
+    ap.add_argument("--extras", default=",".join(KFOLD_EXTRAS),
+                    help=f"kfold: comma list of extra sources to judge, of {','.join([*KFOLD_SOURCES, *KFOLD_BAGS])}")
+    ap.add_argument("--no-weight-grid", action="store_true", help="kfold: skip the base weights' grid")
     a = ap.parse_args()
     if a.probe == "kfold":
-        probe_kfold(a.data, a.cache)
+        probe_kfold(a.data, a.cache, extras=tuple(e for e in a.extras.split(",") if e),
+                    weight_grid=not a.no_weight_grid)
         return
     PROBES[a.probe](Probe(a.data, a.split, a.cache))
 

@@ -31,6 +31,10 @@ Second round (issue #6 acceptance 2; OPENBLAS_NUM_THREADS=1, ``--cache /tmp/ml2_
   harness, same figure here); the inner-best mix (als-bag8 1, ease-r6000 1.5, user-knn 0.25,
   vae-e25-b1.0-bs64 1; inner 0.2795) -> 0.4973. Robustness of the first (same setting, other seed sets
   0, 8, 16, 24): 0.4976-0.4985.
+
+Third round (new families; inner split only): ``slim`` best 0.2694 (alpha 0.5, l1_ratio 0.001; EASE 0.2695),
+``ease-pairs`` tends to plain EASE from below as l2_pairs grows (best 0.2693 on ratings), ``recvae`` 0.2621
+(gamma 0.02, 15 epochs, batch 64; the paper's settings 0.2150). Judged by 5-fold CV in probe_ml100k.py kfold.
 """
 
 from __future__ import annotations
@@ -112,6 +116,22 @@ for _e, _b in itertools.product((25, 50, 75, 100, 150, 200), (0.2, 0.3, 0.5, 1.0
 
 CONFIGS["vae-a200-e100-b1.0-bag3"] = ("mult-vae", {"epochs": 100, "beta": 1.0, "anneal_steps": 200, "seeds": 3})
 CONFIGS["vae-a200-e50-b0.5-bag3"] = ("mult-vae", {"epochs": 50, "beta": 0.5, "anneal_steps": 200, "seeds": 3})
+
+# third round (issue #6 acceptance 2, new families): SLIM-ElasticNet and higher-order (pairwise) EASE
+for _al, _l1 in itertools.product((0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0), (0.0001, 0.001, 0.01, 0.05, 0.2)):
+    CONFIGS[f"slim-a{_al}-l{_l1}"] = ("slim", {"alpha": _al, "l1_ratio": _l1})
+    CONFIGS[f"slim-r-a{_al}-l{_l1}"] = ("slim", {"alpha": _al * 10, "l1_ratio": _l1, "use_ratings": True})
+for _l2c, _m, _rho in itertools.product((1000, 4000, 16000), (500, 2000, 5000), (1000.0, 10000.0)):
+    CONFIGS[f"hoease-l400-c{_l2c}-m{_m}-rho{_rho:g}"] = ("ease-pairs", {"l2": 400, "l2_pairs": _l2c, "pairs": _m,
+                                                                        "rho": _rho})
+    CONFIGS[f"hoease-r6000-c{_l2c * 10}-m{_m}-rho{_rho * 10:g}"] = (
+        "ease-pairs", {"l2": 6000, "l2_pairs": _l2c * 10, "pairs": _m, "rho": _rho * 10, "use_ratings": True})
+
+for _e, _g in itertools.product((25, 50, 100), (0.0035, 0.005, 0.01)):
+    CONFIGS[f"recvae-e{_e}-g{_g}"] = ("recvae", {"epochs": _e, "gamma": _g})
+for _e, _g, _bs in itertools.product((15, 30, 50), (0.0035, 0.005, 0.01, 0.02, 0.04, 0.08), (64, 128)):
+    CONFIGS[f"recvae-e{_e}-g{_g}-bs{_bs}"] = ("recvae", {"epochs": _e, "gamma": _g, "batch_size": _bs,
+                                                         "learning_rate": 1e-3})
 
 
 def load(path: str) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:

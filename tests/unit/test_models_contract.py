@@ -324,3 +324,83 @@ def test_item_cf_with_every_neighbour_refuses_a_catalogue_too_large_for_memory()
         get_model("item-cf", max_gib=1e-5).fit(train)
     assert "neighbours" in err.value.hint
     assert get_model("item-cf", neighbours=5, max_gib=1e-5).fit(train).similarity.shape == (37, 37)
+
+
+class TestSLIM(ModelContract):
+    name = "slim"
+    params = {"alpha": 0.01, "l1_ratio": 0.01}
+
+
+class TestSLIMNeighboursRatings(ModelContract):
+    name = "slim"
+    params = {"alpha": 0.05, "l1_ratio": 0.1, "neighbours": 2, "use_ratings": True}
+
+
+class TestHigherEASE(ModelContract):
+    name = "ease-pairs"
+    params = {"l2": 1.0, "l2_pairs": 1.0, "pairs": 6, "min_support": 1, "rho": 1.0}
+
+
+def test_slim_known_weights() -> None:
+    """Two items always together, two users: item 10's column is y = [1, 1] on x = [1, 1], so
+    scikit-learn's 1/(2n) |y - w x|^2 + a r |w| + a (1 - r) / 2 w^2 has its minimum at
+    w = (1 - a r) / (1 + a (1 - r)); a = 0.1, r = 0.5: 0.95 / 1.05. The own weight stays 0."""
+    train = pd.DataFrame({"user_id": [0, 0, 1, 1], "item_id": [10, 11, 10, 11]})
+    m = get_model("slim", alpha=0.1, l1_ratio=0.5).fit(train)
+    w = 0.95 / 1.05
+    np.testing.assert_allclose(m.W, [[0.0, w], [w, 0.0]], atol=1e-6)
+    h = m.matrix(pd.DataFrame({"user_id": [0], "item_id": [11]}))[[0]]
+    np.testing.assert_allclose(m.score([0], h), [[w, 0.0]], atol=1e-6)
+    # an L1 share past the fit's gain zeroes the weight: a r >= 1
+    assert (get_model("slim", alpha=2.0, l1_ratio=0.5).fit(train).W == 0).all()
+    # non-negative weights, zero diagonal on the contract's two clusters
+    big = get_model("slim", alpha=0.01, l1_ratio=0.01).fit(TRAIN, ITEMS)
+    assert (big.W >= 0).all() and (np.diag(big.W) == 0).all()
+    with pytest.raises(ModelError, match="l1_ratio"):
+        get_model("slim", l1_ratio=1.5)
+    with pytest.raises(ModelError, match="max_items"):
+        get_model("slim", max_items=1).fit(train)
+
+
+def test_ease_pairs_learns_an_and() -> None:
+    """Item 12 is had exactly by the user who has both 10 and 11 (users with only 10 or only 11 do not):
+    no sum of single-item weights says "both", the pair (10, 11) does. As the penalties go to 0 the
+    exact fit is D[(10, 11), 12] = 1 and B[10, 12] = B[11, 12] = 0, where plain EASE spreads it over
+    the single items (B[10, 12] = 1/4 at l2 = 0.01). A pair never predicts its own items."""
+    train = pd.DataFrame({"user_id": [0, 1, 2, 2, 2, 3, 4], "item_id": [10, 11, 10, 11, 12, 10, 11]})
+    kw = {"l2": 0.01, "l2_pairs": 0.01, "min_support": 1, "rho": 1.0, "iterations": 50}
+    m = get_model("ease-pairs", pairs=1, **kw).fit(train)
+    assert m.pair_items.tolist() == [[0, 1]]  # all three pairs have 1 user: ties go by index
+    assert m.D[0, 0] == 0.0 and m.D[0, 1] == 0.0
+    np.testing.assert_allclose(m.D[0, 2], 1.0, atol=0.03)
+    np.testing.assert_allclose(m.B[:2, 2], [0.0, 0.0], atol=0.03)
+    ease = get_model("ease", l2=0.01).fit(train)
+    np.testing.assert_allclose(ease.B[:2, 2], [0.25, 0.25], atol=0.01)
+    h_one = m.matrix(pd.DataFrame({"user_id": [0], "item_id": [10]}))[[0]]
+    h_both = m.matrix(pd.DataFrame({"user_id": [0, 0], "item_id": [10, 11]}))[[0]]
+    assert m.score([0], h_one)[0, 2] < 0.03 < 0.97 < m.score([0], h_both)[0, 2]
+    # no pair selected (pairs=0, or none frequent enough): plain EASE
+    for extra in ({"pairs": 0}, {"pairs": 5, "min_support": 2}):
+        plain = get_model("ease-pairs", **{**kw, **extra}).fit(train)
+        assert len(plain.pair_items) == 0
+        np.testing.assert_allclose(plain.B, ease.B, atol=1e-6)
+    with pytest.raises(ModelError, match="pairs"):
+        get_model("ease-pairs", pairs=-1)
+
+
+class TestRecVAE(ModelContract):
+    name = "recvae"
+    params = {"hidden": 16, "latent": 4, "dropout": 0.0, "epochs": 60, "learning_rate": 0.02}
+
+
+def test_recvae_deterministic_and_folds_in() -> None:
+    """Same seed, same scores; another seed differs; a supplied history changes the scores; the composite
+    prior's previous-encoder copy and the alternating passes do not break the seeding."""
+    kw = {"hidden": 8, "latent": 2, "epochs": 3, "enc_epochs": 2, "batch_size": 4}
+    a = get_model("recvae", seed=1, **kw).fit(TRAIN, ITEMS)
+    np.testing.assert_array_equal(a.score([0, 3]), get_model("recvae", seed=1, **kw).fit(TRAIN, ITEMS).score([0, 3]))
+    assert not np.array_equal(a.score([0, 3]), get_model("recvae", seed=2, **kw).fit(TRAIN, ITEMS).score([0, 3]))
+    h = a.matrix(pd.DataFrame({"user_id": [3], "item_id": [13]}))[[3]]
+    assert not np.allclose(a.score([3], h), a.score([3]))
+    with pytest.raises(ModelError, match="epochs"):
+        get_model("recvae", epochs=0)
