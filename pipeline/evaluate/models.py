@@ -786,8 +786,11 @@ class RecVAEModel(Recommender):
 
     def __init__(self, *, hidden: int = 600, latent: int = 200, dropout: float = 0.5, gamma: float = 0.02,
                  epochs: int = 15, enc_epochs: int = 3, batch_size: int = 64, learning_rate: float = 1e-3,
-                 use_ratings: bool = False, **kw: Any) -> None:
+                 seeds: int = 1, use_ratings: bool = False, **kw: Any) -> None:
         super().__init__(use_ratings=use_ratings, **kw)
+        if int(seeds) < 1:
+            raise ModelError(f"{self.name}: seeds must be >= 1, got {seeds}", "seeds is the number of bagged fits")
+        self.seeds = int(seeds)
         if epochs < 1 or enc_epochs < 1:
             raise ModelError(f"{self.name}: epochs and enc_epochs must be >= 1, got {epochs}, {enc_epochs}",
                              "see the recvae docstring")
@@ -801,7 +804,8 @@ class RecVAEModel(Recommender):
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # one thread: deterministic, and the harness runs models side by side
         try:
-            self._net = self._train(torch.from_numpy(sp.csr_matrix(user_items, dtype=np.float32).toarray()))
+            X = torch.from_numpy(sp.csr_matrix(user_items, dtype=np.float32).toarray())
+            self._nets = [self._train(X, self.seed + k) for k in range(self.seeds)]
         finally:
             torch.set_num_threads(threads)
 
@@ -825,14 +829,14 @@ class RecVAEModel(Recommender):
             hs.append(h)
         return enc["mu"](h), enc["logvar"](h)
 
-    def _train(self, X: Any) -> Any:
+    def _train(self, X: Any, seed: int) -> Any:
         import copy
         import math
 
         import torch
 
-        torch.manual_seed(self.seed)
-        gen = torch.Generator().manual_seed(self.seed)
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
         n = X.shape[1]
         enc = self._encoder(n)
         dec = torch.nn.Linear(self.latent, n)
@@ -879,8 +883,9 @@ class RecVAEModel(Recommender):
 
         with torch.inference_mode():
             x = torch.from_numpy(sp.csr_matrix(history, dtype=np.float32).toarray())
-            mu, _ = self._encode(self._net["enc"], x, 0.0)
-            return self._net["dec"](mu).numpy().astype(np.float32)
+            # ``seeds`` > 1: the mean of the bagged fits' logits (seeds seed, seed + 1, ...)
+            out = sum(net["dec"](self._encode(net["enc"], x, 0.0)[0]) for net in self._nets) / len(self._nets)
+            return out.numpy().astype(np.float32)
 
 
 def _row_normalise(m: sp.csr_matrix) -> sp.csr_matrix:

@@ -404,3 +404,16 @@ def test_recvae_deterministic_and_folds_in() -> None:
     assert not np.allclose(a.score([3], h), a.score([3]))
     with pytest.raises(ModelError, match="epochs"):
         get_model("recvae", epochs=0)
+
+
+def test_recvae_seeds_bag_the_fits_of_consecutive_seeds() -> None:
+    """``seeds=3`` scores the mean of the logits of the fits with seeds s, s + 1, s + 2 (as the ml-100k
+    probe's bag was measured); ``seeds=1`` is the single fit."""
+    kw = {"hidden": 8, "latent": 2, "epochs": 2, "enc_epochs": 1, "batch_size": 4}
+    singles = [get_model("recvae", seed=5 + k, **kw).fit(TRAIN, ITEMS).score([0, 3]) for k in range(3)]
+    bag = get_model("recvae", seed=5, seeds=3, **kw).fit(TRAIN, ITEMS).score([0, 3])
+    np.testing.assert_allclose(bag, np.mean(singles, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(get_model("recvae", seed=5, seeds=1, **kw).fit(TRAIN, ITEMS).score([0, 3]),
+                                  singles[0])
+    with pytest.raises(ModelError, match="seeds"):
+        get_model("recvae", seeds=0)
