@@ -137,15 +137,16 @@ def _prepare(conn, url: str, home: str | Path) -> None:
         load_live(url, home, pub, pub["champion"])
 
 
-def _rerank_inputs(url: str, now) -> dict:  # noqa: ANN001 - a datetime from the database
+def _rerank_inputs(cur, now) -> dict:  # noqa: ANN001 - the batch's cursor, a datetime from the database
     """The nightly run's re-rank inputs as of ``now``: settings, active rules, repurchase windows, A/B arms
-    (read per batch, so a rule a merchandiser adds applies to the next overlay lists too)."""
+    (read per batch in the batch's transaction, so a rule a merchandiser adds applies to the next overlay
+    lists too, at the cost of two small queries rather than two new connections)."""
     from pipeline.rerank import RerankConfig, load_repurchase_windows, load_rules
     from pipeline.settings import get_settings
 
     s = get_settings()
-    config = RerankConfig(**{"repurchase_days": load_repurchase_windows(url), **s.rerank})
-    return {"rerank": config, "rules": load_rules(url, now), "variants": dict(s.variants),
+    config = RerankConfig(**{"repurchase_days": load_repurchase_windows(cur), **s.rerank})
+    return {"rerank": config, "rules": load_rules(cur, now), "variants": dict(s.variants),
             "variant_salt": s.variant_salt}
 
 
@@ -192,7 +193,7 @@ def run_batch(conn, url: str, home: str | Path, *, name: str = "default", batch_
                 cur.execute(_history_sql(), {"users": users.tolist(), "upto": upto,
                                            "since": now - pd.Timedelta(days=history_days).to_pytimedelta()})
                 history = _frame(cur.fetchall(), EVENT_COLUMNS)
-                rerank = _rerank_inputs(url, now)
+                rerank = _rerank_inputs(cur, now)
                 lists = build_lists(users, history, fresh["event_id"].to_numpy(), live.neighbours, live.item_feats,
                                     now, cfg, p_rank=live.p_rank, item_text=live.item_text,
                                     recall_kwargs=live.recall_kwargs, tables=live.tables, **rerank)

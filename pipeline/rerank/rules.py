@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,11 +22,23 @@ import pandas as pd
 RULE_COLUMNS = ["rule_id", "kind", "item_id", "category", "brand", "factor"]
 
 
-def load_rules(url: str, as_of: datetime) -> pd.DataFrame:
-    """Rules of ``recsys.rules`` active at ``as_of`` (columns :data:`RULE_COLUMNS`)."""
+@contextmanager
+def _cursor(source: Any) -> Iterator[Any]:
+    """A cursor on ``source``: a database URL (a connection of its own) or an open psycopg2 cursor (the
+    caller's transaction, e.g. a refresh batch reading in its own snapshot without a second connection)."""
+    if not isinstance(source, str):
+        yield source
+        return
     from pipeline.db.engine import connect
 
-    with connect(url) as conn, conn.cursor() as cur:
+    with connect(source) as conn, conn.cursor() as cur:
+        yield cur
+
+
+def load_rules(source: Any, as_of: datetime) -> pd.DataFrame:
+    """Rules of ``recsys.rules`` active at ``as_of`` (columns :data:`RULE_COLUMNS`); ``source`` is a database
+    URL or an open cursor."""
+    with _cursor(source) as cur:
         cur.execute(
             """
             SELECT rule_id, kind, item_id, category, brand, factor FROM recsys.rules
@@ -38,11 +52,10 @@ def load_rules(url: str, as_of: datetime) -> pd.DataFrame:
     return df.astype({"rule_id": "int64", "item_id": "Int64", "factor": "float64"})
 
 
-def load_repurchase_windows(url: str) -> dict[str, float]:
-    """Category prefix -> days before a bought item may come back (``recsys.repurchase_windows``)."""
-    from pipeline.db.engine import connect
-
-    with connect(url) as conn, conn.cursor() as cur:
+def load_repurchase_windows(source: Any) -> dict[str, float]:
+    """Category prefix -> days before a bought item may come back (``recsys.repurchase_windows``); ``source``
+    is a database URL or an open cursor."""
+    with _cursor(source) as cur:
         cur.execute("SELECT category, days FROM recsys.repurchase_windows ORDER BY category")
         return {c: float(d) for c, d in cur.fetchall()}
 
