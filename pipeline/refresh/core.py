@@ -14,8 +14,11 @@ Commit order: event ids are assumed to be taken in commit order (a sequence, sho
 before the first event written by a transaction that is older than a transaction still writing to
 ``shop.events`` (found in ``pg_locks``), because that writer may yet commit a smaller id.
 
-Events older than the live run's ``as_of`` are already in its lists: they move the watermark but trigger
-no rebuild (this is also how a first refresh after install skips the history the nightly run covered).
+Events older than the live publication's oldest rows (``oldest_at``; its run's ``as_of`` unless a user-subset
+run republished older rows) are already in its lists: they move the watermark but trigger no rebuild (this is
+also how a first refresh after install skips the history the nightly run covered). A user-subset run's own
+users may so get a list rebuilt from events their new nightly rows already saw: harmless, where the run's
+``as_of`` as the cut-off would skip the other users' events since their older rows for good.
 """
 
 from __future__ import annotations
@@ -118,7 +121,8 @@ INSERT INTO recsys.refresh_state (name) VALUES (%(name)s) ON CONFLICT (name) DO 
 SELECT s.last_event_id, now(),
        (SELECT relkind IN ('r', 'p') FROM pg_class WHERE oid = 'shop.events'::regclass),
        p.publication_id, p.run_id, p.generated_at,
-       (SELECT max(model_version) FROM recsys.models WHERE status = 'champion')
+       (SELECT max(model_version) FROM recsys.models WHERE status = 'champion'),
+       coalesce(p.oldest_at, p.generated_at)
   FROM recsys.refresh_state s LEFT JOIN recsys.publications p ON p.live
  WHERE s.name = %(name)s
    FOR UPDATE OF s
@@ -168,6 +172,7 @@ def run_batch(conn, url: str, home: str | Path, *, name: str = "default", batch_
             if pub_row[0] is None:  # nothing to overlay yet; keep the events for when a nightly run has published
                 conn.rollback()
                 return BatchResult("no_live_run", watermark=after)
+            *pub_row, covered_until = pub_row
             pub = dict(zip(["publication_id", "run_id", "generated_at", "champion"], pub_row, strict=True))
             # The cached live run when it is this publication's with this champion; else (a nightly run
             # published or a champion was promoted since the last batch: rare) it is loaded here.
@@ -185,7 +190,7 @@ def run_batch(conn, url: str, home: str | Path, *, name: str = "default", batch_
             batch = _frame([r[:8] for r in rows], EVENT_COLUMNS).assign(clean=[bool(r[8]) for r in rows])
             upto = int(batch["event_id"].iloc[-1])
             clean = batch[batch["clean"]]
-            fresh = clean[clean["ts"] >= pd.Timestamp(pub["generated_at"])]
+            fresh = clean[clean["ts"] >= pd.Timestamp(covered_until)]
             users = np.unique(fresh["user_id"].to_numpy(dtype="int64"))
             hook("events_read", {"watermark": after, "upto": upto, "events": len(batch), "users": len(users)})
             n_rows = 0

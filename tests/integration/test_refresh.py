@@ -182,6 +182,23 @@ def test_views_in_a_new_category_bring_its_neighbours_with_reasons(shop: tuple[s
         assert row["reason"] == f"because you just viewed \u201c{titles[row['anchor_item_id']]}\u201d"
 
 
+def test_events_since_a_users_own_nightly_rows_count_after_a_user_subset_publication(
+        shop: tuple[str, str]) -> None:
+    """A manual run for a user subset publishes at a later as_of and republishes everyone else's older rows.
+    The refresh skipped every event older than the publication's as_of, so the other users' events since
+    their own (older) rows were consumed without a rebuild: their lists stayed blind to them until the next
+    nightly. The cut-off is the publication's oldest rows (``oldest_at``)."""
+    url, home = shop
+    ids = _insert(url, [(7, 3, "view", None), (7, 4, "add_to_cart", None)])
+    with connect(url) as conn, conn.cursor() as cur:  # the subset run, published after those events
+        cur.execute("UPDATE recsys.publications SET oldest_at = generated_at, "
+                    "generated_at = clock_timestamp() + interval '1 minute' WHERE live")
+    res = refresh_once(url, home, cfg=CFG)
+    assert res["status"] == "ok" and res["watermark"] == max(ids)
+    assert res["users"] == 1
+    assert set(_read(url, "SELECT DISTINCT user_id FROM recsys.recs_realtime")["user_id"]) == {7}
+
+
 def test_a_brand_new_user_gets_a_personal_list_at_the_next_refresh(shop: tuple[str, str]) -> None:
     url, home = shop
     user = int(_read(url, "SELECT max(user_id) + 1000 FROM shop.users").iloc[0, 0])
