@@ -50,6 +50,7 @@ from pipeline.validate.sqlchecks import (
     clean_items_predicate,
     clean_users_predicate,
     deferrable_events_predicate,
+    future_cutoff,
     proven_unique,
 )
 
@@ -180,9 +181,11 @@ def copy_range(url: str, lo: int, hi: int, clean: str, store_url: str, name: str
              else sql.SQL("event_id >= {} AND event_id < {}").format(sql.Literal(int(lo)), sql.Literal(int(hi))))
     stmt = sql.SQL("COPY (SELECT {cols} FROM shop.events WHERE {where} AND {clean}) TO STDOUT WITH (FORMAT csv)"
                    ).format(cols=cols, where=where, clean=sql.SQL(clean))
+    # ``deferrable`` rules are some of ``clean``'s: a row breaking one is never clean, so NOT (clean) would only
+    # evaluate every rule a second time (a third of this query's time at tier M).
     later = None if deferrable is None else sql.SQL(
-        "SELECT event_id FROM shop.events WHERE {where} AND NOT ({clean}) AND {deferrable} ORDER BY event_id"
-    ).format(where=where, clean=sql.SQL(clean), deferrable=sql.SQL(deferrable))
+        "SELECT event_id FROM shop.events WHERE {where} AND {deferrable} ORDER BY event_id"
+    ).format(where=where, deferrable=sql.SQL(deferrable))
     rfd, wfd = os.pipe()
     failure: list[BaseException] = []
     deferred: list[int] = []
@@ -210,7 +213,9 @@ def copy_range(url: str, lo: int, hi: int, clean: str, store_url: str, name: str
         with os.fdopen(rfd, "rb") as r:
             try:
                 reader = pacsv.open_csv(r, *_csv_options())
-            except pa.ArrowInvalid:  # no rows at all: pyarrow refuses an empty stream
+            except pa.ArrowInvalid as exc:  # no rows at all: pyarrow refuses an empty stream
+                if "empty" not in str(exc).lower():
+                    raise  # a first block it cannot convert must fail the task, not pass for an empty range
                 reader = None
             if reader is not None:
                 for batch in reader:
@@ -384,13 +389,14 @@ def extract_snapshot(url: str, out_dir: str | Path, as_of: datetime, client: obj
         # a view has no writers of its own to wait for
         writers = wait_for_writers(cur) if cur.fetchone()[0] in ("r", "p") else 0
         items_unique = proven_unique(cur, "shop.items", "item_id")
+        cutoff = future_cutoff()  # one instant for both: a deferrable row is then never clean
         clean_events = clean_events_predicate(ts_floor=ts_floor,
                                               unique_proven=proven_unique(cur, "shop.events", "event_id"),
-                                              items_unique_proven=items_unique)
+                                              items_unique_proven=items_unique, cutoff=cutoff)
         clean_items = clean_items_predicate(ts_floor=ts_floor, unique_proven=items_unique)
         clean_users = clean_users_predicate(ts_floor=ts_floor,
                                             unique_proven=proven_unique(cur, "shop.users", "user_id"))
-        deferrable = deferrable_events_predicate(ts_floor=ts_floor, items_unique_proven=items_unique)
+        deferrable = deferrable_events_predicate(ts_floor=ts_floor, items_unique_proven=items_unique, cutoff=cutoff)
         store_root = st.store_url_for(store_url or default_store_url(), st.source_key(cur))
         fs, root = st.resolve(store_root)
         manifest = st.read_manifest(fs, root)

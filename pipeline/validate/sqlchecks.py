@@ -157,20 +157,22 @@ def any_bad(rules: list[Rule]) -> str:
 
 
 def clean_events_predicate(*, ts_floor: str = TS_FLOOR, unique_proven: bool = False,
-                           items_unique_proven: bool = True) -> str:
+                           items_unique_proven: bool = True, cutoff: datetime | None = None) -> str:
     """SQL boolean for a clean row of ``shop.events`` (constant text, no user values)."""
     return "NOT " + any_bad(event_rules(ts_floor=ts_floor, unique_proven=unique_proven,
-                                        items_unique_proven=items_unique_proven))
+                                        items_unique_proven=items_unique_proven, cutoff=cutoff))
 
 
 #: Event rules that depend on ``shop.items``: a row they refuse may turn clean once its item is loaded or fixed.
 ITEM_DEPENDENT = ("item_id not in shop.items", "item_id refers to a quarantined item")
 
 
-def deferrable_events_predicate(*, ts_floor: str = TS_FLOOR, items_unique_proven: bool = True) -> str:
-    """SQL boolean: the ``shop.events`` row breaks an item-dependent rule (:data:`ITEM_DEPENDENT`)."""
-    return any_bad([r for r in event_rules(ts_floor=ts_floor, items_unique_proven=items_unique_proven)
-                    if r.reason in ITEM_DEPENDENT])
+def deferrable_events_predicate(*, ts_floor: str = TS_FLOOR, items_unique_proven: bool = True,
+                                cutoff: datetime | None = None) -> str:
+    """SQL boolean: the ``shop.events`` row breaks an item-dependent rule (:data:`ITEM_DEPENDENT`). With the
+    same ``cutoff`` as :func:`clean_events_predicate`, such a row is never clean."""
+    return any_bad([r for r in event_rules(ts_floor=ts_floor, items_unique_proven=items_unique_proven,
+                                           cutoff=cutoff) if r.reason in ITEM_DEPENDENT])
 
 
 def clean_items_predicate(*, ts_floor: str = TS_FLOOR, unique_proven: bool = False) -> str:

@@ -163,3 +163,25 @@ def test_rows_committed_late_below_the_high_water_mark_are_not_lost(shop: str, t
     assert second["writers_waited"] == 1 and second["high_water"] == top + 2
     ids = set(read_events(tmp_path / "r2" / "snapshot")["event_id"])
     assert {top + 1, top + 2} <= ids
+
+
+def test_a_range_pyarrow_cannot_convert_fails_instead_of_reading_as_empty(
+        shop: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parser's first block is converted when the reader opens; its ArrowInvalid was taken for pyarrow's
+    "empty stream" and the range was stored as holding no events: a silent loss. Only an empty stream
+    may pass for empty."""
+    import pyarrow as pa
+
+    from pipeline.errors import DatabaseError
+    from pipeline.extract import snapshot as snap
+
+    good = snap._csv_options
+
+    def wrong_types():  # noqa: ANN202 - event_type read as a number: every row fails to convert
+        read, parse, convert = good()
+        convert.column_types = {**convert.column_types, "event_type": pa.int64()}
+        return read, parse, convert
+
+    monkeypatch.setattr(snap, "_csv_options", wrong_types)
+    with pytest.raises(DatabaseError, match="conversion error"):
+        extract_snapshot(shop, tmp_path / "r1" / "snapshot", AS_OF, None, store_url=str(tmp_path / "store"))
