@@ -681,7 +681,33 @@ class UserEASEModel(Recommender):
         return np.asarray((self._X.T @ b.T).T, dtype=np.float32)
 
 
-class MultVAEModel(Recommender):
+class _BaggedTorchModel(Recommender):
+    """A torch model fitted ``seeds`` times (seeds ``seed``, ``seed`` + 1, ...) on one thread, its fits kept in
+    ``_nets``; subclasses give ``_train_one(X, seed)`` and average the fits when scoring."""
+
+    seeds = 1
+
+    def _set_seeds(self, seeds: int) -> None:
+        if int(seeds) < 1:
+            raise ModelError(f"{self.name}: seeds must be >= 1, got {seeds}", "seeds is the number of bagged fits")
+        self.seeds = int(seeds)
+
+    def _fit(self, user_items: sp.csr_matrix) -> None:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one thread: deterministic, and the harness runs models side by side
+        try:
+            X = torch.from_numpy(sp.csr_matrix(user_items, dtype=np.float32).toarray())
+            self._nets = [self._train_one(X, self.seed + k) for k in range(self.seeds)]
+        finally:
+            torch.set_num_threads(threads)
+
+    def _train_one(self, X: Any, seed: int) -> Any:
+        raise NotImplementedError
+
+
+class MultVAEModel(_BaggedTorchModel):
     """Mult-VAE (Liang et al. 2018, "Variational autoencoders for collaborative filtering"), CPU torch.
 
     A user's history row (L2-normalised, ``dropout`` on the input) is encoded to a Gaussian of size
@@ -704,22 +730,11 @@ class MultVAEModel(Recommender):
                  anneal_steps: int = 200, epochs: int = 100, batch_size: int = 64, learning_rate: float = 1e-3,
                  weight_decay: float = 0.0, seeds: int = 1, use_ratings: bool = False, **kw: Any) -> None:
         super().__init__(use_ratings=use_ratings, **kw)
-        if int(seeds) < 1:
-            raise ModelError(f"{self.name}: seeds must be >= 1, got {seeds}", "seeds is the number of bagged fits")
+        self._set_seeds(seeds)
         self.hidden, self.latent, self.dropout, self.beta = hidden, latent, dropout, beta
         self.anneal_steps, self.epochs, self.batch_size = anneal_steps, epochs, batch_size
-        self.learning_rate, self.weight_decay, self.seeds = learning_rate, weight_decay, int(seeds)
+        self.learning_rate, self.weight_decay = learning_rate, weight_decay
 
-    def _fit(self, user_items: sp.csr_matrix) -> None:
-        import torch
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # one thread: deterministic, and the harness runs models side by side
-        try:
-            X = torch.from_numpy(sp.csr_matrix(user_items, dtype=np.float32).toarray())
-            self._nets = [self._train_one(X, self.seed + k) for k in range(self.seeds)]
-        finally:
-            torch.set_num_threads(threads)
 
     def _train_one(self, X: Any, seed: int) -> Any:
         import torch
@@ -764,7 +779,7 @@ class MultVAEModel(Recommender):
             return out.numpy().astype(np.float32)
 
 
-class RecVAEModel(Recommender):
+class RecVAEModel(_BaggedTorchModel):
     """RecVAE (Shenbin et al. 2020, "RecVAE: a new variational autoencoder for top-N recommendations with
     implicit feedback"), CPU torch: Mult-VAE with a densely connected five-layer encoder (layer norm,
     swish), a composite prior (a mixture of the standard normal, the previous epoch's encoder posterior and
@@ -788,9 +803,7 @@ class RecVAEModel(Recommender):
                  epochs: int = 15, enc_epochs: int = 3, batch_size: int = 64, learning_rate: float = 1e-3,
                  seeds: int = 1, use_ratings: bool = False, **kw: Any) -> None:
         super().__init__(use_ratings=use_ratings, **kw)
-        if int(seeds) < 1:
-            raise ModelError(f"{self.name}: seeds must be >= 1, got {seeds}", "seeds is the number of bagged fits")
-        self.seeds = int(seeds)
+        self._set_seeds(seeds)
         if epochs < 1 or enc_epochs < 1:
             raise ModelError(f"{self.name}: epochs and enc_epochs must be >= 1, got {epochs}, {enc_epochs}",
                              "see the recvae docstring")
@@ -798,16 +811,6 @@ class RecVAEModel(Recommender):
         self.epochs, self.enc_epochs = epochs, enc_epochs
         self.batch_size, self.learning_rate = batch_size, learning_rate
 
-    def _fit(self, user_items: sp.csr_matrix) -> None:
-        import torch
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # one thread: deterministic, and the harness runs models side by side
-        try:
-            X = torch.from_numpy(sp.csr_matrix(user_items, dtype=np.float32).toarray())
-            self._nets = [self._train(X, self.seed + k) for k in range(self.seeds)]
-        finally:
-            torch.set_num_threads(threads)
 
     def _encoder(self, n: int) -> Any:
         import torch
@@ -829,7 +832,7 @@ class RecVAEModel(Recommender):
             hs.append(h)
         return enc["mu"](h), enc["logvar"](h)
 
-    def _train(self, X: Any, seed: int) -> Any:
+    def _train_one(self, X: Any, seed: int) -> Any:
         import copy
         import math
 
