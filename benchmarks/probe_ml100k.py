@@ -28,7 +28,9 @@ unless ``--split outer`` is asked for.
 
 Third round, new families (5-fold, base 0.2510; shared 2-core box): SLIM-ElasticNet (``slim``, ``slim-r``),
 higher-order EASE (``hoease-r``, ``hoease-r-c160k``) all within -0.0021..+0.0003; RecVAE (``recvae``) added
-at 0.5: +0.0015, better in 5/5 folds, short of the +0.003 bar.
+at 0.5: +0.0015, better in 5/5 folds, short of the +0.003 bar. Seeds 43 / 44 alone +0.0021 / +0.0015 (5/5 each);
+the 3-seed bag (``recvae-bag3``) +0.0014..+0.0020 at 0.25-1 (5/5). Read once on test at 0.75 (``recvae`` with
+``seeds: 3`` in the mix): pipeline 0.4968 against 0.4981 without it, so it stays out, as the bar said.
 """
 
 from __future__ import annotations
