@@ -65,6 +65,7 @@ eval: setup
 		--protocol temporal --models popularity,item-cf,als,seq-knn,ranker,pipeline \
 		--params '{"item-cf": {"neighbours": 100}, "ranker": {"sources": $(TAOBAO_SOURCES)}, "pipeline": {"sources": $(TAOBAO_SOURCES)}}' \
 		--out out/taobao
+	$(BIN)/python benchmarks/eval_nightly.py
 	$(BIN)/python -m pipeline.recall.audit --format taobao \
 		--path $(DATA)/taobao-userbehavior/UserBehavior_head_814users.csv --out-dir out/audit-taobao
 
