@@ -292,7 +292,7 @@ def quality_gate(home: str, run_id: str, thresholds: dict | None = None, url: st
     return check_output(recs, users=users, items=items,
                         thresholds=thresholds if thresholds is not None else dict(get_settings().gate),
                         live=live, item_embeddings=load_item_embeddings(d / "snapshot"),
-                        top_n=top_n or params.get("top_n"))
+                        top_n=top_n or params.get("top_n"), nothing_live=url is not None and live is None)
 
 
 @_stage("publish")

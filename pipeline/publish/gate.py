@@ -14,7 +14,8 @@ short_lists         share of listed users with fewer than min(``top_n``, availab
 unavailable_items   out-of-stock or invisible items (max 0)
 missing_reasons     rows without a reason text (max 0)
 coverage            share of the available catalogue in some list (min ``min_coverage``)
-fallback_share      share of rows from the non-personal fallback (max ``max_fallback_share``)
+fallback_share      share of rows from the non-personal fallback (max ``max_fallback_share``; not enforced
+                    while nothing is published: a new shop's first lists are all fallback, and they beat none)
 diversity           intra-list diversity at ``diversity_k`` (min ``min_diversity``; 0 disables)
 churn               1 - mean Jaccard overlap with the live run's lists (max ``max_churn``; 1 disables)
 ==================  ===========================================================================
@@ -106,11 +107,12 @@ def check_output(recs: pd.DataFrame, *, users: pd.Series, items: pd.DataFrame,
                  thresholds: GateThresholds | dict | None = None, live: pd.DataFrame | None = None,
                  fallback_sources: tuple[str, ...] = ("popularity",),
                  item_embeddings: tuple[np.ndarray, np.ndarray] | None = None,
-                 top_n: int | None = None) -> dict:
+                 top_n: int | None = None, nothing_live: bool = False) -> dict:
     """Measure the run's lists; raise QualityGateFailed naming every failed check, else return the figures.
 
     ``live``: the live run's (user_id, item_id) rows for the churn check (see ``publish.live_lists``);
-    ``top_n``: the run's list length, for the long / short list checks (skipped without it).
+    ``top_n``: the run's list length, for the long / short list checks (skipped without it);
+    ``nothing_live``: no publication exists yet, so a high fallback share is reported but does not fail.
     """
     t = thresholds if isinstance(thresholds, GateThresholds) else GateThresholds.from_dict(thresholds)
     listed = set(recs["user_id"].unique())
@@ -162,7 +164,8 @@ def check_output(recs: pd.DataFrame, *, users: pd.Series, items: pd.DataFrame,
         failed["missing_reasons"] = f"{missing_reasons} rows without a reason (max {t.max_missing_reasons})"
     if coverage < t.min_coverage:
         failed["coverage"] = f"catalogue coverage {coverage:.4f} < {t.min_coverage}"
-    if fallback > t.max_fallback_share:
+    figures["fallback_share_enforced"] = not nothing_live
+    if fallback > t.max_fallback_share and not nothing_live:
         failed["fallback_share"] = f"fallback share {fallback:.3f} > {t.max_fallback_share}"
     if t.min_diversity > 0 and (diversity is None or diversity < t.min_diversity):
         shown = "n/a" if diversity is None else f"{diversity:.3f}"

@@ -163,3 +163,20 @@ def test_stage_figures_are_recorded_in_runs(shop: str, rerank_env: dict[str, str
                            "evaluate_gate", "score_users", "quality_gate", "publish"}
     assert stages["score_users"]["rows"] == res["score_users"]["rows"]
     assert all(v["seconds"] >= 0 for v in stages.values())
+
+
+def test_a_brand_new_shop_without_events_gets_its_first_lists(rerank_env: dict[str, str]) -> None:
+    """Day one of a shop: users and items, no behaviour yet. Every list is the popularity fallback, which the
+    gate's fallback_share check refused, so nothing was ever published and readers had no lists at all."""
+    from pipeline.datagen import generate_shop
+
+    db_url = rerank_env["RERANK_DATABASE_URL"]
+    generate_shop(db_url, users=60, items=80, days=3, seed=2, end=AS_OF)
+    with connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM shop.events")
+    res = run_nightly(_settings(rerank_env), as_of=AS_OF)
+    gate = res["quality_gate"]
+    assert gate["fallback_share"] > 0.9 and gate["fallback_share_enforced"] is False
+    lists = _lists(db_url)
+    assert lists["user_id"].nunique() == gate["users"] > 0
+    assert set(lists["source"]) <= {"popularity", "trending", "category", "explore"}

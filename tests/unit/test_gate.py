@@ -150,3 +150,13 @@ def test_truncated_lists_fail_but_a_few_short_ones_pass() -> None:
     assert check_output(_recs(k=3), users=USERS, items=_items(), top_n=5,
                         thresholds={"max_short_share": 1.0})["short_lists"] == 1.0
     assert "short_lists" in check_output(_recs(k=3), users=USERS, items=_items())  # no top_n: not judged
+
+
+def test_all_fallback_lists_pass_only_while_nothing_is_published() -> None:
+    """A new shop's first run has no history, so every list is the popularity fallback. With a live run the
+    gate keeps it instead (personal sources broke); with nothing live, refusing leaves users with no list."""
+    cold = _recs().assign(source="popularity")
+    _fails(cold, "fallback_share")
+    fig = check_output(cold, users=USERS, items=_items(), nothing_live=True)
+    assert fig["fallback_share"] == 1.0 and fig["fallback_share_enforced"] is False
+    _fails(cold.assign(reason=None), "missing_reasons", nothing_live=True)  # the other checks still hold
