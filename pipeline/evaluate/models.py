@@ -34,6 +34,14 @@ from pipeline.recall.itemcf import item_similarity_topk, score_from_similarity  
 from pipeline.recall.popularity import distinct_user_counts  # noqa: E402
 
 
+def _linear_scores(history: sp.csr_matrix, W: np.ndarray, use_ratings: bool) -> np.ndarray:
+    """history @ W for item-item models (SLIM, RP3beta): the history's values, or 1 for presence data."""
+    h = sp.csr_matrix(history, dtype=np.float32, copy=True)  # never rewrite the caller's values
+    if not use_ratings:
+        h.data[:] = 1.0
+    return np.asarray(h @ W, dtype=np.float32)
+
+
 class Recommender:
     """Base class: id maps, the training matrix, batched scoring, seen-item exclusion and top-k."""
 
@@ -529,10 +537,7 @@ class SLIMModel(Recommender):
         self.W = W
 
     def _score(self, rows: np.ndarray, history: sp.csr_matrix, supplied: bool) -> np.ndarray:
-        h = sp.csr_matrix(history, dtype=np.float32)
-        if not self.use_ratings:
-            h.data[:] = 1.0
-        return np.asarray(h @ self.W, dtype=np.float32)
+        return _linear_scores(history, self.W, self.use_ratings)
 
 
 class HigherEASEModel(Recommender):
@@ -935,10 +940,7 @@ class RP3betaModel(Recommender):
         self.W = W.astype(np.float32)
 
     def _score(self, rows: np.ndarray, history: sp.csr_matrix, supplied: bool) -> np.ndarray:
-        h = sp.csr_matrix(history, dtype=np.float32)
-        if not self.use_ratings:
-            h.data[:] = 1.0
-        return np.asarray(h @ self.W, dtype=np.float32)
+        return _linear_scores(history, self.W, self.use_ratings)
 
 
 class UserKNNModel(Recommender):
