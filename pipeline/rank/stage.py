@@ -184,7 +184,12 @@ def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime, *, toleranc
     events, items, emb = _load(_snapshot(home, run_id))
     hold = _holdout(events, items, as_of, trained["recall"])
     key = f"ndcg@{GATE_K}"
-    cand_score = holdout_metrics(load_model(row["artifact_uri"]), hold, items, emb=emb)[key]
+    # The process's own thread count: load_model otherwise sizes torch for a scoring worker, and a later
+    # training in this process (the next nightly in a long-lived scheduler) would then sum differently.
+    import torch
+
+    cand_score = holdout_metrics(load_model(row["artifact_uri"], threads=torch.get_num_threads()), hold, items,
+                                 emb=emb)[key]
     verdict: dict = {"tolerance": tolerance, "candidate_ndcg@10": cand_score, "holdout": trained.get("holdout")}
     if champ is None:
         decision, reason = True, "no champion yet: the first model becomes champion"

@@ -85,7 +85,6 @@ def test_rerun_never_rewrites_the_champions_artefact(snapshot: Path, rerank_env:
     weights = Path(first["artifact_uri"]) / WEIGHTS_FILE
     gated = _sha(weights)
 
-    torch.set_num_threads(1)  # the gate's load_model sized torch for scoring; CPU sums depend on threads
     again = train_ranker(url, home, RUN, AS_OF, device="cpu", n_windows=3, config=CFG, n_candidates=40)
     assert again["model_version"] == first["model_version"]
     assert len(registry.list_models(url)) == 1 and _sha(weights) == gated
@@ -118,7 +117,6 @@ def test_rerun_does_not_undo_an_operators_rollback(snapshot: Path, rerank_env: d
     assert evaluate_gate(url, home, RUN, AS_OF)["promoted"]
     assert registry.rollback(url) == {"champion": "ranker-prev", "rolled_back": res["model_version"]}
 
-    torch.set_num_threads(1)  # as in the first training: the same weights, the same version
     again = train_ranker(url, home, RUN, AS_OF, device="cpu", n_windows=3, config=CFG, n_candidates=40)
     assert again["model_version"] == res["model_version"]
     gate = evaluate_gate(url, home, RUN, AS_OF)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from rank_common import AS_OF, CFG, RUN
 
 from pipeline.errors import ModelError
@@ -30,6 +31,7 @@ def test_train_gate_promote_and_score(snapshot: Path, rerank_env: dict[str, str]
     assert (Path(res["artifact_uri"]) / "model.safetensors").exists()
     gate = evaluate_gate(url, home, RUN, AS_OF)
     assert gate["promoted"] and "first model" in gate["reason"]
+    assert torch.get_num_threads() == 1  # the gate scored with this process's threads, and left them so
     rows = registry.list_models(url)
     assert [(r["model_version"], r["status"]) for r in rows] == [(res["model_version"], "champion")]
     assert rows[0]["metrics"]["gate_passed"] is True
