@@ -8,9 +8,10 @@ Sources, each with a score in [0, 1] and, where one exists, the anchor item that
   the factors);
 - ``content``: nearest items in embedding space to the user's strongest items (reaches cold items);
 - ``search``: items whose text matches the user's recent search queries;
-- ``category`` / ``trending``: popular and trending in the user's favourite top-level categories (a new
-  user gets the best of every category and the trending of every category, interleaved; the first is
-  labelled ``popularity`` for them);
+- ``category``: the popular items of the user's own shelves (full category paths), weighted by each
+  shelf's share of the user's decayed history; ``trending``: trending in the user's favourite top-level
+  categories (a new user gets the best of every top-level category and the trending of every one,
+  interleaved; the first is labelled ``popularity`` for them);
 - ``popularity``: the fallback that guarantees every user, a brand-new one included, a full list.
 
 The merge keeps one row per (user, item): ``source`` / ``anchor_item_id`` from the strongest source,
@@ -259,10 +260,30 @@ def content_source(hist: pd.DataFrame, index: ContentIndex, cfg: RecallConfig, n
     return cc[CAND_COLUMNS]
 
 
+def _leaf_affinity(hist: pd.DataFrame, tables: ItemTables, n: int) -> pd.DataFrame | None:
+    """``category`` for users with history: share(u, c) * popularity(i) / popularity(c) over the user's own
+    categories (the item's full path, not its top level), i.e. "the popular items of the shelves this user
+    keeps coming back to", weighted by how much of the user's (decayed) history each shelf holds."""
+    pop = tables.pop
+    if not len(hist) or "category" not in pop.columns:
+        return None
+    h = hist.merge(pop[["item_id", "category"]], on="item_id")
+    aff = h.groupby(["user_id", "category"], sort=False)["weight"].sum().reset_index()
+    aff["share"] = aff["weight"] / aff.groupby("user_id")["weight"].transform("sum")
+    shelf = pop.loc[pop["popularity"] > 0, ["item_id", "category", "popularity"]]
+    shelf = shelf.assign(in_cat=shelf["popularity"] / shelf.groupby("category")["popularity"].transform("sum"))
+    warm = aff[["user_id", "category", "share"]].merge(shelf[["item_id", "category", "in_cat"]], on="category")
+    if warm.empty:
+        return None
+    raw = warm["share"] * warm["in_cat"]
+    return _top_per_user(_frame(warm["user_id"], warm["item_id"], "category", _norm(raw, warm["user_id"])), n)
+
+
 def category_sources(users: np.ndarray, hist: pd.DataFrame, tables: ItemTables, cfg: RecallConfig
                      ) -> list[pd.DataFrame]:
-    """``category`` and ``trending``: the favourite categories of users with history; for users without,
-    the best of every category interleaved (round-robin by rank), so a new user sees the whole shop."""
+    """``category`` (see :func:`_leaf_affinity`) and ``trending`` (trending in the user's favourite top-level
+    categories) for users with history; for users without, the best of every top-level category interleaved
+    (round-robin by rank), so a new user sees the whole shop."""
     out = []
     n_cat, n_tr = cfg.per_source.get("category", 100), cfg.per_source.get("trending", 50)
     cats = tables.pop[["item_id", "top_category"]]
@@ -272,11 +293,17 @@ def category_sources(users: np.ndarray, hist: pd.DataFrame, tables: ItemTables, 
            .groupby("user_id").head(cfg.favourite_categories))
     fav["fav_rank"] = fav.groupby("user_id").cumcount()
     cold = np.setdiff1d(np.asarray(users, dtype="int64"), fav["user_id"].to_numpy())
+    covered = np.zeros(0, dtype="int64")
+    if (leaf := _leaf_affinity(hist, tables, n_cat)) is not None:
+        out.append(leaf)
+        covered = leaf["user_id"].unique()
     for source, col, n in (("category", "popularity", n_cat), ("trending", "trending", n_tr)):
         per_cat, mix = tables.per_category(col, n)
         if per_cat.empty:
             continue
         warm = fav.merge(per_cat, on="top_category")
+        if source == "category":  # top-level favourites only for users whose own shelves sell nothing yet
+            warm = warm[~warm["user_id"].isin(covered)]
         if len(warm):
             warm["recall_score"] = warm["s"] / (1.0 + warm["fav_rank"])  # the favourite category first
             out.append(_top_per_user(_frame(warm["user_id"], warm["item_id"], source, warm["recall_score"]), n))

@@ -23,9 +23,12 @@ def popular_table(item_feats: pd.DataFrame) -> pd.DataFrame:
     f = item_feats
     recent = f["recent_events"] if "recent_events" in f.columns else pd.Series(0.0, index=f.index)
     trend = f["trend"] if "trend" in f.columns else pd.Series(0.0, index=f.index)
-    return pd.DataFrame({"item_id": f["item_id"].astype("int64"), "top_category": f["top_category"],
-                         "popularity": f["activity"].astype("float64"),
-                         "trending": recent.astype("float64") * trend.astype("float64")})
+    out = pd.DataFrame({"item_id": f["item_id"].astype("int64"), "top_category": f["top_category"],
+                        "popularity": f["activity"].astype("float64"),
+                        "trending": recent.astype("float64") * trend.astype("float64")})
+    if "category" in f.columns:
+        out["category"] = f["category"]
+    return out
 
 
 def top_per_category(table: pd.DataFrame, score: str, n: int) -> pd.DataFrame:

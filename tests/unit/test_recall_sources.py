@@ -374,3 +374,36 @@ def test_sparse_prefilter_keeps_every_top_k_entry_and_ties() -> None:
             continue
         kth = np.sort(s)[::-1][min(k, len(s)) - 1]
         assert keep[rows == i][s >= kth].all()  # every top-k value and every tie with the k-th survives
+
+
+def test_category_source_ranks_the_users_own_shelves_by_share_times_shelf_popularity() -> None:
+    """Two shelves of one top category: a user with 3/4 of their (decayed) weight on the knives shelf and
+    1/4 on the boards shelf gets score share * activity / shelf activity, normalised to the user's best."""
+    items = pd.DataFrame({"item_id": [1, 2, 3, 4, 5], "title": ["k1", "k2", "b1", "b2", "s1"], "brand": "b",
+                          "category": ["Home>Kitchen>Knives"] * 2 + ["Home>Kitchen>Boards"] * 2
+                          + ["Sports>Running>Shoes"], "in_stock": True, "visible": True})
+    feats = _feats(items)
+    feats["activity"] = [6.0, 2.0, 1.0, 3.0, 50.0]
+    ev = pd.DataFrame({"event_id": [1, 2, 3, 4], "user_id": 7, "item_id": pd.array([1, 1, 1, 3], dtype="Int64"),
+                       "event_type": "view", "query": None, "ts": AS_OF - timedelta(hours=1)})
+    cfg = RecallConfig(as_of=AS_OF, n_candidates=5, weights={"view": 1.0}, half_life_days={"view": 1e9})
+    c = generate_candidates(np.array([7]), ev, pd.DataFrame(columns=["item_id", "neighbour_id", "score"]), feats,
+                            cfg, sources=("category",))
+    got = c.set_index("item_id")["score_category"]
+    raw = {1: 0.75 * 6 / 8, 2: 0.75 * 2 / 8, 3: 0.25 * 1 / 4, 4: 0.25 * 3 / 4}
+    top = max(raw.values())
+    assert got.reindex(list(raw)).round(6).tolist() == [round(v / top, 6) for v in raw.values()]
+    assert 5 not in got.index  # the most popular item of the shop is on none of the user's shelves
+
+
+def test_category_source_falls_back_to_the_top_level_when_the_users_shelves_sell_nothing() -> None:
+    items = pd.DataFrame({"item_id": [1, 2, 3], "title": ["k1", "b1", "b2"], "brand": "b",
+                          "category": ["Home>Kitchen>Knives", "Home>Kitchen>Boards", "Home>Kitchen>Boards"],
+                          "in_stock": True, "visible": True})
+    feats = _feats(items)
+    feats["activity"] = [0.0, 2.0, 4.0]  # nothing on the knives shelf has sold (a new shelf)
+    ev = pd.DataFrame({"event_id": [1], "user_id": 7, "item_id": pd.array([1], dtype="Int64"),
+                       "event_type": "view", "query": None, "ts": AS_OF - timedelta(hours=1)})
+    c = generate_candidates(np.array([7]), ev, pd.DataFrame(columns=["item_id", "neighbour_id", "score"]), feats,
+                            _cfg(), sources=("category",))
+    assert c.sort_values("score_category", ascending=False)["item_id"].tolist() == [3, 2]
