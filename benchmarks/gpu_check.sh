@@ -29,7 +29,8 @@ step() {  # name, seconds, command...
   tail -n 12 "$OUT/$name.log"
 }
 
-step pytest 100 python3 -m pytest -q -p no:cacheprovider --timeout=140 tests/unit/test_rank.py tests/unit/test_rank_encoding.py
+step pytest 100 python3 -m pytest -q -p no:cacheprovider --timeout=140 tests/unit/test_rank.py tests/unit/test_rank_encoding.py \
+  tests/unit/test_rank_features.py
 # bench_rank at a size that fills a GPU batch better than the CI size; the CPU run is the same machine's baseline
 BENCH=(benchmarks/bench_rank.py --users 8000 --items 2000 --days 10 --windows 5 --reps 5)
 step bench_cuda 120 python3 "${BENCH[@]}" --device cuda --threads 16

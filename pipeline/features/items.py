@@ -30,11 +30,11 @@ def top_category(category: pd.Series) -> pd.Series:
 
 
 def _per_type(events: pd.DataFrame, values: dict[str, float], default: float) -> np.ndarray:
-    """``values[event_type]`` per event through categorical codes (one pass, no string compare per type)."""
-    types = list(values)
-    codes = pd.Categorical(events["event_type"], categories=types).codes
-    table = np.append(np.asarray([values[t] for t in types], dtype="float64"), default)
-    return table[np.where(codes < 0, len(types), codes)]
+    """``values[event_type]`` per event: one factorize of the column, a lookup per distinct type (a
+    Categorical with fixed categories converted an Arrow string column to objects first, ~3x slower)."""
+    codes, uniques = pd.factorize(events["event_type"])
+    table = np.append(np.asarray([values.get(str(t), default) for t in uniques], dtype="float64"), default)
+    return table[codes]  # code -1 (missing type) picks the appended default
 
 
 def decayed_weight(events: pd.DataFrame, as_of: datetime, weights: dict[str, float],

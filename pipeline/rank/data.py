@@ -162,7 +162,8 @@ def sample_groups(win: Window, item_pool: np.ndarray, *, n_recall_neg: int = 12,
     """One group per positive of ``win``: the positive, recall negatives first, random ones filling up."""
     rng = np.random.default_rng(seed)
     k = n_recall_neg + n_random_neg
-    cols = ["user_id", "item_id", "source", "recall_score", "p_recall"]
+    cols = ["user_id", "item_id", "source", "recall_score", "p_recall",
+            *(c for c in win.candidates.columns if c.startswith("score_"))]
     cand = win.candidates[cols] if len(win.candidates) else pd.DataFrame(columns=cols)
     # Plain Python ints and numpy slices instead of per-user sub-frames: the draws (and so the groups) are
     # the same as before, the bookkeeping around them was most of the time.
@@ -211,6 +212,8 @@ def sample_groups(win: Window, item_pool: np.ndarray, *, n_recall_neg: int = 12,
         rows["source"] = feats["source"].to_numpy()
         rows["recall_score"] = feats["recall_score"].to_numpy(dtype=np.float64)
         rows["p_recall"] = feats["p_recall"].to_numpy(dtype=np.float64)
+        for c in cols[5:]:  # each source's own score; absent (random negatives) is 0 in the tensors
+            rows[c] = feats[c].to_numpy(dtype=np.float64)
     else:
         rows["source"], rows["recall_score"], rows["p_recall"] = None, np.nan, np.nan
     return Groups(rows, np.asarray(gw, dtype=np.float64), np.asarray(gu, dtype=np.int64), users,

@@ -16,7 +16,9 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import ModelError
 from pipeline.features.items import decayed_weight, top_category
+from pipeline.recall.candidates import SCORE_COLUMNS
 
 #: Event types of a sequence token (searches carry no item and are left out).
 SEQ_EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
@@ -24,9 +26,17 @@ SEQ_EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
 GAP_EDGES: tuple[float, ...] = tuple(float(x) for x in (60, 600, 3600, 4 * 3600, 12 * 3600, 86400, 2 * 86400,
                                                        4 * 86400, 7 * 86400, 14 * 86400, 30 * 86400,
                                                        90 * 86400))
-#: Numeric per-candidate inputs, in tensor column order.
-NUMERIC_FEATURES: tuple[str, ...] = ("recall_score", "p_recall", "has_recall", "log_activity", "log_recent",
-                                     "trend")
+#: Numeric inputs of the first models (a saved model whose feature space lists no ``numeric`` has these).
+BASE_NUMERIC: tuple[str, ...] = ("recall_score", "p_recall", "has_recall", "log_activity", "log_recent", "trend")
+#: The user's share of their decayed history on the candidate's category, top category, brand and price
+#: bucket, and log1p of their decayed weight on the item itself. The attention over the sequence can learn
+#: these only from far more data than a shop's nightly windows hold; as explicit inputs they are what lets
+#: the ranker weigh "this shopper's shelves" against global popularity.
+AFFINITY_FEATURES: tuple[str, ...] = ("user_item_weight", "user_cat_share", "user_top_share", "user_brand_share",
+                                      "user_price_share")
+#: Numeric per-candidate inputs of a new model, in tensor column order: every recall source's own score
+#: (0 where it did not propose the item), so the ranker learns the fusion the noisy-or fixes by hand.
+NUMERIC_FEATURES: tuple[str, ...] = (*BASE_NUMERIC, *SCORE_COLUMNS, *AFFINITY_FEATURES)
 PRICE_BUCKETS = 10
 
 
@@ -58,6 +68,7 @@ class FeatureSpace:
     gap_edges: tuple[float, ...] = GAP_EDGES
     event_types: tuple[str, ...] = SEQ_EVENT_TYPES
     extra: dict = field(default_factory=dict)
+    numeric: tuple[str, ...] = NUMERIC_FEATURES
 
     @property
     def n_items(self) -> int:
@@ -81,14 +92,16 @@ class FeatureSpace:
         return {"categories": self.categories, "top_categories": self.top_categories, "brands": self.brands,
                 "price_edges": self.price_edges, "sources": self.sources, "seq_len": self.seq_len,
                 "embedding_dim": self.embedding_dim, "gap_edges": list(self.gap_edges),
-                "event_types": list(self.event_types), "extra": self.extra, "n_items": int(len(self.item_ids))}
+                "event_types": list(self.event_types), "extra": self.extra, "n_items": int(len(self.item_ids)),
+                "numeric": list(self.numeric)}
 
     @classmethod
     def from_json(cls, d: dict, item_ids: np.ndarray) -> FeatureSpace:
         return cls(item_ids=np.asarray(item_ids, dtype=np.int64), categories=d["categories"],
                    top_categories=d["top_categories"], brands=d["brands"], price_edges=d["price_edges"],
                    sources=d["sources"], seq_len=int(d["seq_len"]), embedding_dim=int(d["embedding_dim"]),
-                   gap_edges=tuple(d["gap_edges"]), event_types=tuple(d["event_types"]), extra=d.get("extra", {}))
+                   gap_edges=tuple(d["gap_edges"]), event_types=tuple(d["event_types"]), extra=d.get("extra", {}),
+                   numeric=tuple(d.get("numeric", BASE_NUMERIC)))
 
     # -- encoders -------------------------------------------------------------------------------------
     def item_index(self, item_ids: np.ndarray | pd.Series) -> np.ndarray:
@@ -234,9 +247,110 @@ def embedding_matrix(emb: pd.DataFrame | None, item_ids: np.ndarray, dim: int) -
     return out
 
 
+#: Largest users x codes table :class:`UserAffinity` keeps dense (a gather per row); above it, sorted keys.
+DENSE_AFFINITY_CELLS = 4_000_000
+
+
+def _sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values, each value's position among them): a hash pass and a sort of the distinct
+    values only, instead of ``np.unique``'s sort of every row."""
+    codes, uniq = pd.factorize(values, sort=False)
+    uniq = np.asarray(uniq)
+    order = np.argsort(uniq, kind="stable")
+    rank = np.empty(len(uniq), dtype=np.int64)
+    rank[order] = np.arange(len(uniq))
+    return uniq[order], rank[codes]
+
+
+def _positions(sorted_values: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position of each query in ``sorted_values``, whether it is there), searching each distinct query once."""
+    if not len(sorted_values):
+        return np.zeros(len(queries), dtype=np.int64), np.zeros(len(queries), dtype=bool)
+    codes, uniq = pd.factorize(queries, sort=False)
+    uniq = np.asarray(uniq)
+    pos = np.minimum(np.searchsorted(sorted_values, uniq), len(sorted_values) - 1)
+    return pos[codes], (sorted_values[pos] == uniq)[codes]
+
+
+@dataclass
+class UserAffinity:
+    """Each user's decayed event weight before a cut-off, summed per item and per category, top category,
+    brand and price bucket (the side table's codes), as a share of the user's total: what
+    :data:`AFFINITY_FEATURES` look up for a candidate. Built once per call from the users' own events."""
+
+    users: np.ndarray
+    items: np.ndarray
+    #: sorted (user position * len(items) + item position) keys and their summed weight
+    item_keys: np.ndarray
+    item_weight: np.ndarray
+    #: per side column: a dense ``users x base`` share table, or (sorted keys, shares)
+    shares: dict[str, np.ndarray | tuple[np.ndarray, np.ndarray]]
+    bases: dict[str, int]
+
+    @classmethod
+    def of(cls, events: pd.DataFrame, cutoff: datetime | pd.Timestamp | None, item_side: pd.DataFrame,
+           weights: dict[str, float], half_life_days: dict[str, float]) -> UserAffinity:
+        keep = events["item_id"].notna().to_numpy() & events["event_type"].isin(SEQ_EVENT_TYPES).to_numpy()
+        if cutoff is not None:
+            keep &= (events["ts"] < pd.Timestamp(cutoff)).to_numpy()
+        # only the columns the weights need, not a copy of every column of the users' events
+        ev = events[["event_type", "ts"]][keep]
+        at = pd.Timestamp(cutoff) if cutoff is not None else (ev["ts"].max() if len(ev) else pd.Timestamp.now("UTC"))
+        w = decayed_weight(ev, at, weights, half_life_days).to_numpy(dtype=np.float64) if len(ev) else np.zeros(0)
+        users, upos = _sorted_codes(events["user_id"].to_numpy(dtype=np.int64)[keep])
+        items, ipos = _sorted_codes(events["item_id"].to_numpy(dtype=np.int64, na_value=0)[keep])
+        total = np.bincount(upos, weights=w, minlength=len(users))
+        total = np.where(total > 0, total, 1.0)
+        item_keys, kpos = _sorted_codes(upos * max(len(items), 1) + ipos)
+        item_weight = np.bincount(kpos, weights=w, minlength=len(item_keys))
+        side = item_side.reindex(items)  # the side codes of the distinct history items, then a gather per event
+        shares: dict[str, np.ndarray | tuple[np.ndarray, np.ndarray]] = {}
+        bases = {}
+        for col in ("cat", "top", "brand", "price"):
+            code = (side[col].fillna(0).to_numpy(dtype=np.int64)[ipos] if col in side
+                    else np.zeros(len(ipos), np.int64))
+            base = int(item_side[col].max()) + 1 if col in item_side and len(item_side) else 1
+            if len(users) * base <= DENSE_AFFINITY_CELLS:
+                dense = np.bincount(upos * base + code, weights=w, minlength=len(users) * base)
+                shares[col] = dense.reshape(len(users), base) / total[:, None]
+            else:
+                uk, kp = _sorted_codes(upos * base + code)
+                shares[col] = (uk, np.bincount(kp, weights=w, minlength=len(uk)) / total[uk // base])
+            bases[col] = base
+        return cls(users, items, item_keys, item_weight, shares, bases)
+
+    def features(self, users: np.ndarray, items: np.ndarray, codes: dict[str, np.ndarray]) -> np.ndarray:
+        """``len(users) x 5`` in :data:`AFFINITY_FEATURES` order (0 for users or items without history)."""
+        out = np.zeros((len(users), len(AFFINITY_FEATURES)), dtype=np.float64)
+        if not len(users) or not len(self.users):
+            return out
+        up, known = _positions(self.users, users)
+        ip, hit = _positions(self.items, items)
+        hit = np.flatnonzero(known & hit)
+        if len(hit):
+            key = up[hit] * len(self.items) + ip[hit]
+            pos = np.minimum(np.searchsorted(self.item_keys, key), len(self.item_keys) - 1)
+            out[hit, 0] = np.log1p(np.where(self.item_keys[pos] == key, self.item_weight[pos], 0.0))
+        for j, col in enumerate(("cat", "top", "brand", "price"), start=1):
+            base, table = self.bases[col], self.shares[col]
+            code = codes[col]
+            ok = known & (code > 0) & (code < base)
+            c = np.where(ok, code, 0)
+            if isinstance(table, np.ndarray):
+                out[:, j] = np.where(ok, table[up, c], 0.0)
+            else:
+                uk, vals = table
+                k = up * base + c
+                pos = np.minimum(np.searchsorted(uk, k), len(uk) - 1)
+                out[:, j] = np.where(ok & (uk[pos] == k), vals[pos], 0.0)
+        return out
+
+
 def candidate_tensors(cand: pd.DataFrame, item_side: pd.DataFrame, stats: pd.DataFrame,
-                      space: FeatureSpace, emb: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
-    """Per candidate row: item, side-feature and source indices, numeric features, text/image embedding."""
+                      space: FeatureSpace, emb: pd.DataFrame | None = None,
+                      affinity: UserAffinity | None = None) -> dict[str, np.ndarray]:
+    """Per candidate row: item, side-feature and source indices, numeric features (``space.numeric``, in
+    that order; the affinity ones are 0 without ``affinity``), text/image embedding."""
     ids = cand["item_id"].to_numpy(dtype=np.int64)
     n = len(ids)
     # Item-level lookups on the distinct items, then one gather: a batch has ~100x more rows than items.
@@ -244,25 +358,40 @@ def candidate_tensors(cand: pd.DataFrame, item_side: pd.DataFrame, stats: pd.Dat
     uniq = np.asarray(uniq, dtype=np.int64)
     side = item_side.reindex(uniq)
     src = cand["source"] if "source" in cand.columns else pd.Series([None] * n, index=cand.index)
-    rs = pd.to_numeric(cand.get("recall_score", pd.Series(0.0, index=cand.index)), errors="coerce")
-    pr = pd.to_numeric(cand.get("p_recall", pd.Series(0.0, index=cand.index)), errors="coerce")
-    num = np.empty((n, len(NUMERIC_FEATURES)), dtype=np.float32)
+    index = {c: side[c].fillna(0).to_numpy(dtype=np.int64)[code] for c in ("cat", "top", "brand", "price")}
+    # column-major while the columns are filled one by one (contiguous writes), row-major for torch at the end
+    num = np.zeros((n, len(space.numeric)), dtype=np.float32, order="F")
     if n:
         st = stats.reindex(uniq)
-        num[:, 0] = rs.fillna(0.0).to_numpy(dtype=np.float64)
-        num[:, 1] = pr.fillna(0.0).to_numpy(dtype=np.float64)
-        num[:, 2] = src.notna().to_numpy(dtype=np.float64)
-        num[:, 3] = np.log1p(st["activity"].fillna(0.0).to_numpy(dtype=np.float64))[code]
-        num[:, 4] = np.log1p(st["recent_events"].fillna(0.0).to_numpy(dtype=np.float64))[code]
-        num[:, 5] = st["trend"].fillna(0.1).to_numpy(dtype=np.float64)[code]
+        aff = None
+        for j, name in enumerate(space.numeric):
+            if name in ("recall_score", "p_recall") or name in SCORE_COLUMNS:
+                if name in cand.columns:
+                    col = cand[name]
+                    v = (col.to_numpy(dtype=np.float64, na_value=np.nan) if pd.api.types.is_numeric_dtype(col)
+                         else pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64))
+                    num[:, j] = np.where(np.isnan(v), 0.0, v)  # inf stays: training must fail loudly on it
+            elif name == "has_recall":
+                num[:, j] = src.notna().to_numpy(dtype=np.float64)
+            elif name == "log_activity":
+                num[:, j] = np.log1p(st["activity"].fillna(0.0).to_numpy(dtype=np.float64))[code]
+            elif name == "log_recent":
+                num[:, j] = np.log1p(st["recent_events"].fillna(0.0).to_numpy(dtype=np.float64))[code]
+            elif name == "trend":
+                num[:, j] = st["trend"].fillna(0.1).to_numpy(dtype=np.float64)[code]
+            elif name in AFFINITY_FEATURES:
+                if affinity is not None:
+                    if aff is None:
+                        aff = affinity.features(cand["user_id"].to_numpy(dtype=np.int64), ids, index)
+                    num[:, j] = aff[:, AFFINITY_FEATURES.index(name)]
+            else:
+                raise ModelError(f"ranker: unknown numeric feature {name!r} in the model's feature space",
+                                 "the model was saved by a newer build: score it with that build")
     out = {
         "item": space.item_index(uniq)[code],
-        "cat": side["cat"].fillna(0).to_numpy(dtype=np.int64)[code],
-        "top": side["top"].fillna(0).to_numpy(dtype=np.int64)[code],
-        "brand": side["brand"].fillna(0).to_numpy(dtype=np.int64)[code],
-        "price": side["price"].fillna(0).to_numpy(dtype=np.int64)[code],
+        **index,
         "source": space.source_index(src),
-        "num": num,
+        "num": np.ascontiguousarray(num),
     }
     if space.embedding_dim:
         out["emb"] = embedding_matrix(emb, uniq, space.embedding_dim)[code]

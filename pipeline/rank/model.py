@@ -31,8 +31,9 @@ import torch
 from pipeline.errors import ModelError, NonFiniteWeightsError
 from pipeline.rank.data import Groups, Window, sample_groups
 from pipeline.rank.features import (
-    NUMERIC_FEATURES,
+    AFFINITY_FEATURES,
     FeatureSpace,
+    UserAffinity,
     candidate_tensors,
     embedding_matrix,
     item_stats_at,
@@ -209,6 +210,13 @@ class RankerModel:
         if self.space is not None and self.space.embedding_dim and "emb" not in flat and self._item_emb is not None:
             flat["emb"] = self._item_emb[flat["item"]]
 
+    def _affinity(self, events: pd.DataFrame, cutoff: datetime | None, side: pd.DataFrame) -> UserAffinity | None:
+        """The users' affinities when the model's feature space uses them (models saved before do not)."""
+        space = self.space
+        if space is None or not set(space.numeric) & set(AFFINITY_FEATURES):
+            return None
+        return UserAffinity.of(events, cutoff, side, self.config.event_weights, self.config.half_life_days)
+
     def encode_groups(self, groups: Groups, history: pd.DataFrame, cutoff: datetime | None,
                       side: pd.DataFrame, stats: pd.DataFrame, emb: pd.DataFrame | None = None) -> Encoded:
         """Training groups -> ``Encoded`` (one sequence per group, C = 1 + K candidates)."""
@@ -217,7 +225,7 @@ class RankerModel:
         size, n = groups.size, len(groups.group_weight)
         seqs = user_sequences(history, groups.seq_users, cutoff, space)
         gseq = groups.rows["seq"].to_numpy(dtype=np.int64)[::size] if n else np.zeros(0, dtype=np.int64)
-        flat = candidate_tensors(groups.rows, side, stats, space, emb)
+        flat = candidate_tensors(groups.rows, side, stats, space, emb, self._affinity(history, cutoff, side))
         self._cand_emb(flat)
         cand = {k: v.reshape(n, size, *v.shape[1:]) for k, v in flat.items()}
         return Encoded({k: v[gseq] for k, v in seqs.items()}, cand, groups.group_weight.astype(np.float32))
@@ -266,7 +274,7 @@ class RankerModel:
                          n_tops=len(space.top_categories) + 2, n_brands=len(space.brands) + 2,
                          n_prices=space.price_buckets(), n_sources=len(space.sources) + 2, n_gaps=space.n_gaps,
                          n_types=len(space.event_types) + 1, seq_len=space.seq_len, dim=cfg.dim, heads=cfg.heads,
-                         layers=cfg.layers, hidden=cfg.hidden, dropout=cfg.dropout, n_numeric=len(NUMERIC_FEATURES),
+                         layers=cfg.layers, hidden=cfg.hidden, dropout=cfg.dropout, n_numeric=len(space.numeric),
                          embedding_dim=space.embedding_dim)
         net = RankerNet(ncfg)
         known = side.reindex(space.item_ids)
@@ -376,11 +384,16 @@ class RankerModel:
         logits = self._group_logits(data, torch.device("cpu")).flatten().clone()
         if not len(logits):
             return (1.0, 0.0)
+        # Platt's (1999) targets: (N+ + 1) / (N+ + 2) and 1 / (N- + 2) instead of 1 and 0. On separable
+        # training logits (a sequence that fully determines the next item) the 0/1 fit has no finite optimum:
+        # the slope ran off to ~3000 and every good candidate scored exactly 1.0, a tie in the fused order.
         y = torch.zeros_like(logits.view(len(data), -1))
-        y[:, 0] = 1.0
+        n_pos, n_neg = y.shape[0], y.shape[0] * (y.shape[1] - 1)
+        y[:, 1:] = 1.0 / (n_neg + 2.0)
+        y[:, 0] = (n_pos + 1.0) / (n_pos + 2.0)
         y = y.flatten()
         ab = torch.tensor([1.0, 0.0], requires_grad=True)
-        opt = torch.optim.LBFGS([ab], max_iter=50)
+        opt = torch.optim.LBFGS([ab], max_iter=100, line_search_fn="strong_wolfe")
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
@@ -416,7 +429,7 @@ class RankerModel:
         side = space.side_table(item_feats) if "item_id" in item_feats.columns else space.side_table(
             pd.DataFrame({"item_id": cand["item_id"].unique()}))
         seq = user_sequences(events, blocks.users, as_of, space)
-        flat = candidate_tensors(cand, side, stats, space, emb)
+        flat = candidate_tensors(cand, side, stats, space, emb, self._affinity(events, as_of, side))
         self._cand_emb(flat)
         out = np.empty(n, dtype=np.float32)
         n_users = len(blocks.users)
@@ -450,7 +463,7 @@ class RankerModel:
         schema = {"sequence": {"items": "int64 item index (0 pad, 1 unknown)", "types": list(space.event_types),
                                "gaps_seconds_edges": list(space.gap_edges), "length": space.seq_len},
                   "candidate": {"index": ["item", "cat", "top", "brand", "price", "source"],
-                                "numeric": list(NUMERIC_FEATURES), "embedding_dim": space.embedding_dim}}
+                                "numeric": list(space.numeric), "embedding_dim": space.embedding_dim}}
         body = {"config": asdict(self.config), "net": net.cfg.to_dict(), "feature_schema": schema}
         digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **body, "config_digest": digest,

@@ -18,7 +18,7 @@ import torch
 from test_rank import _one_thread  # noqa: F401  (autouse: one torch thread in this module too)
 
 from pipeline.rank.data import Groups, Window, sample_groups
-from pipeline.rank.features import FeatureSpace, candidate_tensors, item_stats_at, user_sequences
+from pipeline.rank.features import BASE_NUMERIC, FeatureSpace, candidate_tensors, item_stats_at, user_sequences
 from pipeline.rank.model import RankerConfig, RankerModel, UserBlocks
 
 AS_OF = datetime(2026, 11, 24, tzinfo=UTC)
@@ -184,8 +184,11 @@ def _events(rng: np.random.Generator, n: int, n_users: int = 30, n_items: int = 
 
 
 def _space(items: pd.DataFrame, events: pd.DataFrame, seq_len: int) -> FeatureSpace:
+    """The references implement the first models' six numeric inputs (a model saved then still scores
+    through the current code); the later inputs are tested in test_rank_features.py."""
     known = events["item_id"].dropna().to_numpy(dtype=np.int64)
-    return FeatureSpace.fit(items, known[known % 3 != 0], ["als", "item-cf", "popularity"], seq_len=seq_len)
+    space = FeatureSpace.fit(items, known[known % 3 != 0], ["als", "item-cf", "popularity"], seq_len=seq_len)
+    return replace(space, numeric=BASE_NUMERIC)
 
 
 def _assert_same(a: dict, b: dict) -> None:
