@@ -2,6 +2,7 @@
 
     python benchmarks/eval_nightly.py [--users 2000 --items 400 --days 21 --test-days 3 --top-n 20 --seed 3]
                                       [--window-days 3] [--candidates 300] [--no-plain-arm]
+                                      [--retarget-cap 1.0]
                                       [--url postgresql://...] [--home DIR]
 
 The eval harness's ``pipeline`` model (pipeline/rank/evaluate.py) trains its own model; this script instead
@@ -22,8 +23,12 @@ runs :func:`pipeline.nightly.run_nightly` itself (every stage, no Airflow) and s
    (c) ``popularity``: the items with the most events (any item event type) in the 7 days before ``as_of``,
        among items on sale at ``as_of`` (created before it, in stock, visible), minus the user's seen items.
    (d) ``ranker, re-rank off`` (diagnostic; ``--no-plain-arm`` skips it): (a) with RERANK_RERANK turning off
-       MMR, the category / brand caps and exploration, to see what the re-rank costs or gains.
-   Lists of (a), (b) and (d) are read back from ``recsys.user_recommendations`` (the published view).
+       MMR, the category / brand / retarget caps and exploration, to see what the re-rank costs or gains.
+   (e) ``ranker, retarget uncapped``: (a) with ``max_retarget_share`` = ``--retarget-cap`` (default 1, no
+       cap; the re-rank's default 0.2 skips the arm): the ranker leans on items the user recently viewed
+       (re-engagement is its likeliest label), which scores under the all-intent truth below and never under
+       the new-items truth; this arm shows what the default cap trades.
+   Lists of (a), (b), (d) and (e) are read back from ``recsys.user_recommendations`` (the published view).
 3. Truth (the definition of pipeline/recall/audit.py's test pairs, restricted to intent events): per user,
    the distinct items they clicked, added to cart or purchased in ``[as_of, as_of + window)`` that they had
    no event with before ``as_of``; items created after ``as_of`` are dropped (no list could hold them).
@@ -211,12 +216,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--no-plain-arm", action="store_true",
                     help="skip the diagnostic arm 'ranker, re-rank off' (no MMR, caps or exploration)")
+    ap.add_argument("--retarget-cap", type=float, default=1.0,
+                    help="the arm 'ranker, retarget uncapped' sets max_retarget_share to this (the default "
+                         "caps at 0.2; 0.2 here skips the arm)")
     ap.add_argument("--url", help="a server to create the eval_nightly_* databases on (default: database_url())")
     ap.add_argument("--home", help="RERANK_HOME of the embedded server (default: the RERANK_HOME setting)")
     args = ap.parse_args()
     from pipeline.datagen import generate_shop
     from pipeline.db import migrate
     from pipeline.db.engine import database_url
+    from pipeline.rerank import RerankConfig
     from pipeline.settings import load_settings
 
     if args.test_days < 1 or args.days <= args.test_days:
@@ -243,7 +252,10 @@ def main() -> None:
     plan = [("recall-only", False, None), ("ranker", True, None)]
     if not args.no_plain_arm:
         plan.append(("ranker, re-rank off", True, {"mmr_lambda": 1.0, "max_category_share": 1.0,
-                                                    "max_brand_share": 1.0, "explore_share": 0.0}))
+                                                    "max_brand_share": 1.0, "explore_share": 0.0,
+                                                    "max_retarget_share": 1.0}))
+    if args.retarget_cap != RerankConfig().max_retarget_share:
+        plan.append(("ranker, retarget uncapped", True, {"max_retarget_share": args.retarget_cap}))
     arms: dict[str, pd.DataFrame] = {}
     with tempfile.TemporaryDirectory(prefix="eval-nightly-") as tmp:
         for label, retrain, rerank in plan:
@@ -275,8 +287,7 @@ def main() -> None:
 
     print()
     pairs = [("ranker", "recall-only"), ("ranker", "popularity"), ("recall-only", "popularity")]
-    if "ranker, re-rank off" in arms:
-        pairs.append(("ranker, re-rank off", "ranker"))
+    pairs += [(a, "ranker") for a in ("ranker, re-rank off", "ranker, retarget uncapped") if a in arms]
     for a, b in pairs:
         print(f"{a} / {b}: " + ", ".join(f"{m} {ratio(a, b, m)}" for m in
                                          ("ndcg@10", "hr@10", "recall@10", f"recall@{args.top_n}")))

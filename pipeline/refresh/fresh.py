@@ -41,7 +41,7 @@ HINT_COLUMNS = ["user_id", "item_id", "source", "recall_score", "anchor_item_id"
 #: Every source name a refresh candidate may carry, in sort order (ties of p_recall go to the first).
 _ALL_SOURCES = sorted({*SOURCES, *FRESH_PRIOR})
 #: Columns finalize_lists reads (the ranker reads all of them, the re-rank only these).
-_FINAL_COLUMNS = ["user_id", "item_id", "source", "p_recall", "anchor_item_id", "p_rank"]
+_FINAL_COLUMNS = ["user_id", "item_id", "source", "p_recall", "anchor_item_id", "p_rank", "score_retarget"]
 #: Fresh search queries whose matches a LiveTables remembers (queries repeat; the item texts do not change).
 QUERY_MEMO = 2048
 

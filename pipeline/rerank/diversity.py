@@ -54,7 +54,8 @@ def cap_count(top_n: int, share: float) -> int:
 
 
 def _greedy(rel: np.ndarray, valid: np.ndarray, top: np.ndarray, full: np.ndarray, brand: np.ndarray,
-            emb: np.ndarray | None, n: int, lam: float, cat_cap: int, brand_cap: int) -> np.ndarray:
+            emb: np.ndarray | None, n: int, lam: float, cat_cap: int, brand_cap: int,
+            retarget: np.ndarray | None = None, retarget_share: float = 1.0) -> np.ndarray:
     """Positions (into each row's candidates) picked in order; -1 where a user ran out."""
     U, C = rel.shape
     order = np.full((U, n), -1, dtype=np.int64)
@@ -63,12 +64,16 @@ def _greedy(rel: np.ndarray, valid: np.ndarray, top: np.ndarray, full: np.ndarra
     cat_cnt = np.zeros((U, C), dtype=np.int32)
     brand_cnt = np.zeros((U, C), dtype=np.int32)
     rows = np.arange(U)
+    retarget_cnt = np.zeros(U, dtype=np.int32)
+    cap_retarget = retarget is not None and retarget_share < 1.0
     zero = rel <= 0
     use_sim = lam < 1.0
     for t in range(min(n, C)):
         avail = valid & ~selected
         mmr = lam * rel - (1.0 - lam) * maxsim if use_sim else rel
         over = (cat_cnt >= cat_cap) | (brand_cnt >= brand_cap)
+        if cap_retarget:  # a running cap: at most ceil(share * k) in every prefix of k, so they spread out
+            over |= retarget & (retarget_cnt >= math.ceil(retarget_share * (t + 1)))[:, None]
         # Tiers, best first: uncapped, capped, then zero-relevance items (a bury with factor 0 sends an item
         # to the bottom, which MMR's similarity term must not undo). mmr lies in [-1, 1], so steps of 4 and 8
         # keep the tiers apart and ties inside a tier still go to the lower position (the better score).
@@ -79,6 +84,8 @@ def _greedy(rel: np.ndarray, valid: np.ndarray, top: np.ndarray, full: np.ndarra
             break
         order[has, t] = pick[has]
         selected[rows[has], pick[has]] = True
+        if cap_retarget:
+            retarget_cnt += has & retarget[rows, pick]
         hcol = has[:, None]
         tc = top[rows, pick][:, None]
         same_top = (top == tc) & (tc >= 0)
@@ -97,11 +104,13 @@ def _greedy(rel: np.ndarray, valid: np.ndarray, top: np.ndarray, full: np.ndarra
 
 def mmr_select(df: pd.DataFrame, *, top_n: int, mmr_lambda: float = 1.0, max_category_share: float = 1.0,
                max_brand_share: float = 1.0, embeddings: ItemEmbeddings | None = None, pool: int | None = None,
-               batch_users: int = 256) -> pd.DataFrame:
+               batch_users: int = 256, max_retarget_share: float = 1.0) -> pd.DataFrame:
     """Each user's ``top_n`` rows of ``df`` in MMR order with caps; adds ``rank`` (1..n).
 
-    ``df``: user_id, item_id, score, and optional top_category, category, brand. Only the ``pool`` best
-    candidates per user (default ``max(3 * top_n, 100)``) are considered, the usual MMR shortcut.
+    ``df``: user_id, item_id, score, and optional top_category, category, brand and ``retarget`` (bool: the
+    rows ``max_retarget_share`` caps in every prefix of the list, not only in the whole of it, so they do not
+    all gather at the top). Only the ``pool`` best candidates per user (default ``max(3 * top_n, 100)``) are
+    considered, the usual MMR shortcut. Every cap moves items down, never out.
     """
     if df.empty:
         return df.assign(rank=pd.Series(dtype="int32"))
@@ -125,6 +134,8 @@ def mmr_select(df: pd.DataFrame, *, top_n: int, mmr_lambda: float = 1.0, max_cat
         erow = pd.Index(ids).get_indexer(d["item_id"].to_numpy())
         erow = np.where(erow >= 0, erow, len(mat) - 1)
     cat_cap, brand_cap = cap_count(top_n, max_category_share), cap_count(top_n, max_brand_share)
+    flag = (d["retarget"].fillna(False).to_numpy(dtype=bool) if max_retarget_share < 1.0 and "retarget" in d
+            else None)
     starts = np.flatnonzero(np.r_[True, ucode[1:] != ucode[:-1]])
     n_users = len(starts)
     picked = []
@@ -146,7 +157,8 @@ def mmr_select(df: pd.DataFrame, *, top_n: int, mmr_lambda: float = 1.0, max_cat
             emb[u, p] = mat[erow[lo:hi]]
         order = _greedy(pad(rel[lo:hi], 0.0, "float32"), valid, pad(top[lo:hi], -1, "int64"),
                         pad(full[lo:hi], -1, "int64"), pad(brand[lo:hi], -1, "int64"), emb, top_n,
-                        mmr_lambda, cat_cap, brand_cap)
+                        mmr_lambda, cat_cap, brand_cap,
+                        None if flag is None else pad(flag[lo:hi], False, "bool"), max_retarget_share)
         uu, rr = np.nonzero(order >= 0)
         picked.append(np.column_stack([starts[b0 + uu] + order[uu, rr], rr + 1]))
     sel = np.vstack(picked)

@@ -109,8 +109,13 @@ def _one_variant(cand: pd.DataFrame, info: pd.DataFrame, cfg: RerankConfig, *, t
     c = (c.sort_values(keys, ascending=[True, True, False] + [True] * (len(keys) - 3), kind="stable")
          .drop_duplicates(["user_id", "item_id"], keep="first"))
     use_emb = embeddings if cfg.diversity_space in ("auto", "embedding") else None
+    if cfg.max_retarget_share < 1.0:
+        # proposed by retarget at all, not only as the strongest source (the merge keeps its score per row)
+        c["retarget"] = (c["score_retarget"].fillna(0.0).gt(0).to_numpy() if "score_retarget" in c
+                         else c["source"].eq("retarget").to_numpy())
     lists = mmr_select(c, top_n=top_n, mmr_lambda=cfg.mmr_lambda, max_category_share=cfg.max_category_share,
-                       max_brand_share=cfg.max_brand_share, embeddings=use_emb)
+                       max_brand_share=cfg.max_brand_share, embeddings=use_emb,
+                       max_retarget_share=cfg.max_retarget_share)
     pool = _new_items(info, cfg, as_of, limit=max(4 * top_n, 50))
     if len(pool) and len(lists):
         mult, excluded_items = rule_effects(info, rules)
@@ -131,7 +136,7 @@ def finalize_lists(cand: pd.DataFrame, item_feats: pd.DataFrame, *, top_n: int, 
                    item_embeddings: ItemEmbeddings | None = None, as_of: datetime | None = None) -> pd.DataFrame:
     """Each user's final ``top_n`` list with reasons and A/B variant (columns :data:`OUTPUT_COLUMNS`).
 
-    ``cand``: user_id, item_id, source, p_recall, anchor_item_id, optional p_rank and query.
+    ``cand``: user_id, item_id, source, p_recall, anchor_item_id, optional p_rank, query and score_retarget.
     ``item_feats``: item_id and whatever of top_category, category, brand, title, in_stock, visible,
     created_at, trend/activity is known. ``bought``: the user's purchases (user_id, item_id, optional ts).
     ``max_category_share`` / ``fusion`` override ``config`` (kept for the skeleton's callers).

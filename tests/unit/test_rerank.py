@@ -15,7 +15,8 @@ from pipeline.rerank.rules import apply_rules, purchase_exclusions, window_days
 
 AS_OF = datetime(2026, 11, 24, tzinfo=UTC)
 OLD = pd.Timestamp("2025-01-01", tz="UTC")
-PLAIN = RerankConfig(mmr_lambda=1.0, max_category_share=1.0, max_brand_share=1.0, explore_share=0.0)
+PLAIN = RerankConfig(mmr_lambda=1.0, max_category_share=1.0, max_brand_share=1.0, explore_share=0.0,
+                     max_retarget_share=1.0)
 
 
 def _items(n: int = 10, **cols: list) -> pd.DataFrame:
@@ -144,6 +145,31 @@ def test_category_and_brand_caps_move_items_down_never_out() -> None:
     ids = _ids(finalize_lists(_cand(items), items, top_n=4, config=cfg))
     assert ids[:2] == [1, 4] and len(ids) == 4  # then over-cap items in score order fill the list
     assert ids[2:] == [2, 3]
+
+
+def test_retarget_cap_moves_recently_viewed_items_down_never_out() -> None:
+    """Items 1-3 were proposed by retarget (item 3 only as a second source: its strongest is item-cf)."""
+    items = _items(6)
+    cand = _cand(items).assign(score_retarget=[0.9, 0.8, 0.5, 0.0, 0.0, np.nan],
+                               source=["retarget", "retarget", "item-cf", "als", "als", "als"])
+    assert _ids(finalize_lists(cand, items, top_n=5, config=PLAIN)) == [1, 2, 3, 4, 5]  # 1.0: no cap
+    assert RerankConfig().max_retarget_share == 0.2  # the default caps
+    cfg = PLAIN.with_overrides({"max_retarget_share": 0.2})  # 1 of the top 5
+    assert _ids(finalize_lists(cand, items, top_n=5, config=cfg)) == [1, 4, 5, 6, 2]
+    assert _ids(finalize_lists(cand, items, top_n=3, config=cfg.with_overrides({"max_retarget_share": 0.0}))) \
+        == [4, 5, 6]
+    # too few other items: the capped ones still fill the list, in score order
+    few = cand[cand["item_id"] <= 4]
+    assert _ids(finalize_lists(few, items, top_n=4, config=cfg)) == [1, 4, 2, 3]
+    # without score_retarget (a caller that only has the strongest source), the source names the rows
+    assert _ids(finalize_lists(cand.drop(columns="score_retarget"), items, top_n=5, config=cfg)) == [1, 3, 4, 5, 6]
+    # a running cap: 0.2 of every top k, so a long list spreads them out instead of opening with all of them
+    many = _items(30)
+    spread = _cand(many).assign(score_retarget=np.where(many["item_id"] <= 12, 1.0, 0.0))
+    src = np.where(_ids(finalize_lists(spread, many, top_n=10, config=cfg)) <= np.int64(12), "R", "o")
+    assert "".join(src) == "RooooRoooo"
+    with pytest.raises(ConfigError, match="max_retarget_share"):
+        PLAIN.with_overrides({"max_retarget_share": 1.5})
 
 
 def test_diversity_raises_intra_list_diversity() -> None:
