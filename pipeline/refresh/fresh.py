@@ -280,6 +280,8 @@ def build_lists(users: np.ndarray, history: pd.DataFrame, batch_ids: np.ndarray,
         for col in base.columns:
             if col.startswith("score_"):
                 ex[col] = 0.0  # per-source scores of the nightly sources, which did not propose these rows
+        if "score_retarget" in base:
+            ex["score_retarget"] = _retarget_scores(base, ex)
         if "sources" in ex:
             ex["sources"] = ex["source"]
         cand = pd.concat([base, ex], ignore_index=True) if len(base) else ex
@@ -306,6 +308,17 @@ def build_lists(users: np.ndarray, history: pd.DataFrame, batch_ids: np.ndarray,
     fresh_src = lists["source"].isin(list(FRESH_PRIOR)) & lists["hint"].notna()
     lists.loc[fresh_src, "reason"] = lists.loc[fresh_src, "hint"]
     return lists.drop(columns="hint")
+
+
+def _retarget_scores(base: pd.DataFrame, ex: pd.DataFrame) -> np.ndarray:
+    """``score_retarget`` of ``ex``'s (user, item) pairs in ``base`` (0 where retarget did not propose them):
+    a fresh row that wins the dedupe over its retarget row still counts under the re-rank's retarget cap."""
+    rt = base.loc[base["score_retarget"].fillna(0.0) > 0, ["user_id", "item_id", "score_retarget"]]
+    if rt.empty or ex.empty:
+        return np.zeros(len(ex))
+    rt = rt.groupby(["user_id", "item_id"])["score_retarget"].max()
+    key = pd.MultiIndex.from_arrays([ex["user_id"].to_numpy(dtype="int64"), ex["item_id"].to_numpy(dtype="int64")])
+    return rt.reindex(key).fillna(0.0).to_numpy(dtype="float64")
 
 
 def _best_candidates(cand: pd.DataFrame, users: np.ndarray, available_ids: np.ndarray, bought: pd.DataFrame,

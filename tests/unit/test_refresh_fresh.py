@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.refresh.fresh import (
     FreshConfig,
+    _retarget_scores,
     build_lists,
     fresh_cf,
     fresh_events,
@@ -149,3 +150,11 @@ def test_live_tables_remember_a_bounded_number_of_queries(monkeypatch: pytest.Mo
     assert tables.query_matches("hiking boot", 10) is not first
     pd.testing.assert_series_equal(tables.query_matches("hiking boot", 10), first)
     assert first.index[0] in range(11, 16) and first.iloc[0] == pytest.approx(1.0)
+
+
+def test_fresh_rows_keep_the_retarget_score_of_the_same_pair() -> None:
+    """Whichever row of a (user, item) wins the dedupe, an item retarget proposed stays under its cap."""
+    base = pd.DataFrame({"user_id": [7, 7, 8, 7], "item_id": [1, 2, 1, 1], "score_retarget": [0.4, 0.0, 0.9, 0.2]})
+    ex = pd.DataFrame({"user_id": [7, 7, 8, 9], "item_id": [1, 2, 3, 1]})
+    assert _retarget_scores(base, ex).tolist() == [0.4, 0.0, 0.0, 0.0]
+    assert _retarget_scores(base.iloc[:0], ex).tolist() == [0.0] * 4
