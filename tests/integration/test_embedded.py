@@ -83,6 +83,9 @@ def test_remembered_port_taken_meanwhile_picks_another(home: Path) -> None:
     pg.down()
     port = int(pg.port_file.read_text())
     with socket.socket() as s:
+        # The stopped server's closed connections leave TIME_WAIT entries on this port; without SO_REUSEADDR
+        # (which Postgres sets on its own listener) this bind failed with EADDRINUSE on a busy machine.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
         s.listen()
         second = pg.up()
