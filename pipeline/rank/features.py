@@ -18,7 +18,7 @@ import pandas as pd
 
 from pipeline.errors import ModelError
 from pipeline.features.items import decayed_weight, top_category
-from pipeline.recall.candidates import SCORE_COLUMNS
+from pipeline.recall.candidates import SCORE_COLUMNS, sorted_codes
 
 #: Event types of a sequence token (searches carry no item and are left out).
 SEQ_EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
@@ -251,17 +251,6 @@ def embedding_matrix(emb: pd.DataFrame | None, item_ids: np.ndarray, dim: int) -
 DENSE_AFFINITY_CELLS = 4_000_000
 
 
-def _sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted distinct values, each value's position among them): a hash pass and a sort of the distinct
-    values only, instead of ``np.unique``'s sort of every row."""
-    codes, uniq = pd.factorize(values, sort=False)
-    uniq = np.asarray(uniq)
-    order = np.argsort(uniq, kind="stable")
-    rank = np.empty(len(uniq), dtype=np.int64)
-    rank[order] = np.arange(len(uniq))
-    return uniq[order], rank[codes]
-
-
 def _positions(sorted_values: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(position of each query in ``sorted_values``, whether it is there), searching each distinct query once."""
     if not len(sorted_values):
@@ -297,11 +286,11 @@ class UserAffinity:
         ev = events[["event_type", "ts"]][keep]
         at = pd.Timestamp(cutoff) if cutoff is not None else (ev["ts"].max() if len(ev) else pd.Timestamp.now("UTC"))
         w = decayed_weight(ev, at, weights, half_life_days).to_numpy(dtype=np.float64) if len(ev) else np.zeros(0)
-        users, upos = _sorted_codes(events["user_id"].to_numpy(dtype=np.int64)[keep])
-        items, ipos = _sorted_codes(events["item_id"].to_numpy(dtype=np.int64, na_value=0)[keep])
+        users, upos = sorted_codes(events["user_id"].to_numpy(dtype=np.int64)[keep])
+        items, ipos = sorted_codes(events["item_id"].to_numpy(dtype=np.int64, na_value=0)[keep])
         total = np.bincount(upos, weights=w, minlength=len(users))
         total = np.where(total > 0, total, 1.0)
-        item_keys, kpos = _sorted_codes(upos * max(len(items), 1) + ipos)
+        item_keys, kpos = sorted_codes(upos * max(len(items), 1) + ipos)
         item_weight = np.bincount(kpos, weights=w, minlength=len(item_keys))
         side = item_side.reindex(items)  # the side codes of the distinct history items, then a gather per event
         shares: dict[str, np.ndarray | tuple[np.ndarray, np.ndarray]] = {}
@@ -314,7 +303,7 @@ class UserAffinity:
                 dense = np.bincount(upos * base + code, weights=w, minlength=len(users) * base)
                 shares[col] = dense.reshape(len(users), base) / total[:, None]
             else:
-                uk, kp = _sorted_codes(upos * base + code)
+                uk, kp = sorted_codes(upos * base + code)
                 shares[col] = (uk, np.bincount(kp, weights=w, minlength=len(uk)) / total[uk // base])
             bases[col] = base
         return cls(users, items, item_keys, item_weight, shares, bases)

@@ -357,12 +357,15 @@ def _first_max(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return np.minimum.reduceat(np.where(values == best, np.arange(n), n), starts)
 
 
-def _dense(x: np.ndarray) -> tuple[np.ndarray, int]:
-    """Codes of ``x`` in the sorted order of its distinct values, and their count (hashing, not sorting x)."""
-    codes, uniq = pd.factorize(x)
+def sorted_codes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the sorted distinct values of ``x``, each value's position among them): a hash pass over ``x`` and a
+    sort of the distinct values only, not ``np.unique``'s sort of every row."""
+    codes, uniq = pd.factorize(x, sort=False)
+    uniq = np.asarray(uniq)
+    order = np.argsort(uniq, kind="stable")
     rank = np.empty(len(uniq), dtype="int64")
-    rank[np.argsort(uniq, kind="stable")] = np.arange(len(uniq))
-    return rank[codes], len(uniq)
+    rank[order] = np.arange(len(uniq))
+    return uniq[order], rank[codes]
 
 
 def _empty_out() -> pd.DataFrame:
@@ -383,8 +386,9 @@ def _merge(cand: pd.DataFrame, n: int, reserve: dict[str, float] | None = None) 
     o = cand["_o"].to_numpy(dtype="int64") if "_o" in cand.columns else _codes(cand["source"])
     rs = cand["recall_score"].to_numpy(dtype="float64")
     p = _PRIOR[o] * (0.5 + 0.5 * np.clip(rs, 0, 1))
-    uk, _ = _dense(u)
-    ik, n_items = _dense(i)
+    uk = sorted_codes(u)[1]
+    items, ik = sorted_codes(i)
+    n_items = len(items)
     n_src = len(SOURCES)
     g = uk * n_items + ik  # (user, item) in (user id, item id) order
     # one row per (user, item, source): its most probable, the earliest of equals (the sort is stable)
