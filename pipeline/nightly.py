@@ -24,6 +24,7 @@ import pandas as pd
 from pipeline import runs
 from pipeline.dask_client import dask_client
 from pipeline.errors import ConfigError, InputDataError, PipelineError
+from pipeline.files import write_parquet
 from pipeline.settings import Settings, get_settings, use_settings
 
 STAGES = ("validate", "extract", "item_features", "user_features", "cf_build", "train_ranker",
@@ -267,7 +268,7 @@ def score_users(home: str, run_id: str, as_of: datetime, *, top_n: int, n_candid
     recs["run_id"] = run_id
     recs["generated_at"] = pd.Timestamp(as_of)
     recs = recs.sort_values(["user_id", "rank"]).reset_index(drop=True)
-    recs.to_parquet(_dir(home, run_id) / "recs.parquet", index=False)
+    write_parquet(recs, _dir(home, run_id) / "recs.parquet")
     return {"users": int(recs["user_id"].nunique()) if len(recs) else 0, "rows": len(recs), "shards": len(parts),
             "sources": recs["source"].value_counts().to_dict() if len(recs) else {}}
 

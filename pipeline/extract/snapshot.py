@@ -14,7 +14,8 @@ mark (the largest event_id read); a run reads only ``event_id > high-water`` and
 
 * Late events (old ``ts``, new id) are read by the next run and land in their own date's partition.
 * Events at or after a run's ``as_of`` are stored too (the store is not cut at ``as_of``) and left out of
-  that run's view only, so a back-dated run never loses them for later runs.
+  that run's view only, so a back-dated run never loses them for later runs. Users and items are cut at
+  ``as_of`` by ``created_at`` (an item the run's events refer to is kept, see :func:`items_as_of`).
 * Rows changed or deleted in place under the high-water mark are not seen by an incremental read. A cheap
   probe (the first and the high-water row, compared column by column) catches a reloaded or truncated
   table and rebuilds in full; anything subtler needs ``full=True`` (``RERANK_SNAPSHOT_REBUILD=1``), which
@@ -43,6 +44,7 @@ import pyarrow as pa
 from pipeline.db.engine import connect, sa_engine
 from pipeline.errors import DatabaseError
 from pipeline.extract import store as st
+from pipeline.files import write_parquet
 from pipeline.frames import EVENT_COLUMNS
 from pipeline.validate.sqlchecks import (
     TS_FLOOR,
@@ -317,6 +319,21 @@ def _read_small(url: str, as_of: datetime, clean_items: str, clean_users: str) -
     return items, users
 
 
+def items_as_of(items: pd.DataFrame, as_of: datetime, events_dir: str | Path) -> pd.DataFrame:
+    """The catalogue as the run sees it: items created before ``as_of`` (or with no ``created_at``), and any
+    item the run's events refer to (an import may date an item after its first events; the events must keep
+    their item). A re-run of an old date thus never recommends an item added since, and gives the same lists."""
+    import pyarrow.dataset as pads
+
+    created = pd.to_datetime(items["created_at"], utc=True)
+    keep = created.isna() | (created < pd.Timestamp(as_of))
+    if not keep.all():
+        used = pads.dataset(str(events_dir), format="parquet", partitioning="hive").to_table(columns=["item_id"])
+        used_ids = pd.unique(used.column("item_id").to_numpy())
+        keep |= items["item_id"].isin(used_ids)
+    return items.loc[keep].reset_index(drop=True)
+
+
 #: Transactions holding a write lock on shop.events (other than ours), by virtual transaction id.
 _WRITERS_SQL = """
 SELECT DISTINCT virtualtransaction FROM pg_locks
@@ -468,8 +485,9 @@ def extract_snapshot(url: str, out_dir: str | Path, as_of: datetime, client: obj
         small = _read_small(url, as_of, clean_items, clean_users)
     items, users = small
     events_n = st.materialize_view(fs, root, st.view_files(manifest, batch), as_of, out / "events", FILE_SCHEMA)
-    items.to_parquet(out / "items.parquet", index=False)
-    users.to_parquet(out / "users.parquet", index=False)
+    items = items_as_of(items, as_of, out / "events")
+    write_parquet(items, out / "items.parquet")
+    write_parquet(users, out / "users.parquet")
     return {"events": int(events_n), "items": len(items), "users": len(users), "events_read": int(read),
             "mode": plan.mode, "reason": plan.reason, "high_water": int(manifest.get("high_water", 0)),
             "store": store_root, "writers_waited": writers}

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from pipeline.files import replacing_dir
+
 #: Bump when the layout or the manifest's meaning changes: an older store is then rebuilt, never misread.
 STORE_VERSION = 1
 MANIFEST = "manifest.json"
@@ -135,12 +137,14 @@ def materialize_view(fs: object, root: str, files: list[dict], as_of: datetime, 
     devices) or downloaded (remote store); the day that contains ``as_of`` is filtered to ``ts < as_of``;
     later days are left out. With no file at all, one empty file keeps the directory readable.
     """
+    with replacing_dir(dest) as tmp:  # a reader of the old view never sees a half-built one
+        return _fill_view(fs, root, files, as_of, tmp, schema)
+
+
+def _fill_view(fs: object, root: str, files: list[dict], as_of: datetime, dest: Path, schema: pa.Schema) -> int:
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 
-    dest = Path(dest)
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
     as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
     local = is_local(fs)
     rows = 0

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.files import write_parquet
+
 ITEM_EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
 #: Days that count as "recent" for the short trend window.
 SHORT_DAYS = 3
@@ -164,5 +166,5 @@ def build_item_features(snapshot_dir: str | Path, as_of: datetime, client: objec
         img = image_features(items, client, root=image_root, model_path=image_model_path or None)
         feats = feats.merge(img, on="item_id", how="left")
         feats["has_image"] = feats["has_image"].fillna(False).astype(bool)
-    feats.to_parquet(snap / "item_features.parquet", index=False)
+    write_parquet(feats, snap / "item_features.parquet")
     return feats

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import ConfigError, InputDataError
+from pipeline.files import replacing, write_text
 
 METHODS = ("auto", "minilm", "tfidf")
 #: Above this many items ``auto`` falls back to TF-IDF. MiniLM on 2 busy CPU cores: about 170 short titles/s,
@@ -129,11 +130,12 @@ def build_item_embeddings(snapshot_dir: str | Path, *, method: str = "auto", dim
     emb = pa.FixedSizeListArray.from_arrays(flat, z.shape[1]) if len(z) else pa.array([], pa.list_(pa.float32()))
     table = pa.table({"item_id": pa.array(items["item_id"].to_numpy(dtype="int64")),
                       "embedding": emb.cast(pa.list_(pa.float32()))})
-    pq.write_table(table, snap / "item_embeddings.parquet")
+    with replacing(snap / "item_embeddings.parquet") as tmp:
+        pq.write_table(table, tmp)
     meta = {"method": method, "dim": int(z.shape[1]) if len(z) else dim, "items": len(items),
             "normalised": "l2",
             "text": f"title + '. ' + description (first {MINILM_CHARS if method == 'minilm' else 1000} characters)",
             "library_versions": {**libs, "pyarrow": pa.__version__, "pandas": pd.__version__},
             "file": str(snap / "item_embeddings.parquet")}
-    (snap / "item_embeddings.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    write_text(snap / "item_embeddings.json", json.dumps(meta, indent=2, sort_keys=True))
     return meta

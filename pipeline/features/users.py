@@ -20,6 +20,7 @@ import pandas as pd
 
 from pipeline.extract.snapshot import events_path, read_events
 from pipeline.features.items import decayed_weight, top_category
+from pipeline.files import replacing
 
 COUNT_TYPES = ("view", "click", "add_to_cart", "purchase", "search")
 #: Keys kept per affinity and search terms kept per user.
@@ -233,4 +234,5 @@ def write_user_features(feats: pd.DataFrame, path: str | Path) -> None:
         i = table.schema.get_field_index(name)
         table = table.set_column(i, name, pa.array(feats[name].tolist(), type=pa.list_(pa.type_for_alias(t))))
     # The pandas metadata would still name the inferred list<null> dtype; Arrow's own types suffice.
-    pq.write_table(table.replace_schema_metadata(None), path)
+    with replacing(path) as tmp:
+        pq.write_table(table.replace_schema_metadata(None), tmp)

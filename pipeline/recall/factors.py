@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 from pipeline.errors import ModelError, NonFiniteWeightsError  # noqa: E402
+from pipeline.files import replacing_dir  # noqa: E402
 
 FILES = ("user_factors", "item_factors", "user_ids", "item_ids")
 
@@ -176,11 +177,11 @@ def fold_in(user_items_row: sp.spmatrix | np.ndarray, item_factors: np.ndarray, 
 def save_factors(out_dir: str | Path, f: Factors) -> Path:
     """Write the factors and their id maps plus a meta.json sidecar; returns the directory."""
     d = Path(out_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    for name in FILES:
-        np.save(d / f"{name}.npy", getattr(f, name))
-    meta = {**f.meta, "users": len(f.user_ids), "items": len(f.item_ids), "dim": int(f.item_factors.shape[1])}
-    (d / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    with replacing_dir(d) as tmp:  # one consistent set: a reader never mixes two runs' factors
+        for name in FILES:
+            np.save(tmp / f"{name}.npy", getattr(f, name))
+        meta = {**f.meta, "users": len(f.user_ids), "items": len(f.item_ids), "dim": int(f.item_factors.shape[1])}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     return d
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from pipeline.errors import InputDataError
 from pipeline.extract.snapshot import read_snapshot
+from pipeline.files import write_parquet
 from pipeline.recall.candidates import RecallConfig, generate_candidates
 from pipeline.recall.factors import Factors, load_factors, save_factors, train_als
 from pipeline.recall.matrix import build_interactions
@@ -49,7 +50,7 @@ def build_recall_models(snapshot_dir: str | Path, as_of: datetime, client: objec
         algorithm = get_settings().itemcf_algorithm
     nb = neighbours_from_interactions(inter, k=k, method=method, client=client, block_size=block_size,
                                       algorithm=algorithm)
-    nb.to_parquet(snap / "neighbours.parquet", index=False)
+    write_parquet(nb, snap / "neighbours.parquet")
     t2 = time.perf_counter()
     out = {"users": len(inter.user_ids), "items": len(inter.item_ids), "nnz": int(inter.user_items.nnz),
            "neighbour_rows": len(nb), "items_with_neighbours": int(nb["item_id"].nunique()),

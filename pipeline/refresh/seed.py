@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from pipeline.db.engine import connect
 from pipeline.features.items import decayed_weight, top_category
+from pipeline.files import write_parquet
 
 WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
 HALF_LIFE = {"view": 7.0, "click": 10.0, "add_to_cart": 14.0, "purchase": 30.0}
@@ -77,9 +78,9 @@ def seed_live_run(url: str, home: str | Path, as_of: datetime, *, run_id: str = 
     feats["trend"] = (feats["recent_events"] + 1.0) / (feats["events"] + 10.0)
     feats["top_category"] = top_category(feats["category"])
     nb = cooccurrence_neighbours(ev, k)
-    items.to_parquet(snap / "items.parquet", index=False)
-    feats.to_parquet(snap / "item_features.parquet", index=False)
-    nb.to_parquet(snap / "neighbours.parquet", index=False)
+    write_parquet(items, snap / "items.parquet")
+    write_parquet(feats, snap / "item_features.parquet")
+    write_parquet(nb, snap / "neighbours.parquet")
 
     users = _read(url, "SELECT user_id FROM shop.users WHERE created_at < %s ORDER BY user_id", (as_of,),
                   ["user_id"])["user_id"].to_numpy(dtype="int64")

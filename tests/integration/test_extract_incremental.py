@@ -185,3 +185,34 @@ def test_a_range_pyarrow_cannot_convert_fails_instead_of_reading_as_empty(
     monkeypatch.setattr(snap, "_csv_options", wrong_types)
     with pytest.raises(DatabaseError, match="conversion error"):
         extract_snapshot(shop, tmp_path / "r1" / "snapshot", AS_OF, None, store_url=str(tmp_path / "store"))
+
+
+def test_items_added_after_as_of_stay_out_of_the_run_unless_its_events_use_them(shop: str, tmp_path: Path) -> None:
+    """A re-run of an old date must not recommend what the shop added since (same date, same lists)."""
+    store = str(tmp_path / "store")
+    before = extract_snapshot(shop, tmp_path / "r1" / "snapshot", AS_OF, None, store_url=store)
+    with connect(shop) as conn, conn.cursor() as cur:
+        cur.execute("SELECT max(item_id), min(user_id) FROM shop.items, shop.users")
+        top, user = cur.fetchone()
+        late = (AS_OF + timedelta(hours=1), AS_OF + timedelta(hours=2), AS_OF - timedelta(hours=2))
+        for i, created in enumerate(late, start=1):
+            cur.execute("INSERT INTO shop.items (item_id, title, category, brand, price, in_stock, visible, "
+                        "created_at) VALUES (%s, 'Late tea', 'Food/Tea', 'Brand', 3.5, true, true, %s)",
+                        (top + i, created))
+        # an import dated item top+2 after the event that uses it
+        cur.execute("INSERT INTO shop.events (event_id, user_id, item_id, event_type, session_id, quantity, ts) "
+                    "SELECT max(event_id) + 1, %s, %s, 'view', 's', 1, %s FROM shop.events",
+                    (user, top + 2, AS_OF - timedelta(hours=1)))
+    again = extract_snapshot(shop, tmp_path / "r1" / "snapshot", AS_OF, None, store_url=store)
+    items = pd.read_parquet(tmp_path / "r1" / "snapshot" / "items.parquet")
+    assert top + 1 not in set(items["item_id"])  # created after as_of, no event: out
+    assert {top + 2, top + 3} <= set(items["item_id"])  # used by an event before as_of; created before it
+    assert again["items"] == before["items"] + 2 == len(items)
+    # the generator's own items created after as_of are out as well, and all are in a later run
+    with connect(shop) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM shop.items WHERE created_at < %s AND item_id <= %s", (AS_OF, top))
+        assert before["items"] == cur.fetchone()[0]
+        cur.execute("SELECT count(*) FROM shop.items")
+        n_all = cur.fetchone()[0]
+    later = extract_snapshot(shop, tmp_path / "r2" / "snapshot", END + timedelta(days=1), None, store_url=store)
+    assert later["items"] == n_all > before["items"] + 2
