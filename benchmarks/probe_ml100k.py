@@ -214,6 +214,70 @@ KFOLD_BAGS = {"recvae-bag3": ("recvae", "recvae-s43", "recvae-s44")}
 KFOLD_EXTRAS = ("seq", "rp3", "dlae")
 
 
+def kfold_split(data: str, folds: int = 5) -> tuple[pd.DataFrame, np.ndarray]:
+    """The outer training part and each row's fold (item-stratified: an item's ratings spread evenly)."""
+    outer_train = T.load(data)["outer"][0]
+    draw = pd.Series(np.random.default_rng(2026).random(len(outer_train)), index=outer_train.index)
+    rank = draw.groupby(outer_train["item_id"]).rank(method="first").to_numpy() - 1
+    size = draw.groupby(outer_train["item_id"]).transform("size").to_numpy()
+    return outer_train, np.floor(rank / size * folds).astype(int)
+
+
+def gfcf_scores(X: sp.csr_matrix, rows: np.ndarray, *, a: float = 0.5, b: float = 0.5, alpha: float = 0.3,
+                k: int = 64, ratings: bool = False) -> np.ndarray:
+    """GF-CF (Shen et al. 2021, "How powerful is graph convolution for recommendation?"), training-free:
+    the linear filter ``R~' R~`` with ``R~ = D_u^-a R D_i^-b`` plus ``alpha`` times the ideal low-pass filter
+    ``D_i^-b V_k V_k' D_i^b`` (V_k: top-``k`` right singular vectors of R~), each max-scaled; rows ``rows``."""
+    from scipy.sparse.linalg import svds
+
+    X = sp.csr_matrix(X, dtype=np.float64, copy=True)
+    if not ratings:
+        X.data[:] = 1.0
+    du, di = np.asarray(X.sum(1)).ravel(), np.asarray(X.sum(0)).ravel()
+    dib = np.power(np.maximum(di, 1e-9), -b)
+    R = sp.diags(np.power(np.maximum(du, 1e-9), -a)) @ X @ sp.diags(dib)
+    H = X[rows].toarray()
+    s = H @ (R.T @ R).toarray()
+    if alpha:
+        _, _, vt = svds(sp.csr_matrix(R), k=k, random_state=0)
+        low = (H * dib) @ vt.T @ vt / np.where(dib > 0, dib, 1.0)
+        s = s / max(np.abs(s).max(), 1e-12) + alpha * low / max(np.abs(low).max(), 1e-12)
+    return s
+
+
+def probe_gfcf(data: str, cache: Path, folds: int = 5) -> None:
+    """GF-CF alone and added to the base mix at 0.25-1 by ``folds``-fold CV, over a grid of its settings
+    (normalisation exponents, low-pass weight and rank, ratings or presence)."""
+    outer_train, fold = kfold_split(data, folds)
+    probs, parts, mats = [], [], []
+    for k in range(folds):
+        prob = T.Problem(outer_train[fold != k], outer_train[fold == k])
+        probs.append(prob)
+        parts.append([T.scaled(np.load(cache / f"kfold{k}-{n}.npy"), prob.seen, 100, "minmax")
+                      for n in ("als", "ease", "uknn")])  # cached by ``kfold``
+        users = np.unique(prob.train["user_id"].to_numpy())
+        X = sp.csr_matrix((prob.train["rating"].to_numpy(dtype=np.float64),
+                           (np.searchsorted(users, prob.train["user_id"].to_numpy()),
+                            np.searchsorted(prob.items, prob.train["item_id"].to_numpy()))),
+                          shape=(len(users), len(prob.items)))
+        mats.append((X, np.searchsorted(users, prob.users)))
+    base = np.array([p.ndcg(T.merged(pa, [1.0, 1.0, 0.5], p.seen)) for p, pa in zip(probs, parts, strict=True)])
+    print(f"base mix als 1, ease 1, user-knn 0.5: mean {base.mean():.4f}", flush=True)
+    grid = [dict(a=0.5, b=0.5, alpha=0.0, k=64, ratings=False)]
+    grid += [dict(a=ua, b=b, alpha=al, k=k, ratings=r) for al in (0.5, 2.0) for k in (16, 64) for b in (0.25, 0.5)
+             for ua in (0.0, 0.5) for r in (False, True)]
+    grid += [dict(a=0.5, b=0.5, alpha=al, k=k, ratings=True) for al in (4.0, 8.0) for k in (32, 64, 128, 256)]
+    for kw in grid:
+        ext = [gfcf_scores(X, rows, **kw) for X, rows in mats]
+        alone = np.array([p.ndcg(e) for p, e in zip(probs, ext, strict=True)])
+        out = [f"alone {alone.mean():.4f}"]
+        for w in (0.25, 0.5, 1.0):
+            v = np.array([p.ndcg(T.merged([*pa, T.scaled(e, p.seen, 100, "minmax")], [1.0, 1.0, 0.5, w], p.seen))
+                          for p, pa, e in zip(probs, parts, ext, strict=True)])
+            out.append(f"+{w}: {(v - base).mean():+.4f} ({int((v > base).sum())}/{folds})")
+        print(kw, " | ".join(out), flush=True)
+
+
 def probe_kfold(data: str, cache: Path, folds: int = 5, extras: tuple[str, ...] = KFOLD_EXTRAS,
                 weight_grid: bool = True) -> None:
     """Base mix and each extra (alone, added at 0.25-1, in place of EASE) by ``folds``-fold CV."""
@@ -224,11 +288,7 @@ def probe_kfold(data: str, cache: Path, folds: int = 5, extras: tuple[str, ...] 
     unknown = [e for e in extras if e not in KFOLD_SOURCES and e not in KFOLD_BAGS]
     if unknown:
         raise SystemExit(f"unknown extras {unknown}; known: {sorted(KFOLD_SOURCES)}")
-    outer_train = T.load(data)["outer"][0]
-    draw = pd.Series(np.random.default_rng(2026).random(len(outer_train)), index=outer_train.index)
-    rank = draw.groupby(outer_train["item_id"]).rank(method="first").to_numpy() - 1
-    size = draw.groupby(outer_train["item_id"]).transform("size").to_numpy()
-    fold = np.floor(rank / size * folds).astype(int)  # each item's ratings spread evenly over the folds
+    outer_train, fold = kfold_split(data, folds)
     probs, parts, raw = [], [], []
     for k in range(folds):
         prob = T.Problem(outer_train[fold != k], outer_train[fold == k])
@@ -286,7 +346,7 @@ PROBES = {"trend": probe_trend, "fusion": probe_fusion, "ease-weights": probe_ea
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("probe", choices=sorted([*PROBES, "kfold"]))
+    ap.add_argument("probe", choices=sorted([*PROBES, "kfold", "gfcf"]))
     ap.add_argument("--split", default="inner", choices=("inner", "inner2", "outer"))
     ap.add_argument("--data", default=str(Path(os.environ.get("RERANK_SHARED_DATA", "../shared/data")) / "ml-100k"))
     ap.add_argument("--cache", type=Path, default=Path("/tmp/ml2_cache"))
@@ -294,6 +354,9 @@ def main() -> None:
                     help=f"kfold: comma list of extra sources to judge, of {','.join([*KFOLD_SOURCES, *KFOLD_BAGS])}")
     ap.add_argument("--no-weight-grid", action="store_true", help="kfold: skip the base weights' grid")
     a = ap.parse_args()
+    if a.probe == "gfcf":
+        probe_gfcf(a.data, a.cache)
+        return
     if a.probe == "kfold":
         probe_kfold(a.data, a.cache, extras=tuple(e for e in a.extras.split(",") if e),
                     weight_grid=not a.no_weight_grid)
