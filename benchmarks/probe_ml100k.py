@@ -31,6 +31,12 @@ higher-order EASE (``hoease-r``, ``hoease-r-c160k``) all within -0.0021..+0.0003
 at 0.5: +0.0015, better in 5/5 folds, short of the +0.003 bar. Seeds 43 / 44 alone +0.0021 / +0.0015 (5/5 each);
 the 3-seed bag (``recvae-bag3``) +0.0014..+0.0020 at 0.25-1 (5/5). Read once on test at 0.75 (``recvae`` with
 ``seeds: 3`` in the mix): pipeline 0.4968 against 0.4981 without it, so it stays out, as the bar said.
+
+Fourth round (``gfcf``; same folds, base 0.2510): GF-CF, a training-free graph filter (the normalised item-item
+filter plus an ideal low-pass of rank k), 41 settings x 3 weights. Alone 0.18-0.24; added, the best cells are
++0.0024 (alpha 8, k 32, ratings, at 0.5) and +0.0028 (alpha 2, k 64, ratings, at 1), 5/5 folds each: the
+RecVAE tier (+0.0015-0.0021, which lost 0.0013 on test) and the best of 123 cells, short of the +0.003 bar.
+Not read on test; not in the mix.
 """
 
 from __future__ import annotations
