@@ -2,7 +2,7 @@
 
     python benchmarks/eval_nightly.py [--users 2000 --items 400 --days 21 --test-days 3 --top-n 20 --seed 3]
                                       [--window-days 3] [--candidates 300] [--no-plain-arm]
-                                      [--retarget-cap 1.0]
+                                      [--retarget-cap 1.0] [--arm 'LABEL={"mmr_lambda": 1.0}' ...]
                                       [--url postgresql://...] [--home DIR]
 
 The eval harness's ``pipeline`` model (pipeline/rank/evaluate.py) trains its own model; this script instead
@@ -28,7 +28,9 @@ runs :func:`pipeline.nightly.run_nightly` itself (every stage, no Airflow) and s
        cap; the re-rank's default 0.2 skips the arm): the ranker leans on items the user recently viewed
        (re-engagement is its likeliest label), which scores under the all-intent truth below and never under
        the new-items truth; this arm shows what the default cap trades.
-   Lists of (a), (b), (d) and (e) are read back from ``recsys.user_recommendations`` (the published view).
+   (f) each ``--arm LABEL=JSON``: (a) with those re-rank overrides (RERANK_RERANK; the defaults otherwise,
+       the retarget cap included), to measure one re-rank setting at a time.
+   Lists of (a), (b), (d), (e) and (f) are read back from ``recsys.user_recommendations`` (the published view).
 3. Truth (the definition of pipeline/recall/audit.py's test pairs, restricted to intent events): per user,
    the distinct items they clicked, added to cart or purchased in ``[as_of, as_of + window)`` that they had
    no event with before ``as_of``; items created after ``as_of`` are dropped (no list could hold them).
@@ -43,6 +45,7 @@ runs :func:`pipeline.nightly.run_nightly` itself (every stage, no Airflow) and s
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -219,6 +222,9 @@ def main() -> None:
     ap.add_argument("--retarget-cap", type=float, default=1.0,
                     help="the arm 'ranker, retarget uncapped' sets max_retarget_share to this (the default "
                          "caps at 0.2; 0.2 here skips the arm)")
+    ap.add_argument("--arm", action="append", default=[], metavar="LABEL=JSON",
+                    help="an extra ranker arm with these re-rank overrides, e.g. 'no MMR={\"mmr_lambda\": 1}' "
+                         "(repeatable)")
     ap.add_argument("--url", help="a server to create the eval_nightly_* databases on (default: database_url())")
     ap.add_argument("--home", help="RERANK_HOME of the embedded server (default: the RERANK_HOME setting)")
     args = ap.parse_args()
@@ -256,6 +262,16 @@ def main() -> None:
                                                     "max_retarget_share": 1.0}))
     if args.retarget_cap != RerankConfig().max_retarget_share:
         plan.append(("ranker, retarget uncapped", True, {"max_retarget_share": args.retarget_cap}))
+    for spec in args.arm:
+        label, sep, overrides = spec.partition("=")
+        try:
+            extra = json.loads(overrides) if sep else None
+        except json.JSONDecodeError as exc:
+            ap.error(f"--arm {spec!r}: {exc}")
+        if not label or not isinstance(extra, dict):
+            ap.error(f"--arm {spec!r}: give LABEL=JSON object of re-rank overrides")
+        RerankConfig().with_overrides(extra)  # unknown names or bad values fail before any arm runs
+        plan.append((label, True, extra))
     arms: dict[str, pd.DataFrame] = {}
     with tempfile.TemporaryDirectory(prefix="eval-nightly-") as tmp:
         for label, retrain, rerank in plan:
@@ -288,6 +304,7 @@ def main() -> None:
     print()
     pairs = [("ranker", "recall-only"), ("ranker", "popularity"), ("recall-only", "popularity")]
     pairs += [(a, "ranker") for a in ("ranker, re-rank off", "ranker, retarget uncapped") if a in arms]
+    pairs += [(spec.partition("=")[0], "ranker") for spec in args.arm]
     for a, b in pairs:
         print(f"{a} / {b}: " + ", ".join(f"{m} {ratio(a, b, m)}" for m in
                                          ("ndcg@10", "hr@10", "recall@10", f"recall@{args.top_n}")))
