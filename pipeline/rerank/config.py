@@ -43,8 +43,8 @@ class RerankConfig:
     #: Most items the user recently viewed or carted and did not buy (those the ``retarget`` source
     #: proposed) in every top k of the list, as a share of k (0.2: the first slot may hold one, then at most
     #: 2 of every 10; 1.0 disables the cap). The ranker learns that re-engagement is the likeliest next
-    #: click, so uncapped lists lean on it (benchmarks/eval_nightly.py, seeds 3-5: uncapped lists score 14 %
-    #: higher on every click, cart or purchase; 0.2 scores 30-31 % higher on items new to the user).
+    #: click, so uncapped lists lean on it (benchmarks/eval_nightly.py, seeds 3-5: uncapped lists score 13-14 %
+    #: higher on every click, cart or purchase; 0.2 scores 27-30 % higher on items new to the user).
     max_retarget_share: float = 0.2
     #: Share of the top N reserved for new items (exploration); 0 disables.
     explore_share: float = 0.05
