@@ -328,9 +328,11 @@ def items_as_of(items: pd.DataFrame, as_of: datetime, events_dir: str | Path) ->
     created = pd.to_datetime(items["created_at"], utc=True)
     keep = created.isna() | (created < pd.Timestamp(as_of))
     if not keep.all():
-        used = pads.dataset(str(events_dir), format="parquet", partitioning="hive").to_table(columns=["item_id"])
-        used_ids = pd.unique(used.column("item_id").to_numpy())
-        keep |= items["item_id"].isin(used_ids)
+        # only the few late items are looked up: the scan keeps matching rows, not a column of every event
+        late = items.loc[~keep, "item_id"].dropna().astype("int64").tolist()
+        used = pads.dataset(str(events_dir), format="parquet", partitioning="hive").to_table(
+            columns=["item_id"], filter=pads.field("item_id").isin(late))
+        keep |= items["item_id"].isin(pd.unique(used.column("item_id").to_numpy()))
     return items.loc[keep].reset_index(drop=True)
 
 
