@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,7 +23,7 @@ import pandas as pd
 from pipeline import runs
 from pipeline.dask_client import dask_client
 from pipeline.errors import ConfigError, InputDataError, PipelineError
-from pipeline.files import write_parquet
+from pipeline.files import write_parquet, write_text
 from pipeline.settings import Settings, get_settings, use_settings
 
 STAGES = ("validate", "extract", "item_features", "user_features", "cf_build", "train_ranker",
@@ -47,9 +46,8 @@ def _stage(name: str) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
             # One file per stage: the DAG runs some stages in parallel, so a shared file would race.
             folder = _dir(str(home), str(bound.arguments["run_id"])) / "stages"
             folder.mkdir(exist_ok=True)
-            tmp = folder / f".{name}.json.tmp"
-            tmp.write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 3), **out}, default=str))
-            os.replace(tmp, folder / f"{name}.json")
+            write_text(folder / f"{name}.json",
+                       json.dumps({"seconds": round(time.perf_counter() - t0, 3), **out}, default=str))
             return out
 
         return run

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.files import replacing_dir
+from pipeline.files import replacing, replacing_dir
 
 #: Bump when the layout or the manifest's meaning changes: an older store is then rebuilt, never misread.
 STORE_VERSION = 1
@@ -91,10 +91,8 @@ def write_manifest(fs: object, root: str, manifest: dict) -> None:
     data = json.dumps(manifest, indent=1, sort_keys=True, default=str).encode("utf-8")
     path = join(root, MANIFEST)
     if is_local(fs):  # atomic on a local disk; object stores replace a key atomically anyway
-        tmp = Path(path + ".tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            tmp.write_bytes(data)
         return
     fs.makedirs(root, exist_ok=True)  # type: ignore[attr-defined]
     with fs.open(path, "wb") as f:  # type: ignore[attr-defined]
