@@ -199,12 +199,13 @@ def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime, tolerance: 
 def _score_shard(users: np.ndarray, snap: str, as_of: datetime, top_n: int, n_candidates: int,
                  recent_days: int, weights: dict, half_life: dict, artifact_uri: str | None = None,
                  rerank: dict | None = None, variants: dict | None = None, salt: str = "rerank-ab",
-                 rules: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One Dask task: recall + score + re-rank for a shard of users."""
+                 rules: pd.DataFrame | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """One Dask task: recall + score + re-rank for a shard of users; returns (their lists, the users left
+    without one because nothing available is eligible for them)."""
     from pipeline.extract import read_events
     from pipeline.recall.candidates import RecallConfig
     from pipeline.recall.stage import candidates_for_users
-    from pipeline.rerank import RerankConfig, finalize_lists, load_item_embeddings
+    from pipeline.rerank import RerankConfig, fill_empty_lists, finalize_lists, load_item_embeddings
 
     snap_p = Path(snap)
     events = read_events(snap_p, filters=[("user_id", "in", users.tolist())])
@@ -225,9 +226,9 @@ def _score_shard(users: np.ndarray, snap: str, as_of: datetime, top_n: int, n_ca
         cand["p_rank"] = 1.0
     bought = events.loc[events["event_type"] == "purchase", ["user_id", "item_id", "ts"]].dropna(subset=["item_id"])
     bought["item_id"] = bought["item_id"].astype("int64")
-    return finalize_lists(cand, feats, top_n=top_n, bought=bought, config=RerankConfig(**(rerank or {})),
-                          variants=variants or None, variant_salt=salt, rules=rules,
-                          item_embeddings=load_item_embeddings(snap_p), as_of=as_of)
+    opts = {"top_n": top_n, "bought": bought, "config": RerankConfig(**(rerank or {})), "variants": variants or None,
+            "variant_salt": salt, "rules": rules, "item_embeddings": load_item_embeddings(snap_p), "as_of": as_of}
+    return fill_empty_lists(finalize_lists(cand, feats, **opts), users, feats, **opts)
 
 
 @_stage("score_users")
@@ -258,7 +259,11 @@ def score_users(home: str, run_id: str, as_of: datetime, *, top_n: int, n_candid
                              n_candidates=n_candidates, recent_days=s.recent_days, weights=s.event_weights,
                              half_life=s.half_life_days, artifact_uri=chosen.get("artifact_uri"), rerank=rerank,
                              variants=dict(s.variants), salt=s.variant_salt, rules=rules, pure=False)
-        frames = client.gather(futures)
+        done = client.gather(futures)
+    frames = [f for f, _ in done]
+    exhausted = np.concatenate([e for _, e in done]) if done else np.zeros(0, "int64")
+    # users with nothing eligible (bought every available item): the gate does not count their empty list
+    write_parquet(pd.DataFrame({"user_id": exhausted.astype("int64")}), _dir(home, run_id) / "exhausted.parquet")
     recs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if "variant" not in recs:
         recs["variant"] = "control"
@@ -268,7 +273,7 @@ def score_users(home: str, run_id: str, as_of: datetime, *, top_n: int, n_candid
     recs = recs.sort_values(["user_id", "rank"]).reset_index(drop=True)
     write_parquet(recs, _dir(home, run_id) / "recs.parquet")
     return {"users": int(recs["user_id"].nunique()) if len(recs) else 0, "rows": len(recs), "shards": len(parts),
-            "sources": recs["source"].value_counts().to_dict() if len(recs) else {}}
+            "exhausted_users": len(exhausted), "sources": recs["source"].value_counts().to_dict() if len(recs) else {}}
 
 
 @_stage("quality_gate")
@@ -288,7 +293,9 @@ def quality_gate(home: str, run_id: str, thresholds: dict | None = None, url: st
     if subset:
         users = users[users.isin(subset)]
     live = live_lists(url) if url else None
-    return check_output(recs, users=users, items=items,
+    done = d / "exhausted.parquet"
+    exhausted = pd.read_parquet(done)["user_id"] if done.exists() else None
+    return check_output(recs, users=users, items=items, exhausted=exhausted,
                         thresholds=thresholds if thresholds is not None else dict(get_settings().gate),
                         live=live, item_embeddings=load_item_embeddings(d / "snapshot"),
                         top_n=top_n or params.get("top_n"), nothing_live=url is not None and live is None)

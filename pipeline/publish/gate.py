@@ -4,7 +4,8 @@ Pure pandas over the run's lists; the caller decides what to do with a failure (
 Checks, each named in the failure message and in ``QualityGateFailed.failed_checks``:
 
 ==================  ===========================================================================
-empty_lists         users of the run without a list (max ``max_empty_lists``, default 0)
+empty_lists         users of the run without a list (max ``max_empty_lists``, default 0), not counting the
+                    ``exhausted`` users, for whom nothing available is eligible (they bought it all)
 duplicate_items     the same item twice in one user's list (max 0)
 bad_ranks           users whose ranks are not exactly 1..n (max 0)
 bad_scores          rows whose score is NaN or infinite (max 0)
@@ -107,16 +108,20 @@ def check_output(recs: pd.DataFrame, *, users: pd.Series, items: pd.DataFrame,
                  thresholds: GateThresholds | dict | None = None, live: pd.DataFrame | None = None,
                  fallback_sources: tuple[str, ...] = ("popularity",),
                  item_embeddings: tuple[np.ndarray, np.ndarray] | None = None,
-                 top_n: int | None = None, nothing_live: bool = False) -> dict:
+                 top_n: int | None = None, nothing_live: bool = False,
+                 exhausted: pd.Series | None = None) -> dict:
     """Measure the run's lists; raise QualityGateFailed naming every failed check, else return the figures.
 
     ``live``: the live run's (user_id, item_id) rows for the churn check (see ``publish.live_lists``);
     ``top_n``: the run's list length, for the long / short list checks (skipped without it);
-    ``nothing_live``: no publication exists yet, so a high fallback share is reported but does not fail.
+    ``nothing_live``: no publication exists yet, so a high fallback share is reported but does not fail;
+    ``exhausted``: users the scoring stage found nothing eligible for (reported, not counted as empty).
     """
     t = thresholds if isinstance(thresholds, GateThresholds) else GateThresholds.from_dict(thresholds)
     listed = set(recs["user_id"].unique())
-    empty = int((~users.isin(listed)).sum())
+    unlisted = ~users.isin(listed)
+    spent = unlisted & users.isin(exhausted) if exhausted is not None else unlisted & False
+    empty = int((unlisted & ~spent).sum())
     dups = int(recs.duplicated(["user_id", "item_id"]).sum())
     bad_ranks = _bad_ranks(recs)
     bad_scores = int((~np.isfinite(pd.to_numeric(recs["score"], errors="coerce").to_numpy(dtype="float64"))).sum()) \
@@ -135,7 +140,8 @@ def check_output(recs: pd.DataFrame, *, users: pd.Series, items: pd.DataFrame,
     fallback = float(recs["source"].isin(fallback_sources).mean()) if len(recs) else 1.0
     diversity = list_diversity(recs, items, t.diversity_k, item_embeddings) if len(recs) else None
     churn = churn_against(recs, live) if live is not None and len(live) and len(recs) else None
-    figures = {"users": int(len(users)), "rows": int(len(recs)), "empty_lists": empty, "duplicate_items": dups,
+    figures = {"users": int(len(users)), "rows": int(len(recs)), "empty_lists": empty,
+               "exhausted_users": int(spent.sum()), "duplicate_items": dups,
                "bad_ranks": bad_ranks, "bad_scores": bad_scores, "long_lists": long_lists,
                "short_lists": round(short_share, 4),
                "unavailable_items": unavailable, "missing_reasons": missing_reasons, "coverage": round(coverage, 4),

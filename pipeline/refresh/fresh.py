@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.recall.candidates import SOURCES, ItemTables, RecallConfig, generate_candidates, item_tables
-from pipeline.rerank import RerankConfig, finalize_lists
+from pipeline.rerank import RerankConfig, fill_empty_lists, finalize_lists
 from pipeline.rerank.rules import purchase_exclusions
 
 #: Priors of the fresh sources, on the scale of ``candidates.SOURCE_PRIOR`` (retarget 1.0, item-cf 0.8,
@@ -301,8 +301,10 @@ def build_lists(users: np.ndarray, history: pd.DataFrame, batch_ids: np.ndarray,
     cand["p_rank"] = (p_rank(cand, history, tables.item_feats, pd.Timestamp(now) + pd.Timedelta(seconds=1))
                       if p_rank is not None and len(cand) else 1.0)
     final = [c for c in _FINAL_COLUMNS if c in cand.columns]  # the re-rank reads these; less to copy per step
-    lists = finalize_lists(cand[final], tables.item_feats, top_n=cfg.top_n, bought=bought, config=rerank,
-                           variants=variants or None, variant_salt=variant_salt, rules=rules, as_of=now)
+    opts = {"top_n": cfg.top_n, "bought": bought, "config": rerank, "variants": variants or None,
+            "variant_salt": variant_salt, "rules": rules, "as_of": now}
+    lists, _ = fill_empty_lists(finalize_lists(cand[final], tables.item_feats, **opts), users, tables.item_feats,
+                                **opts)
     hints = cand[["user_id", "item_id"]].assign(hint=hint)
     lists = lists.merge(hints, on=["user_id", "item_id"], how="left")
     fresh_src = lists["source"].isin(list(FRESH_PRIOR)) & lists["hint"].notna()

@@ -23,7 +23,7 @@ OUTPUT_COLUMNS = ["user_id", "rank", "item_id", "score", "reason", "anchor_item_
 #: Sources whose anchor is an item of the user's history ("because you viewed X").
 ANCHORED_SOURCES = ("item-cf", "content", "session", "als-neighbour", "co-view")
 
-__all__ = ["FUSIONS", "OUTPUT_COLUMNS", "finalize_lists", "fuse", "reason_text"]
+__all__ = ["FUSIONS", "OUTPUT_COLUMNS", "fill_empty_lists", "finalize_lists", "fuse", "reason_text"]
 
 
 def fuse(p_recall: pd.Series, p_rank: pd.Series, method: str = "product", alpha: float = 0.5) -> pd.Series:
@@ -167,6 +167,53 @@ def finalize_lists(cand: pd.DataFrame, item_feats: pd.DataFrame, *, top_n: int, 
     df.loc[df["source"] == "explore", "anchor_item_id"] = pd.NA
     df = df.sort_values(["user_id", "rank"], kind="stable").reset_index(drop=True)
     return _typed(df[OUTPUT_COLUMNS])
+
+
+def fill_empty_lists(lists: pd.DataFrame, users: Sequence[int] | np.ndarray, item_feats: pd.DataFrame, *,
+                     top_n: int, bought: pd.DataFrame | None = None, config: RerankConfig | None = None,
+                     variants: Mapping[str, Mapping[str, Any]] | Sequence[Variant] | None = None,
+                     variant_salt: str = "rerank-ab", rules: pd.DataFrame | None = None,
+                     item_embeddings: ItemEmbeddings | None = None, as_of: datetime | None = None
+                     ) -> tuple[pd.DataFrame, np.ndarray]:
+    """The last resort after recall: each of ``users`` without a row in ``lists`` gets the most popular items
+    it may still be shown (the same rules, purchases and re-rank as :func:`finalize_lists`, source
+    ``popularity``). Returns (``lists`` with those users' lists added, the users left without any: nothing
+    available is neither bought by them nor excluded by a rule, so an empty list is the right answer).
+
+    A heavy buyer can exhaust every candidate recall proposed while other items are still eligible; without
+    this, such a user got no list and the output gate's ``empty_lists`` check refused the whole run.
+    """
+    missing = np.setdiff1d(np.asarray(users, dtype="int64"), lists["user_id"].to_numpy(dtype="int64"))
+    if len(missing) == 0:
+        return lists, missing
+    info = _item_info(item_feats)
+    ok = np.ones(len(info), dtype=bool)
+    for flag in ("in_stock", "visible"):
+        if flag in info:
+            ok &= info[flag].fillna(False).astype(bool).to_numpy()
+    pool = info.loc[ok]
+    order = [c for c in ("activity", "trend") if c in pool]
+    pool = pool.sort_values([*order, "item_id"], ascending=[False] * len(order) + [True], kind="stable")
+    # enough items that exclusions cannot empty it: whatever one user bought plus what rules exclude
+    n_bought = 0
+    if bought is not None and len(bought):
+        n_bought = int(bought[bought["user_id"].isin(missing)].groupby("user_id")["item_id"].nunique().max())
+    _, excluded = rule_effects(info, rules)
+    pool = pool.head(top_n + n_bought + len(excluded))
+    if pool.empty:
+        return lists, missing
+    # p_recall falls with the popularity rank, as the recall's own popularity source scores
+    p = 1.0 / (1.0 + np.arange(len(pool)))
+    cand = pd.DataFrame({"user_id": np.repeat(missing, len(pool)),
+                         "item_id": np.tile(pool["item_id"].to_numpy(dtype="int64"), len(missing)),
+                         "source": "popularity", "p_recall": np.tile(p, len(missing)),
+                         "anchor_item_id": pd.array([pd.NA] * (len(missing) * len(pool)), dtype="Int64")})
+    mine = bought[bought["user_id"].isin(missing)] if bought is not None else None
+    extra = finalize_lists(cand, item_feats, top_n=top_n, bought=mine, config=config, variants=variants,
+                           variant_salt=variant_salt, rules=rules, item_embeddings=item_embeddings, as_of=as_of)
+    out = pd.concat([lists, extra], ignore_index=True) if len(lists) else extra
+    out = out.sort_values(["user_id", "rank"], kind="stable").reset_index(drop=True)
+    return _typed(out[OUTPUT_COLUMNS]), np.setdiff1d(missing, extra["user_id"].to_numpy(dtype="int64"))
 
 
 def _reasons(df: pd.DataFrame, info: pd.DataFrame, bought: pd.DataFrame | None) -> list[str]:

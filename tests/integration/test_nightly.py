@@ -154,6 +154,32 @@ def test_read_view_hides_items_gone_out_of_stock_and_bought(shop: str, rerank_en
     assert len(mine) == 18
 
 
+def test_a_user_who_bought_nearly_everything_gets_what_is_left_and_one_who_bought_all_blocks_nothing(
+        shop: str, rerank_env: dict[str, str]) -> None:
+    """A heavy buyer can exhaust every candidate recall proposes: the lists fill from the popular items still
+    eligible. A user who bought every item has nothing to be shown; the gate used to count that empty list
+    and refuse the whole run, leaving every user's lists stale."""
+    with connect(shop) as conn, conn.cursor() as cur:
+        cur.execute("SELECT user_id FROM shop.users WHERE created_at < %s ORDER BY user_id LIMIT 2",
+                    (AS_OF - pd.Timedelta(days=2),))
+        all_buyer, most_buyer = (r[0] for r in cur.fetchall())
+        cur.execute("SELECT item_id FROM shop.items WHERE in_stock AND visible AND created_at < %s "
+                    "ORDER BY item_id DESC LIMIT 5", (AS_OF - pd.Timedelta(days=2),))
+        left = sorted(r[0] for r in cur.fetchall())
+        for uid, skip in ((all_buyer, []), (most_buyer, left)):
+            cur.execute("INSERT INTO shop.events (event_id, user_id, item_id, event_type, quantity, ts) "
+                        "SELECT (SELECT max(event_id) FROM shop.events) + row_number() OVER (ORDER BY item_id), "
+                        "%s, item_id, 'purchase', 1, %s FROM shop.items WHERE NOT item_id = ANY(%s)",
+                        (uid, AS_OF - pd.Timedelta(days=1), skip))
+    res = run_nightly(_settings(rerank_env), as_of=AS_OF)
+    lists = _lists(shop)
+    assert all_buyer not in set(lists["user_id"])
+    assert sorted(lists.loc[lists["user_id"] == most_buyer, "item_id"]) == left
+    assert res["score_users"]["exhausted_users"] == 1
+    assert res["quality_gate"]["exhausted_users"] == 1 and res["quality_gate"]["empty_lists"] == 0
+    assert lists["user_id"].nunique() == res["quality_gate"]["users"] - 1
+
+
 def test_stage_figures_are_recorded_in_runs(shop: str, rerank_env: dict[str, str]) -> None:
     res = run_nightly(_settings(rerank_env), as_of=AS_OF)
     with connect(shop) as conn, conn.cursor() as cur:

@@ -47,6 +47,18 @@ def test_empty_lists() -> None:
     check_output(_recs(), users=pd.Series([1, 2, 3, 4, 5]), items=_items(), thresholds={"max_empty_lists": 1})
 
 
+def test_exhausted_users_are_reported_not_counted_as_empty() -> None:
+    """A user with nothing eligible left (bought every available item) has an empty list by right: it must
+    not refuse everyone's run. Any other user without a list still fails the check."""
+    users = pd.Series([1, 2, 3, 4, 5])
+    fig = check_output(_recs(), users=users, items=_items(), exhausted=pd.Series([5]))
+    assert fig["empty_lists"] == 0 and fig["exhausted_users"] == 1
+    err = _fails(_recs(), "empty_lists", users=pd.Series([1, 2, 3, 4, 5, 6]), exhausted=pd.Series([5]))
+    assert err.figures["empty_lists"] == 1 and err.figures["exhausted_users"] == 1
+    # a listed user named exhausted is not counted twice
+    assert check_output(_recs(), users=USERS, items=_items(), exhausted=pd.Series([1]))["exhausted_users"] == 0
+
+
 def test_duplicate_items() -> None:
     r = _recs()
     r.loc[1, "item_id"] = r.loc[0, "item_id"]

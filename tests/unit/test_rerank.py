@@ -9,7 +9,16 @@ import pandas as pd
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.rerank import RerankConfig, Variant, assign_variants, finalize_lists, fuse, mmr_select, parse_variants
+from pipeline.rerank import (
+    RerankConfig,
+    Variant,
+    assign_variants,
+    fill_empty_lists,
+    finalize_lists,
+    fuse,
+    mmr_select,
+    parse_variants,
+)
 from pipeline.rerank.diversity import explore_positions
 from pipeline.rerank.rules import apply_rules, purchase_exclusions, window_days
 
@@ -113,6 +122,31 @@ def test_purchases_excluded_unless_repurchase_window_passed() -> None:
     # Without timestamps every purchase excludes.
     no_ts = bought.drop(columns="ts")
     assert _ids(finalize_lists(_cand(items), items, top_n=4, config=cfg, bought=no_ts, as_of=AS_OF)) == []
+
+
+def test_users_whose_candidates_are_all_bought_get_the_popular_items_they_may_still_see() -> None:
+    """User 1 bought every item recall proposed (1-3): the fill gives the popular eligible items instead,
+    skipping items that are unavailable, excluded by a rule or bought. User 2 bought every available item:
+    no list, and named exhausted. User 3's own list is untouched."""
+    items = _items(8, activity=[9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0],
+                   in_stock=[True] * 4 + [False] + [True] * 3)
+    rules = _rules((1, "exclude", 6, None, None, 1.0))
+    bought = pd.DataFrame({"user_id": [1, 1, 1] + [2] * 6, "item_id": [1, 2, 3, 1, 2, 3, 4, 7, 8],
+                           "ts": OLD})
+    cand = pd.concat([_cand(items.head(3), users=(1,)), _cand(items.head(4), users=(3,))], ignore_index=True)
+    opts = {"top_n": 3, "config": PLAIN, "bought": bought, "rules": rules, "as_of": AS_OF}
+    lists = finalize_lists(cand, items, **opts)
+    assert _ids(lists, 1) == [] and _ids(lists, 3) == [1, 2, 3]
+    out, exhausted = fill_empty_lists(lists, [1, 2, 3], items, **opts)
+    # 5 is out of stock, 6 excluded; by activity: 4, then 7, then 8
+    assert _ids(out, 1) == [4, 7, 8]
+    assert set(out.loc[out["user_id"] == 1, "reason"]) == {"popular right now"}
+    assert _ids(out, 2) == [] and exhausted.tolist() == [2]
+    pd.testing.assert_frame_equal(out[out["user_id"] == 3].reset_index(drop=True),
+                                  lists[lists["user_id"] == 3].reset_index(drop=True))
+    # nobody missing: nothing to do
+    same, none = fill_empty_lists(out, [1, 3], items, **opts)
+    assert same is out and len(none) == 0
 
 
 # -- diversity ---------------------------------------------------------------------------------------------
