@@ -2,6 +2,7 @@
 
     python benchmarks/probe_ml100k.py trend|fusion|ease-weights|demographic|sequence [--split inner] [--cache DIR]
     python benchmarks/probe_ml100k.py kfold [--cache DIR] [--extras slim,hoease,...] [--no-weight-grid]
+    python benchmarks/probe_ml100k.py product --params JSON [--seeds 101,102]
 
 Each probe prints nDCG@10 of a signal alone and added to the Makefile's mix (``ML100K_PIPELINE``: bagged ALS,
 EASE on ratings with l2 6000, user-kNN at 1 / 1 / 0.5, merged as :mod:`tune_ml100k` emulates ``MergedRecall``).
@@ -37,6 +38,20 @@ filter plus an ideal low-pass of rank k), 41 settings x 3 weights. Alone 0.18-0.
 +0.0024 (alpha 8, k 32, ratings, at 0.5) and +0.0028 (alpha 2, k 64, ratings, at 1), 5/5 folds each: the
 RecVAE tier (+0.0015-0.0021, which lost 0.0013 on test) and the best of 123 cells, short of the +0.003 bar.
 Not read on test; not in the mix.
+
+Fifth round (2026-11-26): a learned stacker over the three sources. Trained on ``kfold``'s out-of-fold
+candidates (gradient-boosted trees over each source's scaled score, rank and z-score, item popularity and mean
+rating, user activity and mean rating) and judged by nested CV on the same folds, it scored +0.0041..+0.0065,
+5/5 folds. Built into ``pipeline`` (a trees head trained on out-of-fold recall: the recall refitted on 5
+user-stratified folds of train, the head applied to the recall fitted on all of it) and judged with ``product``,
+it lost: -0.0059 / -0.0008 on ``kfold`` folds 0 / 1, -0.0083 / -0.0017 on msr-stratified splits 101 / 102;
+smaller trees +0.0009..+0.0014, the listwise MLP head on the same data -0.0001. The nested CV had trained and
+judged the stacker on sources fitted on the same share of data, and ``kfold``'s item-stratified folds give
+each item the same share of held-out rows in every fold: an item's mean rating and popularity identify it,
+so the trees learned per-item held-out rates that transfer exactly between such folds (without the mean
+ratings the probe's gain fell to +0.0022). Lesson: a candidate change is judged by ``product``, the real
+model on splits drawn as the test split is; ``kfold`` remains valid for adding a source to the fixed mix.
+Not read on test; the code was not kept.
 """
 
 from __future__ import annotations
@@ -346,20 +361,65 @@ def probe_kfold(data: str, cache: Path, folds: int = 5, extras: tuple[str, ...] 
             print(f"als {wa}, ease 1, user-knn {wu}: mean {v.mean():.4f} ({v.mean() - b.mean():+.4f})")
 
 
+def probe_product(data: str, params: dict, seeds: tuple[int, ...]) -> None:
+    """The ``pipeline`` model itself with ``params`` (over ``make eval``'s ml-100k parameters) against those
+    parameters alone, each fitted on an msr-stratified 75 % of the outer train (split seed in ``seeds``) and
+    scored on the rest: splits drawn like the test split, and the real fit, not an emulation of it."""
+    import time
+
+    import pipeline.rerank.evaluate  # noqa: F401  (registers ``pipeline``)
+    from pipeline.evaluate.models import get_model
+    from pipeline.evaluate.protocols import msr_stratified_split
+
+    base = make_params()
+    outer_train = T.load(data)["outer"][0]
+    res = []
+    for seed in seeds:
+        tr, te = msr_stratified_split(outer_train, 0.75, seed)
+        prob = T.Problem(tr, te)
+        b = prob.ndcg(get_model("pipeline", **base).fit(tr).score(prob.users))
+        t0 = time.perf_counter()
+        m = get_model("pipeline", **{**base, **params}).fit(tr)
+        v = prob.ndcg(m.score(prob.users))
+        res.append((v, b))
+        print(f"split seed {seed}: {v:.4f} against {b:.4f} ({v - b:+.4f}), {time.perf_counter() - t0:.0f} s",
+              flush=True)
+    r = np.array(res)
+    d = r[:, 0] - r[:, 1]
+    print(f"{params}: mean {r[:, 0].mean():.4f} against {r[:, 1].mean():.4f} ({d.mean():+.4f}), per split "
+          f"{np.round(d, 4).tolist()}, better in {int((d > 0).sum())}/{len(d)}")
+
+
+def make_params() -> dict:
+    """``make eval``'s ml-100k ``pipeline`` parameters, read from the Makefile's ML100K_PIPELINE."""
+    import json
+
+    text = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("ML100K_PIPELINE :="))
+    return json.loads(line.split(":=", 1)[1])["pipeline"]
+
+
 PROBES = {"trend": probe_trend, "fusion": probe_fusion, "ease-weights": probe_ease_weights,
           "demographic": probe_demographic, "sequence": probe_sequence}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("probe", choices=sorted([*PROBES, "kfold", "gfcf"]))
+    ap.add_argument("probe", choices=sorted([*PROBES, "kfold", "gfcf", "product"]))
     ap.add_argument("--split", default="inner", choices=("inner", "inner2", "outer"))
     ap.add_argument("--data", default=str(Path(os.environ.get("RERANK_SHARED_DATA", "../shared/data")) / "ml-100k"))
     ap.add_argument("--cache", type=Path, default=Path("/tmp/ml2_cache"))
     ap.add_argument("--extras", default=",".join(KFOLD_EXTRAS),
                     help=f"kfold: comma list of extra sources to judge, of {','.join([*KFOLD_SOURCES, *KFOLD_BAGS])}")
     ap.add_argument("--no-weight-grid", action="store_true", help="kfold: skip the base weights' grid")
+    ap.add_argument("--params", default="{}", help="product: JSON of pipeline parameters to judge")
+    ap.add_argument("--seeds", default="101,102", help="product: msr-stratified split seeds")
     a = ap.parse_args()
+    if a.probe == "product":
+        import json
+
+        probe_product(a.data, json.loads(a.params), tuple(int(x) for x in a.seeds.split(",")))
+        return
     if a.probe == "gfcf":
         probe_gfcf(a.data, a.cache)
         return
