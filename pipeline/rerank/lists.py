@@ -177,11 +177,13 @@ def fill_empty_lists(lists: pd.DataFrame, users: Sequence[int] | np.ndarray, ite
                      ) -> tuple[pd.DataFrame, np.ndarray]:
     """The last resort after recall: each of ``users`` without a row in ``lists`` gets the most popular items
     it may still be shown (the same rules, purchases and re-rank as :func:`finalize_lists`, source
-    ``popularity``). Returns (``lists`` with those users' lists added, the users left without any: nothing
-    available is neither bought by them nor excluded by a rule, so an empty list is the right answer).
+    ``popularity``). Returns (``lists`` with those users' lists added, the users left without one because
+    they bought every item that may be shown: for them an empty list is the right answer).
 
     A heavy buyer can exhaust every candidate recall proposed while other items are still eligible; without
-    this, such a user got no list and the output gate's ``empty_lists`` check refused the whole run.
+    this, such a user got no list and the output gate's ``empty_lists`` check refused the whole run. When
+    nothing may be shown to anyone (the catalogue out of stock, a rule excluding it all) no user is named:
+    their empty lists are the shop's problem, which the gate must still refuse.
     """
     missing = np.setdiff1d(np.asarray(users, dtype="int64"), lists["user_id"].to_numpy(dtype="int64"))
     if len(missing) == 0:
@@ -199,9 +201,9 @@ def fill_empty_lists(lists: pd.DataFrame, users: Sequence[int] | np.ndarray, ite
     if bought is not None and len(bought):
         n_bought = int(bought[bought["user_id"].isin(missing)].groupby("user_id")["item_id"].nunique().max())
     _, excluded = rule_effects(info, rules)
+    if not (~pool["item_id"].isin(excluded)).any():
+        return lists, np.zeros(0, dtype="int64")
     pool = pool.head(top_n + n_bought + len(excluded))
-    if pool.empty:
-        return lists, missing
     # p_recall falls with the popularity rank, as the recall's own popularity source scores
     p = 1.0 / (1.0 + np.arange(len(pool)))
     cand = pd.DataFrame({"user_id": np.repeat(missing, len(pool)),

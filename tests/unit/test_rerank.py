@@ -147,6 +147,10 @@ def test_users_whose_candidates_are_all_bought_get_the_popular_items_they_may_st
     # nobody missing: nothing to do
     same, none = fill_empty_lists(out, [1, 3], items, **opts)
     assert same is out and len(none) == 0
+    # nothing may be shown to anyone (out of stock, or a rule excluding the rest): empty, but nobody exhausted
+    dark = items.assign(in_stock=items["item_id"] == 6)
+    out, exhausted = fill_empty_lists(lists.iloc[:0], [1, 2], dark, **opts)
+    assert out.empty and len(exhausted) == 0
 
 
 # -- diversity ---------------------------------------------------------------------------------------------
