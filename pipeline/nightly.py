@@ -86,7 +86,7 @@ def begin(url: str, home: str, as_of: datetime, *, dag: str = "rerank_nightly", 
     require_schema(url)
     run_id = runs.start_run(url, dag=dag, as_of=as_of, params=params)
     shutil.rmtree(_dir(home, run_id) / "stages", ignore_errors=True)  # a re-run starts its figures afresh
-    (_dir(home, run_id) / "params.json").write_text(json.dumps(params or {}, default=str, sort_keys=True))
+    write_text(_dir(home, run_id) / "params.json", json.dumps(params or {}, default=str, sort_keys=True))
     return run_id
 
 
@@ -192,7 +192,7 @@ def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime, tolerance: 
     row = champion(url)
     chosen = {"model_version": row["model_version"], "artifact_uri": row["artifact_uri"]} if row else {
         "model_version": "recall-only", "artifact_uri": None}
-    (_dir(home, run_id) / "model.json").write_text(json.dumps(chosen))
+    write_text(_dir(home, run_id) / "model.json", json.dumps(chosen))
     return {**out, "scoring_model": chosen["model_version"]}
 
 
@@ -332,7 +332,7 @@ def report(url: str, home: str, run_id: str) -> dict:
     stats = runs.run_stats(url, run_id)
     out = Path(home).expanduser().resolve() / "reports" / run_id
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps(stats, indent=2, default=str))
+    write_text(out / "run.json", json.dumps(stats, indent=2, default=str))
     return {"report": str(out / "run.json")}
 
 

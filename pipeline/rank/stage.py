@@ -21,6 +21,7 @@ import pandas as pd
 
 from pipeline import runs
 from pipeline.errors import ModelError
+from pipeline.files import write_text
 from pipeline.rank.data import Window, build_window, daily_windows, recall_candidate_fn
 from pipeline.rank.features import item_stats_at, load_item_embeddings
 from pipeline.rank.model import RankerConfig, RankerModel
@@ -110,7 +111,7 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
     if not retrain:
         res = {"model_version": champ["model_version"] if champ else "recall-only", "trained": False,
                "reason": "retrain not requested; the champion keeps scoring"}
-        out_file.write_text(json.dumps(res))
+        write_text(out_file, json.dumps(res))
         return res
     from pipeline.settings import get_settings
 
@@ -130,7 +131,7 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
     if not windows:
         res = {"model_version": champ["model_version"] if champ else "recall-only", "trained": False,
                "reason": "no labelled training window (too few days of click/cart/purchase events)"}
-        out_file.write_text(json.dumps(res))
+        write_text(out_file, json.dumps(res))
         return res
     data_s = time.perf_counter() - t0
     model = RankerModel(cfg).fit(windows, items, emb=emb, device=device)
@@ -156,7 +157,7 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
     reg = register_candidate(url, version, str(artifact), metrics, run_id=run_id)
     res = {"model_version": version, "trained": True, "status": reg["status"], "artifact_uri": str(artifact),
            "recall": recall, **metrics, "train_seconds": round(train_s, 3)}
-    out_file.write_text(json.dumps(res, default=str))
+    write_text(out_file, json.dumps(res, default=str))
     return res
 
 
