@@ -292,7 +292,9 @@ def main() -> None:
                   f"scoring model {gate.get('scoring_model')}")
             if tr.get("trained"):
                 print(f"  ranker's own holdout {tr.get('holdout')}: nDCG@10 {tr.get('ndcg@10'):.4f} vs recall-only "
-                      f"{tr.get('recall_only_ndcg@10'):.4f}; {tr.get('windows')} windows, {tr.get('epochs')} "
+                      f"{tr.get('recall_only_ndcg@10'):.4f}; on items new to the user {tr.get('ndcg@10_new'):.4f} "
+                      f"vs {tr.get('recall_only_ndcg@10_new'):.4f} ({tr.get('holdout_users_new')} of "
+                      f"{tr.get('holdout_users')} users); {tr.get('windows')} windows, {tr.get('epochs')} "
                       f"epochs; gate: {gate.get('reason')}")
             elif retrain:
                 print(f"  no model trained: {tr.get('reason')}")

@@ -345,17 +345,19 @@ def publish_rollback() -> None:
 
 @models_app.command("list")
 def models_list() -> None:
-    """Every registered ranker with its status and validation nDCG@10."""
+    """Every registered ranker with its status and holdout nDCG@10: on every intent (what the gate judges)
+    and on items new to the user (models registered before this figure existed show none)."""
     from pipeline.rank.registry import list_models
 
     rows = list_models(_url())
     table = Table(title="recsys.models")
-    for c in ["model_version", "status", "trained_at", "ndcg@10", "run_id"]:
+    for c in ["model_version", "status", "trained_at", "ndcg@10", "ndcg@10 new items", "run_id"]:
         table.add_column(c)
     for r in rows:
-        ndcg = (r.get("metrics") or {}).get("ndcg@10")
-        table.add_row(str(r["model_version"]), str(r["status"]), str(r["trained_at"])[:19],
-                      "" if ndcg is None else f"{ndcg:.4f}", str(r.get("run_id") or ""))
+        m = r.get("metrics") or {}
+        shown = ["" if m.get(key) is None else f"{m[key]:.4f}" for key in ("ndcg@10", "ndcg@10_new")]
+        table.add_row(str(r["model_version"]), str(r["status"]), str(r["trained_at"])[:19], *shown,
+                      str(r.get("run_id") or ""))
     out.print(table)
 
 

@@ -59,24 +59,43 @@ def holdout_metrics(model: RankerModel | None, win: Window, items: pd.DataFrame,
     """nDCG@k / HR@k of the fused lists (P_recall * P_rank) on a holdout window; ``model=None``: recall only.
 
     Every labelled user counts; positives that recall missed count as misses (both models share them).
+    ``*_new``: the same on discovery alone, the labels on items the user had no event with before the
+    cut-off, against the lists without those items (users with such a label): the gate judges every
+    intent, and a model can win there by re-finding seen items while ordering new ones worse.
     """
-    from pipeline.evaluate.metrics import ranking_metrics
-
     cand = win.candidates
     if not len(cand) or not len(win.labels):
-        return {f"ndcg@{k}": 0.0, f"hr@{k}": 0.0, "users": 0}
+        return {f"ndcg@{k}": 0.0, f"hr@{k}": 0.0, "users": 0, f"ndcg@{k}_new": 0.0, f"hr@{k}_new": 0.0,
+                "users_new": 0}
     cfg = config or (model.config if model is not None else RankerConfig())
     p_rank = np.ones(len(cand)) if model is None else model.score(
         cand, win.history, item_feats_at(items, win.history, win.cutoff, cfg), win.cutoff, emb=emb)
     recs = pd.DataFrame({"user_id": cand["user_id"].to_numpy(), "item_id": cand["item_id"].to_numpy(),
                          "score": cand["p_recall"].to_numpy(dtype=np.float64) * p_rank})
+    out = _list_metrics(recs, win.labels, k)
+    seen = _pairs(win.history[win.history["item_id"].notna()])
+    new = _list_metrics(recs[~_pairs(recs).isin(seen)], win.labels[~_pairs(win.labels).isin(seen)], k)
+    return {**out, f"ndcg@{k}_new": new[f"ndcg@{k}"], f"hr@{k}_new": new[f"hr@{k}"], "users_new": new["users"]}
+
+
+def _pairs(df: pd.DataFrame) -> pd.MultiIndex:
+    return pd.MultiIndex.from_arrays([df["user_id"].to_numpy(dtype=np.int64), df["item_id"].to_numpy(dtype=np.int64)])
+
+
+def _list_metrics(recs: pd.DataFrame, labels: pd.DataFrame, k: int) -> dict[str, float]:
+    """nDCG@k / HR@k of ``recs`` (user_id, item_id, score) against ``labels``, over every labelled user."""
+    from pipeline.evaluate.metrics import ranking_metrics
+
+    n_users = labels["user_id"].nunique()
+    recs = recs[recs["user_id"].isin(labels["user_id"])]
+    if not n_users or recs.empty:
+        return {f"ndcg@{k}": 0.0, f"hr@{k}": 0.0, "users": int(n_users)}
     recs = recs.sort_values(["user_id", "score", "item_id"], ascending=[True, False, True], kind="stable")
-    recs["rank"] = recs.groupby("user_id").cumcount() + 1
+    recs = recs.assign(rank=recs.groupby("user_id").cumcount() + 1)
     # Users without any candidate still count (nDCG 0): add them with an empty list by averaging by hand.
-    m = ranking_metrics(win.labels[["user_id", "item_id"]], recs, k)
-    share = recs["user_id"].nunique() / max(win.labels["user_id"].nunique(), 1)
-    return {f"ndcg@{k}": float(m["ndcg"]) * share, f"hr@{k}": float(m["hr"]) * share,
-            "users": int(win.labels["user_id"].nunique())}
+    m = ranking_metrics(labels[["user_id", "item_id"]], recs, k)
+    share = recs["user_id"].nunique() / n_users
+    return {f"ndcg@{k}": float(m["ndcg"]) * share, f"hr@{k}": float(m["hr"]) * share, "users": int(n_users)}
 
 
 def _recall_params(n_candidates: int | None = None) -> dict:
@@ -151,6 +170,8 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
     model.save(artifact)
     metrics = {f"ndcg@{GATE_K}": cand_m[f"ndcg@{GATE_K}"], f"hr@{GATE_K}": cand_m[f"hr@{GATE_K}"],
                f"recall_only_ndcg@{GATE_K}": base_m[f"ndcg@{GATE_K}"], "holdout_users": cand_m["users"],
+               f"ndcg@{GATE_K}_new": cand_m[f"ndcg@{GATE_K}_new"],
+               f"recall_only_ndcg@{GATE_K}_new": base_m[f"ndcg@{GATE_K}_new"], "holdout_users_new": cand_m["users_new"],
                "holdout": [hold.cutoff.isoformat(), hold.end.isoformat()], "config_digest": model.config_digest,
                "epochs": model.metrics["epochs"], "device": model.metrics["device"],
                "train_groups": model.metrics["train_groups"], "windows": len(windows)}

@@ -28,6 +28,9 @@ def test_train_gate_promote_and_score(snapshot: Path, rerank_env: dict[str, str]
     res = train_ranker(url, home, RUN, AS_OF, device="cpu", n_windows=3, config=CFG, n_candidates=40)
     assert res["trained"] and res["status"] == "candidate"
     assert res["holdout_users"] > 0 and 0 <= res["ndcg@10"] <= 1
+    # discovery apart: fewer users (some click only items they had seen), its own figure for both models
+    assert 0 < res["holdout_users_new"] < res["holdout_users"]
+    assert 0 <= res["ndcg@10_new"] <= 1 and 0 <= res["recall_only_ndcg@10_new"] <= 1
     assert (Path(res["artifact_uri"]) / "model.safetensors").exists()
     gate = evaluate_gate(url, home, RUN, AS_OF)
     assert gate["promoted"] and "first model" in gate["reason"]
@@ -35,6 +38,14 @@ def test_train_gate_promote_and_score(snapshot: Path, rerank_env: dict[str, str]
     rows = registry.list_models(url)
     assert [(r["model_version"], r["status"]) for r in rows] == [(res["model_version"], "champion")]
     assert rows[0]["metrics"]["gate_passed"] is True
+    assert rows[0]["metrics"]["ndcg@10_new"] == res["ndcg@10_new"]
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    shown = CliRunner().invoke(app, ["models", "list"], env={"RERANK_DATABASE_URL": url, "COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "new items" in shown.output and f"{res['ndcg@10_new']:.4f}" in shown.output
     # The lead's shard function: load once, score raw candidate frames.
     model = load_champion(url)
     assert model is not None and model.version == res["model_version"]

@@ -205,3 +205,25 @@ def test_fit_rejects_empty_windows() -> None:
     w = build_window(events.iloc[:0], AS_OF - timedelta(days=1), AS_OF, _fn(items))
     with pytest.raises(ModelError, match="no labelled"):
         RankerModel(TINY).fit([w], items)
+
+
+def test_holdout_metrics_report_discovery_apart_from_every_intent() -> None:
+    """User 1 clicks a seen item (10, ranked first) and a new one (20, third; second once 10 is set aside);
+    user 2 a new item at rank 2; user 3 only a seen item, so it counts in the whole figure, not in ``_new``."""
+    from pipeline.rank.data import Window
+    from pipeline.rank.stage import holdout_metrics
+
+    cut = datetime(2026, 11, 20, tzinfo=UTC)
+    hist = pd.DataFrame({"user_id": [1, 3], "item_id": pd.array([10, 60], dtype="Int64"), "event_type": "view",
+                         "ts": cut - timedelta(days=1)})
+    labels = pd.DataFrame({"user_id": [1, 1, 2, 3], "item_id": [10, 20, 30, 60], "weight": 1.0})
+    cand = pd.DataFrame({"user_id": [1, 1, 1, 2, 2, 3, 3], "item_id": [10, 40, 20, 50, 30, 60, 70],
+                         "p_recall": [0.9, 0.6, 0.5, 0.8, 0.2, 0.7, 0.1]})
+    win = Window(cutoff=cut, end=cut + timedelta(days=1), labels=labels, touched=labels[["user_id", "item_id"]],
+                 candidates=cand, history=hist)
+    m = holdout_metrics(None, win, pd.DataFrame({"item_id": [10, 20, 30, 40, 50, 60, 70]}))
+    at2, at3 = 1 / np.log2(3), 1 / np.log2(4)
+    assert m["users"] == 3 and m["users_new"] == 2
+    assert m["ndcg@10"] == pytest.approx(((1 + at3) / (1 + at2) + at2 + 1.0) / 3)
+    assert m["ndcg@10_new"] == pytest.approx(at2)
+    assert m["hr@10"] == pytest.approx(1.0) and m["hr@10_new"] == pytest.approx(1.0)
