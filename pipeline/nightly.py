@@ -205,7 +205,13 @@ def _score_shard(users: np.ndarray, snap: str, as_of: datetime, top_n: int, n_ca
     from pipeline.extract import read_events
     from pipeline.recall.candidates import RecallConfig
     from pipeline.recall.stage import candidates_for_users
-    from pipeline.rerank import RerankConfig, fill_empty_lists, finalize_lists, load_item_embeddings
+    from pipeline.rerank import (
+        RerankConfig,
+        caps_every_seen_item,
+        fill_empty_lists,
+        finalize_lists,
+        load_item_embeddings,
+    )
 
     snap_p = Path(snap)
     events = read_events(snap_p, filters=[("user_id", "in", users.tolist())])
@@ -226,8 +232,11 @@ def _score_shard(users: np.ndarray, snap: str, as_of: datetime, top_n: int, n_ca
         cand["p_rank"] = 1.0
     bought = events.loc[events["event_type"] == "purchase", ["user_id", "item_id", "ts"]].dropna(subset=["item_id"])
     bought["item_id"] = bought["item_id"].astype("int64")
+    seen = events.loc[events["item_id"].notna(), ["user_id", "item_id"]].drop_duplicates() \
+        if caps_every_seen_item(rerank, variants) else None
     opts = {"top_n": top_n, "bought": bought, "config": RerankConfig(**(rerank or {})), "variants": variants or None,
-            "variant_salt": salt, "rules": rules, "item_embeddings": load_item_embeddings(snap_p), "as_of": as_of}
+            "variant_salt": salt, "rules": rules, "item_embeddings": load_item_embeddings(snap_p), "as_of": as_of,
+            "seen": seen}
     return fill_empty_lists(finalize_lists(cand, feats, **opts), users, feats, **opts)
 
 

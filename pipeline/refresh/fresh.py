@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.recall.candidates import SOURCES, ItemTables, RecallConfig, generate_candidates, item_tables
-from pipeline.rerank import RerankConfig, fill_empty_lists, finalize_lists
+from pipeline.rerank import RerankConfig, caps_every_seen_item, fill_empty_lists, finalize_lists
 from pipeline.rerank.rules import purchase_exclusions
 
 #: Priors of the fresh sources, on the scale of ``candidates.SOURCE_PRIOR`` (retarget 1.0, item-cf 0.8,
@@ -302,7 +302,9 @@ def build_lists(users: np.ndarray, history: pd.DataFrame, batch_ids: np.ndarray,
                       if p_rank is not None and len(cand) else 1.0)
     final = [c for c in _FINAL_COLUMNS if c in cand.columns]  # the re-rank reads these; less to copy per step
     opts = {"top_n": cfg.top_n, "bought": bought, "config": rerank, "variants": variants or None,
-            "variant_salt": variant_salt, "rules": rules, "as_of": now}
+            "variant_salt": variant_salt, "rules": rules, "as_of": now, "seen": None}
+    if caps_every_seen_item(rerank, variants):
+        opts["seen"] = ev[["user_id", "item_id"]].drop_duplicates()
     lists, _ = fill_empty_lists(finalize_lists(cand[final], tables.item_feats, **opts), users, tables.item_feats,
                                 **opts)
     hints = cand[["user_id", "item_id"]].assign(hint=hint)

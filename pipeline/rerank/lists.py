@@ -97,7 +97,7 @@ def _new_items(info: pd.DataFrame, cfg: RerankConfig, as_of: datetime | None, li
 
 def _one_variant(cand: pd.DataFrame, info: pd.DataFrame, cfg: RerankConfig, *, top_n: int,
                  bought: pd.DataFrame | None, rules: pd.DataFrame | None, embeddings: ItemEmbeddings | None,
-                 as_of: datetime | None, salt: str) -> pd.DataFrame:
+                 as_of: datetime | None, salt: str, seen: pd.DataFrame | None = None) -> pd.DataFrame:
     c = apply_rules(cand, info, rules=rules, purchases=bought, as_of=as_of, repurchase_days=cfg.repurchase_days)
     p_rank = c["p_rank"] if "p_rank" in c else pd.Series(1.0, index=c.index)
     c = c.assign(score=fuse(c["p_recall"].astype("float64"), p_rank.astype("float64"), cfg.fusion, cfg.alpha)
@@ -113,6 +113,8 @@ def _one_variant(cand: pd.DataFrame, info: pd.DataFrame, cfg: RerankConfig, *, t
         # proposed by retarget at all, not only as the strongest source (the merge keeps its score per row)
         c["retarget"] = (c["score_retarget"].fillna(0.0).gt(0).to_numpy() if "score_retarget" in c
                          else c["source"].eq("retarget").to_numpy())
+        if cfg.retarget_cap_scope == "seen" and seen is not None and len(seen):
+            c["retarget"] = c["retarget"].to_numpy() | _pairs(c).isin(_pairs(seen))
     lists = mmr_select(c, top_n=top_n, mmr_lambda=cfg.mmr_lambda, max_category_share=cfg.max_category_share,
                        max_brand_share=cfg.max_brand_share, embeddings=use_emb,
                        max_retarget_share=cfg.max_retarget_share)
@@ -133,14 +135,16 @@ def finalize_lists(cand: pd.DataFrame, item_feats: pd.DataFrame, *, top_n: int, 
                    config: RerankConfig | None = None,
                    variants: Mapping[str, Mapping[str, Any]] | Sequence[Variant] | None = None,
                    variant_salt: str = "rerank-ab", rules: pd.DataFrame | None = None,
-                   item_embeddings: ItemEmbeddings | None = None, as_of: datetime | None = None) -> pd.DataFrame:
+                   item_embeddings: ItemEmbeddings | None = None, as_of: datetime | None = None,
+                   seen: pd.DataFrame | None = None) -> pd.DataFrame:
     """Each user's final ``top_n`` list with reasons and A/B variant (columns :data:`OUTPUT_COLUMNS`).
 
     ``cand``: user_id, item_id, source, p_recall, anchor_item_id, optional p_rank, query and score_retarget.
     ``item_feats``: item_id and whatever of top_category, category, brand, title, in_stock, visible,
     created_at, trend/activity is known. ``bought``: the user's purchases (user_id, item_id, optional ts).
     ``max_category_share`` / ``fusion`` override ``config`` (kept for the skeleton's callers).
-    ``as_of`` enables exploration and repurchase windows; ``rules`` comes from :func:`load_rules`.
+    ``as_of`` enables exploration and repurchase windows; ``rules`` comes from :func:`load_rules`;
+    ``seen``: (user_id, item_id) pairs the users had an event with, for ``retarget_cap_scope="seen"``.
     """
     cfg = config or RerankConfig()
     legacy = {k: v for k, v in (("max_category_share", max_category_share), ("fusion", fusion)) if v is not None}
@@ -158,7 +162,7 @@ def finalize_lists(cand: pd.DataFrame, item_feats: pd.DataFrame, *, top_n: int, 
             continue
         sub = cand[cand["user_id"].isin(mine)]
         lists = _one_variant(sub, info, cfg.with_overrides(arm.overrides), top_n=top_n, bought=bought, rules=rules,
-                             embeddings=item_embeddings, as_of=as_of, salt=variant_salt)
+                             embeddings=item_embeddings, as_of=as_of, salt=variant_salt, seen=seen)
         parts.append(lists.assign(variant=arm.name))
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=OUTPUT_COLUMNS)
     if df.empty:
@@ -173,8 +177,8 @@ def fill_empty_lists(lists: pd.DataFrame, users: Sequence[int] | np.ndarray, ite
                      top_n: int, bought: pd.DataFrame | None = None, config: RerankConfig | None = None,
                      variants: Mapping[str, Mapping[str, Any]] | Sequence[Variant] | None = None,
                      variant_salt: str = "rerank-ab", rules: pd.DataFrame | None = None,
-                     item_embeddings: ItemEmbeddings | None = None, as_of: datetime | None = None
-                     ) -> tuple[pd.DataFrame, np.ndarray]:
+                     item_embeddings: ItemEmbeddings | None = None, as_of: datetime | None = None,
+                     seen: pd.DataFrame | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """The last resort after recall: each of ``users`` without a row in ``lists`` gets the most popular items
     it may still be shown (the same rules, purchases and re-rank as :func:`finalize_lists`, source
     ``popularity``). Returns (``lists`` with those users' lists added, the users left without one because
@@ -212,7 +216,8 @@ def fill_empty_lists(lists: pd.DataFrame, users: Sequence[int] | np.ndarray, ite
                          "anchor_item_id": pd.array([pd.NA] * (len(missing) * len(pool)), dtype="Int64")})
     mine = bought[bought["user_id"].isin(missing)] if bought is not None else None
     extra = finalize_lists(cand, item_feats, top_n=top_n, bought=mine, config=config, variants=variants,
-                           variant_salt=variant_salt, rules=rules, item_embeddings=item_embeddings, as_of=as_of)
+                           variant_salt=variant_salt, rules=rules, item_embeddings=item_embeddings, as_of=as_of,
+                           seen=seen)
     out = pd.concat([lists, extra], ignore_index=True) if len(lists) else extra
     out = out.sort_values(["user_id", "rank"], kind="stable").reset_index(drop=True)
     return _typed(out[OUTPUT_COLUMNS]), np.setdiff1d(missing, extra["user_id"].to_numpy(dtype="int64"))
@@ -251,6 +256,10 @@ def _reasons(df: pd.DataFrame, info: pd.DataFrame, bought: pd.DataFrame | None) 
                                     first["category"], first["query"], first["has"], strict=True):
         texts[g] = reason_text(s, t, bool(b_), c, q, bool(h))
     return texts[group].tolist()
+
+
+def _pairs(df: pd.DataFrame) -> pd.MultiIndex:
+    return pd.MultiIndex.from_arrays([df["user_id"].to_numpy(dtype="int64"), df["item_id"].to_numpy(dtype="int64")])
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:

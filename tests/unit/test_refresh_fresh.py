@@ -158,3 +158,23 @@ def test_fresh_rows_keep_the_retarget_score_of_the_same_pair() -> None:
     ex = pd.DataFrame({"user_id": [7, 7, 8, 9], "item_id": [1, 2, 3, 1]})
     assert _retarget_scores(base, ex).tolist() == [0.4, 0.0, 0.0, 0.0]
     assert _retarget_scores(base.iloc[:0], ex).tolist() == [0.0] * 4
+
+
+def test_the_seen_retarget_cap_also_holds_in_the_refresh() -> None:
+    """Items 1-4 were viewed three weeks ago, past the retarget window; item-CF proposes item 2 again. Only the
+    ``seen`` scope counts it under the cap (0.2 of the top 5: item 12, just viewed, takes the one slot)."""
+    from pipeline.rerank import RerankConfig
+
+    old = [(i, 7, it, "view", None, NOW - timedelta(days=20)) for i, it in enumerate([1, 2, 3, 4], start=1)]
+    ev = _events([*old, (10, 7, 12, "view", None, NOW)])
+    base = RerankConfig(max_retarget_share=0.2, explore_share=0.0, mmr_lambda=1.0, max_category_share=1.0)
+    cfg = FreshConfig(top_n=5, n_candidates=30)
+    recent = build_lists(np.array([7]), ev, np.array([10]), _neighbours(), _items(), NOW, cfg, rerank=base)
+    assert recent["item_id"].tolist() == [12, 11, 13, 14, 2]
+    seen = build_lists(np.array([7]), ev, np.array([10]), _neighbours(), _items(), NOW, cfg,
+                       rerank=base.with_overrides({"retarget_cap_scope": "seen"}))
+    assert seen["item_id"].tolist() == [12, 11, 13, 14, 15]
+    # an A/B arm with the scope gets the seen pairs too
+    arm = build_lists(np.array([7]), ev, np.array([10]), _neighbours(), _items(), NOW, cfg, rerank=base,
+                      variants={"seen": {"weight": 1.0, "retarget_cap_scope": "seen"}})
+    assert arm["item_id"].tolist() == [12, 11, 13, 14, 15]

@@ -13,6 +13,7 @@ from pipeline.rerank import (
     RerankConfig,
     Variant,
     assign_variants,
+    caps_every_seen_item,
     fill_empty_lists,
     finalize_lists,
     fuse,
@@ -208,6 +209,25 @@ def test_retarget_cap_moves_recently_viewed_items_down_never_out() -> None:
     assert "".join(src) == "RooooRoooo"
     with pytest.raises(ConfigError, match="max_retarget_share"):
         PLAIN.with_overrides({"max_retarget_share": 1.5})
+
+
+def test_retarget_cap_scope_seen_also_counts_items_seen_long_ago() -> None:
+    """Item 1 was proposed by retarget; items 2 and 3 were viewed long ago and came back through ALS."""
+    items = _items(6)
+    cand = _cand(items).assign(score_retarget=[0.9, 0.0, 0.0, 0.0, 0.0, 0.0],
+                               source=["retarget", "als", "als", "als", "als", "als"])
+    seen = pd.DataFrame({"user_id": [1, 1, 1, 2], "item_id": [1, 2, 3, 4]})
+    cfg = PLAIN.with_overrides({"max_retarget_share": 0.2})  # 1 of the top 5
+    assert _ids(finalize_lists(cand, items, top_n=5, config=cfg, seen=seen)) == [1, 2, 3, 4, 5]  # recent only
+    scoped = cfg.with_overrides({"retarget_cap_scope": "seen"})
+    assert _ids(finalize_lists(cand, items, top_n=5, config=scoped, seen=seen)) == [1, 4, 5, 6, 2]
+    assert _ids(finalize_lists(cand, items, top_n=5, config=scoped)) == [1, 2, 3, 4, 5]  # no pairs: as recent
+    with pytest.raises(ConfigError, match="retarget_cap_scope"):
+        PLAIN.with_overrides({"retarget_cap_scope": "all"})
+    # callers read the users' seen pairs only when the config, as an object or settings, or an arm asks
+    assert caps_every_seen_item(scoped) and caps_every_seen_item({"retarget_cap_scope": "seen"})
+    assert not caps_every_seen_item(None) and not caps_every_seen_item(cfg, {"a": {"weight": 1.0}})
+    assert caps_every_seen_item({}, {"a": {"weight": 0.5}, "b": {"weight": 0.5, "retarget_cap_scope": "seen"}})
 
 
 def test_diversity_raises_intra_list_diversity() -> None:
