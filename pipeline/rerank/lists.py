@@ -203,7 +203,8 @@ def fill_empty_lists(lists: pd.DataFrame, users: Sequence[int] | np.ndarray, ite
     # enough items that exclusions cannot empty it: whatever one user bought plus what rules exclude
     n_bought = 0
     if bought is not None and len(bought):
-        n_bought = int(bought[bought["user_id"].isin(missing)].groupby("user_id")["item_id"].nunique().max())
+        per_user = bought[bought["user_id"].isin(missing)].groupby("user_id")["item_id"].nunique()
+        n_bought = int(per_user.max()) if len(per_user) else 0
     _, excluded = rule_effects(info, rules)
     if not (~pool["item_id"].isin(excluded)).any():
         return lists, np.zeros(0, dtype="int64")

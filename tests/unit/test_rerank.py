@@ -145,6 +145,9 @@ def test_users_whose_candidates_are_all_bought_get_the_popular_items_they_may_st
     assert _ids(out, 2) == [] and exhausted.tolist() == [2]
     pd.testing.assert_frame_equal(out[out["user_id"] == 3].reset_index(drop=True),
                                   lists[lists["user_id"] == 3].reset_index(drop=True))
+    # a user with no candidates and no purchases (the only one missing): the most popular
+    fresh, none = fill_empty_lists(lists, [3, 4], items, **opts)
+    assert _ids(fresh, 4) == [1, 2, 3] and len(none) == 0
     # nobody missing: nothing to do
     same, none = fill_empty_lists(out, [1, 3], items, **opts)
     assert same is out and len(none) == 0
