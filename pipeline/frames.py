@@ -24,6 +24,11 @@ EVENT_COLUMNS = ["event_id", "user_id", "item_id", "event_type", "query", "sessi
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "search")
 
 
+def pair_index(df: pd.DataFrame) -> pd.MultiIndex:
+    """(user_id, item_id) of each row as an int64 MultiIndex, for set tests (``isin``) between frames."""
+    return pd.MultiIndex.from_arrays([df[USER_COL].to_numpy(dtype="int64"), df[ITEM_COL].to_numpy(dtype="int64")])
+
+
 @dataclass
 class ShopFrames:
     """A shop as three DataFrames with the contract's columns (attrs as JSON text or dict)."""

@@ -120,7 +120,7 @@ def check_output(recs: pd.DataFrame, *, users: pd.Series, items: pd.DataFrame,
     t = thresholds if isinstance(thresholds, GateThresholds) else GateThresholds.from_dict(thresholds)
     listed = set(recs["user_id"].unique())
     unlisted = ~users.isin(listed)
-    spent = unlisted & users.isin(exhausted) if exhausted is not None else unlisted & False
+    spent = unlisted & users.isin(exhausted if exhausted is not None else [])
     empty = int((unlisted & ~spent).sum())
     dups = int(recs.duplicated(["user_id", "item_id"]).sum())
     bad_ranks = _bad_ranks(recs)

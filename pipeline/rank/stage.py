@@ -22,6 +22,7 @@ import pandas as pd
 from pipeline import runs
 from pipeline.errors import ModelError
 from pipeline.files import write_text
+from pipeline.frames import pair_index
 from pipeline.rank.data import Window, build_window, daily_windows, recall_candidate_fn
 from pipeline.rank.features import item_stats_at, load_item_embeddings
 from pipeline.rank.model import RankerConfig, RankerModel
@@ -73,13 +74,9 @@ def holdout_metrics(model: RankerModel | None, win: Window, items: pd.DataFrame,
     recs = pd.DataFrame({"user_id": cand["user_id"].to_numpy(), "item_id": cand["item_id"].to_numpy(),
                          "score": cand["p_recall"].to_numpy(dtype=np.float64) * p_rank})
     out = _list_metrics(recs, win.labels, k)
-    seen = _pairs(win.history[win.history["item_id"].notna()])
-    new = _list_metrics(recs[~_pairs(recs).isin(seen)], win.labels[~_pairs(win.labels).isin(seen)], k)
+    seen = pair_index(win.history[win.history["item_id"].notna()])
+    new = _list_metrics(recs[~pair_index(recs).isin(seen)], win.labels[~pair_index(win.labels).isin(seen)], k)
     return {**out, f"ndcg@{k}_new": new[f"ndcg@{k}"], f"hr@{k}_new": new[f"hr@{k}"], "users_new": new["users"]}
-
-
-def _pairs(df: pd.DataFrame) -> pd.MultiIndex:
-    return pd.MultiIndex.from_arrays([df["user_id"].to_numpy(dtype=np.int64), df["item_id"].to_numpy(dtype=np.int64)])
 
 
 def _list_metrics(recs: pd.DataFrame, labels: pd.DataFrame, k: int) -> dict[str, float]:

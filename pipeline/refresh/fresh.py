@@ -26,6 +26,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from pipeline.frames import pair_index
 from pipeline.recall.candidates import SOURCES, ItemTables, RecallConfig, generate_candidates, item_tables
 from pipeline.rerank import RerankConfig, caps_every_seen_item, fill_empty_lists, finalize_lists
 from pipeline.rerank.rules import purchase_exclusions
@@ -321,7 +322,7 @@ def _retarget_scores(base: pd.DataFrame, ex: pd.DataFrame) -> np.ndarray:
     if rt.empty or ex.empty:
         return np.zeros(len(ex))
     rt = rt.groupby(["user_id", "item_id"])["score_retarget"].max()
-    key = pd.MultiIndex.from_arrays([ex["user_id"].to_numpy(dtype="int64"), ex["item_id"].to_numpy(dtype="int64")])
+    key = pair_index(ex)
     return rt.reindex(key).fillna(0.0).to_numpy(dtype="float64")
 
 

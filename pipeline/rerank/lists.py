@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.frames import pair_index
 from pipeline.rerank.config import FUSIONS, RerankConfig, Variant, assign_variants, parse_variants
 from pipeline.rerank.diversity import ItemEmbeddings, add_exploration, mmr_select
 from pipeline.rerank.rules import apply_rules, purchase_exclusions, rule_effects
@@ -114,7 +115,7 @@ def _one_variant(cand: pd.DataFrame, info: pd.DataFrame, cfg: RerankConfig, *, t
         c["retarget"] = (c["score_retarget"].fillna(0.0).gt(0).to_numpy() if "score_retarget" in c
                          else c["source"].eq("retarget").to_numpy())
         if cfg.retarget_cap_scope == "seen" and seen is not None and len(seen):
-            c["retarget"] = c["retarget"].to_numpy() | _pairs(c).isin(_pairs(seen))
+            c["retarget"] = c["retarget"].to_numpy() | pair_index(c).isin(pair_index(seen))
     lists = mmr_select(c, top_n=top_n, mmr_lambda=cfg.mmr_lambda, max_category_share=cfg.max_category_share,
                        max_brand_share=cfg.max_brand_share, embeddings=use_emb,
                        max_retarget_share=cfg.max_retarget_share)
@@ -257,10 +258,6 @@ def _reasons(df: pd.DataFrame, info: pd.DataFrame, bought: pd.DataFrame | None) 
                                     first["category"], first["query"], first["has"], strict=True):
         texts[g] = reason_text(s, t, bool(b_), c, q, bool(h))
     return texts[group].tolist()
-
-
-def _pairs(df: pd.DataFrame) -> pd.MultiIndex:
-    return pd.MultiIndex.from_arrays([df["user_id"].to_numpy(dtype="int64"), df["item_id"].to_numpy(dtype="int64")])
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
