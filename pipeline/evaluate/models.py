@@ -29,7 +29,7 @@ import scipy.sparse as sp  # noqa: E402
 
 from pipeline.errors import ModelError  # noqa: E402
 from pipeline.frames import ITEM_COL, RANK_COL, RATING_COL, SCORE_COL, USER_COL  # noqa: E402
-from pipeline.recall.factors import fold_in, train_als, train_bpr  # noqa: E402
+from pipeline.recall.factors import BM25Weights, fold_in, train_als, train_bpr  # noqa: E402
 from pipeline.recall.itemcf import item_similarity_topk, score_from_similarity  # noqa: E402
 from pipeline.recall.popularity import distinct_user_counts  # noqa: E402
 
@@ -334,10 +334,21 @@ class ALSModel(_ImplicitModel):
     uses_history = True  # ALS folds a new history in exactly (one least-squares solve per user)
 
     def __init__(self, *, factors: int = 24, regularization: float = 20.0, alpha: float = 3.0,
-                 iterations: int = 15, use_ratings: bool = False, **kw: Any) -> None:
+                 iterations: int = 15, use_ratings: bool = False, weighting: str = "none",
+                 bm25_k1: float = 10.0, bm25_b: float = 0.5, **kw: Any) -> None:
         super().__init__(factors=factors, regularization=regularization, iterations=iterations,
                          use_ratings=use_ratings, **kw)
-        self.alpha = alpha
+        if weighting not in ("none", "bm25"):
+            raise ModelError(f"als: unknown weighting {weighting!r}", "one of: none, bm25")
+        self.alpha, self.weighting, self.bm25_k1, self.bm25_b = alpha, weighting, bm25_k1, bm25_b
+        #: the fitted BM25 statistics (``weighting="bm25"``), reapplied to a folded-in history
+        self.bm25: BM25Weights | None = None
+
+    def _fit(self, user_items: sp.csr_matrix) -> None:
+        if self.weighting == "bm25":
+            self.bm25 = BM25Weights.fit(user_items, k1=self.bm25_k1, b=self.bm25_b)
+            user_items = self.bm25.transform(user_items)
+        super()._fit(user_items)
 
     def _train(self, user_items: sp.csr_matrix, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         uf, itf, _ = train_als(user_items, factors=self.factors, regularization=self.regularization,
@@ -348,6 +359,8 @@ class ALSModel(_ImplicitModel):
 
     def _fold_in(self, history: sp.csr_matrix) -> np.ndarray:
         # one exact solve per bagged fit, concatenated like the fitted user factors
+        if self.bm25 is not None:
+            history = self.bm25.transform(history)
         parts = [fold_in(history, itf, self.regularization, alpha=self.alpha) for itf in self.bag_item_factors]
         return parts[0] if len(parts) == 1 else (np.hstack(parts) / np.float32(len(parts))).astype(np.float32)
 

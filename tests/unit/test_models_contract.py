@@ -189,6 +189,33 @@ class TestALSBagged(ModelContract):
     params = {"factors": 4, "regularization": 0.1, "iterations": 30, "seeds": 3, "num_threads": 1}
 
 
+class TestALSBM25(ModelContract):
+    name = "als"
+    params = {"factors": 4, "regularization": 0.1, "iterations": 30, "weighting": "bm25", "num_threads": 1}
+
+
+def test_als_bm25_fits_and_folds_in_on_the_weighted_matrix() -> None:
+    """``weighting="bm25"``: the fit is train_als on the BM25-weighted matrix, and a supplied history is
+    weighted with the training statistics before the fold-in (an unweighted fold-in scores differently)."""
+    from pipeline.recall.factors import BM25Weights, fold_in, train_als
+
+    kw = {"factors": 4, "regularization": 0.1, "iterations": 10, "seed": 3, "num_threads": 1}
+    m = get_model("als", weighting="bm25", bm25_k1=5.0, bm25_b=0.75, **kw).fit(TRAIN, ITEMS)
+    w = BM25Weights.fit(m.user_items, k1=5.0, b=0.75)
+    uf, itf, _ = train_als(w.transform(m.user_items), factors=4, regularization=0.1, alpha=3.0, iterations=10,
+                           seed=3, num_threads=1)
+    np.testing.assert_array_equal(m.item_factors, itf)
+    np.testing.assert_array_equal(m.user_factors, uf)
+    h = m.matrix(pd.DataFrame({"user_id": [3, 3, 3], "item_id": [10, 11, 13]}))[[3]]
+    want = fold_in(w.transform(h), itf, 0.1, alpha=3.0) @ itf.T
+    np.testing.assert_allclose(m.score([3], h), want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(m.score([3], h), fold_in(h, itf, 0.1, alpha=3.0) @ itf.T, atol=1e-3)
+    plain = get_model("als", **kw).fit(TRAIN, ITEMS)
+    assert not np.allclose(plain.item_factors, m.item_factors)
+    with pytest.raises(ModelError, match="unknown weighting"):
+        get_model("als", weighting="tfidf")
+
+
 class TestEASE(ModelContract):
     name = "ease"
     params = {"l2": 1.0}

@@ -13,9 +13,18 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from pipeline.errors import ModelError
 from pipeline.recall.candidates import SCORE_COLUMNS, RecallConfig, generate_candidates
 from pipeline.recall.content import ContentIndex, content_candidates
-from pipeline.recall.factors import Factors, fold_in, load_factors, save_factors, train_als, train_bpr
+from pipeline.recall.factors import (
+    BM25Weights,
+    Factors,
+    fold_in,
+    load_factors,
+    save_factors,
+    train_als,
+    train_bpr,
+)
 from pipeline.recall.itemcf import similarity_topk_dense
 from pipeline.recall.matrix import build_interactions, cap_user_history
 from pipeline.recall.neighbours import neighbours_frame
@@ -138,12 +147,45 @@ def test_fold_in_equals_implicit_recalculate_user() -> None:
     assert fold_in(np.zeros(30), np.asarray(model.item_factors), 0.5) == pytest.approx(np.zeros(6))
 
 
+def test_bm25_weights_known_answer_and_implicits_formula() -> None:
+    """Four users, three items: the weights by hand, implicit's ``bm25_weight`` up to the mean-1 scale, and a
+    new row weighted with the training statistics (not its own)."""
+    from implicit.nearest_neighbours import bm25_weight
+
+    m = sp.csr_matrix(np.array([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 2.0], [0.0, 1.0, 0.0]]))
+    w = BM25Weights.fit(m, k1=2.0, b=0.5)
+    idf = np.log(4) - np.log1p([2, 2, 1])  # items 0 and 1 in two rows each, item 2 in one
+    length = 1 - 0.5 + 0.5 * np.array([2.0, 1.0, 2.0, 1.0]) / 1.5  # row sums 2, 1, 2, 1
+    raw = np.array([[3 / (2 * length[0] + 1) * idf[0], 3 / (2 * length[0] + 1) * idf[1], 0],
+                    [3 / (2 * length[1] + 1) * idf[0], 0, 0],
+                    [0, 0, 6 / (2 * length[2] + 2) * idf[2]],
+                    [0, 3 / (2 * length[3] + 1) * idf[1], 0]])
+    got = w.transform(m).toarray()
+    np.testing.assert_allclose(got, raw / raw[raw > 0].mean(), rtol=1e-6)
+    assert got[got > 0].mean() == pytest.approx(1.0)
+    ref = bm25_weight(m, K1=2.0, B=0.5).toarray()
+    np.testing.assert_allclose(got, ref / ref[ref > 0].mean(), rtol=1e-6)
+    new = w.transform(sp.csr_matrix(np.array([[0.0, 1.0, 1.0]])))  # length 2: the first row's norm
+    assert new.toarray()[0, 1] == pytest.approx(got[0, 1])
+    with pytest.raises(ModelError, match="k1 > 0"):
+        BM25Weights.fit(m, k1=0.0)
+    with pytest.raises(ModelError, match="3 items, given 2 columns"):
+        w.transform(sp.csr_matrix((1, 2)))
+
+
+def test_bm25_idf_stays_positive_when_an_item_is_in_every_row() -> None:
+    """log(N) - log(1 + N) < 0: an item every user has would get a negative ALS confidence."""
+    m = sp.csr_matrix(np.array([[1.0, 1.0], [1.0, 0.0]]))
+    w = BM25Weights.fit(m)
+    assert (w.idf > 0).all() and (w.transform(m).data > 0).all()
+    train_als(w.transform(m), factors=2, iterations=2, seed=1)  # accepted: no negative weight
+
+
 def test_factors_round_trip(tmp_path) -> None:
     f = Factors(np.ones((2, 3), np.float32), np.zeros((4, 3), np.float32), np.array([5, 6]), np.arange(4),
                 {"model": "als"})
     g = load_factors(save_factors(tmp_path / "als", f))
     assert (g.user_ids == f.user_ids).all() and g.meta["dim"] == 3
-    from pipeline.errors import ModelError
 
     with pytest.raises(ModelError, match="missing"):
         load_factors(tmp_path / "nothing")
@@ -287,8 +329,6 @@ def test_repeat_positives_and_rating_weighted_bpr() -> None:
         gaps[mode] = float((s[:, 1] - s[:, 0]).mean())
         assert meta["sample_weighting"] == mode
     assert gaps["ratings"] > gaps["presence"] + 0.1, gaps
-    from pipeline.errors import ModelError
-
     with pytest.raises(ModelError, match="sample_weighting"):
         train_bpr(sp.csr_matrix(w), sample_weighting="clicks")
 
