@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     half_life_days: dict[str, float] = Field(
         default_factory=lambda: {"view": 7.0, "click": 10.0, "add_to_cart": 14.0, "purchase": 30.0}
     )
+    #: ALS recall trained on the raw interaction weights ("none") or on their Okapi BM25 weights ("bm25":
+    #: popular items and long histories weigh less; on ml-100k it lifted the pipeline's merge, see README).
+    als_weighting: Literal["none", "bm25"] = "none"
     #: Days of recent events that make up re-targeting and "recently viewed" recall.
     recent_days: int = Field(7, ge=1)
     #: Daily point-in-time windows the ranker trains on (before the gate's holdout day).

@@ -199,8 +199,8 @@ def als_source(users: np.ndarray, hist: pd.DataFrame, factors: Factors, n: int) 
             m = sp.csr_matrix((h["weight"].to_numpy(np.float32)[ok], (ur, cols[ok])),
                               shape=(len(users), len(factors.item_ids)))
             sub = np.flatnonzero(~known)
-            U[sub] = fold_in(m[sub], factors.item_factors, float(factors.meta.get("regularization", 20.0)),
-                             alpha=float(factors.meta.get("alpha", 1.0)))
+            reg, alpha = float(factors.meta.get("regularization", 20.0)), float(factors.meta.get("alpha", 1.0))
+            U[sub] = fold_in(factors.fold_in_matrix(m[sub]), factors.item_factors, reg, alpha=alpha)
     active = np.flatnonzero(np.abs(U).sum(axis=1) > 0)
     if not len(active):
         return None

@@ -37,6 +37,13 @@ class Factors:
     user_ids: np.ndarray
     item_ids: np.ndarray
     meta: dict = field(default_factory=dict)
+    #: the BM25 weighting the factors were trained on (None: the raw weights); a fold-in applies it too
+    weighting: BM25Weights | None = None
+
+    def fold_in_matrix(self, user_items: sp.spmatrix) -> sp.csr_matrix:
+        """History rows (item order of ``item_ids``) as the model was trained on them: BM25-weighted when
+        the factors were."""
+        return self.weighting.transform(user_items) if self.weighting is not None else sp.csr_matrix(user_items)
 
     def user_rows(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Row index per user (-1 when unknown) and the known mask."""
@@ -230,6 +237,10 @@ def save_factors(out_dir: str | Path, f: Factors) -> Path:
         for name in FILES:
             np.save(tmp / f"{name}.npy", getattr(f, name))
         meta = {**f.meta, "users": len(f.user_ids), "items": len(f.item_ids), "dim": int(f.item_factors.shape[1])}
+        if f.weighting is not None:
+            np.save(tmp / "bm25_idf.npy", f.weighting.idf)
+            meta["weighting"] = {"kind": "bm25", "k1": f.weighting.k1, "b": f.weighting.b,
+                                 "average_length": f.weighting.average_length, "scale": f.weighting.scale}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     return d
 
@@ -243,4 +254,12 @@ def load_factors(out_dir: str | Path) -> Factors:
                          "run the cf_build stage (pipeline.recall.stage.build_recall_models) for this run")
     arrays = {n: np.load(d / f"{n}.npy") for n in FILES}
     meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
-    return Factors(**arrays, meta=meta)
+    w = meta.get("weighting")
+    weighting = None
+    if isinstance(w, dict) and w.get("kind") == "bm25":
+        if not (d / "bm25_idf.npy").exists():
+            raise ModelError(f"factors in {d} were trained on BM25 weights but bm25_idf.npy is missing",
+                             "re-run the cf_build stage for this run")
+        weighting = BM25Weights(np.load(d / "bm25_idf.npy"), float(w["average_length"]), float(w["scale"]),
+                                float(w["k1"]), float(w["b"]))
+    return Factors(**arrays, meta=meta, weighting=weighting)

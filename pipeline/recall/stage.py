@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import InputDataError
+from pipeline.errors import ConfigError, InputDataError
 from pipeline.extract.snapshot import read_snapshot
 from pipeline.files import write_parquet
 from pipeline.recall.candidates import RecallConfig, generate_candidates
-from pipeline.recall.factors import Factors, load_factors, save_factors, train_als
+from pipeline.recall.factors import BM25Weights, Factors, load_factors, save_factors, train_als
 from pipeline.recall.matrix import build_interactions
 from pipeline.recall.neighbours import neighbours_from_interactions
 
@@ -34,8 +34,14 @@ def factors_dir(snapshot_dir: str | Path, model: str = "als") -> Path:
 def build_recall_models(snapshot_dir: str | Path, as_of: datetime, client: object, *, weights: dict[str, float],
                         half_life_days: dict[str, float], k: int = 20, factors: int = 64, seed: int = 42,
                         regularization: float = 20.0, alpha: float = 3.0, iterations: int = 15,
-                        method: str = "cosine", block_size: int | None = None, algorithm: str | None = None) -> dict:
-    """Write ``neighbours.parquet`` (item-CF on Dask) and the ALS factors of the run; return counts/seconds."""
+                        method: str = "cosine", block_size: int | None = None, algorithm: str | None = None,
+                        weighting: str = "none") -> dict:
+    """Write ``neighbours.parquet`` (item-CF on Dask) and the ALS factors of the run; return counts/seconds.
+
+    ``weighting="bm25"`` trains ALS on :class:`~pipeline.recall.factors.BM25Weights` of the interaction
+    weights, saved with the factors so a fold-in weights a new history alike."""
+    if weighting not in ("none", "bm25"):
+        raise ConfigError(f"unknown ALS weighting {weighting!r}", "RERANK_ALS_WEIGHTING: one of none, bm25")
     snap = Path(snapshot_dir)
     if not (snap / "items.parquet").exists():
         raise InputDataError(f"no snapshot at {snap}", "run the extract stage for this run first")
@@ -56,10 +62,12 @@ def build_recall_models(snapshot_dir: str | Path, as_of: datetime, client: objec
            "neighbour_rows": len(nb), "items_with_neighbours": int(nb["item_id"].nunique()),
            "matrix_seconds": round(t1 - t0, 3), "itemcf_seconds": round(t2 - t1, 3)}
     if inter.user_items.nnz:
-        uf, itf, meta = train_als(inter.user_items, factors=factors, regularization=regularization, alpha=alpha,
-                                  iterations=iterations, seed=seed, use_gpu=None)
+        bm25 = BM25Weights.fit(inter.user_items) if weighting == "bm25" else None
+        uf, itf, meta = train_als(bm25.transform(inter.user_items) if bm25 else inter.user_items, factors=factors,
+                                  regularization=regularization, alpha=alpha, iterations=iterations, seed=seed,
+                                  use_gpu=None)
         d = save_factors(factors_dir(snap), Factors(uf, itf, inter.user_ids, inter.item_ids,
-                                                    {**meta, "as_of": as_of.isoformat()}))
+                                                    {**meta, "as_of": as_of.isoformat()}, weighting=bm25))
         out.update({"als_dir": str(d), "als_seconds": round(time.perf_counter() - t2, 3)})
     return out
 

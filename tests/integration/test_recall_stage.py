@@ -102,3 +102,33 @@ def test_build_and_candidates_for_every_user(snapshot: Path, client) -> None:
     assert c["item_id"].isin([100001, 100002]).any()  # cold items reached through content
     again = candidates_for_users(users[::-1], snapshot, AS_OF, cfg)
     pd.testing.assert_frame_equal(c, again)
+
+
+def test_als_on_bm25_weights_is_the_same_fit_on_the_weighted_matrix(snapshot: Path, client, tmp_path: Path) -> None:
+    """RERANK_ALS_WEIGHTING=bm25: cf_build trains ALS on the BM25 weights of the run's interactions and saves
+    the weighting with the factors; candidates still come for every user."""
+    import shutil
+
+    from pipeline.errors import ConfigError
+    from pipeline.extract.snapshot import read_snapshot
+    from pipeline.recall.factors import BM25Weights, load_factors, train_als
+    from pipeline.recall.matrix import build_interactions
+
+    snap = tmp_path / "run" / "snapshot"
+    shutil.copytree(snapshot, snap)
+    build_recall_models(snap, AS_OF, client, weights=WEIGHTS, half_life_days=HALF_LIFE, k=10, factors=16,
+                        iterations=5, block_size=32, weighting="bm25")
+    f = load_factors(factors_dir(snap))
+    ev, items, _ = read_snapshot(snap)
+    inter = build_interactions(ev, AS_OF, weights=WEIGHTS, half_life_days=HALF_LIFE,
+                               item_ids=np.sort(items["item_id"].to_numpy()))
+    w = BM25Weights.fit(inter.user_items)
+    uf, itf, _ = train_als(w.transform(inter.user_items), factors=16, iterations=5, seed=42)
+    np.testing.assert_allclose(f.item_factors, itf, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(f.weighting.idf, w.idf)
+    users = np.append(pd.read_parquet(snap / "users.parquet")["user_id"].to_numpy()[:20], 987654321)
+    c = candidates_for_users(users, snap, AS_OF, RecallConfig(as_of=AS_OF, n_candidates=60, weights=WEIGHTS,
+                                                              half_life_days=HALF_LIFE))
+    assert c["user_id"].nunique() == len(users) and "als" in set(c["source"])
+    with pytest.raises(ConfigError, match="RERANK_ALS_WEIGHTING"):
+        build_recall_models(snap, AS_OF, client, weights=WEIGHTS, half_life_days=HALF_LIFE, weighting="tfidf")

@@ -191,6 +191,40 @@ def test_factors_round_trip(tmp_path) -> None:
         load_factors(tmp_path / "nothing")
 
 
+def test_bm25_factors_round_trip_and_fold_in_through_the_weighting(tmp_path) -> None:
+    """Factors trained on BM25 weights keep the weighting on disk, and ALS recall folds an unknown user's
+    history in through it (an unweighted fold-in would rank differently)."""
+    from pipeline.recall.candidates import als_source
+
+    rng = np.random.default_rng(4)
+    m = sp.csr_matrix((rng.random((30, 12)) < 0.3) * rng.integers(1, 5, (30, 12)).astype(np.float32))
+    w = BM25Weights.fit(m, k1=3.0, b=0.6)
+    uf, itf, meta = train_als(w.transform(m), factors=4, regularization=0.5, iterations=5, seed=2, num_threads=1)
+    f = Factors(uf, itf, np.arange(30), np.arange(100, 112), meta, weighting=w)
+    g = load_factors(save_factors(tmp_path / "als", f))
+    assert g.weighting is not None and g.meta["weighting"]["kind"] == "bm25"
+    np.testing.assert_array_equal(g.weighting.idf, w.idf)
+    assert (g.weighting.k1, g.weighting.b, g.weighting.scale) == (3.0, 0.6, w.scale)
+    assert load_factors(save_factors(tmp_path / "plain", Factors(uf, itf, np.arange(30), np.arange(100, 112)))
+                        ).weighting is None
+
+    hist = pd.DataFrame({"user_id": [999, 999, 999], "item_id": [100, 103, 107], "weight": [1.0, 6.0, 2.0]})
+    got = als_source(np.array([999]), hist, g, n=5).set_index("item_id")["recall_score"]
+    row = sp.csr_matrix((hist["weight"].to_numpy(np.float32), ([0, 0, 0], [0, 3, 7])), shape=(1, 12))
+    scores = {}
+    for name, x in (("bm25", w.transform(row)), ("raw", row)):
+        sc = (fold_in(x, itf, 0.5, alpha=3.0) @ itf.T)[0]
+        top = [i for i in np.argsort(-sc, kind="stable") if i not in (0, 3, 7)][:5]  # unseen items
+        scores[name] = pd.Series(sc[top] / sc[top[0]], index=[100 + int(i) for i in top])
+    assert got.index.tolist() == scores["bm25"].index.tolist()
+    np.testing.assert_allclose(got.to_numpy(), scores["bm25"].to_numpy(), rtol=1e-4)
+    assert not np.allclose(got.to_numpy(), scores["raw"].reindex(got.index).to_numpy(), rtol=1e-2)
+
+    (tmp_path / "als" / "bm25_idf.npy").unlink()
+    with pytest.raises(ModelError, match="bm25_idf.npy is missing"):
+        load_factors(tmp_path / "als")
+
+
 def test_interactions_repeats_add_up_and_decay() -> None:
     ev = pd.DataFrame({"user_id": [1, 1, 1], "item_id": pd.array([7, 7, 8], dtype="Int64"),
                        "event_type": ["view", "view", "purchase"],
