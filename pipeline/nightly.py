@@ -211,6 +211,7 @@ def _score_shard(users: np.ndarray, snap: str, as_of: datetime, top_n: int, n_ca
         fill_empty_lists,
         finalize_lists,
         load_item_embeddings,
+        repurchasable_categories,
     )
 
     snap_p = Path(snap)
@@ -219,7 +220,8 @@ def _score_shard(users: np.ndarray, snap: str, as_of: datetime, top_n: int, n_ca
     items = pd.read_parquet(snap_p / "items.parquet", columns=["item_id", "title"])
     feats = feats.merge(items, on="item_id", how="left")
     cfg = RecallConfig(as_of=as_of, n_candidates=n_candidates, recent_days=recent_days, weights=weights,
-                       half_life_days=half_life)
+                       half_life_days=half_life,
+                       repurchasable=repurchasable_categories(rerank, variants, also=RecallConfig.repurchasable))
     cand = candidates_for_users(users, snap_p, as_of, cfg, events=events)
     if artifact_uri and len(cand):
         from pipeline.rank.features import load_item_embeddings as ranker_embeddings

@@ -56,7 +56,9 @@ class RecallConfig:
     history_items: int = 20
     weights: dict[str, float] = field(default_factory=dict)
     half_life_days: dict[str, float] = field(default_factory=dict)
-    #: Top-level categories whose items may be recommended again after a purchase (consumables).
+    #: Top-level categories whose bought items stay candidates (consumables); the re-rank's repurchase windows
+    #: decide when they return. The nightly and the refresh add every category a window names
+    #: (pipeline.rerank.repurchasable_categories), so a merchandiser's window is never pre-empted here.
     repurchasable: tuple[str, ...] = ("Grocery", "Beauty")
     #: Most candidates one source may contribute per user (popularity fills up to ``n_candidates``).
     per_source: dict[str, int] = field(default_factory=lambda: {

@@ -28,7 +28,15 @@ import pandas as pd
 
 from pipeline.frames import pair_index
 from pipeline.recall.candidates import SOURCES, ItemTables, RecallConfig, generate_candidates, item_tables
-from pipeline.rerank import RerankConfig, caps_every_seen_item, fill_empty_lists, finalize_lists
+from pipeline.rerank import (
+    RerankConfig,
+    assign_variants,
+    caps_every_seen_item,
+    fill_empty_lists,
+    finalize_lists,
+    parse_variants,
+    repurchasable_categories,
+)
 from pipeline.rerank.rules import purchase_exclusions
 
 #: Priors of the fresh sources, on the scale of ``candidates.SOURCE_PRIOR`` (retarget 1.0, item-cf 0.8,
@@ -264,7 +272,8 @@ def build_lists(users: np.ndarray, history: pd.DataFrame, batch_ids: np.ndarray,
     users = np.asarray(users, dtype="int64")
     tables = tables if tables is not None else live_tables(item_feats, neighbours, item_text)
     rcfg = RecallConfig(as_of=now, n_candidates=cfg.n_candidates, recent_days=cfg.recent_days,
-                        weights=cfg.weights, half_life_days=cfg.half_life_days)
+                        weights=cfg.weights, half_life_days=cfg.half_life_days,
+                        repurchasable=repurchasable_categories(rerank, variants, also=RecallConfig.repurchasable))
     # All of generate_candidates' columns stay (per-source scores, ``sources``): the ranker reads them.
     base = generate_candidates(users, history, tables.neighbours, tables.item_feats, rcfg, tables=tables.items,
                                **(recall_kwargs or {}))
@@ -289,9 +298,8 @@ def build_lists(users: np.ndarray, history: pd.DataFrame, batch_ids: np.ndarray,
     ev = history[history["item_id"].notna()]
     bought = ev.loc[ev["event_type"] == "purchase", ["user_id", "item_id", "ts"]].astype(
         {"user_id": "int64", "item_id": "int64"})
-    windows = rerank.repurchase_days if rerank is not None else None
-    # bought items stay out, except those past their category's repurchase window
-    excluded = purchase_exclusions(bought, tables.item_feats, as_of=now, windows=windows)
+    # bought items stay out, except those past their category's repurchase window in the user's A/B arm
+    excluded = _purchase_exclusions_by_arm(bought, tables.item_feats, now, rerank, variants, variant_salt)
     keep = _best_candidates(cand, users, tables.items.available_ids, excluded, cfg.n_candidates)
     hint = hint[keep]
     cand = cand.iloc[keep].reset_index(drop=True)
@@ -313,6 +321,21 @@ def build_lists(users: np.ndarray, history: pd.DataFrame, batch_ids: np.ndarray,
     fresh_src = lists["source"].isin(list(FRESH_PRIOR)) & lists["hint"].notna()
     lists.loc[fresh_src, "reason"] = lists.loc[fresh_src, "hint"]
     return lists.drop(columns="hint")
+
+
+def _purchase_exclusions_by_arm(bought: pd.DataFrame, item_feats: pd.DataFrame, now: datetime,
+                                rerank: RerankConfig | None, variants: dict | None, salt: str) -> pd.DataFrame:
+    """(user_id, item_id) pairs each buyer's own A/B arm still excludes: an arm with its own repurchase
+    windows must see the items they bring back among the candidates, as the nightly's re-rank does."""
+    base = rerank if rerank is not None else RerankConfig()
+    arms = parse_variants(variants)
+    if len(arms) == 1 or bought.empty:
+        windows = base.with_overrides(arms[0].overrides).repurchase_days
+        return purchase_exclusions(bought, item_feats, as_of=now, windows=windows)
+    arm_of = assign_variants(bought["user_id"].to_numpy(), arms, salt)
+    parts = [purchase_exclusions(bought[arm_of == a.name], item_feats, as_of=now,
+                                 windows=base.with_overrides(a.overrides).repurchase_days) for a in arms]
+    return pd.concat(parts, ignore_index=True)
 
 
 def _retarget_scores(base: pd.DataFrame, ex: pd.DataFrame) -> np.ndarray:

@@ -105,6 +105,25 @@ def caps_every_seen_item(config: RerankConfig | Mapping[str, Any] | None,
     return base == "seen" or any(dict(v).get("retarget_cap_scope") == "seen" for v in (variants or {}).values())
 
 
+def repurchase_windows_in_play(config: RerankConfig | Mapping[str, Any] | None,
+                               variants: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, float]]:
+    """Every set of repurchase windows the re-rank may apply: the base config's, then each A/B arm's own
+    (an arm without ``repurchase_days`` inherits the base's, already listed)."""
+    base = config.repurchase_days if isinstance(config, RerankConfig) else (config or {}).get("repurchase_days")
+    arms = [dict(v)["repurchase_days"] for v in (variants or {}).values() if "repurchase_days" in dict(v)]
+    return [dict(base or {}), *(dict(a or {}) for a in arms)]
+
+
+def repurchasable_categories(config: RerankConfig | Mapping[str, Any] | None,
+                             variants: Mapping[str, Mapping[str, Any]] | None = None,
+                             also: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Top-level categories (``also`` plus every window's first path segment) whose bought items recall must
+    keep as candidates: a merchandiser's window (``recsys.repurchase_windows``) can only bring back an item
+    that recall proposed, and the re-rank applies each arm's exact window to it."""
+    tops = {str(prefix).split(">", 1)[0] for w in repurchase_windows_in_play(config, variants) for prefix in w}
+    return tuple(sorted(tops | set(also)))
+
+
 def parse_variants(spec: Mapping[str, Mapping[str, Any]] | None) -> list[Variant]:
     """``{"control": {"weight": 0.5}, "diverse": {"weight": 0.5, "mmr_lambda": 0.6}}`` -> variants.
 

@@ -132,3 +132,39 @@ def test_als_on_bm25_weights_is_the_same_fit_on_the_weighted_matrix(snapshot: Pa
     assert c["user_id"].nunique() == len(users) and "als" in set(c["source"])
     with pytest.raises(ConfigError, match="RERANK_ALS_WEIGHTING"):
         build_recall_models(snap, AS_OF, client, weights=WEIGHTS, half_life_days=HALF_LIFE, weighting="tfidf")
+
+
+def test_a_merchandisers_repurchase_window_lets_recall_keep_the_bought_items(
+        snapshot: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """recsys.repurchase_windows for a category outside recall's own list (Grocery, Beauty): the nightly shard
+    keeps that category's bought items as candidates, so the re-rank can apply the window. Recall used to
+    drop them first, so a window for any other category never brought an item back."""
+    import pipeline.recall.stage as stage
+    from pipeline.nightly import _score_shard
+
+    ev = pd.read_parquet(snapshot / "events")
+    items = pd.read_parquet(snapshot / "items.parquet")
+    bought = ev[ev["event_type"] == "purchase"].merge(items[["item_id", "category"]], on="item_id")
+    bought = bought.assign(top=bought["category"].str.split(">").str[0])
+    bought = bought[~bought["top"].isin(["Grocery", "Beauty"])
+                    & bought["item_id"].isin(items.loc[items["in_stock"] & items["visible"], "item_id"])]
+    user, item, top = bought.iloc[0][["user_id", "item_id", "top"]]
+    kept: dict[str, pd.DataFrame] = {}
+    real = stage.candidates_for_users
+
+    def spy(*args, **kwargs) -> pd.DataFrame:
+        kept["cand"] = out = real(*args, **kwargs)
+        return out
+
+    monkeypatch.setattr(stage, "candidates_for_users", spy)
+    users = np.array([user])
+    for rerank, expected in ((None, False), ({"repurchase_days": {top: 0.0}}, True),
+                             ({"repurchase_days": {"Grocery": 0.0}}, False)):
+        _score_shard(users, str(snapshot), AS_OF, top_n=10, n_candidates=len(items), recent_days=7, weights=WEIGHTS,
+                     half_life=HALF_LIFE, rerank=rerank)
+        assert (item in set(kept["cand"]["item_id"])) is expected, rerank
+    # an A/B arm's window counts too: the arm's users must see the item among their candidates
+    _score_shard(users, str(snapshot), AS_OF, top_n=10, n_candidates=len(items), recent_days=7, weights=WEIGHTS,
+                 half_life=HALF_LIFE, variants={"control": {"weight": 1}, "back": {"weight": 1e-9,
+                                                                                    "repurchase_days": {top: 0.0}}})
+    assert item in set(kept["cand"]["item_id"])

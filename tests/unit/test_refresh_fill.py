@@ -121,3 +121,29 @@ def test_the_fill_keeps_each_users_ab_arm_and_its_settings(monkeypatch: pytest.M
     for u, g in by_user.items():
         assert set(g["variant"]) == {arms[u]}
         assert set(g["source"]) == {"popularity"} and set(g["reason"]) == {"popular right now"}
+
+
+def test_an_arms_repurchase_window_reaches_the_refreshs_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Users 7 and 8 bought Sports item 11 a month ago and just viewed its neighbours 12 and 13. Only the
+    ``back`` arm (user 8) lets Sports purchases return after 7 days: the refresh keeps 11 as user 8's
+    candidate, so their list shows it, and user 7's does not. (Filtering the candidates with the base
+    config's windows alone dropped 11 for everyone before the re-rank could apply the arm's.)"""
+    variants = {"control": {"weight": 0.5}, "back": {"weight": 0.5, "repurchase_days": {"Sports": 7.0}}}
+    users = np.array([7, 8])
+    assert dict(zip(users.tolist(), assign_variants(users, parse_variants(variants), "rerank-ab"),
+                    strict=True)) == {7: "control", 8: "back"}
+    rows: list[tuple] = []
+    for u in (7, 8):
+        rows += [(len(rows) + 1, u, 11, "purchase", None, NOW - timedelta(days=30)),
+                 (len(rows) + 2, u, 12, "view", None, NOW - timedelta(seconds=30)),
+                 (len(rows) + 3, u, 13, "view", None, NOW)]
+    ev = _events(rows)
+    seen = _spy(monkeypatch)
+    lists = build_lists(users, ev, _batch(ev), _neighbours(), _items(), NOW, FreshConfig(top_n=4, n_candidates=8),
+                        variants=variants)
+    kept = seen["cand"]
+    assert 11 in set(kept.loc[kept["user_id"] == 8, "item_id"])
+    assert 11 not in set(kept.loc[kept["user_id"] == 7, "item_id"])
+    by_user = {u: g.sort_values("rank") for u, g in lists.groupby("user_id")}
+    assert 11 in set(by_user[8]["item_id"]) and 11 not in set(by_user[7]["item_id"])
+    assert set(by_user[8]["variant"]) == {"back"} and set(by_user[7]["variant"]) == {"control"}

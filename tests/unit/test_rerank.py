@@ -407,3 +407,15 @@ def test_reasons_per_combination_match_reason_text_per_row() -> None:
     assert got == want
     assert any(r.startswith("bought together with") for r in got) and any("search" in r for r in got)
     assert _reasons(df.iloc[:0], info, bought) == []
+
+
+def test_repurchasable_categories_cover_every_window_in_play() -> None:
+    """The top-level categories whose bought items recall keeps: the base windows', every arm's, ``also``."""
+    from pipeline.rerank import repurchasable_categories, repurchase_windows_in_play
+
+    base = {"repurchase_days": {"Food>Milk": 3.0}}
+    arms = {"control": {"weight": 1}, "back": {"weight": 1, "repurchase_days": {"Sports>Boots": 7.0, "Toys": 1.0}}}
+    assert repurchase_windows_in_play(base, arms) == [{"Food>Milk": 3.0}, {"Sports>Boots": 7.0, "Toys": 1.0}]
+    assert repurchasable_categories(base, arms, also=("Grocery",)) == ("Food", "Grocery", "Sports", "Toys")
+    assert repurchasable_categories(RerankConfig(repurchase_days={"Home": 2.0})) == ("Home",)
+    assert repurchasable_categories(None) == ()
