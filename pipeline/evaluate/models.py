@@ -351,8 +351,7 @@ class ALSModel(_ImplicitModel):
 
     def _fit(self, user_items: sp.csr_matrix) -> None:
         if self.weighting == "bm25":
-            self.bm25 = BM25Weights.fit(user_items, k1=self.bm25_k1, b=self.bm25_b)
-            user_items = self.bm25.transform(user_items)
+            self.bm25, user_items = BM25Weights.fit_transform(user_items, k1=self.bm25_k1, b=self.bm25_b)
         super()._fit(user_items)
 
     def _train(self, user_items: sp.csr_matrix, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:

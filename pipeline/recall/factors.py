@@ -103,6 +103,12 @@ class BM25Weights:
     @classmethod
     def fit(cls, user_items: sp.spmatrix, *, k1: float = 10.0, b: float = 0.5) -> BM25Weights:
         """Statistics of ``user_items`` (users x items); ``k1`` > 0 and ``b`` in [0, 1]."""
+        return cls.fit_transform(user_items, k1=k1, b=b)[0]
+
+    @classmethod
+    def fit_transform(cls, user_items: sp.spmatrix, *, k1: float = 10.0,
+                      b: float = 0.5) -> tuple[BM25Weights, sp.csr_matrix]:
+        """:meth:`fit` and the weighted ``user_items`` in one pass (the scale needs the weights anyway)."""
         if not k1 > 0 or not 0 <= b <= 1:
             raise ModelError(f"BM25 weighting needs k1 > 0 and 0 <= b <= 1, got k1={k1}, b={b}",
                              "the ALS source's bm25_k1 / bm25_b settings")
@@ -113,11 +119,16 @@ class BM25Weights:
         lengths = np.asarray(m.sum(axis=1)).ravel()
         avg = float(lengths.mean()) if lengths.size else 1.0
         raw = cls(np.maximum(idf, 1e-3), max(avg, 1e-12), 1.0, float(k1), float(b))
-        data = raw.transform(m).data
-        return cls(raw.idf, raw.average_length, float(data.mean()) if data.size else 1.0, raw.k1, raw.b)
+        weighted = raw._weighted(m)
+        scale = float(weighted.data.mean()) if weighted.nnz else 1.0
+        weighted.data /= scale  # as transform() divides, in float64: bit-identical to fit(...).transform(...)
+        return cls(raw.idf, raw.average_length, scale, raw.k1, raw.b), weighted.astype(np.float32)
 
     def transform(self, user_items: sp.spmatrix) -> sp.csr_matrix:
         """``user_items`` (any rows, the fitted item columns) weighted; float32 CSR."""
+        return self._weighted(user_items).astype(np.float32)
+
+    def _weighted(self, user_items: sp.spmatrix) -> sp.csr_matrix:
         m = sp.csr_matrix(user_items, dtype=np.float64, copy=True)
         if m.shape[1] != len(self.idf):
             raise ModelError(f"BM25 weighting fitted on {len(self.idf)} items, given {m.shape[1]} columns",
@@ -126,7 +137,7 @@ class BM25Weights:
         norm = 1.0 - self.b + self.b * np.asarray(m.sum(axis=1)).ravel() / self.average_length
         rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
         m.data = m.data * (self.k1 + 1.0) / (self.k1 * norm[rows] + m.data) * self.idf[m.indices] / self.scale
-        return m.astype(np.float32)
+        return m
 
 
 def train_als(user_items: sp.spmatrix, *, factors: int = 64, regularization: float = 20.0, alpha: float = 3.0,

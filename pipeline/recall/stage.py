@@ -62,10 +62,9 @@ def build_recall_models(snapshot_dir: str | Path, as_of: datetime, client: objec
            "neighbour_rows": len(nb), "items_with_neighbours": int(nb["item_id"].nunique()),
            "matrix_seconds": round(t1 - t0, 3), "itemcf_seconds": round(t2 - t1, 3)}
     if inter.user_items.nnz:
-        bm25 = BM25Weights.fit(inter.user_items) if weighting == "bm25" else None
-        uf, itf, meta = train_als(bm25.transform(inter.user_items) if bm25 else inter.user_items, factors=factors,
-                                  regularization=regularization, alpha=alpha, iterations=iterations, seed=seed,
-                                  use_gpu=None)
+        bm25, matrix = BM25Weights.fit_transform(inter.user_items) if weighting == "bm25" else (None, inter.user_items)
+        uf, itf, meta = train_als(matrix, factors=factors, regularization=regularization, alpha=alpha,
+                                  iterations=iterations, seed=seed, use_gpu=None)
         d = save_factors(factors_dir(snap), Factors(uf, itf, inter.user_ids, inter.item_ids,
                                                     {**meta, "as_of": as_of.isoformat()}, weighting=bm25))
         out.update({"als_dir": str(d), "als_seconds": round(time.perf_counter() - t2, 3)})

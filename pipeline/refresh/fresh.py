@@ -30,12 +30,11 @@ from pipeline.frames import pair_index
 from pipeline.recall.candidates import SOURCES, ItemTables, RecallConfig, generate_candidates, item_tables
 from pipeline.rerank import (
     RerankConfig,
-    assign_variants,
     caps_every_seen_item,
     fill_empty_lists,
     finalize_lists,
-    parse_variants,
     repurchasable_categories,
+    split_by_arm,
 )
 from pipeline.rerank.rules import purchase_exclusions
 
@@ -327,15 +326,10 @@ def _purchase_exclusions_by_arm(bought: pd.DataFrame, item_feats: pd.DataFrame, 
                                 rerank: RerankConfig | None, variants: dict | None, salt: str) -> pd.DataFrame:
     """(user_id, item_id) pairs each buyer's own A/B arm still excludes: an arm with its own repurchase
     windows must see the items they bring back among the candidates, as the nightly's re-rank does."""
-    base = rerank if rerank is not None else RerankConfig()
-    arms = parse_variants(variants)
-    if len(arms) == 1 or bought.empty:
-        windows = base.with_overrides(arms[0].overrides).repurchase_days
-        return purchase_exclusions(bought, item_feats, as_of=now, windows=windows)
-    arm_of = assign_variants(bought["user_id"].to_numpy(), arms, salt)
-    parts = [purchase_exclusions(bought[arm_of == a.name], item_feats, as_of=now,
-                                 windows=base.with_overrides(a.overrides).repurchase_days) for a in arms]
-    return pd.concat(parts, ignore_index=True)
+    parts = [purchase_exclusions(bought[bought["user_id"].isin(mine)], item_feats, as_of=now,
+                                 windows=cfg.repurchase_days)
+             for _, cfg, mine in split_by_arm(bought["user_id"], rerank, variants, salt)]
+    return pd.concat(parts, ignore_index=True) if parts else purchase_exclusions(bought, item_feats, as_of=now)
 
 
 def _retarget_scores(base: pd.DataFrame, ex: pd.DataFrame) -> np.ndarray:

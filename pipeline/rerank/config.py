@@ -9,7 +9,7 @@ every shard and every rerun puts a user in the same bucket, and changing the sal
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -122,6 +122,18 @@ def repurchasable_categories(config: RerankConfig | Mapping[str, Any] | None,
     that recall proposed, and the re-rank applies each arm's exact window to it."""
     tops = {str(prefix).split(">", 1)[0] for w in repurchase_windows_in_play(config, variants) for prefix in w}
     return tuple(sorted(tops | set(also)))
+
+
+def split_by_arm(users: np.ndarray | pd.Series, config: RerankConfig | None,
+                 variants: Sequence[Variant] | Mapping[str, Mapping[str, Any]] | None,
+                 salt: str = "rerank-ab") -> list[tuple[Variant, RerankConfig, np.ndarray]]:
+    """Each A/B arm that holds some of ``users``: (the arm, its config = ``config`` with the arm's overrides,
+    its users). The one place that says which user sees which settings."""
+    cfg = config or RerankConfig()
+    arms = list(variants) if isinstance(variants, Sequence) else parse_variants(variants)
+    ids = np.asarray(pd.unique(np.asarray(users)))
+    arm_of = assign_variants(ids, arms, salt)
+    return [(a, cfg.with_overrides(a.overrides), ids[arm_of == a.name]) for a in arms if (arm_of == a.name).any()]
 
 
 def parse_variants(spec: Mapping[str, Mapping[str, Any]] | None) -> list[Variant]:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.frames import pair_index
-from pipeline.rerank.config import FUSIONS, RerankConfig, Variant, assign_variants, parse_variants
+from pipeline.rerank.config import FUSIONS, RerankConfig, Variant, parse_variants, split_by_arm
 from pipeline.rerank.diversity import ItemEmbeddings, add_exploration, mmr_select
 from pipeline.rerank.rules import apply_rules, purchase_exclusions, rule_effects
 
@@ -154,15 +154,10 @@ def finalize_lists(cand: pd.DataFrame, item_feats: pd.DataFrame, *, top_n: int, 
     info = _item_info(item_feats)
     if cand.empty:
         return _typed(pd.DataFrame({c: [] for c in OUTPUT_COLUMNS}))
-    users = pd.unique(cand["user_id"])
-    arm_of = pd.Series(assign_variants(users, arms, variant_salt), index=users)
     parts = []
-    for arm in arms:
-        mine = arm_of.index[arm_of.to_numpy() == arm.name]
-        if len(mine) == 0:
-            continue
+    for arm, arm_cfg, mine in split_by_arm(cand["user_id"], cfg, arms, variant_salt):
         sub = cand[cand["user_id"].isin(mine)]
-        lists = _one_variant(sub, info, cfg.with_overrides(arm.overrides), top_n=top_n, bought=bought, rules=rules,
+        lists = _one_variant(sub, info, arm_cfg, top_n=top_n, bought=bought, rules=rules,
                              embeddings=item_embeddings, as_of=as_of, salt=variant_salt, seen=seen)
         parts.append(lists.assign(variant=arm.name))
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=OUTPUT_COLUMNS)
