@@ -240,8 +240,9 @@ def refresh(
             err.print(f"refreshed {r['users']} users from {r['events']} events in {r['seconds']} s")
 
     err.print("following shop.events (Ctrl-C or SIGTERM stops after the batch in flight)")
-    print(json.dumps(follow(url, home, poll_seconds=poll_seconds, batch_size=batch_size, on_drain=show),
-                     default=str))
+    # the URL is asked again at each reconnect: the embedded server's may change when it restarts
+    print(json.dumps(follow(lambda: _url(start=False), home, poll_seconds=poll_seconds, batch_size=batch_size,
+                            on_drain=show), default=str))
 
 
 @app.command()

@@ -118,7 +118,21 @@ def extract(url: str, home: str, run_id: str, as_of: datetime, dask_address: str
     from pipeline.extract import extract_snapshot
 
     with _client(client, dask_address) as c:
-        return extract_snapshot(url, _dir(home, run_id) / "snapshot", as_of, c, ts_floor=get_settings().ts_floor)
+        out = extract_snapshot(url, _dir(home, run_id) / "snapshot", as_of, c, ts_floor=get_settings().ts_floor)
+    check_shop(out, as_of)
+    return out
+
+
+def check_shop(extracted: dict, as_of: datetime) -> None:
+    """Refuse a snapshot nothing can be learnt from (an empty shop, events with no catalogue, an ``as_of``
+    before the first event) in one line, before hours of features and training fail on it."""
+    need = "load the shop first (`rerank generate`, `rerank import`) or pick a later --as-of"
+    if not extracted.get("items"):
+        raise InputDataError("the snapshot has no items (shop.items is empty or every item was quarantined)", need)
+    if not extracted.get("users"):
+        raise InputDataError("the snapshot has no users (shop.users is empty)", need)
+    if not extracted.get("events"):
+        raise InputDataError(f"the snapshot has no clean events before as_of {as_of.isoformat()}", need)
 
 
 @_stage("item_features")

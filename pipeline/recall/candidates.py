@@ -181,6 +181,10 @@ def itemcf_source(hist: pd.DataFrame, neighbours: pd.DataFrame, cfg: RecallConfi
     return _top_per_user(agg[CAND_COLUMNS], n)
 
 
+#: Users scored per ALS product: a fixed shape (see als_source) and a bounded (block x items) score matrix.
+ALS_BLOCK = 256
+
+
 def als_source(users: np.ndarray, hist: pd.DataFrame, factors: Factors, n: int) -> pd.DataFrame | None:
     """Top-``n`` items by ALS score; users unknown to the factors but with a history are folded in."""
     from pipeline.recall.factors import fold_in
@@ -206,17 +210,22 @@ def als_source(users: np.ndarray, hist: pd.DataFrame, factors: Factors, n: int) 
     active = np.flatnonzero(np.abs(U).sum(axis=1) > 0)
     if not len(active):
         return None
-    # BLAS takes another kernel (gemv) for a single row, whose sums differ in the last bits: score one user
-    # as a two-row product so a user's scores do not depend on how many users share the shard.
-    Ua = U[active] if len(active) > 1 else np.repeat(U[active], 2, axis=0)
-    scores = (Ua @ factors.item_factors.T)[: len(active)]
     seen = hist[hist["user_id"].isin(users[active])]
-    kk = min(n + (int(seen.groupby("user_id").size().max()) if len(seen) else 0), scores.shape[1])
-    # every item at least as good as the kk-th (ties included): which of equal scores argpartition keeps is
-    # arbitrary and kk depends on the shard; _top_per_user then breaks ties by item id
-    kth = -np.partition(-scores, kth=kk - 1, axis=1)[:, kk - 1]
-    r, c = np.nonzero((scores >= kth[:, None]) & (scores > 0))
-    df = _frame(users[active][r], factors.item_ids[c], "als", scores[r, c])
+    kk = min(n + (int(seen.groupby("user_id").size().max()) if len(seen) else 0), len(factors.item_ids))
+    frames = []
+    for start in range(0, len(active), ALS_BLOCK):
+        block = active[start:start + ALS_BLOCK]
+        # Every product has the same shape (zero rows pad the last block): BLAS picks its kernel by shape, so a
+        # user's scores are the same whether it is scored alone or among thousands. Blocks also bound memory.
+        Ub = np.zeros((ALS_BLOCK, U.shape[1]), np.float32)
+        Ub[: len(block)] = U[block]
+        scores = (Ub @ factors.item_factors.T)[: len(block)]
+        # every item at least as good as the kk-th (ties included): which of equal scores argpartition keeps is
+        # arbitrary and kk depends on the shard; _top_per_user then breaks ties by item id
+        kth = -np.partition(-scores, kth=kk - 1, axis=1)[:, kk - 1]
+        r, c = np.nonzero((scores >= kth[:, None]) & (scores > 0))
+        frames.append(_frame(users[block][r], factors.item_ids[c], "als", scores[r, c]))
+    df = pd.concat(frames, ignore_index=True)
     if len(seen):
         df = df.merge(seen[["user_id", "item_id"]].assign(_s=True), on=["user_id", "item_id"], how="left")
         df = df[df["_s"].isna()].drop(columns="_s")

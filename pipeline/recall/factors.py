@@ -48,6 +48,8 @@ class Factors:
     def user_rows(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Row index per user (-1 when unknown) and the known mask."""
         users = np.asarray(users)
+        if not len(self.user_ids):  # factors kept for their items only (the refresh): every user is unknown
+            return np.full(len(users), -1), np.zeros(len(users), dtype=bool)
         r = np.searchsorted(self.user_ids, users)
         known = (r < len(self.user_ids)) & (self.user_ids[np.minimum(r, len(self.user_ids) - 1)] == users)
         return np.where(known, r, -1), known

@@ -10,9 +10,16 @@ Mutual exclusion: ``pg_try_advisory_xact_lock(lock_key)`` at the start of each b
 (the minutely DAG while ``--follow`` runs, or two followers) finds it taken and backs off instead of
 working on the same users; the lock dies with the transaction, so a killed refresher never leaves it held.
 
-Commit order: event ids are assumed to be taken in commit order (a sequence, short inserts). A batch stops
-before the first event written by a transaction that is older than a transaction still writing to
-``shop.events`` (found in ``pg_locks``), because that writer may yet commit a smaller id.
+Commit order: a batch never moves the watermark past an event id that a transaction still open may yet
+commit. Ids visible in one unbroken run above the watermark are always safe. A gap (an id not visible below
+one that is) is held back until it cannot be filled any more: its id was taken before the visible one, so the
+transaction holding it was already writing to ``shop.events`` then (it holds the table's RowExclusiveLock
+from the start of its INSERT). The batch that first meets a gap records the highest id it read and the
+transactions writing to ``shop.events`` (``pg_locks``, read after the events); a later batch that finds none
+of them still writing (read before its events) knows every gap below that id is for good (a rolled-back
+insert, an unused id). Assumption: an event's id is taken in the statement that inserts it (a column default
+``nextval(...)`` or ``nextval()`` in the INSERT); ids taken in an earlier statement are not covered. A shop
+whose events come through a view (no locks to see) is trusted after a few seconds instead.
 
 Events older than the live publication's oldest rows (``oldest_at``; its run's ``as_of`` unless a user-subset
 run republished older rows) are already in its lists: they move the watermark but trigger no rebuild (this is
@@ -52,18 +59,10 @@ Hook = Callable[[str, dict], None]
 def _batch_sql(events_is_table: bool) -> str:
     """The batch query, built per batch: the clean-row predicate holds the "in the future" cutoff of *now*
     (a module-level constant would freeze it at import and, a day later, skip every new event)."""
-    settled = ("age(e.xmin) > coalesce((SELECT oldest FROM writers), -1)" if events_is_table
-               # A view has no xmin: treat rows older than a few seconds as committed in order.
-               else "e.ts < now() - interval '5 seconds'")
+    # A table's gaps are judged by settled_count; a view has no locks to look at: rows older than a few seconds
+    # are taken as committed in order.
+    settled = "true" if events_is_table else "e.ts < now() - interval '5 seconds'"
     return f"""
-WITH writers AS (  -- oldest transaction still writing to shop.events (its rows are not visible yet)
-    SELECT max(age(x.transactionid)) AS oldest
-      FROM pg_locks r
-      JOIN pg_locks x ON x.virtualtransaction = r.virtualtransaction AND x.locktype = 'transactionid'
-                     AND x.mode = 'ExclusiveLock' AND x.granted
-     WHERE r.locktype = 'relation' AND r.relation = 'shop.events'::regclass AND r.mode = 'RowExclusiveLock'
-       AND r.pid <> pg_backend_pid()
-)
 SELECT e.event_id, e.user_id, e.item_id, e.event_type, e.query, e.session_id, e.quantity, e.ts,
        {clean_events_predicate()} AS clean,
        {settled} AS settled
@@ -72,6 +71,32 @@ SELECT e.event_id, e.user_id, e.item_id, e.event_type, e.query, e.session_id, e.
  ORDER BY e.event_id
  LIMIT %(limit)s
 """
+
+
+#: The transactions now writing to shop.events in this database (their virtual ids, unique while they run).
+_WRITERS_SQL = """
+SELECT coalesce(array_agg(DISTINCT r.virtualtransaction), '{}')
+  FROM pg_locks r
+ WHERE r.locktype = 'relation' AND r.relation = 'shop.events'::regclass AND r.mode = 'RowExclusiveLock'
+   AND r.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND r.pid <> pg_backend_pid()
+"""
+
+
+def _writers(cur) -> set[str]:  # noqa: ANN001 - a psycopg2 cursor
+    cur.execute(_WRITERS_SQL)
+    return set(cur.fetchone()[0])
+
+
+def settled_count(ids: list[int], after: int, passable_below: int | None) -> int:
+    """How many of ``ids`` (visible event ids above the watermark ``after``, ascending) the batch may take: up
+    to the first gap that may still be filled. Gaps whose ids all lie below ``passable_below`` are for good."""
+    expected = after + 1
+    for i, eid in enumerate(ids):
+        if eid != expected and (passable_below is None or eid - 1 > passable_below):
+            return i
+        expected = eid + 1
+    return len(ids)
 
 
 def _history_sql() -> str:
@@ -114,11 +139,11 @@ def _live_pub(cur) -> dict | None:
     return dict(zip(["publication_id", "run_id", "generated_at", "champion"], row, strict=True)) if row else None
 
 
-#: The batch's state in one round trip (after the lock): the watermark row (locked), the transaction's
+#: The batch's state in one round trip (after the lock): the watermark row (locked) with its held gap, the transaction's
 #: now(), whether shop.events is a table (a view has no xmin), and the live publication with the champion.
 _STATE_SQL = """
 INSERT INTO recsys.refresh_state (name) VALUES (%(name)s) ON CONFLICT (name) DO NOTHING;
-SELECT s.last_event_id, now(),
+SELECT s.last_event_id, s.hold_below, s.hold_writers, now(),
        (SELECT relkind IN ('r', 'p') FROM pg_class WHERE oid = 'shop.events'::regclass),
        p.publication_id, p.run_id, p.generated_at,
        (SELECT max(model_version) FROM recsys.models WHERE status = 'champion'),
@@ -168,7 +193,7 @@ def run_batch(conn, url: str, home: str | Path, *, name: str = "default", batch_
                 conn.rollback()
                 return BatchResult("busy")
             cur.execute(_STATE_SQL, {"name": name})
-            after, now, events_is_table, *pub_row = cur.fetchone()
+            after, hold_below, hold_writers, now, events_is_table, *pub_row = cur.fetchone()
             if pub_row[0] is None:  # nothing to overlay yet; keep the events for when a nightly run has published
                 conn.rollback()
                 return BatchResult("no_live_run", watermark=after)
@@ -178,14 +203,28 @@ def run_batch(conn, url: str, home: str | Path, *, name: str = "default", batch_
             # published or a champion was promoted since the last batch: rare) it is loaded here.
             live = load_live(url, home, pub, pub["champion"])
             hook("locked", {"watermark": after})
+            # writers before the events, then the events (each statement its own snapshot): a writer holding a
+            # gap's id that runs on now was already writing when the gap was recorded
+            writing = _writers(cur) if events_is_table else set()
             cur.execute(_batch_sql(bool(events_is_table)), {"after": after, "limit": batch_size})
             rows = cur.fetchall()
             n_read = len(rows)
             settled = [r[-1] for r in rows]
             cut = settled.index(False) if False in settled else n_read
+            hold = (hold_below, hold_writers)
+            if events_is_table:
+                resolved = hold_below is not None and not (writing & set(hold_writers or ()))
+                cut = settled_count([int(r[0]) for r in rows], after, hold_below if resolved else None)
+                if resolved:
+                    hold = (None, None)
+                if cut < n_read and hold[0] is None:  # a gap to wait for: who may still fill it
+                    hold = (int(rows[-1][0]), sorted(_writers(cur)))
+                if hold != (hold_below, hold_writers):
+                    cur.execute("UPDATE recsys.refresh_state SET hold_below = %s, hold_writers = %s WHERE name = %s",
+                                (*hold, name))
             rows = rows[:cut]
             if not rows:
-                conn.rollback()
+                conn.commit()  # the held gap's record, if any
                 return BatchResult("empty", watermark=after, held_back=cut < n_read, more=cut < n_read)
             batch = _frame([r[:8] for r in rows], EVENT_COLUMNS).assign(clean=[bool(r[8]) for r in rows])
             upto = int(batch["event_id"].iloc[-1])
@@ -232,6 +271,9 @@ def run_batch(conn, url: str, home: str | Path, *, name: str = "default", batch_
                        watermark=upto, held_back=cut < n_read, more=n_read >= batch_size or cut < n_read)
 
 
+#: Times a drain looks again at a gap it holds back at, and the pause between looks (writers are short).
+GAP_RETRIES = 3
+GAP_RETRY_S = 0.05
 #: Days of ``recsys.refresh_batches`` kept (the audit of exactly-once; older rows are pruned).
 BATCH_LOG_DAYS = 7
 
@@ -258,10 +300,16 @@ def drain(conn, url: str, home: str | Path, *, name: str = "default", batch_size
     t0 = time.perf_counter()
     totals = {"status": "ok", "batches": 0, "events": 0, "skipped": 0, "users": 0, "rows": 0, "watermark": None,
               "held_back": False}
+    gap_retries = GAP_RETRIES
     while max_batches is None or totals["batches"] < max_batches:
         res = run_batch(conn, url, home, name=name, batch_size=batch_size, lock_key=lock_key, cfg=cfg, hook=hook)
         totals["watermark"] = res.watermark if res.status != "busy" else totals["watermark"]
         totals["held_back"] = res.held_back
+        if res.status == "empty" and res.held_back and gap_retries:
+            # a gap just recorded is often for good (a rolled-back insert): look again once its writers are gone
+            gap_retries -= 1
+            time.sleep(GAP_RETRY_S)
+            continue
         if res.status != "ok":
             if totals["batches"] == 0:
                 totals["status"] = res.status

@@ -19,6 +19,7 @@ from pathlib import Path
 import psycopg2
 
 from pipeline.db.engine import connect
+from pipeline.errors import DatabaseError
 from pipeline.refresh.core import DEFAULT_BATCH_SIZE, DEFAULT_LOCK_KEY, Hook, clean_overlay, default_config, drain
 from pipeline.refresh.fresh import FreshConfig
 
@@ -27,6 +28,10 @@ log = logging.getLogger(__name__)
 #: How long to wait before re-reading when a batch was held back behind a transaction still writing events.
 HELD_BACK_RETRY_S = 0.02
 _SLICE_S = 0.25  # longest single wait, so a stop request is seen quickly
+#: Reconnect backoff after a lost connection: doubles from the first to the cap, back to the first once a
+#: connection works again.
+RECONNECT_FIRST_S = 0.2
+RECONNECT_CAP_S = 10.0
 
 
 def _wait(listen_conn, seconds: float, stop: threading.Event) -> bool:
@@ -44,26 +49,37 @@ def _wait(listen_conn, seconds: float, stop: threading.Event) -> bool:
     return False
 
 
-def follow(url: str, home: str | Path, *, poll_seconds: float = 5.0, name: str = "default",
+def follow(url: str | Callable[[], str], home: str | Path, *, poll_seconds: float = 5.0, name: str = "default",
            batch_size: int = DEFAULT_BATCH_SIZE, lock_key: int = DEFAULT_LOCK_KEY, cfg: FreshConfig | None = None,
            stop: threading.Event | None = None, on_drain: Callable[[dict], None] | None = None,
            hook: Hook | None = None) -> dict:
-    """Refresh continuously until stopped; return the totals. Reconnects after a lost connection."""
+    """Refresh continuously until stopped; return the totals.
+
+    Any lost or refused connection (a database restart, a failover) is retried with capped exponential
+    backoff; ``url`` may be a function, asked again before each reconnect (the embedded server's URL, which a
+    restart may change). After reconnecting it LISTENs again and catches up from the watermark.
+    """
     stop = stop or threading.Event()
     cfg = cfg or default_config()
+    resolve = url if callable(url) else (lambda: url)
     restore = _install_signals(stop)
     totals = {"drains": 0, "batches": 0, "events": 0, "users": 0, "rows": 0, "wakeups": 0, "polls": 0,
               "reconnects": 0}
+    backoff = RECONNECT_FIRST_S
     try:
         while not stop.is_set():
+            drains = totals["drains"]
             try:
-                _loop(url, home, poll_seconds, name, batch_size, lock_key, cfg, stop, on_drain, hook, totals)
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                _loop(resolve(), home, poll_seconds, name, batch_size, lock_key, cfg, stop, on_drain, hook, totals)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError, DatabaseError) as exc:
                 if stop.is_set():
                     break
+                if totals["drains"] > drains:  # it had worked: start the backoff afresh
+                    backoff = RECONNECT_FIRST_S
                 totals["reconnects"] += 1
-                log.warning("refresh connection lost (%s); reconnecting", str(exc).strip())
-                stop.wait(min(poll_seconds, 2.0))
+                log.warning("refresh connection lost (%s); reconnecting in %.1f s", str(exc).strip(), backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, RECONNECT_CAP_S)
     finally:
         restore()
     return totals

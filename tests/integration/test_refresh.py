@@ -447,3 +447,171 @@ def test_cached_and_uncached_live_run_build_the_same_lists(shop: tuple[str, str]
     assert len(uncached) == len(users) * CFG.top_n and (uncached["source"] == "fresh-cf").any()
     for c in cached:
         pd.testing.assert_frame_equal(c, uncached)
+
+
+# --- commit order: exactly once with concurrent writers -------------------------------------------------------
+def _batches_after(url: str, w0: int) -> pd.DataFrame:
+    return _read(url, "SELECT from_event_id, to_event_id, events, skipped FROM recsys.refresh_batches "
+                      "WHERE to_event_id > %s ORDER BY to_event_id", (w0,))
+
+
+def _assert_each_committed_event_in_one_batch(url: str, w0: int) -> dict:
+    """Batches tile (w0, watermark] without overlap, and their counts add up to the events committed there:
+    an event that became visible after its range was passed would be missing from the counts."""
+    b = _batches_after(url, w0)
+    w = int(_read(url, "SELECT last_event_id FROM recsys.refresh_state WHERE name = 'default'").iloc[0, 0])
+    committed = int(_read(url, "SELECT count(*) FROM shop.events WHERE event_id > %s", (w0,)).iloc[0, 0])
+    top = int(_read(url, "SELECT coalesce(max(event_id), 0) FROM shop.events").iloc[0, 0])
+    assert w == top, "the refresh caught up"
+    assert b["from_event_id"].iloc[0] == w0 and b["to_event_id"].iloc[-1] == w
+    assert (b["from_event_id"].iloc[1:].to_numpy() == b["to_event_id"].iloc[:-1].to_numpy()).all()
+    counted = int(b["events"].sum() + b["skipped"].sum())
+    assert counted == committed, f"{committed - counted} committed events never processed"
+    return {"events": committed, "batches": len(b), "counted": counted}
+
+
+def test_an_older_writer_committing_a_higher_id_first_does_not_hide_the_lower_one(shop: tuple[str, str]) -> None:
+    """Writer A (the older transaction) takes id N+1 and commits; writer B (newer) took id N and commits after
+    a refresh ran. The refresh must not move past N while B may still commit it."""
+    url, home = shop
+    w0 = int(_read(url, "SELECT last_event_id FROM recsys.refresh_state WHERE name = 'default'").iloc[0, 0])
+    a, b = psycopg2.connect(url), psycopg2.connect(url)
+    try:
+        with a.cursor() as ca, b.cursor() as cb:
+            ca.execute("SELECT pg_current_xact_id()")  # A gets its transaction id first: the older writer
+            cb.execute("SELECT pg_current_xact_id()")
+            ins = ("INSERT INTO shop.events (event_id, user_id, item_id, event_type, ts) "
+                   "VALUES (%s, %s, %s, 'view', clock_timestamp())")
+            cb.execute(ins, (w0 + 1, 8, 12))  # B takes N
+            ca.execute(ins, (w0 + 2, 9, 13))  # A takes N + 1 ...
+        a.commit()  # ... and commits first
+        first = refresh_once(url, home, cfg=CFG)
+        assert first["watermark"] == w0 and first["held_back"]
+        b.commit()
+    finally:
+        a.close()
+        b.close()
+    second = refresh_once(url, home, cfg=CFG)
+    assert second["status"] == "ok" and second["events"] == 2 and second["watermark"] == w0 + 2
+    _assert_each_committed_event_in_one_batch(url, w0)
+    assert set(_read(url, "SELECT DISTINCT user_id FROM recsys.recs_realtime")["user_id"]) == {8, 9}
+
+
+def test_a_gap_left_by_a_rolled_back_insert_is_passed(shop: tuple[str, str]) -> None:
+    url, home = shop
+    w0 = int(_read(url, "SELECT last_event_id FROM recsys.refresh_state WHERE name = 'default'").iloc[0, 0])
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO shop.events (event_id, user_id, item_id, event_type, ts) "
+                    "VALUES (%s, 3, 10, 'view', now())", (w0 + 1,))
+        conn.rollback()  # id N is never used
+        cur.execute("INSERT INTO shop.events (event_id, user_id, item_id, event_type, ts) "
+                    "VALUES (%s, 4, 11, 'view', now())", (w0 + 2,))
+    res = refresh_once(url, home, cfg=CFG)  # no writer is left that could fill N: one call passes it
+    assert res["status"] == "ok" and res["events"] == 1 and res["watermark"] == w0 + 2
+
+
+def test_stress_concurrent_writers_every_committed_event_in_exactly_one_batch(shop: tuple[str, str]) -> None:
+    """Several writers take ids from one sequence inside their INSERT and commit after random delays (some roll
+    back) while --follow runs; afterwards every committed event was counted in exactly one committed batch."""
+    import random
+
+    url, home = shop
+    w0 = int(_read(url, "SELECT last_event_id FROM recsys.refresh_state WHERE name = 'default'").iloc[0, 0])
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE SEQUENCE shop.stress_ids START {w0 + 1}")
+    stop_writers, stop_follow = threading.Event(), threading.Event()
+    done = {"committed": 0, "rolled_back": 0}
+    lock = threading.Lock()
+
+    def writer(seed: int) -> None:
+        rng = random.Random(seed)
+        conn = psycopg2.connect(url)
+        try:
+            while not stop_writers.is_set():
+                with conn.cursor() as cur:
+                    for _ in range(rng.randint(1, 3)):
+                        cur.execute("INSERT INTO shop.events (event_id, user_id, item_id, event_type, ts) VALUES "
+                                    "(nextval('shop.stress_ids'), %s, %s, 'view', clock_timestamp())",
+                                    (rng.randint(1, 300), rng.randint(1, 150)))
+                time.sleep(rng.random() * 0.02)
+                with lock:
+                    if rng.random() < 0.1:
+                        conn.rollback()
+                        done["rolled_back"] += 1
+                    else:
+                        conn.commit()
+                        done["committed"] += 1
+        finally:
+            conn.close()
+
+    out: dict = {}
+    follower = threading.Thread(target=lambda: out.update(
+        follow(url, home, poll_seconds=0.5, cfg=CFG, stop=stop_follow)), daemon=True)
+    follower.start()
+    writers = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(6)]
+    t0 = time.monotonic()
+    for t in writers:
+        t.start()
+    time.sleep(6)
+    stop_writers.set()
+    for t in writers:
+        t.join(10)
+    seconds = time.monotonic() - t0
+    top = int(_read(url, "SELECT max(event_id) FROM shop.events").iloc[0, 0])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and int(_read(
+            url, "SELECT last_event_id FROM recsys.refresh_state WHERE name = 'default'").iloc[0, 0]) < top:
+        time.sleep(0.1)
+    stop_follow.set()
+    follower.join(30)
+    figures = _assert_each_committed_event_in_one_batch(url, w0)
+    assert figures["events"] >= 500, figures  # hundreds of events a second for several seconds
+    print(f"\nstress: {figures['events']} committed events ({figures['events'] / seconds:.0f}/s) from 6 writers, "
+          f"{done['rolled_back']} rolled-back transactions, {figures['batches']} batches, "
+          f"duplicates 0, losses {figures['events'] - figures['counted']}")
+
+
+def test_follow_survives_a_database_restart_and_refreshes_the_next_event() -> None:
+    """A server of its own (the suite's is shared): stop and start it under a running follower."""
+    import shutil
+    import tempfile
+
+    from pipeline.datagen import generate_shop
+    from pipeline.db import migrate
+    from pipeline.db.embedded import EmbeddedPostgres
+
+    root = Path(tempfile.mkdtemp(prefix="rerank-test-restart-"))  # not pytest's 0700 tmp: the server's user
+    pg = EmbeddedPostgres(root / "pg-home")
+    stop, ready = threading.Event(), threading.Event()
+    out: dict = {}
+    follower = None
+    try:
+        url = pg.up()
+        migrate.upgrade(url)
+        as_of = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
+        home = str(root / "home")
+        generate_shop(url, users=120, items=60, days=7, seed=5, end=as_of)
+        seed_live_run(url, home, as_of)
+        follower = threading.Thread(target=lambda: out.update(follow(
+            pg.url, home, poll_seconds=0.5, cfg=CFG, stop=stop, on_drain=lambda r: ready.set())), daemon=True)
+        follower.start()
+        assert ready.wait(60)
+        pg.down()
+        time.sleep(1.0)  # the follower meets a refused connection at least once
+        url = pg.up()
+        _insert(url, [(5, 20, "view", None)])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not len(_read(url, "SELECT 1 FROM recsys.recs_realtime "
+                                                                 "WHERE user_id = 5")):
+            time.sleep(0.1)
+        assert len(_read(url, "SELECT 1 FROM recsys.recs_realtime WHERE user_id = 5")) == CFG.top_n
+    finally:
+        stop.set()
+        if follower is not None:
+            follower.join(30)
+        from pipeline.db.engine import sa_engine
+
+        sa_engine.cache_clear()
+        pg.down()
+        shutil.rmtree(root, ignore_errors=True)
+    assert out["reconnects"] >= 1 and follower is not None and not follower.is_alive()
