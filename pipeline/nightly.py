@@ -127,12 +127,12 @@ def check_shop(extracted: dict, as_of: datetime) -> None:
     """Refuse a snapshot nothing can be learnt from (an empty shop, events with no catalogue, an ``as_of``
     before the first event) in one line, before hours of features and training fail on it."""
     need = "load the shop first (`rerank generate`, `rerank import`) or pick a later --as-of"
+    if not extracted.get("events"):
+        raise InputDataError(f"the snapshot has no clean events before as_of {as_of.isoformat()}", need)
     if not extracted.get("items"):
         raise InputDataError("the snapshot has no items (shop.items is empty or every item was quarantined)", need)
     if not extracted.get("users"):
         raise InputDataError("the snapshot has no users (shop.users is empty)", need)
-    if not extracted.get("events"):
-        raise InputDataError(f"the snapshot has no clean events before as_of {as_of.isoformat()}", need)
 
 
 @_stage("item_features")

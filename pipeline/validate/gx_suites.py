@@ -71,6 +71,10 @@ def run_suites(url: str, run_id: str, rules: dict[str, list[Rule]], docs_dir: st
     docs = Path(docs_dir)
     docs.mkdir(parents=True, exist_ok=True)
     ctx = gx.get_context(mode="ephemeral")
+    # GX draws a progress bar per metric on stderr: a nightly log (and a one-line CLI error) has no room for it
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     ctx.add_data_docs_site(site_name=SITE, site_config={
         "class_name": "SiteBuilder",
         "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs)},

@@ -58,3 +58,34 @@ def test_generate_run_recommend_and_rollback(db_url: str, tmp_path: Path) -> Non
     assert proc.returncode == 0 and "nightly_20261123T0000" in proc.stdout
     rows = json.loads(_run(["recommend", "5", "--json"], **env).stdout)
     assert {r["run_id"] for r in rows} == {"nightly_20261123T0000"}
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_bad_shops_fail_at_command_level_with_one_line_and_publish_nothing(db_url: str, tmp_path: Path) -> None:
+    """An empty shop, events whose items are missing, an as_of before the first event: exit 1, one line."""
+    env = {"RERANK_DATABASE_URL": db_url, "RERANK_HOME": str(tmp_path), "RERANK_DASK_WORKERS": "1",
+           "RERANK_EMBEDDING_METHOD": "tfidf"}
+    _assert_one_line_error(_run(["run", "nightly", "--as-of", "2026-11-24"], **env), "no clean events",
+                           "rerank generate")
+    from pipeline.db.engine import connect
+
+    with connect(db_url) as conn, conn.cursor() as cur:  # users and events, but no catalogue
+        cur.execute("INSERT INTO shop.users (user_id, created_at) VALUES (1, '2026-11-01')")
+        cur.execute("INSERT INTO shop.events (event_id, user_id, item_id, event_type, ts) "
+                    "VALUES (1, 1, 5, 'view', '2026-11-20')")
+    proc = _run(["run", "nightly", "--as-of", "2026-11-24"], **env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert _run(["generate", "--users", "50", "--items", "20", "--days", "5"], **env).returncode == 0
+    _assert_one_line_error(_run(["run", "nightly", "--as-of", "2020-01-01"], **env), "no clean events before")
+    with connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM recsys.publications")
+        assert cur.fetchone()[0] == 0
+        cur.execute("SELECT count(*) FROM recsys.runs WHERE status = 'failed'")
+        assert cur.fetchone()[0] == 2  # one run id per as_of: the re-run of 2026-11-24 failed again
