@@ -289,27 +289,34 @@ def score_users(home: str, run_id: str, as_of: datetime, *, top_n: int, n_candid
 
 @_stage("quality_gate")
 def quality_gate(home: str, run_id: str, thresholds: dict | None = None, url: str | None = None,
-                 top_n: int | None = None) -> dict:
+                 top_n: int | None = None, client: object | None = None) -> dict:
     """Check the run's lists (settings' gate thresholds unless given); with ``url``, churn against the live run.
-    ``top_n``: the list length asked for (default: the run's recorded one) for the long / short list checks."""
-    from pipeline.publish import check_output, live_lists
+    ``top_n``: the list length asked for (default: the run's recorded one) for the long / short list checks.
+
+    The lists are reduced part by part (pipeline.publish.parts): on the Dask ``client``'s workers when given,
+    else in a loop here; the live run's rows are read per part's users, never as one table.
+    """
+    from pipeline.publish.gate import check_parts
+    from pipeline.publish.parts import rec_parts
+    from pipeline.publish.swap import LiveRows
     from pipeline.rerank import load_item_embeddings
 
     d = _dir(home, run_id)
-    recs = pd.read_parquet(d / "recs.parquet")
+    parts = rec_parts(d)
     items = pd.read_parquet(d / "snapshot" / "items.parquet")
-    users = pd.read_parquet(d / "snapshot" / "users.parquet")["user_id"]
+    users = pd.read_parquet(d / "snapshot" / "users.parquet", columns=["user_id"])["user_id"]
     params = _params(home, run_id)
     subset = params.get("user_ids")
     if subset:
         users = users[users.isin(subset)]
-    live = live_lists(url) if url else None
+    live = LiveRows.of_live(url) if url else None
     done = d / "exhausted.parquet"
     exhausted = pd.read_parquet(done)["user_id"] if done.exists() else None
-    return check_output(recs, users=users, items=items, exhausted=exhausted,
-                        thresholds=thresholds if thresholds is not None else dict(get_settings().gate),
-                        live=live, item_embeddings=load_item_embeddings(d / "snapshot"),
-                        top_n=top_n or params.get("top_n"), nothing_live=url is not None and live is None)
+    return check_parts(parts, users=users, items=items, exhausted=exhausted,
+                       thresholds=thresholds if thresholds is not None else dict(get_settings().gate),
+                       live=live, item_embeddings=load_item_embeddings(d / "snapshot"),
+                       top_n=top_n or params.get("top_n"), nothing_live=url is not None and live is None,
+                       client=client)
 
 
 @_stage("publish")
@@ -409,7 +416,7 @@ def _run_steps(s: Settings, url: str, home: str, run_id: str, as_of: datetime, c
         "evaluate_gate": lambda: evaluate_gate(url, home, run_id, as_of),
         "score_users": lambda: score_users(home, run_id, as_of, top_n=top_n, n_candidates=s.candidates,
                                            user_ids=user_ids, client=client, url=url),
-        "quality_gate": lambda: quality_gate(home, run_id, url=url, top_n=top_n),
+        "quality_gate": lambda: quality_gate(home, run_id, url=url, top_n=top_n, client=client),
         "publish": lambda: publish(url, home, run_id, keep=s.keep_runs, dry_run=dry_run),
         "report": lambda: report(url, home, run_id),
     }

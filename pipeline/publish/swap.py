@@ -394,6 +394,31 @@ def live_lists(url: str, columns: tuple[str, ...] = ("user_id", "item_id")) -> p
         return pd.DataFrame(cur.fetchall(), columns=list(columns))
 
 
+class LiveRows:
+    """The live publication's rows of given users, read by user id from its table (indexed on user_id): the
+    streamed gate's churn check reads the live lists part by part, never the whole table. Picklable, so a
+    Dask worker can call it."""
+
+    def __init__(self, url: str, recs_table: str, columns: tuple[str, ...] = ("user_id", "item_id")) -> None:
+        bad = set(columns) - set(RECS_COLUMNS)
+        if bad:
+            raise PublishError(f"unknown columns {sorted(bad)}", f"one of {RECS_COLUMNS}")
+        self.url, self.recs_table, self.columns = url, recs_table, tuple(columns)
+
+    @classmethod
+    def of_live(cls, url: str) -> LiveRows | None:
+        """The reader of the live publication's table; None before the first publication."""
+        live = live_publication(url)
+        return None if live is None else cls(url, live["recs_table"])
+
+    def __call__(self, user_ids: np.ndarray) -> pd.DataFrame:
+        q = sql.SQL("SELECT {} FROM {} WHERE user_id = ANY(%s)").format(
+            sql.SQL(", ").join(sql.Identifier(c) for c in self.columns), sql.Identifier("recsys", self.recs_table))
+        with connect(self.url) as conn, conn.cursor() as cur:
+            cur.execute(q, ([int(u) for u in user_ids],))
+            return pd.DataFrame(cur.fetchall(), columns=list(self.columns))
+
+
 #: In one transaction with a rollback's swap: lock the refresh watermarks first (a refresh batch takes its
 #: watermark row before the overlay rows, so the same order cannot deadlock with one in flight), move each
 #: back to where it stood when the rolled-back publication went live (the first batch after that read from
