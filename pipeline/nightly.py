@@ -321,26 +321,21 @@ def quality_gate(home: str, run_id: str, thresholds: dict | None = None, url: st
 
 @_stage("publish")
 def publish(url: str, home: str, run_id: str, *, keep: int = 3, dry_run: bool = False) -> dict:
-    """Swap the read views to this run's lists; with a user subset, other users keep their live rows."""
-    from pipeline.db.engine import sa_engine
-    from pipeline.publish import live_publication, publish_run
+    """Swap the read views to this run's lists, streamed part by part into COPY (RERANK_PUBLISH_CHUNK_ROWS
+    rows at a time); with a user subset, other users keep their live rows (copied inside Postgres)."""
+    from pipeline.publish import publish_run
+    from pipeline.publish.parts import max_in_parts, rec_parts, rows_in_parts
 
     d = _dir(home, run_id)
-    recs = pd.read_parquet(d / "recs.parquet")
+    parts = rec_parts(d)
     if dry_run:
-        return {"published": False, "dry_run": True, "rows": len(recs)}
+        return {"published": False, "dry_run": True, "rows": rows_in_parts(parts)}
     subset = _params(home, run_id).get("user_ids")
-    live = live_publication(url)
-    if subset and live:
-        from psycopg2 import sql
-
-        q = sql.SQL("SELECT * FROM {}").format(sql.Identifier("recsys", live["recs_table"]))
-        with sa_engine(url).connect() as conn:
-            old = pd.read_sql(q.as_string(conn.connection.dbapi_connection), conn)
-        recs = pd.concat([old[~old["user_id"].isin(recs["user_id"])], recs], ignore_index=True)
     nb = pd.read_parquet(d / "snapshot" / "neighbours.parquet")
-    generated_at = pd.Timestamp(recs["generated_at"].max()).to_pydatetime() if len(recs) else datetime.now()
-    return publish_run(url, run_id, recs, nb, generated_at=generated_at, keep=keep)
+    newest = max_in_parts(parts, "generated_at")
+    generated_at = pd.Timestamp(newest).to_pydatetime() if newest is not None else datetime.now()
+    return publish_run(url, run_id, parts, nb, generated_at=generated_at, keep=keep,
+                       chunk_rows=get_settings().publish_chunk_rows, keep_other_users=bool(subset))
 
 
 def report(url: str, home: str, run_id: str) -> dict:

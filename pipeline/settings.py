@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     itemcf_algorithm: Literal["dense", "sparse"] = "sparse"
     #: Length of each user's published list.
     top_n: int = Field(50, ge=1, le=1000)
+    #: Rows per COPY chunk when a run's lists are streamed into Postgres (the publish's memory follows it).
+    publish_chunk_rows: int = Field(200_000, ge=1)
     #: Published runs kept for ``rerank publish rollback``.
     keep_runs: int = Field(3, ge=2)
     #: Port for the embedded server (0: pick a free one).

@@ -47,3 +47,26 @@ def rows_in_parts(parts: list[Path]) -> int:
     import pyarrow.parquet as pq
 
     return sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+
+
+def max_in_parts(parts: list[Path], column: str) -> object | None:
+    """The largest value of ``column`` over all parts, from the row groups' statistics where the writer kept
+    them (else by reading that one column of a part); None when the parts hold no rows."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    best = None
+    for p in parts:
+        f = pq.ParquetFile(p)
+        idx = f.schema_arrow.get_field_index(column)
+        highs = []
+        for g in range(f.metadata.num_row_groups):
+            st = f.metadata.row_group(g).column(idx).statistics if idx >= 0 else None
+            if st is None or not st.has_min_max:
+                highs = [pc.max(f.read(columns=[column]).column(column)).as_py()]
+                break
+            highs.append(st.max)
+        for h in highs:
+            if h is not None and (best is None or h > best):
+                best = h
+    return best
