@@ -12,20 +12,21 @@ Readers never see a half-written run:
    publication can show (never failing the publication: the swap has committed).
 
 A table committed by step 1 whose swap never happened (killed between 1 and 2) is an orphan; the next
-publication drops it. Publications are serialised by a session advisory lock, so one run never mistakes
+publication drops it. Step 1 registers each table it creates with a comment naming its publication id
+(committed with the table), and only such registered tables, named as :func:`table_name` names them, whose
+publication never reached ``recsys.publications``, count as orphans: a table someone else keeps in the
+schema is never dropped. Publications are serialised by a session advisory lock, so one run never mistakes
 another's table in the making for an orphan; the lock dies with a killed session.
 
-Test hook: ``RERANK_TEST_PUBLISH_PAUSE_AT=<point>`` makes the publishing process print
-``paused at <point>`` and sleep there (points: :data:`PAUSE_POINTS`), so a test can SIGKILL it.
+``hook(point)`` (an argument, never the environment) is called at each of :data:`PAUSE_POINTS`; tests pass
+one that pauses there so they can SIGKILL the process.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -50,26 +51,11 @@ RECS_COLUMNS = ["user_id", "rank", "item_id", "score", "reason", "anchor_item_id
 SIMILAR_COLUMNS = ["item_id", "rank", "similar_item_id", "score", "method"]
 #: Named points of a publication where the test hook can pause it.
 PAUSE_POINTS = ("create", "copy", "index", "loaded", "swap")
-PAUSE_ENV = "RERANK_TEST_PUBLISH_PAUSE_AT"
 #: Advisory lock key serialising publications and rollbacks (any constant; "rerank" in ASCII).
 PUBLISH_LOCK = 0x7265_72616E6B
 _PROTECTED = ("recs_bootstrap", "similar_bootstrap", "recs_realtime")
 
 Hook = Callable[[str], None]
-
-
-def _env_hook() -> Hook | None:
-    point = os.environ.get(PAUSE_ENV)
-    if not point:
-        return None
-
-    def pause(at: str) -> None:
-        if at == point:
-            print(f"paused at {at}", flush=True)
-            sys.stdout.flush()
-            time.sleep(3600)
-
-    return pause
 
 
 def _view_sql(name: str, **parts: sql.Composable) -> sql.Composed:
@@ -88,20 +74,41 @@ def table_name(prefix: str, run_id: str, pub_id: int) -> str:
     return f"{prefix}_{base}"[: 63 - len(suffix)] + suffix
 
 
+#: The comment that registers a table as made by a publication (the id follows); see :func:`_register`.
+TABLE_MARK = "ecom-rerank publication "
+
+
+def _register(cur, table: sql.Composable, pub_id: int) -> None:
+    """Mark ``table`` as made by publication ``pub_id``, in the transaction that creates it."""
+    cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(table, sql.Literal(f"{TABLE_MARK}{pub_id}")))
+
+
 def _orphans(cur) -> list[str]:
+    """Registered publication tables whose publication never committed (its id is not in the registry)."""
     cur.execute(
         """
-        SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        SELECT c.relname, obj_description(c.oid, 'pg_class')
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = 'recsys' AND c.relkind = 'r'
-           AND (c.relname LIKE 'recs\\_%%' OR c.relname LIKE 'similar\\_%%')
+           AND c.relname ~ '^(recs|similar)_[a-z0-9_]*_p[0-9]+$'
            AND c.relname <> ALL(%s)
+           AND obj_description(c.oid, 'pg_class') LIKE %s
            AND c.relname NOT IN (SELECT recs_table FROM recsys.publications
                                  UNION SELECT similar_table FROM recsys.publications WHERE similar_table IS NOT NULL)
          ORDER BY 1
         """,
-        (list(_PROTECTED),),
+        (list(_PROTECTED), TABLE_MARK + "%"),
     )
-    return [r[0] for r in cur.fetchall()]
+    out = []
+    with_ids = cur.fetchall()
+    cur.execute("SELECT publication_id FROM recsys.publications")
+    registered = {r[0] for r in cur.fetchall()}
+    for name, comment in with_ids:
+        pub = comment[len(TABLE_MARK):]
+        # the name carries the same id as the mark: a copied comment on another table does not qualify
+        if pub.isdigit() and int(pub) not in registered and name.endswith(f"_p{pub}"):
+            out.append(name)
+    return out
 
 
 def _drop_orphans(cur) -> list[str]:
@@ -267,7 +274,6 @@ def publish_run(url: str, run_id: str, recs: pd.DataFrame | Sequence[Path], simi
     if similar is not None and set(SIMILAR_COLUMNS) - set(similar.columns):
         raise PublishError(f"item neighbours lack columns {sorted(set(SIMILAR_COLUMNS) - set(similar.columns))}",
                            "the neighbours snapshot")
-    hook = hook or _env_hook()
     in_frame = isinstance(recs, pd.DataFrame)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -298,6 +304,7 @@ def publish_run(url: str, run_id: str, recs: pd.DataFrame | Sequence[Path], simi
             cur.execute("SET LOCAL maintenance_work_mem = '256MB'")
             rt = sql.Identifier("recsys", recs_table)
             cur.execute(sql.SQL("CREATE TABLE {} (LIKE recsys.recs_bootstrap INCLUDING ALL)").format(rt))
+            _register(cur, rt, pub_id)
             if hook:
                 hook("create")
             if in_frame:
@@ -321,6 +328,7 @@ def publish_run(url: str, run_id: str, recs: pd.DataFrame | Sequence[Path], simi
             if similar_table:
                 st = sql.Identifier("recsys", similar_table)
                 cur.execute(sql.SQL("CREATE TABLE {} (LIKE recsys.similar_bootstrap INCLUDING ALL)").format(st))
+                _register(cur, st, pub_id)
                 _copy_frozen(cur, st, similar, SIMILAR_COLUMNS, chunk_rows, None)
                 cur.execute(sql.SQL("CREATE INDEX {} ON {} (item_id, rank)").format(
                     sql.Identifier(f"{similar_table}_item_rank"[:63]), st))
