@@ -205,11 +205,13 @@ def _random_lists(seed: int, users: int = 300, items: int = 120, top: int = 10) 
     unavailable items, missing reasons, fallback rows, two variants, users without a list."""
     rng = np.random.default_rng(seed)
     rows = []
+    alike = np.arange(1, items + 1)[np.arange(items) % 21 == 0]  # items with the same category labels
     for u in range(1, users + 1):
         if rng.random() < 0.05:
             continue  # no list
         n = int(rng.choice([top, top, top, top - 3, top + 1]))
-        its = rng.choice(np.arange(1, items + 1), size=n, replace=rng.random() < 0.05)
+        pool = alike if u <= users // 3 else np.arange(1, items + 1)  # the first users' lists: no diversity
+        its = rng.choice(pool, size=n, replace=rng.random() < 0.05 or len(pool) < n)
         ranks = np.arange(1, n + 1)
         if rng.random() < 0.03:
             ranks[-1] += 1  # a gap
@@ -225,14 +227,24 @@ def _random_lists(seed: int, users: int = 300, items: int = 120, top: int = 10) 
     return recs.sample(frac=1.0, random_state=seed), cat
 
 
-@pytest.mark.parametrize("n_parts", [1, 4, 7])
+def _split_ranges(recs: pd.DataFrame, cuts: list[int]) -> list[pd.DataFrame]:
+    """Parts by user-id range, of uneven sizes and make-up (the per-part means differ)."""
+    edges = [0, *cuts, int(recs["user_id"].max()) + 1]
+    return [recs[(recs["user_id"] >= lo) & (recs["user_id"] < hi)] for lo, hi in zip(edges, edges[1:], strict=False)]
+
+
+@pytest.mark.parametrize("cuts", [[], [40, 60, 250], [10, 20, 30, 100, 101, 200]])
 @pytest.mark.parametrize("embeddings", [False, True])
-def test_reduced_figures_equal_the_one_frame_figures(n_parts: int, embeddings: bool) -> None:
+def test_reduced_figures_equal_the_one_frame_figures(cuts: list[int], embeddings: bool) -> None:
     """The same lists, whole or split into parts of disjoint users: every figure agrees (floats to 1e-4, the
-    rounding of the figures; the parts' diversity and churn are weighted means of the parts' means)."""
-    recs, items = _random_lists(seed=n_parts)
-    live, _ = _random_lists(seed=99)
-    emb = (items["item_id"].to_numpy(), np.random.default_rng(0).normal(size=(len(items), 8))) if embeddings else None
+    rounding of the figures; the parts' diversity and churn are weighted means of the parts' means, and the
+    parts differ: the first users' lists have no diversity and did not change since the live run)."""
+    recs, items = _random_lists(seed=len(cuts))
+    other, _ = _random_lists(seed=99)
+    live = pd.concat([recs[recs["user_id"] <= 100], other[other["user_id"] > 100]])
+    ids = items["item_id"].to_numpy()
+    vectors = np.eye(21)[ids % 21] + 0.05 * np.random.default_rng(0).normal(size=(len(ids), 21))  # like categories
+    emb = (ids, vectors) if embeddings else None
     users = pd.Series(np.arange(1, 311))  # 301..310 and the skipped ones have no list
     exhausted = pd.Series([5, 300, 305])
     kw = {"users": users, "items": items, "live": live[["user_id", "item_id"]], "top_n": 10,
@@ -241,9 +253,10 @@ def test_reduced_figures_equal_the_one_frame_figures(n_parts: int, embeddings: b
                          "max_bad_scores": 10**6, "max_long_lists": 10**6, "max_short_share": 1.0,
                          "max_unavailable_items": 10**6, "max_missing_reasons": 10**6, "max_fallback_share": 1.0}}
     whole = check_output(recs, **kw)
-    parts = check_parts(_split(recs, n_parts), **kw)
+    parts = check_parts(_split_ranges(recs, cuts), **kw)
     assert whole["duplicate_items"] > 0 and whole["bad_ranks"] > 0 and whole["long_lists"] > 0  # not vacuous
     assert whole["unavailable_items"] > 0 and whole["empty_lists"] > 0 and whole["exhausted_users"] > 0
+    assert 0.2 < whole["diversity"] < 0.8 and 0.2 < whole["churn"] < 0.9
     for key, value in whole.items():
         if isinstance(value, float):
             assert parts[key] == pytest.approx(value, abs=1.01e-4), key
