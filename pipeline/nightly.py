@@ -303,51 +303,53 @@ def score_users(home: str, run_id: str, as_of: datetime, *, top_n: int, n_candid
 
 @_stage("quality_gate")
 def quality_gate(home: str, run_id: str, thresholds: dict | None = None, url: str | None = None,
-                 top_n: int | None = None) -> dict:
+                 top_n: int | None = None, client: object | None = None) -> dict:
     """Check the run's lists (settings' gate thresholds unless given); with ``url``, churn against the live run.
-    ``top_n``: the list length asked for (default: the run's recorded one) for the long / short list checks."""
-    from pipeline.publish import check_output, live_lists
+    ``top_n``: the list length asked for (default: the run's recorded one) for the long / short list checks.
+
+    The lists are reduced part by part (pipeline.publish.parts): on the Dask ``client``'s workers when given,
+    else in a loop here; the live run's rows are read per part's users, never as one table.
+    """
+    from pipeline.publish.gate import check_parts
+    from pipeline.publish.parts import rec_parts
+    from pipeline.publish.swap import LiveRows
     from pipeline.rerank import load_item_embeddings
 
     d = _dir(home, run_id)
-    recs = pd.read_parquet(d / "recs.parquet")
+    parts = rec_parts(d)
     items = pd.read_parquet(d / "snapshot" / "items.parquet")
-    users = pd.read_parquet(d / "snapshot" / "users.parquet")["user_id"]
+    users = pd.read_parquet(d / "snapshot" / "users.parquet", columns=["user_id"])["user_id"]
     params = _params(home, run_id)
     subset = params.get("user_ids")
     if subset:
         users = users[users.isin(subset)]
-    live = live_lists(url) if url else None
+    live = LiveRows.of_live(url) if url else None
     done = d / "exhausted.parquet"
     exhausted = pd.read_parquet(done)["user_id"] if done.exists() else None
-    return check_output(recs, users=users, items=items, exhausted=exhausted,
-                        thresholds=thresholds if thresholds is not None else dict(get_settings().gate),
-                        live=live, item_embeddings=load_item_embeddings(d / "snapshot"),
-                        top_n=top_n or params.get("top_n"), nothing_live=url is not None and live is None)
+    return check_parts(parts, users=users, items=items, exhausted=exhausted,
+                       thresholds=thresholds if thresholds is not None else dict(get_settings().gate),
+                       live=live, item_embeddings=load_item_embeddings(d / "snapshot"),
+                       top_n=top_n or params.get("top_n"), nothing_live=url is not None and live is None,
+                       client=client)
 
 
 @_stage("publish")
 def publish(url: str, home: str, run_id: str, *, keep: int = 3, dry_run: bool = False) -> dict:
-    """Swap the read views to this run's lists; with a user subset, other users keep their live rows."""
-    from pipeline.db.engine import sa_engine
-    from pipeline.publish import live_publication, publish_run
+    """Swap the read views to this run's lists, streamed part by part into COPY (RERANK_PUBLISH_CHUNK_ROWS
+    rows at a time); with a user subset, other users keep their live rows (copied inside Postgres)."""
+    from pipeline.publish import publish_run
+    from pipeline.publish.parts import max_in_parts, rec_parts, rows_in_parts
 
     d = _dir(home, run_id)
-    recs = pd.read_parquet(d / "recs.parquet")
+    parts = rec_parts(d)
     if dry_run:
-        return {"published": False, "dry_run": True, "rows": len(recs)}
+        return {"published": False, "dry_run": True, "rows": rows_in_parts(parts)}
     subset = _params(home, run_id).get("user_ids")
-    live = live_publication(url)
-    if subset and live:
-        from psycopg2 import sql
-
-        q = sql.SQL("SELECT * FROM {}").format(sql.Identifier("recsys", live["recs_table"]))
-        with sa_engine(url).connect() as conn:
-            old = pd.read_sql(q.as_string(conn.connection.dbapi_connection), conn)
-        recs = pd.concat([old[~old["user_id"].isin(recs["user_id"])], recs], ignore_index=True)
     nb = pd.read_parquet(d / "snapshot" / "neighbours.parquet")
-    generated_at = pd.Timestamp(recs["generated_at"].max()).to_pydatetime() if len(recs) else datetime.now()
-    return publish_run(url, run_id, recs, nb, generated_at=generated_at, keep=keep)
+    newest = max_in_parts(parts, "generated_at")
+    generated_at = pd.Timestamp(newest).to_pydatetime() if newest is not None else datetime.now()
+    return publish_run(url, run_id, parts, nb, generated_at=generated_at, keep=keep,
+                       chunk_rows=get_settings().publish_chunk_rows, keep_other_users=bool(subset))
 
 
 def report(url: str, home: str, run_id: str) -> dict:
@@ -423,7 +425,7 @@ def _run_steps(s: Settings, url: str, home: str, run_id: str, as_of: datetime, c
         "evaluate_gate": lambda: evaluate_gate(url, home, run_id, as_of),
         "score_users": lambda: score_users(home, run_id, as_of, top_n=top_n, n_candidates=s.candidates,
                                            user_ids=user_ids, client=client, url=url),
-        "quality_gate": lambda: quality_gate(home, run_id, url=url, top_n=top_n),
+        "quality_gate": lambda: quality_gate(home, run_id, url=url, top_n=top_n, client=client),
         "publish": lambda: publish(url, home, run_id, keep=s.keep_runs, dry_run=dry_run),
         "report": lambda: report(url, home, run_id),
     }

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     itemcf_algorithm: Literal["dense", "sparse"] = "sparse"
     #: Length of each user's published list.
     top_n: int = Field(50, ge=1, le=1000)
+    #: Rows per COPY chunk when a run's lists are streamed into Postgres (the publish's memory follows it).
+    publish_chunk_rows: int = Field(200_000, ge=1)
     #: Published runs kept for ``rerank publish rollback``.
     keep_runs: int = Field(3, ge=2)
     #: Port for the embedded server (0: pick a free one).
@@ -68,6 +70,10 @@ class Settings(BaseSettings):
     recent_days: int = Field(7, ge=1)
     #: Daily point-in-time windows the ranker trains on (before the gate's holdout day).
     rank_windows: int = Field(7, ge=1, le=60)
+    #: Users the ranker's training set is built from: a sample chosen by a hash of (seed, user id), so a
+    #: re-run draws the same users and training memory and time stay flat as the shop grows (only the
+    #: sampled users' events are read). Shops with fewer users train on all of them.
+    rank_sample_users: int = Field(20_000, ge=1)
     #: Upper bound on ranker training epochs (early stopping usually ends sooner).
     rank_max_epochs: int = Field(20, ge=1)
     #: A candidate ranker is promoted only if its holdout nDCG@10 >= champion's - this tolerance.

@@ -1,6 +1,9 @@
 """The output quality gate: a run is published only when its lists pass every check.
 
 Pure pandas over the run's lists; the caller decides what to do with a failure (keep the live run).
+A run's lists on disk are checked part by part (:func:`check_parts`): each part is reduced to additive
+figures (counts, sums, the sets of listed users and items), on Dask workers when a client is given, and
+the combined figures are judged exactly as :func:`check_output` judges one frame.
 Checks, each named in the failure message and in ``QualityGateFailed.failed_checks``:
 
 ==================  ===========================================================================
@@ -24,7 +27,9 @@ churn               1 - mean Jaccard overlap with the live run's lists (max ``ma
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,20 +109,17 @@ def _bad_ranks(recs: pd.DataFrame) -> int:
     return int(r.loc[wrong, "user_id"].nunique())
 
 
-def check_output(recs: pd.DataFrame, *, users: pd.Series, items: pd.DataFrame,
-                 thresholds: GateThresholds | dict | None = None, live: pd.DataFrame | None = None,
-                 fallback_sources: tuple[str, ...] = ("popularity",),
-                 item_embeddings: tuple[np.ndarray, np.ndarray] | None = None,
-                 top_n: int | None = None, nothing_live: bool = False,
-                 exhausted: pd.Series | None = None) -> dict:
-    """Measure the run's lists; raise QualityGateFailed naming every failed check, else return the figures.
+def _available(items: pd.DataFrame) -> pd.Series:
+    return items.loc[items["in_stock"].fillna(False).astype(bool) & items["visible"].fillna(False).astype(bool),
+                     "item_id"]
 
-    ``live``: the live run's (user_id, item_id) rows for the churn check (see ``publish.live_lists``);
-    ``top_n``: the run's list length, for the long / short list checks (skipped without it);
-    ``nothing_live``: no publication exists yet, so a high fallback share is reported but does not fail;
-    ``exhausted``: users the scoring stage found nothing eligible for (reported, not counted as empty).
-    """
-    t = thresholds if isinstance(thresholds, GateThresholds) else GateThresholds.from_dict(thresholds)
+
+def _frame_figures(recs: pd.DataFrame, *, users: pd.Series, items: pd.DataFrame, t: GateThresholds,
+                   live: pd.DataFrame | None, fallback_sources: tuple[str, ...],
+                   item_embeddings: tuple[np.ndarray, np.ndarray] | None, top_n: int | None,
+                   exhausted: pd.Series | None) -> dict:
+    """The gate's figures over one frame holding every list (small runs, and the reference of the streamed
+    path: :func:`check_parts` must give the same figures)."""
     listed = set(recs["user_id"].unique())
     unlisted = ~users.isin(listed)
     spent = unlisted & users.isin(exhausted if exhausted is not None else [])
@@ -126,8 +128,7 @@ def check_output(recs: pd.DataFrame, *, users: pd.Series, items: pd.DataFrame,
     bad_ranks = _bad_ranks(recs)
     bad_scores = int((~np.isfinite(pd.to_numeric(recs["score"], errors="coerce").to_numpy(dtype="float64"))).sum()) \
         if "score" in recs else 0
-    available = items.loc[items["in_stock"].fillna(False).astype(bool) & items["visible"].fillna(False).astype(bool),
-                          "item_id"]
+    available = _available(items)
     unavailable = int((~recs["item_id"].isin(available)).sum())
     missing_reasons = int((recs["reason"].isna() | (recs["reason"].astype(str).str.strip() == "")).sum()) \
         if "reason" in recs else len(recs)
@@ -150,39 +151,216 @@ def check_output(recs: pd.DataFrame, *, users: pd.Series, items: pd.DataFrame,
                "churn": None if churn is None else round(churn, 4), "thresholds": asdict(t)}
     if "variant" in recs and len(recs):
         figures["variants"] = {str(k): int(v) for k, v in recs.groupby("variant")["user_id"].nunique().items()}
+    return figures
+
+
+def _judge(figures: dict, t: GateThresholds, *, top_n: int | None, n_available: int, nothing_live: bool) -> dict:
+    """Compare the figures with the thresholds; raise QualityGateFailed naming every failed check."""
     failed: dict[str, str] = {}
-    if empty > t.max_empty_lists:
-        failed["empty_lists"] = f"{empty} users have an empty list (max {t.max_empty_lists})"
-    if dups > t.max_duplicate_items:
-        failed["duplicate_items"] = f"{dups} duplicate items within lists (max {t.max_duplicate_items})"
-    if bad_ranks > t.max_bad_ranks:
-        failed["bad_ranks"] = f"{bad_ranks} users whose ranks are not 1..n (max {t.max_bad_ranks})"
-    if bad_scores > t.max_bad_scores:
-        failed["bad_scores"] = f"{bad_scores} rows with a NaN or infinite score (max {t.max_bad_scores})"
-    if long_lists > t.max_long_lists:
-        failed["long_lists"] = f"{long_lists} users have more than top_n={top_n} rows (max {t.max_long_lists})"
-    if short_share > t.max_short_share:
-        failed["short_lists"] = (f"{short_share:.1%} of the listed users have fewer than "
-                                 f"{min(top_n or 0, available.nunique())} rows (max {t.max_short_share:.0%})")
-    if unavailable > t.max_unavailable_items:
-        failed["unavailable_items"] = f"{unavailable} out-of-stock or invisible items (max {t.max_unavailable_items})"
-    if missing_reasons > t.max_missing_reasons:
-        failed["missing_reasons"] = f"{missing_reasons} rows without a reason (max {t.max_missing_reasons})"
-    if coverage < t.min_coverage:
-        failed["coverage"] = f"catalogue coverage {coverage:.4f} < {t.min_coverage}"
+    f = figures
+    if f["empty_lists"] > t.max_empty_lists:
+        failed["empty_lists"] = f"{f['empty_lists']} users have an empty list (max {t.max_empty_lists})"
+    if f["duplicate_items"] > t.max_duplicate_items:
+        failed["duplicate_items"] = (f"{f['duplicate_items']} duplicate items within lists "
+                                     f"(max {t.max_duplicate_items})")
+    if f["bad_ranks"] > t.max_bad_ranks:
+        failed["bad_ranks"] = f"{f['bad_ranks']} users whose ranks are not 1..n (max {t.max_bad_ranks})"
+    if f["bad_scores"] > t.max_bad_scores:
+        failed["bad_scores"] = f"{f['bad_scores']} rows with a NaN or infinite score (max {t.max_bad_scores})"
+    if f["long_lists"] > t.max_long_lists:
+        failed["long_lists"] = (f"{f['long_lists']} users have more than top_n={top_n} rows "
+                                f"(max {t.max_long_lists})")
+    if f["short_lists"] > t.max_short_share:
+        failed["short_lists"] = (f"{f['short_lists']:.1%} of the listed users have fewer than "
+                                 f"{min(top_n or 0, n_available)} rows (max {t.max_short_share:.0%})")
+    if f["unavailable_items"] > t.max_unavailable_items:
+        failed["unavailable_items"] = (f"{f['unavailable_items']} out-of-stock or invisible items "
+                                       f"(max {t.max_unavailable_items})")
+    if f["missing_reasons"] > t.max_missing_reasons:
+        failed["missing_reasons"] = f"{f['missing_reasons']} rows without a reason (max {t.max_missing_reasons})"
+    if f["coverage"] < t.min_coverage:
+        failed["coverage"] = f"catalogue coverage {f['coverage']:.4f} < {t.min_coverage}"
     figures["fallback_share_enforced"] = not nothing_live
-    if fallback > t.max_fallback_share and not nothing_live:
-        failed["fallback_share"] = f"fallback share {fallback:.3f} > {t.max_fallback_share}"
+    if f["fallback_share"] > t.max_fallback_share and not nothing_live:
+        failed["fallback_share"] = f"fallback share {f['fallback_share']:.3f} > {t.max_fallback_share}"
+    diversity = f["diversity"]
     if t.min_diversity > 0 and (diversity is None or diversity < t.min_diversity):
         shown = "n/a" if diversity is None else f"{diversity:.3f}"
         failed["diversity"] = f"intra-list diversity@{t.diversity_k} {shown} < {t.min_diversity}"
-    if churn is not None and churn > t.max_churn:
-        failed["churn"] = f"churn against the live run {churn:.3f} > {t.max_churn}"
+    if f["churn"] is not None and f["churn"] > t.max_churn:
+        failed["churn"] = f"churn against the live run {f['churn']:.3f} > {t.max_churn}"
     if failed:
         exc = QualityGateFailed("output quality gate refused the run: "
                                 + "; ".join(f"[{k}] {v}" for k, v in failed.items()),
-                                "the run's lists in RERANK_HOME/runs/<run_id>/recs.parquet; the live run stays")
+                                "the run's lists in RERANK_HOME/runs/<run_id>/recs/; the live run stays")
         exc.failed_checks = list(failed)  # type: ignore[attr-defined]
         exc.figures = figures  # type: ignore[attr-defined]
         raise exc
     return figures
+
+
+def check_output(recs: pd.DataFrame, *, users: pd.Series, items: pd.DataFrame,
+                 thresholds: GateThresholds | dict | None = None, live: pd.DataFrame | None = None,
+                 fallback_sources: tuple[str, ...] = ("popularity",),
+                 item_embeddings: tuple[np.ndarray, np.ndarray] | None = None,
+                 top_n: int | None = None, nothing_live: bool = False,
+                 exhausted: pd.Series | None = None) -> dict:
+    """Measure the run's lists held in one frame; raise QualityGateFailed naming every failed check, else
+    return the figures. A run's lists on disk go through :func:`check_parts`, one part at a time.
+
+    ``live``: the live run's (user_id, item_id) rows for the churn check (see ``publish.live_lists``);
+    ``top_n``: the run's list length, for the long / short list checks (skipped without it);
+    ``nothing_live``: no publication exists yet, so a high fallback share is reported but does not fail;
+    ``exhausted``: users the scoring stage found nothing eligible for (reported, not counted as empty).
+    """
+    t = thresholds if isinstance(thresholds, GateThresholds) else GateThresholds.from_dict(thresholds)
+    figures = _frame_figures(recs, users=users, items=items, t=t, live=live, fallback_sources=fallback_sources,
+                             item_embeddings=item_embeddings, top_n=top_n, exhausted=exhausted)
+    return _judge(figures, t, top_n=top_n, n_available=_available(items).nunique(), nothing_live=nothing_live)
+
+
+# --- the streamed gate: figures reduced per part, then combined ------------------------------------------
+
+#: Live rows for a set of users: a frame of (user_id, item_id), e.g. ``publish.swap.LiveRows``.
+LiveSource = Callable[[np.ndarray], pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class PartContext:
+    """What every part's reduction needs besides its rows: catalogue-sized, the same for every part."""
+
+    available: np.ndarray  # item ids in stock and visible
+    items: pd.DataFrame  # item_id (+ category) for diversity over categories
+    item_embeddings: tuple[np.ndarray, np.ndarray] | None
+    diversity_k: int
+    top_n: int | None
+    short_below: int  # a list shorter than this is short: min(top_n, available items)
+    fallback_sources: tuple[str, ...]
+
+
+def _diversity_users(recs: pd.DataFrame, ctx: PartContext) -> int:
+    """Users whose diversity enters the mean: at least two of their top ``k`` items have a vector."""
+    from pipeline.evaluate.metrics import ordered_top_k
+
+    top = ordered_top_k(recs, ctx.diversity_k)
+    ids = ctx.item_embeddings[0] if ctx.item_embeddings is not None else ctx.items["item_id"].to_numpy()
+    known = top["item_id"].isin(ids)
+    return int((known.groupby(top["user_id"].to_numpy()).sum() >= 2).sum())
+
+
+def part_figures(recs: pd.DataFrame, ctx: PartContext, live: pd.DataFrame | LiveSource | None = None) -> dict:
+    """Additive figures of one part (complete lists of users no other part holds): counts, sums and the
+    sets of listed users and items, so that :func:`combine_figures` gives the whole run's figures."""
+    users = np.unique(recs["user_id"].to_numpy(dtype="int64"))
+    out: dict[str, Any] = {"user_ids": users, "item_ids": np.unique(recs["item_id"].to_numpy(dtype="int64")),
+                           "rows": len(recs), "duplicate_items": int(recs.duplicated(["user_id", "item_id"]).sum()),
+                           "bad_ranks": _bad_ranks(recs), "long_lists": 0, "short_users": 0,
+                           "div_sum": 0.0, "div_n": 0, "churn_sum": 0.0, "churn_n": 0, "variants": {}}
+    out["bad_scores"] = int((~np.isfinite(pd.to_numeric(recs["score"], errors="coerce")
+                                          .to_numpy(dtype="float64"))).sum()) if "score" in recs else 0
+    out["unavailable_items"] = int((~recs["item_id"].isin(ctx.available)).sum())
+    out["missing_reasons"] = int((recs["reason"].isna() | (recs["reason"].astype(str).str.strip() == "")).sum()) \
+        if "reason" in recs else len(recs)
+    out["fallback_rows"] = int(recs["source"].isin(ctx.fallback_sources).sum())
+    if not len(recs):
+        return out
+    if ctx.top_n is not None:
+        length = recs.groupby("user_id").size()
+        out["long_lists"] = int((length > ctx.top_n).sum())
+        out["short_users"] = int((length < ctx.short_below).sum())
+    d = list_diversity(recs, ctx.items, ctx.diversity_k, ctx.item_embeddings)
+    if d is not None:  # the part's mean over its users, weighted back into a sum
+        n = _diversity_users(recs, ctx)
+        out["div_sum"], out["div_n"] = (1.0 - d) * n, n
+    if live is not None:
+        rows = live(users) if callable(live) else live[live["user_id"].isin(users)]
+        if len(rows):
+            common = len(np.intersect1d(users, rows["user_id"].unique()))
+            c = churn_against(recs, rows)
+            if c is not None:
+                out["churn_sum"], out["churn_n"] = (1.0 - c) * common, common
+    if "variant" in recs:
+        out["variants"] = {str(k): int(v) for k, v in recs.groupby("variant")["user_id"].nunique().items()}
+    return out
+
+
+def combine_figures(parts: list[dict]) -> dict:
+    """Sum the parts' figures and unite their sets (parts hold disjoint users, so per-user counts add)."""
+    total: dict[str, Any] = {"rows": 0, "duplicate_items": 0, "bad_ranks": 0, "bad_scores": 0, "long_lists": 0,
+                             "short_users": 0, "unavailable_items": 0, "missing_reasons": 0, "fallback_rows": 0,
+                             "div_sum": 0.0, "div_n": 0, "churn_sum": 0.0, "churn_n": 0, "variants": {}}
+    user_ids, item_ids = [np.zeros(0, "int64")], [np.zeros(0, "int64")]
+    for p in parts:
+        for k in total:
+            if k != "variants":
+                total[k] += p[k]
+        for v, n in p["variants"].items():
+            total["variants"][v] = total["variants"].get(v, 0) + n
+        user_ids.append(p["user_ids"])
+        item_ids.append(p["item_ids"])
+    total["user_ids"] = np.unique(np.concatenate(user_ids))
+    total["item_ids"] = np.unique(np.concatenate(item_ids))
+    return total
+
+
+def _figures_from_totals(total: dict, *, users: pd.Series, exhausted: pd.Series | None, n_available: int,
+                         t: GateThresholds, top_n: int | None) -> dict:
+    unlisted = ~users.isin(total["user_ids"])
+    spent = unlisted & users.isin(exhausted if exhausted is not None else [])
+    rows, listed = total["rows"], len(total["user_ids"])
+    short_share = total["short_users"] / listed if top_n is not None and rows and listed else 0.0
+    diversity = 1.0 - total["div_sum"] / total["div_n"] if total["div_n"] else None
+    churn = 1.0 - total["churn_sum"] / total["churn_n"] if total["churn_n"] else None
+    figures = {"users": int(len(users)), "rows": int(rows), "empty_lists": int((unlisted & ~spent).sum()),
+               "exhausted_users": int(spent.sum()), "duplicate_items": total["duplicate_items"],
+               "bad_ranks": total["bad_ranks"], "bad_scores": total["bad_scores"], "long_lists": total["long_lists"],
+               "short_lists": round(short_share, 4), "unavailable_items": total["unavailable_items"],
+               "missing_reasons": total["missing_reasons"],
+               "coverage": round(len(total["item_ids"]) / max(n_available, 1), 4),  # item ids are unique
+               "fallback_share": round(total["fallback_rows"] / rows, 4) if rows else 1.0,
+               "diversity": None if diversity is None else round(diversity, 4),
+               "churn": None if churn is None else round(churn, 4), "thresholds": asdict(t)}
+    if total["variants"]:
+        figures["variants"] = dict(total["variants"])
+    return figures
+
+
+def _part_figures_at(path: str, ctx: PartContext, live: pd.DataFrame | LiveSource | None) -> dict:
+    """One Dask task (or loop step): read one part, reduce it, let it go."""
+    return part_figures(pd.read_parquet(path), ctx, live)
+
+
+def check_parts(parts: list[Path] | list[pd.DataFrame], *, users: pd.Series, items: pd.DataFrame,
+                thresholds: GateThresholds | dict | None = None, live: pd.DataFrame | LiveSource | None = None,
+                fallback_sources: tuple[str, ...] = ("popularity",),
+                item_embeddings: tuple[np.ndarray, np.ndarray] | None = None, top_n: int | None = None,
+                nothing_live: bool = False, exhausted: pd.Series | None = None,
+                client: object | None = None) -> dict:
+    """:func:`check_output` over a run's lists in parts (Parquet paths, or frames), one part in memory at a
+    time: each part is reduced to additive figures (on the Dask ``client``'s workers when given, else in a
+    loop here), and the figures are combined and judged. Memory follows the part size and the catalogue,
+    not the number of users' lists.
+
+    ``live``: the live rows as a frame, or a callable giving the live rows of a part's users (the whole live
+    table is never read at once).
+    """
+    t = thresholds if isinstance(thresholds, GateThresholds) else GateThresholds.from_dict(thresholds)
+    available = _available(items)
+    n_available = available.nunique()
+    ctx = PartContext(available=np.unique(available.to_numpy(dtype="int64")),
+                      items=items[[c for c in ("item_id", "category") if c in items]],
+                      item_embeddings=item_embeddings, diversity_k=t.diversity_k, top_n=top_n,
+                      short_below=min(top_n, n_available) if top_n is not None else 0,
+                      fallback_sources=tuple(fallback_sources))
+    paths = [p for p in parts if not isinstance(p, pd.DataFrame)]
+    if client is not None and paths and len(paths) == len(parts):
+        shared = client.scatter(ctx, broadcast=True)  # type: ignore[attr-defined]
+        futures = client.map(_part_figures_at, [str(p) for p in paths], ctx=shared, live=live,  # type: ignore[attr-defined]
+                             pure=False)
+        reduced = client.gather(futures)  # type: ignore[attr-defined]
+    else:
+        reduced = [part_figures(p, ctx, live) if isinstance(p, pd.DataFrame) else _part_figures_at(str(p), ctx, live)
+                   for p in parts]
+    figures = _figures_from_totals(combine_figures(reduced), users=users, exhausted=exhausted,
+                                   n_available=n_available, t=t, top_n=top_n)
+    return _judge(figures, t, top_n=top_n, n_available=n_available, nothing_live=nothing_live)

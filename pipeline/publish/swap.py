@@ -12,22 +12,23 @@ Readers never see a half-written run:
    publication can show (never failing the publication: the swap has committed).
 
 A table committed by step 1 whose swap never happened (killed between 1 and 2) is an orphan; the next
-publication drops it. Publications are serialised by a session advisory lock, so one run never mistakes
+publication drops it. Step 1 registers each table it creates with a comment naming its publication id
+(committed with the table), and only such registered tables, named as :func:`table_name` names them, whose
+publication never reached ``recsys.publications``, count as orphans: a table someone else keeps in the
+schema is never dropped. Publications are serialised by a session advisory lock, so one run never mistakes
 another's table in the making for an orphan; the lock dies with a killed session.
 
-Test hook: ``RERANK_TEST_PUBLISH_PAUSE_AT=<point>`` makes the publishing process print
-``paused at <point>`` and sleep there (points: :data:`PAUSE_POINTS`), so a test can SIGKILL it.
+``hook(point)`` (an argument, never the environment) is called at each of :data:`PAUSE_POINTS`; tests pass
+one that pauses there so they can SIGKILL the process.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ import numpy as np
 import pandas as pd
 import psycopg2
 import psycopg2.errors
+import pyarrow as pa
 from psycopg2 import sql
 
 from pipeline.db.copy import frame_to_csv
@@ -49,26 +51,11 @@ RECS_COLUMNS = ["user_id", "rank", "item_id", "score", "reason", "anchor_item_id
 SIMILAR_COLUMNS = ["item_id", "rank", "similar_item_id", "score", "method"]
 #: Named points of a publication where the test hook can pause it.
 PAUSE_POINTS = ("create", "copy", "index", "loaded", "swap")
-PAUSE_ENV = "RERANK_TEST_PUBLISH_PAUSE_AT"
 #: Advisory lock key serialising publications and rollbacks (any constant; "rerank" in ASCII).
 PUBLISH_LOCK = 0x7265_72616E6B
 _PROTECTED = ("recs_bootstrap", "similar_bootstrap", "recs_realtime")
 
 Hook = Callable[[str], None]
-
-
-def _env_hook() -> Hook | None:
-    point = os.environ.get(PAUSE_ENV)
-    if not point:
-        return None
-
-    def pause(at: str) -> None:
-        if at == point:
-            print(f"paused at {at}", flush=True)
-            sys.stdout.flush()
-            time.sleep(3600)
-
-    return pause
 
 
 def _view_sql(name: str, **parts: sql.Composable) -> sql.Composed:
@@ -87,20 +74,41 @@ def table_name(prefix: str, run_id: str, pub_id: int) -> str:
     return f"{prefix}_{base}"[: 63 - len(suffix)] + suffix
 
 
+#: The comment that registers a table as made by a publication (the id follows); see :func:`_register`.
+TABLE_MARK = "ecom-rerank publication "
+
+
+def _register(cur, table: sql.Composable, pub_id: int) -> None:
+    """Mark ``table`` as made by publication ``pub_id``, in the transaction that creates it."""
+    cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(table, sql.Literal(f"{TABLE_MARK}{pub_id}")))
+
+
 def _orphans(cur) -> list[str]:
+    """Registered publication tables whose publication never committed (its id is not in the registry)."""
     cur.execute(
         """
-        SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        SELECT c.relname, obj_description(c.oid, 'pg_class')
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = 'recsys' AND c.relkind = 'r'
-           AND (c.relname LIKE 'recs\\_%%' OR c.relname LIKE 'similar\\_%%')
+           AND c.relname ~ '^(recs|similar)_[a-z0-9_]*_p[0-9]+$'
            AND c.relname <> ALL(%s)
+           AND obj_description(c.oid, 'pg_class') LIKE %s
            AND c.relname NOT IN (SELECT recs_table FROM recsys.publications
                                  UNION SELECT similar_table FROM recsys.publications WHERE similar_table IS NOT NULL)
          ORDER BY 1
         """,
-        (list(_PROTECTED),),
+        (list(_PROTECTED), TABLE_MARK + "%"),
     )
-    return [r[0] for r in cur.fetchall()]
+    out = []
+    with_ids = cur.fetchall()
+    cur.execute("SELECT publication_id FROM recsys.publications")
+    registered = {r[0] for r in cur.fetchall()}
+    for name, comment in with_ids:
+        pub = comment[len(TABLE_MARK):]
+        # the name carries the same id as the mark: a copied comment on another table does not qualify
+        if pub.isdigit() and int(pub) not in registered and name.endswith(f"_p{pub}"):
+            out.append(name)
+    return out
 
 
 def _drop_orphans(cur) -> list[str]:
@@ -134,6 +142,44 @@ def _copy_frozen(cur, table: sql.Composable, df: pd.DataFrame, columns: list[str
             cur.copy_expert(stmt, frame_to_csv(part))
         if hook and start + chunk_rows < len(df):
             hook("copy")
+
+
+def _copy_parts(cur, table: sql.Composable, parts: Sequence[Path], columns: list[str], chunk_rows: int,
+                hook: Hook | None) -> tuple[int, datetime | None]:
+    """Stream Parquet parts into COPY ... FREEZE, ``chunk_rows`` rows at a time (one chunk's CSV in memory,
+    never a whole part or run); the hook runs between chunks. Returns (rows, oldest generated_at)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, FREEZE)").format(
+        table, sql.SQL(", ").join(sql.Identifier(c) for c in columns)).as_string(cur.connection)
+    rows, oldest = 0, None
+    for path in parts:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns):
+            if batch.num_rows == 0:
+                continue
+            if hook and rows:
+                hook("copy")
+            batch = batch.select(columns)  # the file's column order may differ from the table's
+            cur.copy_expert(stmt, frame_to_csv(pa.Table.from_batches([batch])))
+            rows += batch.num_rows
+            low = pc.min(batch.column("generated_at")).as_py()
+            if low is not None and (oldest is None or low < oldest):
+                oldest = low
+    return rows, oldest
+
+
+#: Inside the load transaction of a user-subset publication: the live rows of every user the new lists do
+#: not hold, copied table to table by Postgres (never through the client), in (user_id, rank) order.
+_CARRY_LIVE_SQL = """
+WITH carried AS (
+    INSERT INTO {new} ({cols})
+    SELECT {cols} FROM {live} l
+     WHERE NOT EXISTS (SELECT 1 FROM {new} n WHERE n.user_id = l.user_id)
+     ORDER BY l.user_id, l.rank
+    RETURNING generated_at)
+SELECT count(*), min(generated_at) FROM carried
+"""
 
 
 def _acquire_lock(conn, wait_s: float) -> None:
@@ -195,24 +241,40 @@ def _swap(conn, pub_id: int, insert: tuple | None, *, lock_timeout_ms: int, atte
     raise AssertionError("unreachable")
 
 
-def publish_run(url: str, run_id: str, recs: pd.DataFrame, similar: pd.DataFrame | None, *,
+def _check_columns(recs: pd.DataFrame | Sequence[Path]) -> None:
+    if isinstance(recs, pd.DataFrame):
+        have = set(recs.columns)
+    else:
+        import pyarrow.parquet as pq
+
+        have = set(RECS_COLUMNS)
+        for path in recs:  # the footers only
+            have &= set(pq.ParquetFile(path).schema_arrow.names)
+    missing = set(RECS_COLUMNS) - have
+    if missing:
+        raise PublishError(f"recommendations lack columns {sorted(missing)}", "the rerank stage's output")
+
+
+def publish_run(url: str, run_id: str, recs: pd.DataFrame | Sequence[Path], similar: pd.DataFrame | None, *,
                 generated_at: datetime, keep: int = 3, stats: dict | None = None, hook: Hook | None = None,
                 chunk_rows: int = 500_000, lock_wait_s: float = 600.0, swap_lock_timeout_ms: int = 2000,
-                swap_attempts: int = 10, allow_older: bool = False) -> dict:
+                swap_attempts: int = 10, allow_older: bool = False, keep_other_users: bool = False) -> dict:
     """Publish ``recs`` (and item neighbours) for ``run_id``; return table names and timings.
 
+    ``recs``: one frame, or the run's Parquet parts (pipeline.publish.parts.rec_parts: each part the whole
+    lists of its users, sorted by user and rank), streamed into COPY ``chunk_rows`` rows at a time.
+    ``keep_other_users``: a user-subset publication; every user without a list in ``recs`` keeps the live
+    publication's rows, copied inside Postgres in the same load transaction.
     A run older than the live one (``generated_at`` earlier, another run: a backfill, or an old date's task
     cleared and re-run) is not made live unless ``allow_older``: it returns ``published: False`` and writes
     nothing (``rerank publish rollback`` is the way back to older lists).
     ``hook(point)`` is called at each of :data:`PAUSE_POINTS` (tests use it to kill the process there).
     """
-    missing = set(RECS_COLUMNS) - set(recs.columns)
-    if missing:
-        raise PublishError(f"recommendations lack columns {sorted(missing)}", "the rerank stage's output")
+    _check_columns(recs)
     if similar is not None and set(SIMILAR_COLUMNS) - set(similar.columns):
         raise PublishError(f"item neighbours lack columns {sorted(set(SIMILAR_COLUMNS) - set(similar.columns))}",
                            "the neighbours snapshot")
-    hook = hook or _env_hook()
+    in_frame = isinstance(recs, pd.DataFrame)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     conn = _session(url, lock_wait_s)
@@ -222,9 +284,12 @@ def publish_run(url: str, run_id: str, recs: pd.DataFrame, similar: pd.DataFrame
             cur.execute("SELECT run_id, generated_at FROM recsys.publications WHERE live AND generated_at > %s "
                         "AND run_id <> %s", (generated_at, run_id))
             newer = cur.fetchone()
+            cur.execute("SELECT recs_table FROM recsys.publications WHERE live")
+            live = cur.fetchone()
         if newer is not None and not allow_older:
             log.warning("not publishing %s: the live run %s is newer (%s)", run_id, newer[0], newer[1])
-            return {"published": False, "publication_id": None, "rows": len(recs), "live_run_id": newer[0],
+            n = len(recs) if in_frame else _rows_in(recs)
+            return {"published": False, "publication_id": None, "rows": n, "live_run_id": newer[0],
                     "reason": f"the live run {newer[0]} (generated {newer[1]}) is newer than {run_id}"}
         with conn, conn.cursor() as cur:
             orphans = _drop_orphans(cur)
@@ -232,7 +297,6 @@ def publish_run(url: str, run_id: str, recs: pd.DataFrame, similar: pd.DataFrame
             pub_id = cur.fetchone()[0]
         recs_table = table_name("recs", run_id, pub_id)
         similar_table = table_name("similar", run_id, pub_id) if similar is not None else None
-        recs = _sorted_by_user_rank(recs)
 
         # 1. Load: one transaction, so a crash anywhere inside leaves nothing behind.
         t0 = time.perf_counter()
@@ -240,15 +304,31 @@ def publish_run(url: str, run_id: str, recs: pd.DataFrame, similar: pd.DataFrame
             cur.execute("SET LOCAL maintenance_work_mem = '256MB'")
             rt = sql.Identifier("recsys", recs_table)
             cur.execute(sql.SQL("CREATE TABLE {} (LIKE recsys.recs_bootstrap INCLUDING ALL)").format(rt))
+            _register(cur, rt, pub_id)
             if hook:
                 hook("create")
-            _copy_frozen(cur, rt, recs, RECS_COLUMNS, chunk_rows, hook)
+            if in_frame:
+                recs = _sorted_by_user_rank(recs)
+                _copy_frozen(cur, rt, recs, RECS_COLUMNS, chunk_rows, hook)
+                rows = len(recs)
+                oldest = pd.Timestamp(recs["generated_at"].min()).to_pydatetime() if rows else None
+            else:
+                rows, oldest = _copy_parts(cur, rt, list(recs), RECS_COLUMNS, chunk_rows, hook)
             timings["copy_s"] = time.perf_counter() - t0
+            if keep_other_users and live is not None:
+                cols = sql.SQL(", ").join(sql.Identifier(c) for c in RECS_COLUMNS)
+                cur.execute(sql.SQL(_CARRY_LIVE_SQL).format(new=rt, cols=cols,
+                                                            live=sql.Identifier("recsys", live[0])))
+                carried, carried_oldest = cur.fetchone()
+                rows += carried
+                if carried_oldest is not None and (oldest is None or carried_oldest < oldest):
+                    oldest = carried_oldest
             cur.execute(sql.SQL("CREATE INDEX {} ON {} (user_id, rank)").format(
                 sql.Identifier(f"{recs_table}_user_rank"[:63]), rt))
             if similar_table:
                 st = sql.Identifier("recsys", similar_table)
                 cur.execute(sql.SQL("CREATE TABLE {} (LIKE recsys.similar_bootstrap INCLUDING ALL)").format(st))
+                _register(cur, st, pub_id)
                 _copy_frozen(cur, st, similar, SIMILAR_COLUMNS, chunk_rows, None)
                 cur.execute(sql.SQL("CREATE INDEX {} ON {} (item_id, rank)").format(
                     sql.Identifier(f"{similar_table}_item_rank"[:63]), st))
@@ -268,7 +348,7 @@ def publish_run(url: str, run_id: str, recs: pd.DataFrame, similar: pd.DataFrame
 
         # 2. Swap: short, retried on lock timeouts.
         # A user-subset run carries the other users' live rows with their own (older) generated_at.
-        oldest_at = pd.Timestamp(recs["generated_at"].min()).to_pydatetime() if len(recs) else generated_at
+        oldest_at = pd.Timestamp(oldest).to_pydatetime() if oldest is not None else generated_at
         insert = (pub_id, run_id, recs_table, similar_table, generated_at, oldest_at,
                   json.dumps(stats or {}, default=str))
         timings["swap_s"] = _swap(conn, pub_id, insert, lock_timeout_ms=swap_lock_timeout_ms,
@@ -283,8 +363,14 @@ def publish_run(url: str, run_id: str, recs: pd.DataFrame, similar: pd.DataFrame
         conn.close()  # also releases the advisory lock
     timings["total_s"] = time.perf_counter() - t_all
     return {"published": True, "publication_id": pub_id, "recs_table": recs_table, "similar_table": similar_table,
-            "rows": len(recs), "orphans_dropped": orphans, "pruned": pruned,
+            "rows": rows, "orphans_dropped": orphans, "pruned": pruned,
             **{k: round(v, 4) for k, v in timings.items()}}
+
+
+def _rows_in(parts: Sequence[Path]) -> int:
+    from pipeline.publish.parts import rows_in_parts
+
+    return rows_in_parts(list(parts))
 
 
 def _point_views(cur, pub_id: int) -> None:
@@ -392,6 +478,31 @@ def live_lists(url: str, columns: tuple[str, ...] = ("user_id", "item_id")) -> p
     with connect(url) as conn, conn.cursor() as cur:
         cur.execute(q)
         return pd.DataFrame(cur.fetchall(), columns=list(columns))
+
+
+class LiveRows:
+    """The live publication's rows of given users, read by user id from its table (indexed on user_id): the
+    streamed gate's churn check reads the live lists part by part, never the whole table. Picklable, so a
+    Dask worker can call it."""
+
+    def __init__(self, url: str, recs_table: str, columns: tuple[str, ...] = ("user_id", "item_id")) -> None:
+        bad = set(columns) - set(RECS_COLUMNS)
+        if bad:
+            raise PublishError(f"unknown columns {sorted(bad)}", f"one of {RECS_COLUMNS}")
+        self.url, self.recs_table, self.columns = url, recs_table, tuple(columns)
+
+    @classmethod
+    def of_live(cls, url: str) -> LiveRows | None:
+        """The reader of the live publication's table; None before the first publication."""
+        live = live_publication(url)
+        return None if live is None else cls(url, live["recs_table"])
+
+    def __call__(self, user_ids: np.ndarray) -> pd.DataFrame:
+        q = sql.SQL("SELECT {} FROM {} WHERE user_id = ANY(%s)").format(
+            sql.SQL(", ").join(sql.Identifier(c) for c in self.columns), sql.Identifier("recsys", self.recs_table))
+        with connect(self.url) as conn, conn.cursor() as cur:
+            cur.execute(q, ([int(u) for u in user_ids],))
+            return pd.DataFrame(cur.fetchall(), columns=list(self.columns))
 
 
 #: In one transaction with a rollback's swap: lock the refresh watermarks first (a refresh batch takes its

@@ -7,6 +7,10 @@ positive becomes one *group*: the positive plus K negatives, drawn from the reca
 did not touch in the window and from random catalogue items. The nightly run trains on daily windows
 before ``t = as_of - 1 day`` and keeps ``[t, as_of)`` as the holdout on which the gate compares models.
 
+Big shops train on a bounded sample of users (:func:`user_sample`: the same users on every re-run), built
+from those users' events only; item statistics counted over the sample are scaled back to the whole shop
+(``Window.stat_scale``) so that training sees them on the scale scoring does.
+
 ``events_before`` is the only place events are cut, and every window goes through it: the leakage test
 perturbs events at or after ``c`` and checks that nothing computed for the window changes.
 """
@@ -100,7 +104,8 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
 
 @dataclass
 class Window:
-    """One cut-off: candidates and labels, all computed from ``events_before(cutoff)`` and the labels."""
+    """One cut-off: candidates and labels, all computed from ``events_before(cutoff)`` and the labels.
+    ``stat_scale``: all users / sampled users, the factor from the history's item counts to the shop's."""
 
     cutoff: datetime
     end: datetime
@@ -108,11 +113,35 @@ class Window:
     touched: pd.DataFrame
     candidates: pd.DataFrame
     history: pd.DataFrame = field(repr=False)
+    stat_scale: float = 1.0
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a well-spread 64-bit hash of each value (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def user_sample(user_ids: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """The ``n`` users with the smallest hash of (``seed``, user id), sorted; all of them when there are no
+    more than ``n``. Deterministic and independent of input order, so a re-run (or a run one day later, with
+    a few new users) trains on the same users; another seed draws another sample."""
+    ids = np.unique(np.asarray(user_ids, dtype=np.int64))
+    if len(ids) <= n:
+        return ids
+    salt = _mix64(np.array([seed], dtype=np.uint64))[0]
+    key = _mix64(ids.view(np.uint64) ^ salt)
+    pick = np.argpartition(key, n - 1)[:n]
+    return np.sort(ids[pick])
 
 
 def build_window(events: pd.DataFrame, cutoff: datetime, end: datetime, candidate_fn: CandidateFn, *,
-                 max_users: int | None = None, seed: int = 0) -> Window:
-    """Labels in ``[cutoff, end)`` and the recall candidates at ``cutoff`` of the labelled users."""
+                 max_users: int | None = None, seed: int = 0, stat_scale: float = 1.0) -> Window:
+    """Labels in ``[cutoff, end)`` and the recall candidates at ``cutoff`` of the labelled users.
+    ``stat_scale``: see :class:`Window` (``events`` hold a sample of the shop's users)."""
     labels = labels_in(events, cutoff, end)
     users = np.unique(labels["user_id"].to_numpy())
     if max_users is not None and len(users) > max_users:  # big shops: a seeded sample of users per window
@@ -124,7 +153,7 @@ def build_window(events: pd.DataFrame, cutoff: datetime, end: datetime, candidat
     touched = touched_in(events, cutoff, end)
     touched = touched[touched["user_id"].isin(users)]
     return Window(cutoff=cutoff, end=end, labels=labels.reset_index(drop=True), touched=touched,
-                  candidates=cand.reset_index(drop=True), history=hist)
+                  candidates=cand.reset_index(drop=True), history=hist, stat_scale=stat_scale)
 
 
 def daily_windows(as_of: datetime, n_windows: int, *, holdout_days: int = 1) -> tuple[list[tuple[datetime,

@@ -143,9 +143,10 @@ class FeatureSpace:
 
 
 def item_stats_at(events: pd.DataFrame, cutoff: datetime, weights: dict[str, float],
-                  half_life_days: dict[str, float]) -> pd.DataFrame:
+                  half_life_days: dict[str, float], scale: float = 1.0) -> pd.DataFrame:
     """Per-item activity / recent events / trend from events before ``cutoff`` (the same definitions as
-    ``pipeline.features.items``), so training at t and scoring at as_of see the same feature."""
+    ``pipeline.features.items``), so training at t and scoring at as_of see the same feature. ``scale``:
+    ``events`` hold a sample of the users, and the counts are scaled up to the whole shop by this factor."""
     ev = events[events["item_id"].notna() & (events["ts"] < pd.Timestamp(cutoff))]
     if ev.empty:
         return pd.DataFrame(columns=["activity", "recent_events", "events", "trend"],
@@ -155,6 +156,9 @@ def item_stats_at(events: pd.DataFrame, cutoff: datetime, weights: dict[str, flo
                        "activity": decayed_weight(ev, cutoff, weights, half_life_days).to_numpy(),
                        "events": 1, "recent_events": recent.astype("int64").to_numpy()})
     s = df.groupby("item_id").sum()
+    if scale != 1.0:
+        s = s.astype("float64")
+        s[["activity", "events", "recent_events"]] *= scale
     s["trend"] = (s["recent_events"] + 1.0) / (s["events"] + 10.0)
     return s
 

@@ -260,7 +260,7 @@ class RankerModel:
                 continue
             g = sample_groups(w, pool, n_recall_neg=cfg.n_recall_neg, n_random_neg=cfg.n_random_neg,
                               seed=cfg.seed + k)
-            stats = item_stats_at(w.history, w.cutoff, cfg.event_weights, cfg.half_life_days)
+            stats = item_stats_at(w.history, w.cutoff, cfg.event_weights, cfg.half_life_days, w.stat_scale)
             parts.append((self.encode_groups(g, w.history, w.cutoff, side, stats, emb), g.group_user))
         data = Encoded.concat([p[0] for p in parts])
         users = np.concatenate([p[1] for p in parts])

@@ -5,6 +5,10 @@ windows are the ``n_windows`` days before ``t``, each point-in-time correct (fea
 labels after it). The gate scores the candidate and the champion on the same holdout (candidates and
 features from events before ``t``) and promotes the candidate only if its nDCG@10 is not worse than the
 champion's by more than ``tolerance``. Lists are ranked by the fused score P_recall * P_rank, as published.
+
+Both stages read only the events of a bounded sample of users (``RERANK_RANK_SAMPLE_USERS``, drawn by
+:func:`pipeline.rank.data.user_sample` from the run's seed): the same users for the training windows, the
+holdout and the gate, on every re-run, whatever the size of the shop.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -23,7 +28,7 @@ from pipeline import runs
 from pipeline.errors import ModelError
 from pipeline.files import write_text
 from pipeline.frames import pair_index
-from pipeline.rank.data import Window, build_window, daily_windows, recall_candidate_fn
+from pipeline.rank.data import Window, build_window, daily_windows, recall_candidate_fn, user_sample
 from pipeline.rank.features import item_stats_at, load_item_embeddings
 from pipeline.rank.model import RankerConfig, RankerModel
 from pipeline.rank.registry import champion, get_model_row, promote, register_candidate, update_metrics
@@ -38,18 +43,50 @@ def _snapshot(home: str | Path, run_id: str) -> Path:
     return runs.run_dir(home, run_id) / "snapshot"
 
 
-def _load(snap: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
-    from pipeline.extract.snapshot import read_snapshot
+@dataclass(frozen=True)
+class Sample:
+    """The users the ranker trains and is gated on: ``users`` of the shop's ``of`` users."""
 
-    events, items, _ = read_snapshot(snap)
+    users: np.ndarray
+    of: int
+    seed: int
+
+    @property
+    def scale(self) -> float:
+        """Factor from the sample's item counts to the shop's (1.0 when every user is in)."""
+        return self.of / max(len(self.users), 1)
+
+    def describe(self) -> dict:
+        return {"users": int(len(self.users)), "of": int(self.of), "seed": int(self.seed)}
+
+
+def training_sample(snap: Path, n: int, seed: int) -> Sample:
+    """At most ``n`` of the snapshot's users, by a hash of (``seed``, user id); see ``user_sample``."""
+    users = pd.read_parquet(snap / "users.parquet", columns=["user_id"])["user_id"].to_numpy(dtype=np.int64)
+    return Sample(user_sample(users, n, seed), len(np.unique(users)), seed)
+
+
+def _load(snap: Path, sample: Sample | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    """The snapshot's events (only the ``sample``'s users' when it leaves anyone out), items, embeddings."""
+    from pipeline.extract.snapshot import read_events, read_snapshot
+
+    if sample is None or len(sample.users) >= sample.of:
+        events, items, _ = read_snapshot(snap)
+    else:
+        events = read_events(snap, filters=[("user_id", "in", sample.users.tolist())])
+        if len(events):
+            events = events.sort_values(["ts", "event_id"], kind="stable").reset_index(drop=True)
+        items = pd.read_parquet(snap / "items.parquet")
     if len(events):
         events = events.assign(ts=pd.to_datetime(events["ts"], utc=True))
     return events, items, load_item_embeddings(str(snap / "item_embeddings.parquet"))
 
 
-def item_feats_at(items: pd.DataFrame, history: pd.DataFrame, cutoff: datetime, config: RankerConfig) -> pd.DataFrame:
-    """Catalogue side features + item statistics from events before ``cutoff`` (what scoring reads)."""
-    stats = item_stats_at(history, cutoff, config.event_weights, config.half_life_days)
+def item_feats_at(items: pd.DataFrame, history: pd.DataFrame, cutoff: datetime, config: RankerConfig,
+                  scale: float = 1.0) -> pd.DataFrame:
+    """Catalogue side features + item statistics from events before ``cutoff`` (what scoring reads);
+    ``scale``: ``history`` holds a sample of the users (see ``item_stats_at``)."""
+    stats = item_stats_at(history, cutoff, config.event_weights, config.half_life_days, scale)
     cols = [c for c in ("item_id", "category", "brand", "price") if c in items.columns]
     out = items[cols].join(stats[["activity", "recent_events", "trend"]], on="item_id")
     return out.fillna({"activity": 0.0, "recent_events": 0.0, "trend": 0.1})
@@ -70,7 +107,8 @@ def holdout_metrics(model: RankerModel | None, win: Window, items: pd.DataFrame,
                 "users_new": 0}
     cfg = config or (model.config if model is not None else RankerConfig())
     p_rank = np.ones(len(cand)) if model is None else model.score(
-        cand, win.history, item_feats_at(items, win.history, win.cutoff, cfg), win.cutoff, emb=emb)
+        cand, win.history, item_feats_at(items, win.history, win.cutoff, cfg, win.stat_scale), win.cutoff,
+        emb=emb)
     recs = pd.DataFrame({"user_id": cand["user_id"].to_numpy(), "item_id": cand["item_id"].to_numpy(),
                          "score": cand["p_recall"].to_numpy(dtype=np.float64) * p_rank})
     out = _list_metrics(recs, win.labels, k)
@@ -103,9 +141,10 @@ def _recall_params(n_candidates: int | None = None) -> dict:
             "weights": dict(s.event_weights), "half_life_days": dict(s.half_life_days)}
 
 
-def _holdout(events: pd.DataFrame, items: pd.DataFrame, as_of: datetime, recall: dict) -> Window:
+def _holdout(events: pd.DataFrame, items: pd.DataFrame, as_of: datetime, recall: dict,
+             stat_scale: float = 1.0) -> Window:
     _, (t, end) = daily_windows(as_of, 0)
-    return build_window(events, t, end, recall_candidate_fn(items, **recall))
+    return build_window(events, t, end, recall_candidate_fn(items, **recall), stat_scale=stat_scale)
 
 
 def _weights_digest(model: RankerModel) -> str:
@@ -120,8 +159,9 @@ def _weights_digest(model: RankerModel) -> str:
 
 def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: bool = True, device: str = "auto",
                  seed: int = 42, n_windows: int = 7, config: RankerConfig | None = None,
-                 n_candidates: int | None = None, max_users_per_window: int | None = 20_000) -> dict:
-    """Train a candidate on the run's snapshot, save it under RERANK_HOME/models/<version>, register it."""
+                 n_candidates: int | None = None, sample_users: int | None = None) -> dict:
+    """Train a candidate on the run's snapshot, save it under RERANK_HOME/models/<version>, register it.
+    ``sample_users``: at most this many users' events make the training set (RERANK_RANK_SAMPLE_USERS)."""
     out_file = runs.run_dir(home, run_id) / RESULT_FILE
     champ = champion(url)
     if not retrain:
@@ -136,12 +176,13 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
                                  half_life_days=dict(s.half_life_days))
     recall = _recall_params(n_candidates)
     snap = _snapshot(home, run_id)
-    events, items, emb = _load(snap)
     t0 = time.perf_counter()
+    sample = training_sample(snap, sample_users or s.rank_sample_users, seed)
+    events, items, emb = _load(snap, sample)
     fn = recall_candidate_fn(items, **recall)
     first_ts = events["ts"].min() if len(events) else None
-    windows = [build_window(events, c, e, fn, max_users=max_users_per_window, seed=seed + k)
-               for k, (c, e) in enumerate(daily_windows(as_of, n_windows)[0])
+    windows = [build_window(events, c, e, fn, stat_scale=sample.scale)
+               for c, e in daily_windows(as_of, n_windows)[0]
                if first_ts is not None and pd.Timestamp(c) > first_ts]
     windows = [w for w in windows if len(w.labels)]
     if not windows:
@@ -152,7 +193,7 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
     data_s = time.perf_counter() - t0
     model = RankerModel(cfg).fit(windows, items, emb=emb, device=device)
     train_s = time.perf_counter() - t0 - data_s
-    hold = _holdout(events, items, as_of, recall)
+    hold = _holdout(events, items, as_of, recall, sample.scale)
     cand_m = holdout_metrics(model, hold, items, emb=emb)
     base_m = holdout_metrics(None, hold, items)
     # The weights are part of the name: a re-run that reproduces the model lands on the same row and files,
@@ -174,7 +215,8 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
                "train_groups": model.metrics["train_groups"], "windows": len(windows)}
     reg = register_candidate(url, version, str(artifact), metrics, run_id=run_id)
     res = {"model_version": version, "trained": True, "status": reg["status"], "artifact_uri": str(artifact),
-           "recall": recall, **metrics, "train_seconds": round(train_s, 3)}
+           "recall": recall, **metrics, "train_seconds": round(train_s, 3), "sample": sample.describe(),
+           "data_seconds": round(data_s, 3)}
     write_text(out_file, json.dumps(res, default=str))
     return res
 
@@ -200,8 +242,11 @@ def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime, *, toleranc
         # An operator took this model out of service; a repeated run must not put it back on its own.
         return {**base, "promoted": False, "candidate": version,
                 "reason": f"{version} was rolled back; `rerank models promote {version}` restores it by hand"}
-    events, items, emb = _load(_snapshot(home, run_id))
-    hold = _holdout(events, items, as_of, trained["recall"])
+    snap = _snapshot(home, run_id)
+    drawn = trained.get("sample")  # the users the candidate was trained and measured on
+    sample = training_sample(snap, drawn["users"], drawn["seed"]) if drawn else None
+    events, items, emb = _load(snap, sample)
+    hold = _holdout(events, items, as_of, trained["recall"], sample.scale if sample else 1.0)
     key = f"ndcg@{GATE_K}"
     # The process's own thread count: load_model otherwise sizes torch for a scoring worker, and a later
     # training in this process (the next nightly in a long-lived scheduler) would then sum differently.

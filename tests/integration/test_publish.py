@@ -141,12 +141,19 @@ def test_readers_never_see_a_partial_or_mixed_run_during_swaps(shop: str) -> Non
 
 CHILD = textwrap.dedent("""
     import sys
+    import time
     from datetime import UTC, datetime
-    import pandas as pd
+    from pathlib import Path
     from pipeline.publish import publish_run
-    recs = pd.read_parquet(sys.argv[2])
-    publish_run(sys.argv[1], "run_killed", recs, None, generated_at=datetime(2026, 11, 24, tzinfo=UTC),
-                chunk_rows=1000)
+    from pipeline.publish.parts import rec_parts
+
+    def pause(at):  # the test's hook: stop at the named point, to be killed there
+        if at == sys.argv[3]:
+            print(f"paused at {at}", flush=True)
+            time.sleep(3600)
+
+    publish_run(sys.argv[1], "run_killed", rec_parts(Path(sys.argv[2])), None,
+                generated_at=datetime(2026, 11, 24, tzinfo=UTC), chunk_rows=1000, hook=pause)
     print("finished", flush=True)
 """)
 
@@ -155,10 +162,12 @@ CHILD = textwrap.dedent("""
 def test_sigkill_at_any_point_keeps_previous_run_and_rerun_converges(shop: str, tmp_path: Path, point: str) -> None:
     publish_run(shop, "run_a", _recs("a"), None, generated_at=GEN)
     before = _snapshot(shop)
-    path = tmp_path / "recs.parquet"
-    _recs("killed", shift=3).to_parquet(path)
-    env = {**os.environ, "RERANK_TEST_PUBLISH_PAUSE_AT": point, "PYTHONPATH": str(REPO)}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, shop, str(path)], stdout=subprocess.PIPE,
+    (tmp_path / "recs").mkdir()
+    killed = _recs("killed", shift=3)
+    for i, part in enumerate((killed[killed["user_id"] <= 150], killed[killed["user_id"] > 150])):
+        part.to_parquet(tmp_path / "recs" / f"part-{i:05d}.parquet", index=False)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, shop, str(tmp_path), point], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     try:
         line = child.stdout.readline()
@@ -180,6 +189,33 @@ def test_sigkill_at_any_point_keeps_previous_run_and_rerun_converges(shop: str, 
     assert set(res["orphans_dropped"]) == leftovers
     assert set(_snapshot(shop)["run_id"]) == {"killed"}
     assert len(_snapshot(shop)) == N_USERS * TOP
+
+
+def test_the_pause_hook_is_no_longer_read_from_the_environment(shop: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test-only pause lives in the tests: an environment variable left set in production pauses nothing."""
+    monkeypatch.setenv("RERANK_TEST_PUBLISH_PAUSE_AT", "create")
+    res = publish_run(shop, "run_a", _recs("a"), None, generated_at=GEN)
+    assert res["published"] is True
+
+
+def test_orphan_sweep_drops_only_tables_a_publication_registered(shop: str) -> None:
+    """Tables in recsys that merely look like run tables (an analyst's copy, a table of another tool) stay;
+    a registered table whose publication never committed goes."""
+    with connect(shop) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE recsys.recs_my_analysis_p1 (x int)")  # the pattern, no registration
+        cur.execute("CREATE TABLE recsys.similar_notes (x int)")
+        cur.execute("CREATE TABLE recsys.recs_copied_p7 (x int)")  # a copied mark naming another id
+        cur.execute("COMMENT ON TABLE recsys.recs_copied_p7 IS 'ecom-rerank publication 3'")
+        cur.execute("CREATE TABLE recsys.recs_crashed_p5 (x int)")  # what a killed load leaves
+        cur.execute("COMMENT ON TABLE recsys.recs_crashed_p5 IS 'ecom-rerank publication 5'")
+    res = publish_run(shop, "run_a", _recs("a"), None, generated_at=GEN)
+    assert res["orphans_dropped"] == ["recs_crashed_p5"]
+    with connect(shop) as conn, conn.cursor() as cur:
+        cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'recsys' AND tablename IN "
+                    "('recs_my_analysis_p1', 'similar_notes', 'recs_copied_p7', 'recs_crashed_p5') ORDER BY 1")
+        assert [r[0] for r in cur.fetchall()] == ["recs_copied_p7", "recs_my_analysis_p1", "similar_notes"]
+        cur.execute("SELECT obj_description(%s::regclass, 'pg_class')", (f"recsys.{res['recs_table']}",))
+        assert cur.fetchone()[0] == f"ecom-rerank publication {res['publication_id']}"
 
 
 def test_load_rules_reads_active_rules_and_the_table_checks_directions(shop: str) -> None:

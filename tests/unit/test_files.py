@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -51,3 +53,56 @@ def test_replacing_dir_swaps_the_whole_folder_or_nothing(tmp_path: Path) -> None
         (d / "c.parquet").write_text("3")
     assert [p.name for p in dest.iterdir()] == ["c.parquet"]  # no file of the old view survives
     assert [p.name for p in tmp_path.iterdir()] == ["events"]  # nothing left beside it
+
+
+def test_replacing_dir_leaves_no_moment_without_the_folder(tmp_path: Path) -> None:
+    """A reader polling the folder during many replacements always finds it. (A reader that opened the old
+    folder just before a swap may still see its files go as it is deleted: it holds the old folder.)"""
+    dest = tmp_path / "factors"
+    with replacing_dir(dest) as d:
+        (d / "v.txt").write_text("0")
+    stop, misses, reads = threading.Event(), [], [0]
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                os.listdir(dest)
+            except FileNotFoundError as exc:
+                misses.append(exc)
+            reads[0] += 1
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for i in range(1, 300):
+            with replacing_dir(dest) as d:
+                (d / "v.txt").write_text(str(i))
+    finally:
+        stop.set()
+        t.join()
+    assert misses == [] and reads[0] > 300
+    assert (dest / "v.txt").read_text() == "299"
+    assert [p.name for p in tmp_path.iterdir()] == ["factors"]
+
+
+def test_replacing_dir_without_an_atomic_exchange_still_swaps_whole(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.files as files
+
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False)  # another OS, or a file system without it
+    test_replacing_dir_swaps_the_whole_folder_or_nothing(tmp_path)
+
+
+def test_replacing_dir_sweeps_old_folders_a_killed_replacement_left(tmp_path: Path) -> None:
+    dest = tmp_path / "events"
+    with replacing_dir(dest) as d:
+        (d / "a.parquet").write_text("1")
+    left = tmp_path / ".events.old-4242-deadbeef"  # killed between the swap and the delete
+    (left / "day=1").mkdir(parents=True)
+    (left / "day=1" / "x.parquet").write_text("old")
+    other = tmp_path / ".items.old-4242-deadbeef"  # another folder's leftover: its own replacement sweeps it
+    other.mkdir()
+    with replacing_dir(dest) as d:
+        (d / "b.parquet").write_text("2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".items.old-4242-deadbeef", "events"]
+    assert [p.name for p in dest.iterdir()] == ["b.parquet"]
