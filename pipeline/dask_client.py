@@ -25,7 +25,7 @@ def dask_client(settings: Settings | None = None, *, address: str | None = None,
         return
     cluster = LocalCluster(n_workers=workers or settings.dask_workers, threads_per_worker=1, processes=True,
                            # ":0": a free port for the HTTP server (None still binds 8787, and warns when taken)
-                           dashboard_address=":0", memory_limit="4GiB", silence_logs=40)
+                           dashboard_address=":0", memory_limit=settings.worker_memory, silence_logs=40)
     client = Client(cluster)
     try:
         yield client

@@ -124,15 +124,15 @@ def extract(url: str, home: str, run_id: str, as_of: datetime, dask_address: str
 
 
 def check_shop(extracted: dict, as_of: datetime) -> None:
-    """Refuse a snapshot nothing can be learnt from (an empty shop, events with no catalogue, an ``as_of``
-    before the first event) in one line, before hours of features and training fail on it."""
+    """Refuse a snapshot no list can be made from (an empty shop, events with no catalogue, an ``as_of``
+    before the catalogue existed) in one line, before features and training fail on it. A shop with items
+    and users but no events yet is fine: its first lists are the popular ones."""
     need = "load the shop first (`rerank generate`, `rerank import`) or pick a later --as-of"
-    if not extracted.get("events"):
-        raise InputDataError(f"the snapshot has no clean events before as_of {as_of.isoformat()}", need)
     if not extracted.get("items"):
-        raise InputDataError("the snapshot has no items (shop.items is empty or every item was quarantined)", need)
+        raise InputDataError(f"the snapshot has no items created before as_of {as_of.isoformat()} (shop.items is "
+                             "empty, or every item was quarantined or is newer)", need)
     if not extracted.get("users"):
-        raise InputDataError("the snapshot has no users (shop.users is empty)", need)
+        raise InputDataError(f"the snapshot has no users created before as_of {as_of.isoformat()}", need)
 
 
 @_stage("item_features")
@@ -210,13 +210,39 @@ def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime, tolerance: 
     return {**out, "scoring_model": chosen["model_version"]}
 
 
-def _score_shard(users: np.ndarray, snap: str, as_of: datetime, top_n: int, n_candidates: int,
-                 recent_days: int, weights: dict, half_life: dict, artifact_uri: str | None = None,
+def _score_shard(k: int, users: np.ndarray, snap: str, out_dir: str, as_of: datetime, top_n: int,
+                 n_candidates: int, recent_days: int, weights: dict, half_life: dict, artifact_uri: str | None = None,
                  rerank: dict | None = None, variants: dict | None = None, salt: str = "rerank-ab",
-                 rules: pd.DataFrame | None = None) -> tuple[pd.DataFrame, np.ndarray]:
-    """One Dask task: recall + score + re-rank for a shard of users; returns (their lists, the users left
-    without one because nothing available is eligible for them)."""
-    from pipeline.extract import read_events
+                 rules: pd.DataFrame | None = None, stamp: dict | None = None) -> dict:
+    """One Dask task: recall + score + re-rank shard ``k`` (``users``, read from its own events folder) and
+    write its lists to ``out_dir/part-k.parquet``; only the shard's figures come back."""
+    from pipeline.extract.shards import read_shard_events
+
+    events = read_shard_events(snap, k)
+    lists, exhausted = recommend_shard(users, events, snap, as_of, top_n=top_n, n_candidates=n_candidates,
+                                       recent_days=recent_days, weights=weights, half_life=half_life,
+                                       artifact_uri=artifact_uri, rerank=rerank, variants=variants, salt=salt,
+                                       rules=rules)
+    if "variant" not in lists:
+        lists["variant"] = "control"
+    for col, value in (stamp or {}).items():
+        lists[col] = value
+    lists = lists.sort_values(["user_id", "rank"]).reset_index(drop=True)
+    out = Path(out_dir)
+    write_parquet(lists, out / "recs" / f"part-{k:05d}.parquet")
+    write_parquet(pd.DataFrame({"user_id": np.asarray(exhausted, dtype="int64")}),
+                  out / "exhausted" / f"part-{k:05d}.parquet")
+    return {"rows": len(lists), "users": int(lists["user_id"].nunique()) if len(lists) else 0,
+            "exhausted": len(exhausted),
+            "sources": lists["source"].value_counts().to_dict() if len(lists) else {}}
+
+
+def recommend_shard(users: np.ndarray, events: pd.DataFrame, snap: str | Path, as_of: datetime, *, top_n: int,
+                    n_candidates: int, recent_days: int, weights: dict, half_life: dict,
+                    artifact_uri: str | None = None, rerank: dict | None = None, variants: dict | None = None,
+                    salt: str = "rerank-ab", rules: pd.DataFrame | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """Recall -> rank -> re-rank for ``users`` from their ``events`` and the run's artefacts under ``snap``;
+    returns (their final lists with reasons, the users left without one because nothing is eligible)."""
     from pipeline.recall.candidates import RecallConfig
     from pipeline.recall.stage import candidates_for_users
     from pipeline.rerank import (
@@ -229,7 +255,6 @@ def _score_shard(users: np.ndarray, snap: str, as_of: datetime, top_n: int, n_ca
     )
 
     snap_p = Path(snap)
-    events = read_events(snap_p, filters=[("user_id", "in", users.tolist())])
     feats = pd.read_parquet(snap_p / "item_features.parquet")
     items = pd.read_parquet(snap_p / "items.parquet", columns=["item_id", "title"])
     feats = feats.merge(items, on="item_id", how="left")
@@ -259,10 +284,13 @@ def _score_shard(users: np.ndarray, snap: str, as_of: datetime, top_n: int, n_ca
 @_stage("score_users")
 def score_users(home: str, run_id: str, as_of: datetime, *, top_n: int, n_candidates: int,
                 model_version: str = "recall-only", user_ids: Sequence[int] | None = None,
-                dask_address: str | None = None, shards: int | None = None, client: object | None = None,
+                dask_address: str | None = None, shard_size: int | None = None, client: object | None = None,
                 url: str | None = None) -> dict:
-    """Recall + score + re-rank every user (or ``user_ids``), sharded by user over Dask. With ``url``, the
-    merchandisers' rules and repurchase windows are read from recsys.rules / recsys.repurchase_windows."""
+    """Recall + score + re-rank every user (or ``user_ids``) in shards of at most ``shard_size`` users
+    (RERANK_SHARD_USERS): each Dask task reads only its shard's events and writes its own Parquet part under
+    ``runs/<run_id>/recs/``; nothing gathers the lists. With ``url``, the merchandisers' rules and repurchase
+    windows are read from recsys.rules / recsys.repurchase_windows."""
+    from pipeline.extract.shards import plan_shards, shard_events, shard_users
     from pipeline.rerank import load_repurchase_windows, load_rules
 
     s = get_settings()
@@ -270,35 +298,36 @@ def score_users(home: str, run_id: str, as_of: datetime, *, top_n: int, n_candid
     rerank = dict(s.rerank)
     if url:
         rerank = {"repurchase_days": load_repurchase_windows(url), **rerank}
-    snap = _dir(home, run_id) / "snapshot"
-    users = pd.read_parquet(snap / "users.parquet")["user_id"].to_numpy()
+    d = _dir(home, run_id)
+    snap = d / "snapshot"
+    users = pd.read_parquet(snap / "users.parquet", columns=["user_id"])["user_id"].to_numpy()
     if user_ids:
         users = np.intersect1d(users, np.asarray(list(user_ids), dtype="int64"))
-    chosen_path = _dir(home, run_id) / "model.json"
+    chosen_path = d / "model.json"
     chosen = json.loads(chosen_path.read_text()) if chosen_path.exists() else {}
     model_version = chosen.get("model_version") or model_version
+    bounds = plan_shards(users, shard_size or s.shard_users)
+    stamp = {"model_version": model_version, "run_id": run_id, "generated_at": pd.Timestamp(as_of)}
+    for sub in ("recs", "exhausted"):  # a re-run starts its parts afresh
+        shutil.rmtree(d / sub, ignore_errors=True)
+        (d / sub).mkdir(parents=True)
+    (d / "recs.parquet").unlink(missing_ok=True)  # the single file of runs before parts
     with _client(client, dask_address) as client:
-        n_shards = shards or max(1, min(len(users) // 500 + 1, 4 * len(client.scheduler_info()["workers"])))
-        parts = [p for p in np.array_split(users, n_shards) if len(p)]
-        futures = client.map(_score_shard, parts, snap=str(snap), as_of=as_of, top_n=top_n,
-                             n_candidates=n_candidates, recent_days=s.recent_days, weights=s.event_weights,
-                             half_life=s.half_life_days, artifact_uri=chosen.get("artifact_uri"), rerank=rerank,
-                             variants=dict(s.variants), salt=s.variant_salt, rules=rules, pure=False)
-        done = client.gather(futures)
-    frames = [f for f, _ in done]
-    exhausted = np.concatenate([e for _, e in done]) if done else np.zeros(0, "int64")
-    # users with nothing eligible (bought every available item): the gate does not count their empty list
-    write_parquet(pd.DataFrame({"user_id": exhausted.astype("int64")}), _dir(home, run_id) / "exhausted.parquet")
-    recs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    if "variant" not in recs:
-        recs["variant"] = "control"
-    recs["model_version"] = model_version
-    recs["run_id"] = run_id
-    recs["generated_at"] = pd.Timestamp(as_of)
-    recs = recs.sort_values(["user_id", "rank"]).reset_index(drop=True)
-    write_parquet(recs, _dir(home, run_id) / "recs.parquet")
-    return {"users": int(recs["user_id"].nunique()) if len(recs) else 0, "rows": len(recs), "shards": len(parts),
-            "exhausted_users": len(exhausted), "sources": recs["source"].value_counts().to_dict() if len(recs) else {}}
+        layout = shard_events(snap, bounds, client, chunk_rows=s.chunk_rows)
+        ks = list(range(len(bounds)))
+        futures = client.map(_score_shard, ks, [shard_users(users, bounds, k) for k in ks], snap=str(snap),
+                             out_dir=str(d), as_of=as_of, top_n=top_n, n_candidates=n_candidates,
+                             recent_days=s.recent_days, weights=s.event_weights, half_life=s.half_life_days,
+                             artifact_uri=chosen.get("artifact_uri"), rerank=rerank, variants=dict(s.variants),
+                             salt=s.variant_salt, rules=rules, stamp=stamp, pure=False)
+        done = client.gather(futures)  # the shards' figures only
+    sources: dict[str, int] = {}
+    for fig in done:
+        for name, n in fig["sources"].items():
+            sources[name] = sources.get(name, 0) + int(n)
+    return {"users": sum(f["users"] for f in done), "rows": sum(f["rows"] for f in done), "shards": len(done),
+            "shard_users": int(shard_size or s.shard_users), "events_sharded": layout["rows"],
+            "exhausted_users": sum(f["exhausted"] for f in done), "sources": sources}
 
 
 @_stage("quality_gate")
@@ -324,13 +353,21 @@ def quality_gate(home: str, run_id: str, thresholds: dict | None = None, url: st
     if subset:
         users = users[users.isin(subset)]
     live = LiveRows.of_live(url) if url else None
-    done = d / "exhausted.parquet"
-    exhausted = pd.read_parquet(done)["user_id"] if done.exists() else None
+    exhausted = _exhausted(d)
     return check_parts(parts, users=users, items=items, exhausted=exhausted,
                        thresholds=thresholds if thresholds is not None else dict(get_settings().gate),
                        live=live, item_embeddings=load_item_embeddings(d / "snapshot"),
                        top_n=top_n or params.get("top_n"), nothing_live=url is not None and live is None,
                        client=client)
+
+
+def _exhausted(run_dir: Path) -> pd.Series | None:
+    """Users the scoring left without a list because nothing is eligible for them (few: bought everything)."""
+    parts = sorted((run_dir / "exhausted").glob("part-*.parquet"))
+    if parts:
+        return pd.concat([pd.read_parquet(p)["user_id"] for p in parts], ignore_index=True)
+    legacy = run_dir / "exhausted.parquet"
+    return pd.read_parquet(legacy)["user_id"] if legacy.exists() else None
 
 
 @_stage("publish")

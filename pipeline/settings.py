@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     itemcf_algorithm: Literal["dense", "sparse"] = "sparse"
     #: Length of each user's published list.
     top_n: int = Field(50, ge=1, le=1000)
+    #: Users per scoring shard: one Dask task's memory follows it, whatever the shop's size.
+    shard_users: int = Field(2_000, ge=1)
+    #: Rows per record batch when a task streams a Parquet file (the events' layout by shard).
+    chunk_rows: int = Field(500_000, ge=1)
+    #: Memory limit of each LocalCluster worker (Dask's format: "4GiB").
+    worker_memory: str = "4GiB"
     #: Rows per COPY chunk when a run's lists are streamed into Postgres (the publish's memory follows it).
     publish_chunk_rows: int = Field(200_000, ge=1)
     #: Published runs kept for ``rerank publish rollback``.

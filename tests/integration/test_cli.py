@@ -72,7 +72,7 @@ def test_bad_shops_fail_at_command_level_with_one_line_and_publish_nothing(db_ur
     """An empty shop, events whose items are missing, an as_of before the first event: exit 1, one line."""
     env = {"RERANK_DATABASE_URL": db_url, "RERANK_HOME": str(tmp_path), "RERANK_DASK_WORKERS": "1",
            "RERANK_EMBEDDING_METHOD": "tfidf"}
-    _assert_one_line_error(_run(["run", "nightly", "--as-of", "2026-11-24"], **env), "no clean events",
+    _assert_one_line_error(_run(["run", "nightly", "--as-of", "2026-11-24"], **env), "has no items",
                            "rerank generate")
     from pipeline.db.engine import connect
 
@@ -83,7 +83,7 @@ def test_bad_shops_fail_at_command_level_with_one_line_and_publish_nothing(db_ur
     proc = _run(["run", "nightly", "--as-of", "2026-11-24"], **env)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert _run(["generate", "--users", "50", "--items", "20", "--days", "5"], **env).returncode == 0
-    _assert_one_line_error(_run(["run", "nightly", "--as-of", "2020-01-01"], **env), "no clean events before")
+    _assert_one_line_error(_run(["run", "nightly", "--as-of", "2020-01-01"], **env), "no items created before")
     with connect(db_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM recsys.publications")
         assert cur.fetchone()[0] == 0

@@ -152,8 +152,12 @@ def test_production_scoring_gives_cold_items_their_embedding(rerank_env: dict[st
     monkeypatch.setattr(RankerModel, "score", spy)
     snap = run_dir / "snapshot"
     users = pd.read_parquet(snap / "users.parquet")["user_id"].to_numpy()[:20]
-    nightly._score_shard(users, str(snap), AS_OF, 10, 30, 7, dict(model.config.event_weights),
-                         dict(model.config.half_life_days), artifact_uri=chosen["artifact_uri"])
+    from pipeline.extract import read_events
+
+    events = read_events(snap, filters=[("user_id", "in", users.tolist())])
+    nightly.recommend_shard(users, events, str(snap), AS_OF, top_n=10, n_candidates=30, recent_days=7,
+                            weights=dict(model.config.event_weights), half_life=dict(model.config.half_life_days),
+                            artifact_uri=chosen["artifact_uri"])
     assert seen and all(e is not None for e in seen)
 
 

@@ -140,7 +140,8 @@ def test_a_merchandisers_repurchase_window_lets_recall_keep_the_bought_items(
     keeps that category's bought items as candidates, so the re-rank can apply the window. Recall used to
     drop them first, so a window for any other category never brought an item back."""
     import pipeline.recall.stage as stage
-    from pipeline.nightly import _score_shard
+    from pipeline.extract import read_events
+    from pipeline.nightly import recommend_shard
 
     ev = pd.read_parquet(snapshot / "events")
     items = pd.read_parquet(snapshot / "items.parquet")
@@ -158,13 +159,14 @@ def test_a_merchandisers_repurchase_window_lets_recall_keep_the_bought_items(
 
     monkeypatch.setattr(stage, "candidates_for_users", spy)
     users = np.array([user])
+    events = read_events(snapshot, filters=[("user_id", "in", [int(user)])])
     for rerank, expected in ((None, False), ({"repurchase_days": {top: 0.0}}, True),
                              ({"repurchase_days": {"Grocery": 0.0}}, False)):
-        _score_shard(users, str(snapshot), AS_OF, top_n=10, n_candidates=len(items), recent_days=7, weights=WEIGHTS,
-                     half_life=HALF_LIFE, rerank=rerank)
+        recommend_shard(users, events, str(snapshot), AS_OF, top_n=10, n_candidates=len(items), recent_days=7,
+                        weights=WEIGHTS, half_life=HALF_LIFE, rerank=rerank)
         assert (item in set(kept["cand"]["item_id"])) is expected, rerank
     # an A/B arm's window counts too: the arm's users must see the item among their candidates
-    _score_shard(users, str(snapshot), AS_OF, top_n=10, n_candidates=len(items), recent_days=7, weights=WEIGHTS,
-                 half_life=HALF_LIFE, variants={"control": {"weight": 1}, "back": {"weight": 1e-9,
+    recommend_shard(users, events, str(snapshot), AS_OF, top_n=10, n_candidates=len(items), recent_days=7,
+                    weights=WEIGHTS, half_life=HALF_LIFE, variants={"control": {"weight": 1}, "back": {"weight": 1e-9,
                                                                                     "repurchase_days": {top: 0.0}}})
     assert item in set(kept["cand"]["item_id"])
