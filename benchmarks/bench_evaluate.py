@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.evaluate.metrics import RANKING_METRICS, ranking_metrics
 from pipeline.evaluate.models import get_model
 from pipeline.evaluate.protocols import msr_stratified_split
 from pipeline.evaluate.runner import evaluate_frames, interactions
+from pipeline.metrics import RANKING_METRICS, ranking_metrics
 
 DEFAULT_DATA = Path(os.environ.get("RERANK_SHARED_DATA",
                                    Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -5,7 +5,7 @@
                                       [--retarget-cap 1.0] [--arm 'LABEL={"mmr_lambda": 1.0}' ...]
                                       [--url postgresql://...] [--home DIR]
 
-The eval harness's ``pipeline`` model (pipeline/rank/evaluate.py) trains its own model; this script instead
+The eval harness's ``pipeline`` model (pipeline/evaluate/ranker.py) trains its own model; this script instead
 runs :func:`pipeline.nightly.run_nightly` itself (every stage, no Airflow) and scores what it published.
 
 1. One shop: a generated shop (``generate_shop``) whose last day ``END`` is ``--test-days`` days after the
@@ -60,7 +60,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.db.engine import connect  # noqa: E402
-from pipeline.evaluate.metrics import per_user_ranking  # noqa: E402
+from pipeline.metrics import per_user_ranking  # noqa: E402
 
 INTENT = ("click", "add_to_cart", "purchase")
 ITEM_EVENTS = ("view", *INTENT)

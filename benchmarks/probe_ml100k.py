@@ -383,7 +383,7 @@ def probe_product(data: str, params: dict, seeds: tuple[int, ...]) -> None:
     scored on the rest: splits drawn like the test split, and the real fit, not an emulation of it."""
     import time
 
-    import pipeline.rerank.evaluate  # noqa: F401  (registers ``pipeline``)
+    import pipeline.evaluate.stack  # noqa: F401  (registers ``pipeline``)
     from pipeline.evaluate.models import get_model
     from pipeline.evaluate.protocols import msr_stratified_split
 

@@ -44,8 +44,8 @@ SETTINGS: dict[str, tuple[int, float, float, int, bool, str]] = {
 
 def fit_score(train: pd.DataFrame, test: pd.DataFrame, setting: tuple, seed: int = 42) -> float:
     """nDCG@10 on ``test`` of BPR with ``setting`` fitted on ``train`` (the harness's model and metric)."""
-    from pipeline.evaluate.metrics import ranking_metrics
     from pipeline.evaluate.models import BPRModel
+    from pipeline.metrics import ranking_metrics
     from pipeline.recall.factors import train_bpr
 
     factors, lr, reg, its, verify, weighting = setting

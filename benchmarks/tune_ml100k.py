@@ -11,7 +11,7 @@ The outer split is the harness's (``msr_stratified_split(interactions, 0.75, 42)
 everything is chosen on it, and the outer test part is read only with ``--test`` (report only).
 
 ``merge`` emulates ``pipeline``'s recall with ``use_ranker: false`` and ``mmr_lambda: 1``
-(pipeline.rank.evaluate.MergedRecall): each source's top ``n_per_source`` unseen items, scaled to [0, 1]
+(pipeline.evaluate.ranker.MergedRecall): each source's top ``n_per_source`` unseen items, scaled to [0, 1]
 per user (min of the top -> 0, max -> 1, 0 off the top), the weighted mean ranks the list. ``--fusion
 rank`` instead scales by reciprocal rank (1 / (60 + rank), off the top 0) to show how much the min-max
 scaling costs. Score matrices are cached per (split, config) under ``--cache``.

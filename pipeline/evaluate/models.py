@@ -1045,9 +1045,9 @@ class SequentialKNNModel(Recommender):
 
 ModelFactory = Callable[..., Recommender]
 _REGISTRY: dict[str, ModelFactory] = {}
-#: Names other stages own: asking for one imports its module, which is expected to register it.
-RESERVED: dict[str, str] = {"content": "pipeline.recall.content", "ranker": "pipeline.rank.evaluate",
-                            "pipeline": "pipeline.rerank.evaluate"}
+#: Models of this package that import torch and the production stages: asking for one imports its module,
+#: which registers it (kept out of this module's import so the plain models load fast).
+RESERVED: dict[str, str] = {"ranker": "pipeline.evaluate.ranker", "pipeline": "pipeline.evaluate.stack"}
 
 
 def register_model(name: str, factory: ModelFactory, *, replace: bool = False) -> None:

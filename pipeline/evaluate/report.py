@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.evaluate.metrics import popularity_curve
 from pipeline.frames import EVENT_COL, ITEM_COL, TS_COL, USER_COL, ShopFrames
+from pipeline.metrics import popularity_curve
 
 SECTIONS = ("metrics", "references", "plot-metrics", "plot-accuracy-diversity", "plot-popularity",
             "plot-segments", "behaviour", "funnel", "repurchase", "category-affinity", "rfm")

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline import metrics as M
 from pipeline.errors import InputDataError, PipelineError
-from pipeline.evaluate import metrics as M
 from pipeline.evaluate.models import Recommender, get_model
 from pipeline.evaluate.protocols import PROTOCOLS, leave_one_out, msr_stratified_split, temporal_split
 from pipeline.evaluate.report import write_report

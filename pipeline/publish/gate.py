@@ -88,7 +88,7 @@ def churn_against(recs: pd.DataFrame, live: pd.DataFrame) -> float | None:
 def list_diversity(recs: pd.DataFrame, items: pd.DataFrame, k: int = 10,
                    item_embeddings: tuple[np.ndarray, np.ndarray] | None = None) -> float | None:
     """Intra-list diversity at ``k`` over embeddings when given, else over category paths."""
-    from pipeline.evaluate.metrics import intra_list_diversity
+    from pipeline.metrics import intra_list_diversity
 
     if item_embeddings is not None:
         v = intra_list_diversity(recs, k, item_embeddings=item_embeddings)
@@ -240,7 +240,7 @@ class PartContext:
 
 def _diversity_users(recs: pd.DataFrame, ctx: PartContext) -> int:
     """Users whose diversity enters the mean: at least two of their top ``k`` items have a vector."""
-    from pipeline.evaluate.metrics import ordered_top_k
+    from pipeline.metrics import ordered_top_k
 
     top = ordered_top_k(recs, ctx.diversity_k)
     ids = ctx.item_embeddings[0] if ctx.item_embeddings is not None else ctx.items["item_id"].to_numpy()

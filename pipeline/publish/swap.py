@@ -42,6 +42,7 @@ from psycopg2 import sql
 
 from pipeline.db.copy import frame_to_csv
 from pipeline.db.engine import connect
+from pipeline.db.overlay import BATCH_LOG_DAYS, STALE_OVERLAY_SQL
 from pipeline.errors import PublishError
 
 log = logging.getLogger(__name__)
@@ -397,11 +398,6 @@ def _point_views(cur, pub_id: int) -> None:
     cur.execute(_view_sql("similar_items", similar_table=sql.Identifier("recsys", similar_table)))
 
 
-#: Overlay rows no newer than every kept publication's oldest rows: no live or rolled-back-to view can show them.
-STALE_OVERLAY_SQL = ("DELETE FROM recsys.recs_realtime WHERE generated_at <= "
-                     "(SELECT min(coalesce(oldest_at, generated_at)) FROM recsys.publications)")
-
-
 def _drop_stale_overlay(conn) -> None:
     """Delete overlay rows that no kept publication can show (a rollback brings back the ones newer than the
     publication it restores, so they outlive a newer run). A refresh batch in flight holds row locks on the
@@ -531,8 +527,6 @@ def rollback(url: str, *, lock_wait_s: float = 60.0) -> dict:
     CF matrices): they go in the same transaction, and the refresh watermark moves back to where it stood
     then, so the refresh rebuilds those users' lists on the restored run. Older overlay lists stay.
     """
-    from pipeline.refresh.core import BATCH_LOG_DAYS
-
     conn = _session(url, lock_wait_s)
     try:
         with conn, conn.cursor() as cur:

@@ -119,7 +119,7 @@ def holdout_metrics(model: RankerModel | None, win: Window, items: pd.DataFrame,
 
 def _list_metrics(recs: pd.DataFrame, labels: pd.DataFrame, k: int) -> dict[str, float]:
     """nDCG@k / HR@k of ``recs`` (user_id, item_id, score) against ``labels``, over every labelled user."""
-    from pipeline.evaluate.metrics import ranking_metrics
+    from pipeline.metrics import ranking_metrics
 
     n_users = labels["user_id"].nunique()
     recs = recs[recs["user_id"].isin(labels["user_id"])]

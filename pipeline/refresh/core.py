@@ -40,6 +40,7 @@ import pandas as pd
 
 from pipeline.db.copy import copy_frame
 from pipeline.db.engine import connect
+from pipeline.db.overlay import BATCH_LOG_DAYS, STALE_OVERLAY_SQL
 from pipeline.errors import PipelineError
 from pipeline.refresh.fresh import FreshConfig, build_lists
 from pipeline.refresh.live import cached_runs_for, load_live
@@ -274,16 +275,12 @@ def run_batch(conn, url: str, home: str | Path, *, name: str = "default", batch_
 #: Times a drain looks again at a gap it holds back at, and the pause between looks (writers are short).
 GAP_RETRIES = 3
 GAP_RETRY_S = 0.05
-#: Days of ``recsys.refresh_batches`` kept (the audit of exactly-once; older rows are pruned).
-BATCH_LOG_DAYS = 7
 
 
 def clean_overlay(conn) -> int:
     """Delete overlay rows no newer than every kept publication (the view ignores them, and would after a
     rollback too; rows newer than an older kept run must stay, or a rollback to it loses the fresh lists the
     watermark already passed) and batch-log rows older than BATCH_LOG_DAYS; returns the overlay rows deleted."""
-    from pipeline.publish.swap import STALE_OVERLAY_SQL
-
     with conn.cursor() as cur:
         cur.execute(STALE_OVERLAY_SQL)
         n = cur.rowcount

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.evaluate import metrics as M
+from pipeline import metrics as M
 
 L2_3 = 1 / math.log2(3)
 

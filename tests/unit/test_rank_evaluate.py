@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 from test_models_contract import ModelContract
 
+from pipeline.evaluate import ranker as rank_evaluate
 from pipeline.evaluate.models import get_model
 from pipeline.evaluate.runner import evaluate_frames
 from pipeline.frames import ShopFrames
-from pipeline.rank import evaluate as rank_evaluate
 from pipeline.recall.sequential import ordered_sequences, transition_matrix
 
 #: Small and fast: no early stopping (tiny data has nothing to hold out), full softmax, no dropout.

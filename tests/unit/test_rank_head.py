@@ -115,7 +115,7 @@ def test_multi_target_ndcg_and_hits() -> None:
 
 
 def test_inner_holdout_share_takes_a_share_of_each_user() -> None:
-    from pipeline.rank.evaluate import inner_holdout
+    from pipeline.evaluate.ranker import inner_holdout
 
     rows = pd.DataFrame({"user_id": np.repeat([1, 2, 3], [8, 4, 2]), "item_id": np.arange(14)})
     kept, held = inner_holdout(rows, "share", seed=1, share=0.25)

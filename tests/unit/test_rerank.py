@@ -234,7 +234,7 @@ def test_retarget_cap_scope_seen_also_counts_items_seen_long_ago() -> None:
 
 
 def test_diversity_raises_intra_list_diversity() -> None:
-    from pipeline.evaluate.metrics import intra_list_diversity
+    from pipeline.metrics import intra_list_diversity
 
     rng = np.random.default_rng(3)
     items = _items(60, category=[f"C{i % 6}>S{i % 12}" for i in range(60)])

@@ -1,11 +1,12 @@
-"""The ``pipeline`` model of the evaluation harness: merged recall -> ranker -> fusion -> MMR re-rank.
+"""Research: the ``pipeline`` model of the evaluation harness: merged recall -> ranker -> fusion -> MMR re-rank.
 
-Registered on import (``pipeline.evaluate.models.RESERVED`` points here). It is the nightly path in one
-model: the merged recall of :mod:`pipeline.rank.evaluate` (item-CF, ALS, sequential item-kNN,
-popularity), the SASRec-CE ranker over those candidates, the fusion ``P_re = P_recall ** recall_power *
-P_rank ** rank_power`` (both 1: ARCHITECTURE.md's product; P_rank is the ranker's softmax over the user's
-candidates, P_recall the merge's per-user scaled score; the powers are a log-linear blend tuned on
-validation) and the MMR re-rank (pipeline.rerank.lists).
+Evaluator-only: the nightly run does not publish these lists (its one per-user path is
+:func:`pipeline.nightly.recommend_shard`). Registered on import (``pipeline.evaluate.models.RESERVED`` points
+here). It mirrors the nightly path's shape in one model: the merged recall of :mod:`pipeline.evaluate.ranker`
+(item-CF, ALS, sequential item-kNN, popularity), the SASRec-CE ranker over those candidates, the fusion ``P_re =
+P_recall ** recall_power * P_rank ** rank_power`` (both 1: ARCHITECTURE.md's product; P_rank is the ranker's
+softmax over the user's candidates, P_recall the merge's per-user scaled score; the powers are a log-linear
+blend tuned on validation) and the MMR re-rank (pipeline.rerank.lists).
 ``use_ranker=False`` drops the ranker (P_rank = 1: recall + re-rank only).
 
 ``head="mlp"`` (the default; ``"linear"`` a linear one) puts a listwise head (pipeline.rank.head) on top
@@ -35,8 +36,8 @@ import scipy.sparse as sp
 
 from pipeline.errors import ModelError
 from pipeline.evaluate.models import register_model
+from pipeline.evaluate.ranker import MergedRecall, RankerRecommender, _lift
 from pipeline.frames import ITEM_COL, RANK_COL, SCORE_COL, USER_COL
-from pipeline.rank.evaluate import MergedRecall, RankerRecommender, _lift
 from pipeline.rank.head import CandidateBlock, ListwiseHead, candidate_block, cross_fit, ndcg_at
 from pipeline.rerank.config import RerankConfig
 from pipeline.rerank.lists import finalize_lists
