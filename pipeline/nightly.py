@@ -196,13 +196,15 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, retrain: boo
 
 @_stage("evaluate_gate")
 def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime, tolerance: float | None = None) -> dict:
-    """Promote the candidate only if it is not worse than the champion on the same holdout; record which model
-    this run scores with (RERANK_HOME/runs/<run_id>/model.json) so every shard uses the same one."""
+    """Promote the candidate only if it is not worse than recall-only ordering nor than the champion on the same
+    holdout; record which model this run scores with (RERANK_HOME/runs/<run_id>/model.json) so every shard uses
+    the same one."""
     from pipeline.rank.registry import champion
     from pipeline.rank.stage import evaluate_gate as gate
 
-    tol = get_settings().gate_tolerance if tolerance is None else tolerance
-    out = gate(url, home, run_id, as_of, tolerance=tol)
+    s = get_settings()
+    tol = s.gate_tolerance if tolerance is None else tolerance
+    out = gate(url, home, run_id, as_of, tolerance=tol, recall_margin=s.gate_recall_margin)
     row = champion(url)
     chosen = {"model_version": row["model_version"], "artifact_uri": row["artifact_uri"]} if row else {
         "model_version": "recall-only", "artifact_uri": None}

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     rank_max_epochs: int = Field(20, ge=1)
     #: A candidate ranker is promoted only if its holdout nDCG@10 >= champion's - this tolerance.
     gate_tolerance: float = Field(0.01, ge=0.0)
+    #: A candidate ranker must also reach recall-only ordering's holdout nDCG@10 + this margin, the first model
+    #: included (else the run scores recall-only); -1 leaves recall-only out of the judgement.
+    gate_recall_margin: float = Field(0.0, ge=-1.0, le=1.0)
     #: Overrides of the re-rank settings (pipeline.rerank.RerankConfig: fusion, mmr_lambda, caps, explore_share, ...).
     rerank: dict = Field(default_factory=dict)
     #: A/B variants: {"name": {"weight": w, <RerankConfig overrides>}}; empty = everyone in "control".

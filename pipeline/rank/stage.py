@@ -221,8 +221,11 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
     return res
 
 
-def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime, *, tolerance: float = 0.01) -> dict:
-    """Promote this run's candidate if holdout nDCG@10 >= champion's - ``tolerance`` (same holdout)."""
+def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime, *, tolerance: float = 0.01,
+                  recall_margin: float = 0.0) -> dict:
+    """Promote this run's candidate if its holdout nDCG@10 is at least recall-only ordering's + ``recall_margin``
+    and at least the champion's - ``tolerance`` (the same holdout for all three). ``recall_margin=-1`` leaves
+    recall-only out of the judgement (nDCG lies in [0, 1])."""
     from pipeline.rank.score import load_model
 
     out_file = runs.run_dir(home, run_id) / RESULT_FILE
@@ -254,8 +257,14 @@ def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime, *, toleranc
 
     cand_score = holdout_metrics(load_model(row["artifact_uri"], threads=torch.get_num_threads()), hold, items,
                                  emb=emb)[key]
-    verdict: dict = {"tolerance": tolerance, "candidate_ndcg@10": cand_score, "holdout": trained.get("holdout")}
-    if champ is None:
+    base_score = holdout_metrics(None, hold, items)[key]
+    verdict: dict = {"tolerance": tolerance, "candidate_ndcg@10": cand_score, "recall_only_ndcg@10": base_score,
+                     "holdout": trained.get("holdout")}
+    if cand_score < base_score + recall_margin:
+        # the fused lists must beat recall's own order, the first model included: else scoring goes recall-only
+        decision, reason = False, (f"candidate nDCG@10 {cand_score:.4f} below recall-only {base_score:.4f} "
+                                   f"(margin {recall_margin}): not promoted")
+    elif champ is None:
         decision, reason = True, "no champion yet: the first model becomes champion"
     else:
         try:

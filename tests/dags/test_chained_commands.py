@@ -30,7 +30,10 @@ def _env(db_url: str, home: Path, extra: dict[str, str] | None = None) -> dict[s
     env = {k: v for k, v in os.environ.items() if not k.startswith("RERANK_")}
     env.update({"RERANK_DATABASE_URL": db_url, "RERANK_HOME": str(home), "RERANK_DASK_WORKERS": "1",
                 "RERANK_TOP_N": "10", "RERANK_CANDIDATES": "40", "RERANK_RANK_WINDOWS": "2",
-                "RERANK_RANK_MAX_EPOCHS": "3", "RERANK_EMBEDDING_METHOD": "tfidf", **(extra or {})})
+                "RERANK_RANK_MAX_EPOCHS": "3", "RERANK_EMBEDDING_METHOD": "tfidf",
+                # a ranker trained for seconds loses to recall-only ordering, which the gate would keep: here the
+                # champion ranker must exist, so the refresh and `models` run on it
+                "RERANK_GATE_RECALL_MARGIN": "-1", **(extra or {})})
     return env
 
 
