@@ -43,13 +43,13 @@ test: setup
 	$(BIN)/python -m pytest -q -m "not slow" --timeout=900
 
 lint: setup
-	$(BIN)/ruff check pipeline dags tests benchmarks
+	$(BIN)/ruff check pipeline dags tests benchmarks research
 
 # Full-size evaluations (minutes to tens of minutes each on 2 cores); figures in README "Latest figures".
 DATA ?= $${RERANK_SHARED_DATA:-../shared/data}
 # ALS on BM25 weights (k1 10, b 0.5, chosen on the inner split) in place of plain ALS: 5-fold CV of the training
 # part +0.0060 (5 of 5 folds), the real pipeline on 5 msr-stratified splits of it +0.0031..+0.0080 (5 of 5);
-# read once on test: 0.5082 against 0.4981 (benchmarks/probe_ml100k.py, sixth round).
+# read once on test: 0.5082 against 0.4981 (research/probe_ml100k.py, sixth round).
 # Not in the mix: RecVAE x3 at 0.75 (5-fold CV of the training part +0.0020, better in 5 of 5 folds, below the
 # +0.003 bar set before; read once on test: pipeline 0.4968 against 0.4981 without it). See issue #6's note.
 ML100K_PIPELINE := {"ease": {"l2": 400}, "pipeline": {"use_ranker": false, "tune": false, "mmr_lambda": 1.0, "sources": {"als": {"seeds": 8, "weighting": "bm25"}, "ease": {"l2": 6000, "use_ratings": true}, "user-knn": {}}, "recall_weights": {"als": 1, "ease": 1, "user-knn": 0.5}}}

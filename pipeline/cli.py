@@ -388,6 +388,11 @@ def main() -> None:
         sys.exit(1)
     except typer.Abort:
         sys.exit(1)
+    except FileNotFoundError as exc:  # an artefact of a run deleted or never written
+        err.print(f"[red]error:[/red] a file this command needs is missing: {exc.filename or exc} (check: "
+                  "RERANK_HOME is the home the nightly run wrote to; re-run `rerank run nightly` for that date)",
+                  highlight=False, soft_wrap=True)
+        sys.exit(1)
     except Exception as exc:  # click usage errors
         import click
 

@@ -327,12 +327,12 @@ class ALSModel(_ImplicitModel):
 
     That 0.272 was seed 42's luck: seeds 0-7 gave 0.2645-0.2701 (mean 0.267). ``seeds=8`` (bagging, see
     :class:`_ImplicitModel`) gave 0.2694 there, and in ``pipeline``'s merge (ml-100k test nDCG@10) 0.4976-0.4985
-    over five disjoint seed sets where single fits spread 0.4943-0.4989 (benchmarks/tune_ml100k.py).
+    over five disjoint seed sets where single fits spread 0.4943-0.4989 (research/tune_ml100k.py).
 
     ``weighting="bm25"`` fits on :class:`~pipeline.recall.factors.BM25Weights` of the matrix (``bm25_k1``,
     ``bm25_b``; a folded-in history is weighted with the training statistics). Alone it ranks worse on
     ml-100k, but it complements EASE: in ``pipeline``'s merge it took the test figure from 0.4981 to 0.5082
-    (benchmarks/probe_ml100k.py, sixth round).
+    (research/probe_ml100k.py, sixth round).
     """
 
     name = "als"
@@ -373,7 +373,7 @@ class BPRModel(_ImplicitModel):
     """implicit's BayesianPersonalizedRanking (CPU); every training row is a positive.
 
     Defaults from the same inner split of train (factors 10-200, learning rate 0.003-0.05, regularization
-    0.001-0.1, 10-300 epochs, ratings-weighted sampling, unverified negatives; benchmarks/tune_bpr_inner.py):
+    0.001-0.1, 10-300 epochs, ratings-weighted sampling, unverified negatives; research/tune_bpr_inner.py):
     implicit's BPR overfits fast on ml-100k (300 epochs is worse than 60). Mean inner nDCG@10 over 4 seeds:
     0.2090 at 96 factors, lr 0.0075, reg 0.01, 80 epochs (0.2046 for the earlier 64 / 0.01 / 60; the seed
     spread is about 0.005); cornac's settings (200 factors, reg 0.001, 100 epochs) gave 0.1765.
@@ -499,7 +499,7 @@ class SLIMModel(Recommender):
     fitting costs items x (one sparse coordinate descent); a dense ``n_items^2`` matrix is kept
     (refuses more than ``max_items``).
 
-    Defaults from the inner split of ml-100k's training part (benchmarks/tune_ml100k.py; alpha 0.02-2 x
+    Defaults from the inner split of ml-100k's training part (research/tune_ml100k.py; alpha 0.02-2 x
     l1_ratio 0.0001-0.2): nDCG@10 0.2694 at alpha 0.5, l1_ratio 0.001 (EASE 0.2695 there): with so little
     L1 it is EASE with non-negative weights. On ratings 0.2688 (alpha 10, l1_ratio 0.001). About 4 s a
     fit on one core.
@@ -572,7 +572,7 @@ class HigherEASEModel(Recommender):
     ``max_items`` items.
 
     On ml-100k the pairs do not pay (the paper's gains were on ML-20M, Netflix, MSD): on the inner split
-    of the training part (benchmarks/tune_ml100k.py; l2 400 binary or 6000 on ratings, l2_pairs 1000-16000
+    of the training part (research/tune_ml100k.py; l2 400 binary or 6000 on ratings, l2_pairs 1000-16000
     (x10 on ratings), 500 or 2000 pairs) nDCG@10 rose monotonically with l2_pairs towards plain EASE
     (0.2643 -> 0.2690 binary, EASE 0.2695; 0.2622 -> 0.2693 on ratings, EASE 0.2690). 500 pairs fit in
     about 7 s on one core, 2000 in about 20 s.
@@ -652,7 +652,7 @@ class EDLAEModel(EASEModel):
     """EASE with EDLAE's dropout-scaled per-item l2 (see :class:`EASEModel`) under its own name, so a
     merge can hold it next to plain EASE.
 
-    On the inner split of ml-100k's training part (benchmarks/tune_ml100k.py; l2 25-800 x dropout
+    On the inner split of ml-100k's training part (research/tune_ml100k.py; l2 25-800 x dropout
     0.1-0.67) the surface is flat: 0.2702 at l2 400, dropout 0.5 (plain EASE 0.2695); with ratings
     0.2732 (l2 4000, dropout 0.67; EASE-ratings 0.2690 at l2 6000); without the zero-diagonal constraint
     0.2731 (l2 800, dropout 0.1; dropout 0 0.2732).
@@ -811,7 +811,7 @@ class RecVAEModel(_BaggedTorchModel):
     supplied history folds in with one forward pass. Seeded and single-threaded: the same data and seed
     give the same scores.
 
-    Defaults from the inner split of ml-100k's training part (benchmarks/tune_ml100k.py): the paper's
+    Defaults from the inner split of ml-100k's training part (research/tune_ml100k.py): the paper's
     settings (batch 500, lr 5e-4, gamma 0.005, 50 epochs) gave nDCG@10 0.2150 there, with few users a
     batch and a KL weight too small for so little data: longer training is worse. gamma 0.0035-0.08 x
     15/30 epochs at batch 64, lr 1e-3: 0.2621 at gamma 0.02, 15 epochs (about 30 s a fit on one core;
@@ -926,7 +926,7 @@ class RP3betaModel(Recommender):
     strongest entries (None: all). Dense ``n_items^2`` like EASE (refuses more than ``max_items``).
 
     Defaults chosen on the inner 75/25 (seed 7) MSR split of ml-100k's training part
-    (benchmarks/tune_ml100k.py; alpha 0.5-1.25 x beta 0.2-0.8 x neighbours 50-400 or all): nDCG@10 0.2647
+    (research/tune_ml100k.py; alpha 0.5-1.25 x beta 0.2-0.8 x neighbours 50-400 or all): nDCG@10 0.2647
     at alpha 0.75, beta 0.5, all neighbours (0.2654 with 400; EASE 0.2695, ALS 0.2719 there).
     """
 
@@ -966,7 +966,7 @@ class UserKNNModel(Recommender):
     A supplied history is compared with the training users as it is (fold-in without refitting).
 
     Defaults chosen on the inner 75/25 (seed 7) MSR split of ml-100k's training part
-    (benchmarks/tune_ml100k.py; neighbours 20-500 x power 1-3): nDCG@10 0.2616 at 200 neighbours, power 2
+    (research/tune_ml100k.py; neighbours 20-500 x power 1-3): nDCG@10 0.2616 at 200 neighbours, power 2
     (0.2583 at power 1); rating-weighted similarities were worse (0.2597).
     """
 

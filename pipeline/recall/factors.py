@@ -93,7 +93,7 @@ class BM25Weights:
     small positive value, as a catalogue smaller than its most popular item's audience would turn it
     negative). ``scale`` makes the training weights' mean 1 so ALS's ``alpha`` keeps its meaning. Popular
     items and long histories weigh less: on ml-100k this ALS alone ranks worse but adds more to a mix
-    with EASE (benchmarks/probe_ml100k.py, sixth round).
+    with EASE (research/probe_ml100k.py, sixth round).
     """
 
     idf: np.ndarray

@@ -184,6 +184,18 @@ def test_every_readme_command_chained_on_real_runs(airflow_db: dict[str, str], d
         _rerank(env, "models", "promote", versions[0])
         assert _rerank(env, "models", "rollback", ok=False).returncode in (0, 1)
 
+    # --- a live run whose files were deleted: one line, exit 1, the live lists untouched -------------------------
+    live_run = _one(db_url, "SELECT run_id FROM recsys.publications WHERE live")[0]
+    before = _one(db_url, "SELECT count(*), sum(item_id) FROM recsys.user_recommendations")
+    import shutil
+
+    shutil.rmtree(tmp_path / "home" / "runs" / live_run / "snapshot")
+    _insert_views(db_url, other, fresh_items[1:])
+    broken = _rerank(env, "refresh", "--once", ok=False)
+    lines = [ln for ln in broken.stderr.splitlines() if ln.strip()]
+    assert broken.returncode == 1 and len(lines) == 1 and live_run in lines[0], broken.stderr[-2000:]
+    assert _one(db_url, "SELECT count(*), sum(item_id) FROM recsys.user_recommendations") == before
+
     # --- a tiny evaluate, and import of each format (each replaces the shop) -----------------------------------
     data = _write_datasets(tmp_path)
     ev = _rerank(env, "evaluate", "--format", "movielens", "--path", str(data["movielens"]), "--protocol",

@@ -1,8 +1,8 @@
 """Signals tried against ``pipeline``'s ml-100k merge on the inner split (issue #6, acceptance 2; round three).
 
-    python benchmarks/probe_ml100k.py trend|fusion|ease-weights|demographic|sequence [--split inner] [--cache DIR]
-    python benchmarks/probe_ml100k.py kfold [--cache DIR] [--extras slim,hoease,...] [--no-weight-grid]
-    python benchmarks/probe_ml100k.py product --params JSON [--seeds 101,102]
+    python research/probe_ml100k.py trend|fusion|ease-weights|demographic|sequence [--split inner] [--cache DIR]
+    python research/probe_ml100k.py kfold [--cache DIR] [--extras slim,hoease,...] [--no-weight-grid]
+    python research/probe_ml100k.py product --params JSON [--seeds 101,102]
 
 Each probe prints nDCG@10 of a signal alone and added to the Makefile's mix (``ML100K_PIPELINE``: bagged ALS,
 EASE on ratings with l2 6000, user-kNN at 1 / 1 / 0.5, merged as :mod:`tune_ml100k` emulates ``MergedRecall``).

@@ -1,6 +1,6 @@
 """implicit BPR settings on the inner split of ml-100k's msr-stratified training part (test never read).
 
-    python benchmarks/tune_bpr_inner.py [--path ../shared/data/ml-100k] [--settings NAME,NAME] [--test]
+    python research/tune_bpr_inner.py [--path ../shared/data/ml-100k] [--settings NAME,NAME] [--test]
 
 The outer split is the harness's (``msr_stratified_split(interactions, 0.75, 42)``); the inner split is
 ``msr_stratified_split(outer_train, 0.75, 7)``, as ALSModel's and BPRModel's defaults were chosen. Each

@@ -1,10 +1,10 @@
 """Base models and the ``pipeline`` merge on the inner split of ml-100k's msr-stratified training part.
 
-    python benchmarks/tune_ml100k.py models [--configs NAME,...]      # each base model alone
-    python benchmarks/tune_ml100k.py merge --sources A,B[,C] [--n-per-source 100]   # weight grid
-    python benchmarks/tune_ml100k.py merge --sources A,B --weights 1,2 [--test]
-    python benchmarks/tune_ml100k.py merge --sources A,B,C,D --ascent [--grid 0,0.5,1,2] [--test]
-    python benchmarks/tune_ml100k.py models --configs NAME,... --inner2   # optimum vs training size
+    python research/tune_ml100k.py models [--configs NAME,...]      # each base model alone
+    python research/tune_ml100k.py merge --sources A,B[,C] [--n-per-source 100]   # weight grid
+    python research/tune_ml100k.py merge --sources A,B --weights 1,2 [--test]
+    python research/tune_ml100k.py merge --sources A,B,C,D --ascent [--grid 0,0.5,1,2] [--test]
+    python research/tune_ml100k.py models --configs NAME,... --inner2   # optimum vs training size
 
 The outer split is the harness's (``msr_stratified_split(interactions, 0.75, 42)``); the inner split is
 ``msr_stratified_split(outer_train, 0.75, 7)``, on which ALSModel's and BPRModel's defaults were chosen:
