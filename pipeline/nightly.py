@@ -162,11 +162,11 @@ def user_features(home: str, run_id: str, as_of: datetime, dask_address: str | N
     s = get_settings()
     snap = _dir(home, run_id) / "snapshot"
     with _client(client, dask_address) as c:
-        feats = build_user_features(snap, as_of, c, weights=s.event_weights, half_life_days=s.half_life_days,
-                                    seq_len=50)
+        out = build_user_features(snap, as_of, c, weights=s.event_weights, half_life_days=s.half_life_days,
+                                  seq_len=50, shard_users=s.shard_users)
     if url:
         write_feature_tables(url, run_id, snap, which=("users",))
-    return {"users": len(feats), "users_without_events": int(feats["new_user"].sum())}
+    return {"users": out["users"], "users_without_events": out["users_without_events"], "parts": out["parts"]}
 
 
 @_stage("cf_build")

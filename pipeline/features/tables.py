@@ -72,21 +72,25 @@ def write_feature_tables(url: str, run_id: str, snapshot_dir: str | Path, *,
 
     ``which`` picks the tables (the item and user stages may run in parallel, each writing its own).
     """
+    from pipeline.features.users import user_feature_parts
+
     snap = Path(snapshot_dir)
-    spec = {"items": ("item_features.parquet", "recsys.item_features", item_rows, ITEM_COLUMNS),
-            "users": ("user_features.parquet", "recsys.user_features", user_rows, USER_COLUMNS)}
+    # each table's Parquet files: the item features are one file, the user features one part per shard
+    spec = {"items": ([snap / "item_features.parquet"], "recsys.item_features", item_rows, ITEM_COLUMNS),
+            "users": (user_feature_parts(snap), "recsys.user_features", user_rows, USER_COLUMNS)}
     unknown = [w for w in which if w not in spec]
     if unknown:
         raise InputDataError(f"unknown feature table {unknown[0]!r}", "which= items and/or users")
-    missing = [spec[w][0] for w in which if not (snap / spec[w][0]).exists()]
+    missing = [w for w in which if not spec[w][0] or not all(f.exists() for f in spec[w][0])]
     if missing:
         raise InputDataError(f"feature files missing in {snap}: {', '.join(missing)}",
                              "run the item_features and user_features stages first")
-    frames = {w: spec[w][2](pd.read_parquet(snap / spec[w][0])).assign(run_id=run_id) for w in which}
     out = {}
     with connect(url) as conn, conn.cursor() as cur:
-        for w, df in frames.items():
-            _, table, _, cols = spec[w]
+        for w in which:
+            files, table, rows, cols = spec[w]
             cur.execute(f"DELETE FROM {table} WHERE run_id = %s", (run_id,))  # table: a constant above
-            out[f"{w[:-1]}_feature_rows"] = copy_frame(cur, table, df, ["run_id", *cols])
+            out[f"{w[:-1]}_feature_rows"] = sum(  # a part at a time: memory follows the part, not the shop
+                copy_frame(cur, table, rows(pd.read_parquet(f)).assign(run_id=run_id), ["run_id", *cols])
+                for f in files)
     return out

@@ -20,7 +20,7 @@ import pandas as pd
 
 from pipeline.extract.snapshot import events_path, read_events
 from pipeline.features.items import decayed_weight, top_category
-from pipeline.files import replacing
+from pipeline.files import replacing, replacing_dir
 
 COUNT_TYPES = ("view", "click", "add_to_cart", "purchase", "search")
 #: Keys kept per affinity and search terms kept per user.
@@ -158,8 +158,10 @@ def _as_list(v: object) -> list:
 
 
 def user_shard_features(events_dir: str, lo: int, hi: int, users: pd.DataFrame, items: pd.DataFrame,
-                        as_of: datetime, weights: dict, half_life: dict, seq_len: int) -> pd.DataFrame:
-    """One task: the finished features of the users with ``lo <= user_id < hi``.
+                        as_of: datetime, weights: dict, half_life: dict, seq_len: int,
+                        out: str | None = None) -> pd.DataFrame | tuple[int, int]:
+    """One task: the finished features of the users with ``lo <= user_id < hi`` (with ``out``: written there,
+    and only (users, users without events) returned).
 
     It reads only those users' events (an Arrow filter over every event file), so a shard holds all of a
     user's events, and the partials need no merge across tasks.
@@ -173,7 +175,11 @@ def user_shard_features(events_dir: str, lo: int, hi: int, users: pd.DataFrame, 
     part = data.to_table(columns=EVENT_COLUMNS,
                          filter=(pads.field("user_id") >= lo) & (pads.field("user_id") < hi)).to_pandas()
     partial = user_partials(part, items, as_of, weights, half_life, seq_len)
-    return finalize_user_features(users, partial, items, as_of)
+    feats = finalize_user_features(users, partial, items, as_of).sort_values("user_id").reset_index(drop=True)
+    if out is None:
+        return feats
+    write_user_features(feats, out)
+    return len(feats), int(feats["new_user"].sum())
 
 
 def user_shards(user_ids: np.ndarray, n: int) -> list[tuple[int, int]]:
@@ -186,15 +192,18 @@ def user_shards(user_ids: np.ndarray, n: int) -> list[tuple[int, int]]:
 
 #: Users per shard at most (a shard's events and lists must fit a worker comfortably).
 USERS_PER_SHARD = 20_000
+#: The run's user features: one Parquet part per shard under the snapshot.
+USER_FEATURES = "user_features"
 
 
 def build_user_features(snapshot_dir: str | Path, as_of: datetime, client: object, *,
-                        weights: dict[str, float], half_life_days: dict[str, float],
-                        seq_len: int = 50) -> pd.DataFrame:
-    """Per-user features for every snapshot user; written to ``user_features.parquet``.
+                        weights: dict[str, float], half_life_days: dict[str, float], seq_len: int = 50,
+                        shard_users: int = USERS_PER_SHARD) -> dict:
+    """Per-user features for every snapshot user, written as ``user_features/part-*.parquet``; returns counts.
 
-    Users are split into user_id ranges (at least two per worker); each Dask task computes its users'
-    features start to finish, so the work spreads over the workers and only finished rows come back.
+    Users are split into user_id ranges of at most ``shard_users`` users (at least two per worker); each Dask
+    task computes its users' features start to finish and writes its own part, so no process ever holds
+    every user's features (:func:`read_user_features` concatenates the parts where a small shop wants them).
     """
     snap = Path(snapshot_dir)
     items = pd.read_parquet(snap / "items.parquet", columns=["item_id", "price", "category", "brand"])
@@ -203,20 +212,34 @@ def build_user_features(snapshot_dir: str | Path, as_of: datetime, client: objec
         workers = len(client.scheduler_info()["workers"]) or 1  # type: ignore[attr-defined]
     except Exception:  # not a distributed client
         workers = 1
-    shards = user_shards(users["user_id"].to_numpy(), max(2 * workers, -(-len(users) // USERS_PER_SHARD)))
-    if shards:
-        items_f = client.scatter(items, broadcast=True)  # type: ignore[attr-defined]
-        futs = [client.submit(user_shard_features, str(events_path(snap)), lo, hi,  # type: ignore[attr-defined]
-                              users[(users["user_id"] >= lo) & (users["user_id"] < hi)], items_f, as_of, weights,
-                              half_life_days, seq_len, pure=False) for lo, hi in shards]
-        feats = pd.concat(client.gather(futs), ignore_index=True)  # type: ignore[attr-defined]
-    else:
-        empty = read_events(snap).iloc[:0]
-        feats = finalize_user_features(users, user_partials(empty, items, as_of, weights, half_life_days, seq_len),
-                                       items, as_of)
-    feats = feats.sort_values("user_id").reset_index(drop=True)
-    write_user_features(feats, snap / "user_features.parquet")
-    return feats
+    shards = user_shards(users["user_id"].to_numpy(), max(2 * workers, -(-len(users) // max(1, shard_users))))
+    with replacing_dir(snap / USER_FEATURES) as out:
+        if shards:
+            items_f = client.scatter(items, broadcast=True)  # type: ignore[attr-defined]
+            futs = [client.submit(user_shard_features, str(events_path(snap)), lo, hi,  # type: ignore[attr-defined]
+                                  users[(users["user_id"] >= lo) & (users["user_id"] < hi)], items_f, as_of,
+                                  weights, half_life_days, seq_len, out=str(out / f"part-{k:05d}.parquet"),
+                                  pure=False) for k, (lo, hi) in enumerate(shards)]
+            counts = client.gather(futs)  # type: ignore[attr-defined]
+        else:
+            empty = read_events(snap).iloc[:0]
+            feats = finalize_user_features(users, user_partials(empty, items, as_of, weights, half_life_days,
+                                                                seq_len), items, as_of)
+            write_user_features(feats, out / "part-00000.parquet")
+            counts = [(len(feats), int(feats["new_user"].sum()))]
+    return {"users": sum(n for n, _ in counts), "users_without_events": sum(m for _, m in counts),
+            "parts": len(counts)}
+
+
+def user_feature_parts(snapshot_dir: str | Path) -> list[Path]:
+    """The run's user feature parts, in user order."""
+    return sorted((Path(snapshot_dir) / USER_FEATURES).glob("part-*.parquet"))
+
+
+def read_user_features(snapshot_dir: str | Path) -> pd.DataFrame:
+    """Every user's features as one frame (tests and small shops; the pipeline streams the parts)."""
+    parts = user_feature_parts(snapshot_dir)
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
 
 
 LIST_TYPES = {"category_affinity_keys": "string", "category_affinity_scores": "float64",

@@ -22,6 +22,7 @@ from pipeline.db.engine import connect
 from pipeline.extract import extract_snapshot, read_snapshot
 from pipeline.features import build_item_embeddings, build_item_features, build_user_features, write_feature_tables
 from pipeline.features.items import finalize_item_features, item_event_sums
+from pipeline.features.users import read_user_features, user_feature_parts
 from pipeline.validate import validate_source
 
 pytestmark = pytest.mark.integration
@@ -56,7 +57,9 @@ def shop(db_url: str, tmp_path: Path) -> str:
 def _features(url: str, snap: Path, client) -> tuple[pd.DataFrame, pd.DataFrame]:  # noqa: ANN001
     extract_snapshot(url, snap, AS_OF, client)
     items = build_item_features(snap, AS_OF, client, weights=W, half_life_days=HL)
-    users = build_user_features(snap, AS_OF, client, weights=W, half_life_days=HL, seq_len=20)
+    counts = build_user_features(snap, AS_OF, client, weights=W, half_life_days=HL, seq_len=20, shard_users=70)
+    users = read_user_features(snap)
+    assert counts["users"] == len(users) and counts["parts"] == len(user_feature_parts(snap)) >= 300 // 70
     return items, users
 
 
