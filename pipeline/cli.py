@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -79,22 +80,60 @@ def db_status() -> None:
         from pipeline.db import migrate
 
         st["revision"] = migrate.current(st["url"])
+        st["url"] = _redacted(st["url"])
     print(json.dumps(st))
 
 
+class LoginName(StrEnum):
+    """The logins of ``rerank db migrate --create-logins``."""
+
+    owner = "owner"
+    pipeline = "pipeline"
+    app = "app"
+
+
 @db_app.command("url")
-def db_url() -> None:
+def db_url(
+    login: LoginName = typer.Option(LoginName.owner, "--login", help="whose URL: the owner (migrations), or "
+                                    "the pipeline or app login made by `db migrate --create-logins`"),
+) -> None:
     """Print a libpq URI on the last line (starts the embedded server if needed)."""
-    print(_url())
+    url = _url()
+    if login is not LoginName.owner:
+        from pipeline.db.embedded import read_secret
+        from pipeline.db.logins import APP_LOGIN, PIPELINE_LOGIN, login_url, secret_path
+
+        name = PIPELINE_LOGIN if login is LoginName.pipeline else APP_LOGIN
+        given = _settings().pipeline_db_password if login is LoginName.pipeline else _settings().app_db_password
+        password = given.get_secret_value() if given else read_secret(secret_path(_settings().home_path, name))
+        if password is None:
+            raise ConfigError(f"no password for the {login.value} login", "run `rerank db migrate --create-logins`")
+        url = login_url(url, name, password)
+    print(url)
 
 
 @db_app.command("migrate")
-def db_migrate() -> None:
-    """Apply the Alembic migrations under sql/."""
+def db_migrate(
+    create_logins: bool = typer.Option(False, "--create-logins", help="also create the pipeline login "
+                                       "(rerank_pipeline in rerank_writer) and the app login (rerank_app in "
+                                       "rerank_reader); passwords from RERANK_PIPELINE_DB_PASSWORD / "
+                                       "RERANK_APP_DB_PASSWORD, else kept 0600 under RERANK_HOME/secrets/"),
+) -> None:
+    """Apply the Alembic migrations under sql/ (as the owner)."""
     from pipeline.db import migrate
 
-    rev = migrate.upgrade(_url())
+    url = _url()
+    rev = migrate.upgrade(url)
     print(f"database at revision {rev}")
+    if create_logins:
+        from pipeline.db.logins import APP_LOGIN, PIPELINE_LOGIN
+        from pipeline.db.logins import create_logins as make
+
+        s = _settings()
+        given = {PIPELINE_LOGIN: s.pipeline_db_password, APP_LOGIN: s.app_db_password}
+        for login in make(url, s.home_path, {k: v.get_secret_value() if v else None for k, v in given.items()}):
+            where = f"password in {login.secret_file}" if login.secret_file else "password from the settings"
+            print(f"login {login.name} (member of {login.member_of}): {where}")
 
 
 def _redacted(url: str) -> str:
@@ -387,14 +426,15 @@ def main() -> None:
         sys.exit(1)
     except typer.Abort:
         sys.exit(1)
-    except Exception as exc:  # click usage errors
+    except Exception as exc:  # usage errors: click's, or those of the click copy that Typer 0.2x ships
         import click
 
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
+        code = getattr(exc, "exit_code", None)
+        if isinstance(exc, click.exceptions.Exit) or (type(exc).__name__ == "Exit" and isinstance(code, int)):
+            sys.exit(code)
+        if isinstance(exc, click.ClickException) or (hasattr(exc, "show") and isinstance(code, int)):
             exc.show()
-            sys.exit(exc.exit_code)
+            sys.exit(code)
         raise
 
 

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.errors import ConfigError
@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     max_bad_share: float = Field(0.01, ge=0.0, le=1.0)
     #: Seed for everything random in a run.
     seed: int = 42
+    #: Password of the pipeline login (rerank_pipeline, in rerank_writer) that ``rerank db migrate
+    #: --create-logins`` sets. Unset: kept in (or generated into) ``<home>/secrets/rerank_pipeline``, mode 0600.
+    pipeline_db_password: SecretStr | None = None
+    #: Password of the app login (rerank_app, in rerank_reader); unset: ``<home>/secrets/rerank_app``.
+    app_db_password: SecretStr | None = None
 
     @field_validator("database_url")
     @classmethod
