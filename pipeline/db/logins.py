@@ -64,6 +64,8 @@ def create_logins(url: str, home: Path, passwords: dict[str, str | None] | None 
             cur.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(login.member_of), sql.Identifier(login.name)))
             cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
                 sql.Identifier(database), sql.Identifier(login.name)))
+        # The pipeline checks the schema revision before a run (pipeline.db.migrate.require_schema).
+        cur.execute("GRANT SELECT ON public.alembic_version TO rerank_writer")
     return made
 
 

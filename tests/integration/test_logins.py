@@ -121,3 +121,23 @@ def test_cli_creates_the_logins_and_prints_their_urls(db_url: str, tmp_path: Pat
     bad = subprocess.run([RERANK, "db", "url", "--login", "root"], capture_output=True, text=True, env=env,
                          timeout=120)
     assert bad.returncode == 2 and "root" in bad.stderr
+
+
+def test_a_nightly_runs_as_the_pipeline_login(db_url: str, logins: dict[str, str], rerank_env: dict[str, str]) -> None:
+    """The whole nightly (validate, extract, features, recall, ranker, gate, publish) with only rerank_writer's
+    rights; the shop itself is written by its owner, as in a deployment."""
+    from pipeline.datagen import generate_shop
+    from pipeline.nightly import run_nightly
+    from pipeline.settings import load_settings
+
+    generate_shop(db_url, users=200, items=80, days=10, seed=3, end=DAY)
+    settings = load_settings(database_url=logins[PIPELINE_LOGIN], home=rerank_env["RERANK_HOME"], dask_workers=1,
+                             top_n=10, candidates=40)
+    res = run_nightly(settings, as_of=DAY)
+    with connect(logins[APP_LOGIN]) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(DISTINCT user_id), min(run_id), max(run_id) FROM recsys.user_recommendations")
+        users, first, last = cur.fetchone()
+    assert users > 0 and first == last == res["run_id"]
+    with connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT status FROM recsys.runs WHERE run_id = %s", (res["run_id"],))
+        assert cur.fetchone() == ("success",)
