@@ -26,6 +26,15 @@ app.add_typer(models_app, name="models")
 out = Console()
 err = Console(stderr=True)
 
+# Closed choices, spelt out here so that the CLI starts without importing the stages; tests/unit/test_cli_choices
+# checks them against the library's own lists (TIERS, FORMATS, PROTOCOLS, STAGES).
+Tier = StrEnum("Tier", [(t, t) for t in ("S", "M", "L")])
+Format = StrEnum("Format", [(f, f) for f in ("movielens", "taobao", "amazon-s3rec", "diginetica", "csv", "parquet")])
+Protocol = StrEnum("Protocol", [(p, p) for p in ("msr-stratified", "leave-one-out", "temporal")])
+Stage = StrEnum("Stage", [(s, s) for s in ("validate", "extract", "item_features", "user_features", "cf_build",
+                                           "train_ranker", "evaluate_gate", "score_users", "quality_gate", "publish",
+                                           "report")])
+
 
 def _settings():
     from pipeline.settings import get_settings
@@ -145,7 +154,8 @@ def _redacted(url: str) -> str:
 # --- data ---------------------------------------------------------------------------------------------
 @app.command()
 def generate(
-    tier: str | None = typer.Option(None, help="S, M or L (10k/2k/500k, 100k/20k/5M, 1M/100k/50M)"),
+    tier: Tier | None = typer.Option(None, case_sensitive=False,
+                                     help="S, M or L (10k/2k/500k, 100k/20k/5M, 1M/100k/50M)"),
     users: int | None = typer.Option(None, help="Number of users"),
     items: int | None = typer.Option(None, help="Number of items"),
     days: int = typer.Option(30, help="Days of history"),
@@ -178,7 +188,7 @@ def generate(
 
 @app.command("import")
 def import_(
-    fmt: str = typer.Argument(..., metavar="FORMAT", help="movielens|taobao|amazon-s3rec|diginetica|csv|parquet"),
+    fmt: Format = typer.Argument(..., metavar="FORMAT", help="movielens|taobao|amazon-s3rec|diginetica|csv|parquet"),
     path: Path = typer.Argument(..., help="File or folder of the dataset"),
     mapping: str | None = typer.Option(None, help='csv/parquet column mapping as JSON, e.g. {"user_id": "uid"}'),
 ) -> None:
@@ -192,7 +202,7 @@ def import_(
         mapping_d = json.loads(mapping) if mapping else None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--mapping is not valid JSON: {exc}") from None
-    result = import_dataset(url, fmt, path, mapping=mapping_d)
+    result = import_dataset(url, fmt.value, path, mapping=mapping_d)
     print(result.summary_line())
 
 
@@ -200,7 +210,7 @@ def import_(
 @run_app.command("nightly")
 def run_nightly_cmd(
     as_of: str | None = typer.Option(None, "--as-of", help="Use events before this date/time (default: today)"),
-    stage: str | None = typer.Option(None, help="Run one stage only"),
+    stage: Stage | None = typer.Option(None, help="Run one stage only"),
     retrain: bool = typer.Option(True, "--retrain/--no-retrain", help="Retrain the ranker"),
     users: str | None = typer.Option(None, help="Comma-separated user ids to re-score (others keep their lists)"),
     top_n: int | None = typer.Option(None, help="List length (default RERANK_TOP_N)"),
@@ -220,8 +230,8 @@ def run_nightly_cmd(
         brief = {k: v for k, v in info.items() if not isinstance(v, dict | list)}
         out.print(f"[bold]{name:<14}[/bold] {secs:7.2f}s  {brief}")
 
-    res = run_nightly(_settings(), as_of=ts, retrain=retrain, only_stage=stage, user_ids=user_ids, top_n=top_n,
-                      dry_run=dry_run, on_stage=show)
+    res = run_nightly(_settings(), as_of=ts, retrain=retrain, only_stage=stage.value if stage else None,
+                      user_ids=user_ids, top_n=top_n, dry_run=dry_run, on_stage=show)
     print(f"run {res['run_id']} finished")
 
 
@@ -285,9 +295,9 @@ def refresh(
 
 @app.command()
 def evaluate(
-    fmt: str = typer.Option(..., "--format", help="Dataset format (as for `rerank import`)"),
+    fmt: Format = typer.Option(..., "--format", help="Dataset format (as for `rerank import`)"),
     path: Path = typer.Option(..., help="Dataset path"),
-    protocol: str = typer.Option(..., help="msr-stratified | leave-one-out | temporal"),
+    protocol: Protocol = typer.Option(..., help="msr-stratified | leave-one-out | temporal"),
     k: int = typer.Option(10, help="Cut-off"),
     models: str = typer.Option("random,popularity,item-cf", help="Comma-separated model names"),
     out_dir: Path = typer.Option(..., "--out", help="Output folder (metrics.json, report.html, splits, lists)"),
@@ -299,8 +309,9 @@ def evaluate(
 
     model_params = _json_params(params)
     with _throwaway_database() as url:
-        result = run_evaluation(fmt, path, protocol=protocol, k=k, models=[m for m in models.split(",") if m],
-                                out_dir=out_dir, url=url, model_params=model_params)
+        result = run_evaluation(fmt.value, path, protocol=protocol.value, k=k,
+                                models=[m for m in models.split(",") if m], out_dir=out_dir, url=url,
+                                model_params=model_params)
     table = Table(title=f"{result['dataset']} / {result['protocol']} / k={result['k']}")
     keys = [f"ndcg@{k}", f"map@{k}", f"precision@{k}", f"recall@{k}", "coverage", "train_seconds"]
     table.add_column("model")
