@@ -191,19 +191,40 @@ def import_(
     fmt: Format = typer.Argument(..., metavar="FORMAT", help="movielens|taobao|amazon-s3rec|diginetica|csv|parquet"),
     path: Path = typer.Argument(..., help="File or folder of the dataset"),
     mapping: str | None = typer.Option(None, help='csv/parquet column mapping as JSON, e.g. {"user_id": "uid"}'),
+    replace: bool = typer.Option(False, "--replace", help="Replace a non-empty shop without asking (needed "
+                                 "without a terminal, e.g. in CI)"),
 ) -> None:
-    """Import a dataset into shop.*; invalid rows go to recsys.quarantine. Last line: both counts."""
+    """Import a dataset into shop.*, replacing what is there (asked first); invalid rows go to recsys.quarantine.
+    Last line: both counts."""
     from pipeline.db.migrate import require_schema
     from pipeline.ingest import import_dataset
 
     url = _url()
     require_schema(url)
+    if not replace:
+        _confirm_replace(url, path)
     try:
         mapping_d = json.loads(mapping) if mapping else None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--mapping is not valid JSON: {exc}") from None
     result = import_dataset(url, fmt.value, path, mapping=mapping_d)
     print(result.summary_line())
+
+
+def _confirm_replace(url: str, path: Path) -> None:
+    """Ask before an import replaces a non-empty shop; without a terminal (or under CI) refuse instead."""
+    import os
+
+    from pipeline.db.shop import shop_rows
+
+    held = [t for t, n in shop_rows(url).items() if n]
+    if not held:
+        return
+    what = f"shop.{', shop.'.join(held)} already hold data; importing {path} replaces all of shop.*"
+    if os.environ.get("CI") or not sys.stdin.isatty():
+        raise ConfigError(what, "pass --replace to replace it (no terminal to ask on)")
+    if not typer.confirm(f"{what}. Replace?", default=False, err=True):
+        raise ConfigError("import cancelled: the shop is unchanged", "pass --replace to skip the question")
 
 
 # --- runs ---------------------------------------------------------------------------------------------
