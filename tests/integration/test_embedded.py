@@ -204,3 +204,22 @@ def test_a_trust_cluster_from_an_older_version_is_switched_to_passwords(home: Pa
     with pytest.raises(psycopg2.OperationalError, match="password"):
         _connect_without_secret(url, password="")
     psycopg2.connect(url).close()
+
+
+def test_cli_db_url_works_and_db_status_hides_the_secret(home: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RERANK_")}
+    env["RERANK_HOME"] = str(home)
+    rerank = str(Path(sys.executable).with_name("rerank"))
+
+    def run(*args: str) -> str:
+        proc = subprocess.run([rerank, "db", *args], capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    url = run("url").strip().splitlines()[-1]
+    conn = psycopg2.connect(url)
+    conn.close()
+    secret = EmbeddedPostgres(home).secret_file.read_text().strip()
+    status = run("status")
+    assert '"running": true' in status and secret not in status and ":***@" in status
+    assert run("down").strip() == "stopped"
