@@ -168,16 +168,12 @@ class EmbeddedPostgres:
         outside = SERVER_OWNED_BASE / ("pg-" + hashlib.sha256(str(home).encode()).hexdigest()[:16])
         if outside.exists():
             return outside
+        try:
+            user = find_binaries().run_as  # creates the wheel's system user on a fresh machine
+        except EmbeddedPostgresError:
+            return inside  # no server to run: `up` names the problem
         probe = home if home.exists() else next(p for p in home.parents if p.exists())
-        for user in ("pgserver", "postgres"):
-            try:
-                import pwd
-
-                pwd.getpwnam(user)
-            except KeyError:
-                continue
-            return inside if _reachable_by(user, probe) else outside
-        return inside
+        return inside if user is None or _reachable_by(user, probe) else outside
 
     # -- helpers -------------------------------------------------------------------------------------
     def _run(self, bins: Binaries, exe: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
