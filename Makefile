@@ -23,7 +23,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing ecom-rerank into $(VENV) (first time: about 2 minutes)"
-	@$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,text]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,text,airflow]' 2>&1 | grep -v '^WARNING: Location' || true
 	@$(BIN)/python -c "import pipeline.cli, torch, dask.distributed" || (echo "the install is incomplete"; exit 1)
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 

@@ -6,8 +6,10 @@ everything heavy is imported inside the functions that tasks call.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -50,6 +52,15 @@ TIMEOUTS: dict[str, timedelta] = {
     "report": timedelta(minutes=15),
 }
 
+#: A nightly run still going after this is failed (its tasks stopped), so a hung run cannot hold
+#: ``max_active_runs=1`` and block the next day's run; the stage timeouts' critical path is about 12 h.
+NIGHTLY_DAGRUN_TIMEOUT = timedelta(hours=20)
+
+#: pipeline.errors classes (by name: no pipeline import at parse time) whose failure a retry cannot change:
+#: bad settings or params, too many bad input rows, a refused output quality gate, a missing schema. A task
+#: failing with one of them fails at once (AirflowFailException), without its retries.
+NON_RETRYABLE = ("ConfigError", "ValidationFailed", "QualityGateFailed", "MigrationError", "InputDataError")
+
 #: libpq parameters an Airflow connection's extras may carry into the URL (others are Airflow's own).
 LIBPQ_EXTRAS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout", "options", "application_name",
                 "target_session_attrs", "keepalives", "keepalives_idle")
@@ -61,6 +72,27 @@ RECS_ASSET = Asset(name="rerank.recsys.user_recommendations", uri="x-rerank://re
 #: ISO date or datetime (what pipeline.runs.parse_as_of accepts); jsonschema's date-time format is not
 #: enforced without an extra package, so the shape is a pattern.
 AS_OF_PATTERN = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$"
+
+
+def fail_fast(fn: Callable) -> Callable:
+    """Wrap a task's callable: a :data:`NON_RETRYABLE` pipeline error becomes ``AirflowFailException`` (the
+    task fails for good on its first try, its failure callback still runs); anything else is retried."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            from pipeline import errors
+
+            if isinstance(exc, tuple(getattr(errors, name) for name in NON_RETRYABLE)):
+                from airflow.sdk.exceptions import AirflowFailException
+
+                raise AirflowFailException(f"{type(exc).__name__}: {exc} (not retried: a retry cannot change "
+                                           "it)") from exc
+            raise
+
+    return wrapper
 
 
 def stage_asset(dag: str, stage: str) -> Asset:

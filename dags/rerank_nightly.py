@@ -19,7 +19,9 @@ Airflow connection `rerank_postgres` (else `RERANK_DATABASE_URL`); Dask stages u
 `publish` really swapped the view (it is skipped on a dry run, and a skipped task emits no Asset event), so a
 downstream DAG with `schedule=[Asset.ref(name="rerank.recsys.user_recommendations")]` runs only on new lists.
 
-**Operations.** Retries with exponential backoff, an `execution_timeout` per stage, training in the pool
+**Operations.** Retries with exponential backoff, except for errors a retry cannot change (bad settings or
+params, failed validation, a refused quality gate, a missing schema: the task fails at once), an
+`execution_timeout` per stage, a `dagrun_timeout` of 20 h for the whole run, training in the pool
 `gpu` (create it: `airflow pools set gpu 1 "ecom-rerank ranker training: one slot per GPU"`). A task that
 fails for good marks the run `failed` in `recsys.runs`; the previous publication stays live.
 """
@@ -31,12 +33,14 @@ from _common import (
     DEFAULT_ARGS,
     GPU_POD_TEMPLATE,
     GPU_POOL,
+    NIGHTLY_DAGRUN_TIMEOUT,
     RECS_ASSET,
     TIMEOUTS,
     as_of_from,
     dask_address,
     database_url,
     emit,
+    fail_fast,
     mark_run_failed,
     nightly_params,
     rerank_home,
@@ -50,8 +54,9 @@ ASSETS = {name: stage_asset("nightly", name) for name in TIMEOUTS if name != "be
 
 
 def _stage(name: str, *extra_outlets, **kwargs):  # noqa: ANN202 - the @task decorator
-    """``@task`` for one stage: its Asset, its timeout."""
-    return task(task_id=name, outlets=[ASSETS[name], *extra_outlets], execution_timeout=TIMEOUTS[name], **kwargs)
+    """``@task`` for one stage: its Asset, its timeout, no retries for errors a retry cannot change."""
+    deco = task(task_id=name, outlets=[ASSETS[name], *extra_outlets], execution_timeout=TIMEOUTS[name], **kwargs)
+    return lambda fn: deco(fail_fast(fn))
 
 
 @dag(
@@ -60,6 +65,7 @@ def _stage(name: str, *extra_outlets, **kwargs):  # noqa: ANN202 - the @task dec
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    dagrun_timeout=NIGHTLY_DAGRUN_TIMEOUT,
     default_args={**DEFAULT_ARGS, "on_failure_callback": mark_run_failed},
     doc_md=__doc__,
     tags=["ecom-rerank"],
@@ -67,19 +73,14 @@ def _stage(name: str, *extra_outlets, **kwargs):  # noqa: ANN202 - the @task dec
 )
 def rerank_nightly() -> None:
     @task(execution_timeout=TIMEOUTS["begin"])
+    @fail_fast  # a bad trigger param or setting: retrying cannot help
     def begin(**context) -> str:
-        from airflow.sdk.exceptions import AirflowFailException
-
         from pipeline import nightly
-        from pipeline.errors import ConfigError
         from pipeline.runs import parse_as_of
 
-        try:
-            as_of = as_of_from(context)
-            params = {**context["params"], "as_of": as_of}
-            return nightly.begin(database_url(), rerank_home(), parse_as_of(as_of), dag=DAG_ID, params=params)
-        except ConfigError as exc:  # a bad trigger param or setting: retrying cannot help
-            raise AirflowFailException(str(exc)) from exc
+        as_of = as_of_from(context)
+        params = {**context["params"], "as_of": as_of}
+        return nightly.begin(database_url(), rerank_home(), parse_as_of(as_of), dag=DAG_ID, params=params)
 
     @_stage("validate")
     def validate(rid: str, **context) -> dict:

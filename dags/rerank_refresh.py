@@ -19,7 +19,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from _common import DEFAULT_ARGS, database_url, rerank_home
+from _common import DEFAULT_ARGS, database_url, fail_fast, rerank_home
 from airflow.sdk import dag, task
 
 
@@ -37,6 +37,7 @@ from airflow.sdk import dag, task
 )
 def rerank_refresh() -> None:
     @task
+    @fail_fast
     def refresh() -> dict:
         from pipeline.refresh import refresh_once
 

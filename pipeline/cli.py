@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -24,6 +25,15 @@ app.add_typer(models_app, name="models")
 
 out = Console()
 err = Console(stderr=True)
+
+# Closed choices, spelt out here so that the CLI starts without importing the stages; tests/unit/test_cli_choices
+# checks them against the library's own lists (TIERS, FORMATS, PROTOCOLS, STAGES).
+Tier = StrEnum("Tier", [(t, t) for t in ("S", "M", "L")])
+Format = StrEnum("Format", [(f, f) for f in ("movielens", "taobao", "amazon-s3rec", "diginetica", "csv", "parquet")])
+Protocol = StrEnum("Protocol", [(p, p) for p in ("msr-stratified", "leave-one-out", "temporal")])
+Stage = StrEnum("Stage", [(s, s) for s in ("validate", "extract", "item_features", "user_features", "cf_build",
+                                           "train_ranker", "evaluate_gate", "score_users", "quality_gate", "publish",
+                                           "report")])
 
 
 def _settings():
@@ -79,22 +89,60 @@ def db_status() -> None:
         from pipeline.db import migrate
 
         st["revision"] = migrate.current(st["url"])
+        st["url"] = _redacted(st["url"])
     print(json.dumps(st))
 
 
+class LoginName(StrEnum):
+    """The logins of ``rerank db migrate --create-logins``."""
+
+    owner = "owner"
+    pipeline = "pipeline"
+    app = "app"
+
+
 @db_app.command("url")
-def db_url() -> None:
+def db_url(
+    login: LoginName = typer.Option(LoginName.owner, "--login", help="whose URL: the owner (migrations), or "
+                                    "the pipeline or app login made by `db migrate --create-logins`"),
+) -> None:
     """Print a libpq URI on the last line (starts the embedded server if needed)."""
-    print(_url())
+    url = _url()
+    if login is not LoginName.owner:
+        from pipeline.db.embedded import read_secret
+        from pipeline.db.logins import APP_LOGIN, PIPELINE_LOGIN, login_url, secret_path
+
+        name = PIPELINE_LOGIN if login is LoginName.pipeline else APP_LOGIN
+        given = _settings().pipeline_db_password if login is LoginName.pipeline else _settings().app_db_password
+        password = given.get_secret_value() if given else read_secret(secret_path(_settings().home_path, name))
+        if password is None:
+            raise ConfigError(f"no password for the {login.value} login", "run `rerank db migrate --create-logins`")
+        url = login_url(url, name, password)
+    print(url)
 
 
 @db_app.command("migrate")
-def db_migrate() -> None:
-    """Apply the Alembic migrations under sql/."""
+def db_migrate(
+    create_logins: bool = typer.Option(False, "--create-logins", help="also create the pipeline login "
+                                       "(rerank_pipeline in rerank_writer) and the app login (rerank_app in "
+                                       "rerank_reader); passwords from RERANK_PIPELINE_DB_PASSWORD / "
+                                       "RERANK_APP_DB_PASSWORD, else kept 0600 under RERANK_HOME/secrets/"),
+) -> None:
+    """Apply the Alembic migrations under sql/ (as the owner)."""
     from pipeline.db import migrate
 
-    rev = migrate.upgrade(_url())
+    url = _url()
+    rev = migrate.upgrade(url)
     print(f"database at revision {rev}")
+    if create_logins:
+        from pipeline.db.logins import APP_LOGIN, PIPELINE_LOGIN
+        from pipeline.db.logins import create_logins as make
+
+        s = _settings()
+        given = {PIPELINE_LOGIN: s.pipeline_db_password, APP_LOGIN: s.app_db_password}
+        for login in make(url, s.home_path, {k: v.get_secret_value() if v else None for k, v in given.items()}):
+            where = f"password in {login.secret_file}" if login.secret_file else "password from the settings"
+            print(f"login {login.name} (member of {login.member_of}): {where}")
 
 
 def _redacted(url: str) -> str:
@@ -106,7 +154,8 @@ def _redacted(url: str) -> str:
 # --- data ---------------------------------------------------------------------------------------------
 @app.command()
 def generate(
-    tier: str | None = typer.Option(None, help="S, M or L (10k/2k/500k, 100k/20k/5M, 1M/100k/50M)"),
+    tier: Tier | None = typer.Option(None, case_sensitive=False,
+                                     help="S, M or L (10k/2k/500k, 100k/20k/5M, 1M/100k/50M)"),
     users: int | None = typer.Option(None, help="Number of users"),
     items: int | None = typer.Option(None, help="Number of items"),
     days: int = typer.Option(30, help="Days of history"),
@@ -139,29 +188,50 @@ def generate(
 
 @app.command("import")
 def import_(
-    fmt: str = typer.Argument(..., metavar="FORMAT", help="movielens|taobao|amazon-s3rec|diginetica|csv|parquet"),
+    fmt: Format = typer.Argument(..., metavar="FORMAT", help="movielens|taobao|amazon-s3rec|diginetica|csv|parquet"),
     path: Path = typer.Argument(..., help="File or folder of the dataset"),
     mapping: str | None = typer.Option(None, help='csv/parquet column mapping as JSON, e.g. {"user_id": "uid"}'),
+    replace: bool = typer.Option(False, "--replace", help="Replace a non-empty shop without asking (needed "
+                                 "without a terminal, e.g. in CI)"),
 ) -> None:
-    """Import a dataset into shop.*; invalid rows go to recsys.quarantine. Last line: both counts."""
+    """Import a dataset into shop.*, replacing what is there (asked first); invalid rows go to recsys.quarantine.
+    Last line: both counts."""
     from pipeline.db.migrate import require_schema
     from pipeline.ingest import import_dataset
 
     url = _url()
     require_schema(url)
+    if not replace:
+        _confirm_replace(url, path)
     try:
         mapping_d = json.loads(mapping) if mapping else None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--mapping is not valid JSON: {exc}") from None
-    result = import_dataset(url, fmt, path, mapping=mapping_d)
+    result = import_dataset(url, fmt.value, path, mapping=mapping_d)
     print(result.summary_line())
+
+
+def _confirm_replace(url: str, path: Path) -> None:
+    """Ask before an import replaces a non-empty shop; without a terminal (or under CI) refuse instead."""
+    import os
+
+    from pipeline.db.shop import shop_rows
+
+    held = [t for t, n in shop_rows(url).items() if n]
+    if not held:
+        return
+    what = f"shop.{', shop.'.join(held)} already hold data; importing {path} replaces all of shop.*"
+    if os.environ.get("CI") or not sys.stdin.isatty():
+        raise ConfigError(what, "pass --replace to replace it (no terminal to ask on)")
+    if not typer.confirm(f"{what}. Replace?", default=False, err=True):
+        raise ConfigError("import cancelled: the shop is unchanged", "pass --replace to skip the question")
 
 
 # --- runs ---------------------------------------------------------------------------------------------
 @run_app.command("nightly")
 def run_nightly_cmd(
     as_of: str | None = typer.Option(None, "--as-of", help="Use events before this date/time (default: today)"),
-    stage: str | None = typer.Option(None, help="Run one stage only"),
+    stage: Stage | None = typer.Option(None, help="Run one stage only"),
     retrain: bool = typer.Option(True, "--retrain/--no-retrain", help="Retrain the ranker"),
     users: str | None = typer.Option(None, help="Comma-separated user ids to re-score (others keep their lists)"),
     top_n: int | None = typer.Option(None, help="List length (default RERANK_TOP_N)"),
@@ -181,8 +251,8 @@ def run_nightly_cmd(
         brief = {k: v for k, v in info.items() if not isinstance(v, dict | list)}
         out.print(f"[bold]{name:<14}[/bold] {secs:7.2f}s  {brief}")
 
-    res = run_nightly(_settings(), as_of=ts, retrain=retrain, only_stage=stage, user_ids=user_ids, top_n=top_n,
-                      dry_run=dry_run, on_stage=show)
+    res = run_nightly(_settings(), as_of=ts, retrain=retrain, only_stage=stage.value if stage else None,
+                      user_ids=user_ids, top_n=top_n, dry_run=dry_run, on_stage=show)
     print(f"run {res['run_id']} finished")
 
 
@@ -247,9 +317,9 @@ def refresh(
 
 @app.command()
 def evaluate(
-    fmt: str = typer.Option(..., "--format", help="Dataset format (as for `rerank import`)"),
+    fmt: Format = typer.Option(..., "--format", help="Dataset format (as for `rerank import`)"),
     path: Path = typer.Option(..., help="Dataset path"),
-    protocol: str = typer.Option(..., help="msr-stratified | leave-one-out | temporal"),
+    protocol: Protocol = typer.Option(..., help="msr-stratified | leave-one-out | temporal"),
     k: int = typer.Option(10, help="Cut-off"),
     models: str = typer.Option("random,popularity,item-cf", help="Comma-separated model names"),
     out_dir: Path = typer.Option(..., "--out", help="Output folder (metrics.json, report.html, splits, lists)"),
@@ -261,8 +331,9 @@ def evaluate(
 
     model_params = _json_params(params)
     with _throwaway_database() as url:
-        result = run_evaluation(fmt, path, protocol=protocol, k=k, models=[m for m in models.split(",") if m],
-                                out_dir=out_dir, url=url, model_params=model_params)
+        result = run_evaluation(fmt.value, path, protocol=protocol.value, k=k,
+                                models=[m for m in models.split(",") if m], out_dir=out_dir, url=url,
+                                model_params=model_params)
     table = Table(title=f"{result['dataset']} / {result['protocol']} / k={result['k']}")
     keys = [f"ndcg@{k}", f"map@{k}", f"precision@{k}", f"recall@{k}", "coverage", "train_seconds"]
     table.add_column("model")
@@ -393,14 +464,15 @@ def main() -> None:
                   "RERANK_HOME is the home the nightly run wrote to; re-run `rerank run nightly` for that date)",
                   highlight=False, soft_wrap=True)
         sys.exit(1)
-    except Exception as exc:  # click usage errors
+    except Exception as exc:  # usage errors: click's, or those of the click copy that Typer 0.2x ships
         import click
 
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
+        code = getattr(exc, "exit_code", None)
+        if isinstance(exc, click.exceptions.Exit) or (type(exc).__name__ == "Exit" and isinstance(code, int)):
+            sys.exit(code)
+        if isinstance(exc, click.ClickException) or (hasattr(exc, "show") and isinstance(code, int)):
             exc.show()
-            sys.exit(exc.exit_code)
+            sys.exit(code)
         raise
 
 

@@ -1,13 +1,15 @@
 """The one settings object (env prefix ``RERANK_``).
 
-Every key is documented here with its default (Gorse-style: one place). Unknown ``RERANK_*`` keys in a
-``.env`` file are rejected; a malformed value becomes one :class:`~pipeline.errors.ConfigError` line.
+Every key is documented here with its default (Gorse-style: one place). An unknown ``RERANK_*`` environment
+variable (a misspelt setting) is refused with the closest valid name, and a malformed value becomes one
+:class:`~pipeline.errors.ConfigError` line. ``RERANK_TEST_*`` variables are the test suite's hooks and
+``RERANK_TEST_DATABASE_URL`` its server; they are not settings and are let through (:data:`NOT_SETTINGS`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime
@@ -15,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.errors import ConfigError
@@ -110,6 +112,11 @@ class Settings(BaseSettings):
     max_bad_share: float = Field(0.01, ge=0.0, le=1.0)
     #: Seed for everything random in a run.
     seed: int = 42
+    #: Password of the pipeline login (rerank_pipeline, in rerank_writer) that ``rerank db migrate
+    #: --create-logins`` sets. Unset: kept in (or generated into) ``<home>/secrets/rerank_pipeline``, mode 0600.
+    pipeline_db_password: SecretStr | None = None
+    #: Password of the app login (rerank_app, in rerank_reader); unset: ``<home>/secrets/rerank_app``.
+    app_db_password: SecretStr | None = None
 
     @field_validator("database_url")
     @classmethod
@@ -154,8 +161,37 @@ class Settings(BaseSettings):
         return Path(self.home).expanduser().resolve()
 
 
+#: RERANK_* variables that are not settings: prefixes of the test suite's own variables and hooks.
+NOT_SETTINGS: tuple[str, ...] = ("RERANK_TEST_",)
+
+
+def setting_names() -> list[str]:
+    """Every valid ``RERANK_*`` environment variable name."""
+    return ["RERANK_" + name.upper() for name in Settings.model_fields]
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse ``RERANK_*`` variables that name no setting, suggesting the closest valid name."""
+    import difflib
+
+    environ = os.environ if environ is None else environ
+    valid = setting_names()
+    unknown = sorted(k for k in environ if k.upper().startswith("RERANK_") and k.upper() not in valid
+                     and not k.upper().startswith(NOT_SETTINGS))
+    if not unknown:
+        return
+    parts = []
+    for key in unknown:
+        # compared without the shared prefix, which would make every name look alike
+        close = difflib.get_close_matches(key.upper()[7:], [v[7:] for v in valid], n=1, cutoff=0.6)
+        parts.append(f"{key} (did you mean RERANK_{close[0]}?)" if close else key)
+    raise ConfigError("unknown setting " + ", ".join(parts),
+                      "the RERANK_* environment variables; the valid names are in pipeline/settings.py")
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read settings from the environment; turn a validation failure into one clear ConfigError."""
+    check_environment()
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

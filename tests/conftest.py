@@ -40,8 +40,8 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if given:
         yield given
         return
-    # Not under pytest's basetemp: pytest resets that folder to mode 0700, and as root the server runs as
-    # an unprivileged user that must traverse the path.
+    # A private 0700 folder: as root the server's user cannot reach it, so its data goes to a folder of its
+    # own (pipeline.db.embedded.SERVER_OWNED_BASE), removed below with the home.
     import shutil
     import tempfile
 
@@ -55,6 +55,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         pg.down()
         shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(pg.root, ignore_errors=True)  # as root, outside ``home`` (a 0700 folder)
 
 
 @pytest.fixture(scope="session")

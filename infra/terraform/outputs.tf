@@ -8,9 +8,27 @@ output "database_host" {
   value       = aws_db_instance.rerank.address
 }
 
-output "database_url" {
-  description = "libpq URI of the shop database for the rerank-env secret."
+output "owner_database_url" {
+  description = "libpq URI of the shop database as its owner: migrations only (secret rerank-owner)."
   value       = "postgresql://${aws_db_instance.rerank.username}:${random_password.db.result}@${aws_db_instance.rerank.address}:5432/shop?sslmode=require"
+  sensitive   = true
+}
+
+output "pipeline_database_url" {
+  description = "libpq URI as the pipeline login rerank_pipeline (secret rerank-env: Airflow, Dask, the refresher)."
+  value       = "postgresql://rerank_pipeline:${random_password.pipeline_db.result}@${aws_db_instance.rerank.address}:5432/shop?sslmode=require"
+  sensitive   = true
+}
+
+output "pipeline_db_password" {
+  description = "Password of rerank_pipeline (RERANK_PIPELINE_DB_PASSWORD for `rerank db migrate --create-logins`)."
+  value       = random_password.pipeline_db.result
+  sensitive   = true
+}
+
+output "app_db_password" {
+  description = "Password of rerank_app, the readers' login (RERANK_APP_DB_PASSWORD for --create-logins)."
+  value       = random_password.app_db.result
   sensitive   = true
 }
 

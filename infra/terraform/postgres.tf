@@ -5,6 +5,18 @@ resource "random_password" "db" {
   special = false
 }
 
+# Passwords of the logins `rerank db migrate --create-logins` creates (infra/k8s/migrate-job.yaml): the
+# pipeline's (rerank_pipeline in rerank_writer) and the readers' (rerank_app in rerank_reader).
+resource "random_password" "pipeline_db" {
+  length  = 32
+  special = false
+}
+
+resource "random_password" "app_db" {
+  length  = 32
+  special = false
+}
+
 resource "aws_db_parameter_group" "rerank" {
   name   = "${local.name}-pg16"
   family = "postgres16"

@@ -16,6 +16,16 @@ variable "vpc_cidr" {
   default     = "10.40.0.0/16"
 }
 
+variable "api_allowed_cidrs" {
+  description = "Networks allowed to reach the EKS API endpoint publicly (operators' VPN, CI); empty: private only."
+  type        = list(string)
+
+  validation {
+    condition     = !contains(var.api_allowed_cidrs, "0.0.0.0/0") && alltrue([for c in var.api_allowed_cidrs : can(cidrnetmask(c))])
+    error_message = "api_allowed_cidrs takes IPv4 CIDRs and never 0.0.0.0/0 (the API would be open to every address)."
+  }
+}
+
 variable "kubernetes_version" {
   description = "EKS control-plane version."
   type        = string

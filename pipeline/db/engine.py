@@ -53,6 +53,33 @@ def sa_engine(url: str):  # noqa: ANN201 - sqlalchemy.Engine, imported lazily
     return create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1), pool_pre_ping=True)
 
 
+def without_password(url: str) -> str:
+    """``url`` without its password: what travels to remote Dask workers as a task argument."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.netloc.rsplit('@', 1)[0].split(':', 1)[0]}@{host}"))
+
+
+def with_local_password(url: str) -> str:
+    """On a worker: give a password-less ``url`` the password of this process's own ``RERANK_DATABASE_URL``
+    when it names the same user, host and database (else libpq's ``PGPASSWORD`` / ``.pgpass`` apply)."""
+    import os
+    from urllib.parse import urlsplit
+
+    given = urlsplit(url)
+    local = os.environ.get("RERANK_DATABASE_URL", "").replace("postgresql+psycopg2://", "postgresql://")
+    if given.password is not None or not local:
+        return url
+    mine = urlsplit(local)
+    same = (mine.username, mine.hostname, mine.port, mine.path) == (given.username, given.hostname, given.port,
+                                                                     given.path)
+    return local.split("?", 1)[0] + (f"?{given.query}" if given.query else "") if same and mine.password else url
+
+
 def _redact(url: str) -> str:
     from urllib.parse import urlsplit, urlunsplit
 

@@ -21,6 +21,18 @@ def _prepare(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return out
 
 
+def shop_rows(url: str) -> dict[str, int]:
+    """Whether ``shop.*`` holds data: ``{table: 1 or 0}`` from a cheap EXISTS per table (no full count)."""
+    from pipeline.db.engine import connect
+
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT (SELECT count(*) FROM (SELECT 1 FROM shop.users LIMIT 1) u), "
+                    "(SELECT count(*) FROM (SELECT 1 FROM shop.items LIMIT 1) i), "
+                    "(SELECT count(*) FROM (SELECT 1 FROM shop.events LIMIT 1) e)")
+        users, items, events = cur.fetchone()
+    return {"users": users, "items": items, "events": events}
+
+
 def load_shop(cur, frames: ShopFrames, *, replace: bool = True) -> dict[str, int]:
     """COPY a shop into ``shop.*`` (truncating first when ``replace``, so a reload is idempotent)."""
     if replace:

@@ -41,7 +41,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.db.engine import connect, sa_engine
+from pipeline.db.engine import connect, sa_engine, with_local_password, without_password
 from pipeline.errors import DatabaseError
 from pipeline.extract import store as st
 from pipeline.files import write_parquet
@@ -178,6 +178,7 @@ def copy_range(url: str, lo: int, hi: int, clean: str, store_url: str, name: str
     import pyarrow.csv as pacsv
     from psycopg2 import sql
 
+    url = with_local_password(url)  # a remote worker got the URL without its password (its own env has it)
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in EVENT_COLUMNS)
     where = (sql.SQL("event_id = ANY({})").format(sql.Literal([int(i) for i in ids])) if ids is not None
              else sql.SQL("event_id >= {} AND event_id < {}").format(sql.Literal(int(lo)), sql.Literal(int(hi))))
@@ -193,11 +194,13 @@ def copy_range(url: str, lo: int, hi: int, clean: str, store_url: str, name: str
     deferred: list[int] = []
 
     def produce() -> None:
+        opened = False
         try:
             with connect(url) as conn:
                 # one snapshot for the COPY and the deferred ids: an item loaded in between cannot make an
                 # event both missed by the COPY and absent from the list (or stored and listed)
                 conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+                opened = True
                 with os.fdopen(wfd, "wb") as w, conn.cursor() as cur:
                     cur.execute("SET TimeZone = 'UTC'")
                     cur.copy_expert(stmt.as_string(conn), w, size=1 << 20)
@@ -207,6 +210,8 @@ def copy_range(url: str, lo: int, hi: int, clean: str, store_url: str, name: str
                         deferred.extend(int(r[0]) for r in cur.fetchall())
         except BaseException as exc:  # re-raised in the task below
             failure.append(exc)
+            if not opened:  # a failed connect: end the pipe, or the reader below waits for ever
+                os.close(wfd)
 
     producer = threading.Thread(target=produce, daemon=True)
     producer.start()
@@ -447,8 +452,12 @@ def extract_snapshot(url: str, out_dir: str | Path, as_of: datetime, client: obj
             ranges = event_ranges(plan.after + 1, int(last_id), int(last_id) - plan.after,
                                   _n_workers(client) if client is not None else 1)
             names = [f"{batch}-{i:05d}" for i in range(len(ranges))]
-            args = ([url] * len(ranges), [a for a, _ in ranges], [b for _, b in ranges], [clean_events] * len(ranges),
-                    [store_root] * len(ranges), names, [compression] * len(ranges))
+            # A remote cluster (a client without a cluster object of its own) gets the URL without its
+            # password: secrets reach workers through their environment, never as task arguments.
+            remote = client is not None and getattr(client, "cluster", None) is None
+            task_url = without_password(url) if remote else url
+            args = ([task_url] * len(ranges), [a for a, _ in ranges], [b for _, b in ranges],
+                    [clean_events] * len(ranges), [store_root] * len(ranges), names, [compression] * len(ranges))
             try:
                 if client is None:
                     small = _read_small(url, as_of, clean_items, clean_users)

@@ -65,8 +65,8 @@ def run_suites(url: str, run_id: str, rules: dict[str, list[Rule]], docs_dir: st
         import great_expectations as gx
         from great_expectations.checkpoint import UpdateDataDocsAction
     except ImportError as exc:  # a hard dependency; say which
-        raise PipelineError("great_expectations is not importable", "pip install 'great-expectations>=1.24,<2'") \
-            from exc
+        raise PipelineError("great_expectations is not importable",
+                            "pip install 'ecom-rerank[validate]' (or great-expectations)") from exc
 
     docs = Path(docs_dir)
     docs.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,33 @@ def dag_constants() -> dict[str, object]:
             except ValueError:
                 continue
     return out
+
+
+#: The secrets of .env.example: empty there, compose refuses to start without them.
+SECRETS = ("POSTGRES_PASSWORD", "PIPELINE_DB_PASSWORD", "APP_DB_PASSWORD", "AIRFLOW_DB_PASSWORD",
+           "AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET")
+_VAR = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+def interpolate(value: object, env: dict[str, str]) -> object:
+    """``value`` with compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?message}`` resolved from ``env``
+    (a ``:?`` on a missing or empty variable raises, as ``docker compose config`` does)."""
+    if not isinstance(value, str):
+        return value
+
+    def one(m: re.Match) -> str:
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        got = env.get(name)
+        if op and op.endswith("?") and not got:
+            raise LookupError(f"{name}: {arg}")
+        if op and op.endswith("-") and not got:
+            return arg
+        return got or ""
+
+    return _VAR.sub(one, value.replace("$$", "\0")).replace("\0", "$")
+
+
+@pytest.fixture(scope="session")
+def filled_env(env_example: dict[str, str]) -> dict[str, str]:
+    """.env.example with every secret set, as an operator's .env."""
+    return {**env_example, **{name: f"s3cret-{name.lower()}" for name in SECRETS}}

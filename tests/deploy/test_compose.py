@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from conftest import SECRETS, interpolate
 
 from pipeline.settings import Settings, load_settings
 
@@ -58,7 +61,7 @@ def test_airflow_services_share_one_image_with_the_project(compose: dict) -> Non
         assert env["RERANK_HOME"] == HOME and _mounts(svc)[HOME] == "rerank-home", name
         assert svc["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully", name
         assert svc["depends_on"]["postgres"]["condition"] == "service_healthy", name
-    assert "8080:8080" in services["airflow-api-server"]["ports"]
+    assert any(p.endswith(":8080:8080") for p in services["airflow-api-server"]["ports"])
     init = services["airflow-init"]
     assert init["image"] == "ecom-rerank-airflow:latest" and init["command"] == ["/opt/rerank/airflow-init.sh"]
 
@@ -75,7 +78,7 @@ def test_long_running_services_have_healthchecks(compose: dict) -> None:
 
 def test_dask_cluster_is_where_the_code_looks(compose: dict, env_example: dict[str, str]) -> None:
     services = compose["services"]
-    address = _env(services["airflow-scheduler"])["RERANK_DASK_ADDRESS"]
+    address = interpolate(_env(services["airflow-scheduler"])["RERANK_DASK_ADDRESS"], env_example)
     assert address == env_example["RERANK_DASK_ADDRESS"] == "tcp://dask-scheduler:8786"
     sched = _cmd(services["dask-scheduler"])
     assert sched[:2] == ["dask", "scheduler"] and sched[sched.index("--port") + 1] == "8786"
@@ -142,37 +145,142 @@ def _code_rerank_vars() -> set[str]:
     return {v for v in found - {"RERANK_"} if not v.startswith("RERANK_TEST_")}
 
 
-def test_every_rerank_variable_is_documented_and_set(env_example: dict[str, str]) -> None:
+#: Settings that carry a secret: never in .env.example as such, composed in docker-compose.yml per service.
+SECRET_SETTINGS = {"RERANK_DATABASE_URL", "RERANK_PIPELINE_DB_PASSWORD", "RERANK_APP_DB_PASSWORD"}
+
+
+def test_every_rerank_variable_is_documented_and_set(env_example: dict[str, str], compose: dict) -> None:
     fields = {f"RERANK_{name.upper()}" for name in Settings.model_fields}
     used = fields | _code_rerank_vars()
-    missing = sorted(used - set(env_example))
+    missing = sorted(used - SECRET_SETTINGS - set(env_example))
     assert not missing, f"set (and explain) these in .env.example: {missing}"
+    assert not SECRET_SETTINGS & set(env_example)
     lines = (REPO / ".env.example").read_text().splitlines()
     for i, line in enumerate(lines):
-        if line.split("=", 1)[0] in used:
+        if line.split("=", 1)[0] in used or line.split("=", 1)[0] in SECRETS:
             assert lines[i - 1].startswith("#"), f"{line.split('=')[0]} has no comment above it"
     unknown = sorted(k for k in env_example if k.startswith("RERANK_") and k not in used)
     assert not unknown, f".env.example sets RERANK_ keys the code never reads: {unknown}"
+    # every setting of .env.example reaches the pipeline's containers (no env_file: named one by one)
+    settings = _env(compose["services"]["airflow-scheduler"])
+    for key in env_example:
+        if key.startswith("RERANK_") and key != "RERANK_HOME":
+            assert re.fullmatch(rf"\$\{{{key}(:[-?][^}}]*)?\}}", str(settings.get(key))), key
 
 
-def test_env_example_values_are_valid_settings(env_example: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def _resolved(compose: dict, service: str, env: dict[str, str]) -> dict[str, str]:
+    return {k: interpolate(v, env) for k, v in _env(compose["services"][service]).items()}
+
+
+def test_env_example_values_are_valid_settings(compose: dict, filled_env: dict[str, str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     for key in [k for k in list(__import__("os").environ) if k.startswith("RERANK_")]:
         monkeypatch.delenv(key)
-    for key, value in env_example.items():
+    env = _resolved(compose, "airflow-scheduler", filled_env)
+    for key, value in env.items():
         if key.startswith("RERANK_"):
             monkeypatch.setenv(key, value)
     s = load_settings()
     assert s.dask_address == "tcp://dask-scheduler:8786" and s.home == HOME
-    assert env_example["AIRFLOW_CONN_RERANK_POSTGRES"] == env_example["RERANK_DATABASE_URL"]
-    user, pw, db = env_example["POSTGRES_USER"], env_example["POSTGRES_PASSWORD"], env_example["POSTGRES_DB"]
-    assert env_example["RERANK_DATABASE_URL"] == f"postgresql://{user}:{pw}@postgres:5432/{db}"
-    assert f"airflow:{env_example['AIRFLOW_DB_PASSWORD']}@postgres:5432/airflow" in env_example[
+    assert env["AIRFLOW_CONN_RERANK_POSTGRES"] == env["RERANK_DATABASE_URL"]
+    db = filled_env["POSTGRES_DB"]
+    assert env["RERANK_DATABASE_URL"] == f"postgresql://rerank_pipeline:{filled_env['PIPELINE_DB_PASSWORD']}" \
+                                         f"@postgres:5432/{db}"
+    assert f"airflow:{filled_env['AIRFLOW_DB_PASSWORD']}@postgres:5432/airflow" in env[
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    init = _resolved(compose, "airflow-init", filled_env)
+    user, pw = filled_env["POSTGRES_USER"], filled_env["POSTGRES_PASSWORD"]
+    assert init["RERANK_DATABASE_URL"] == f"postgresql://{user}:{pw}@postgres:5432/{db}"  # the owner: migrations
+    assert init["RERANK_PIPELINE_DB_PASSWORD"] == filled_env["PIPELINE_DB_PASSWORD"]
+    assert init["RERANK_APP_DB_PASSWORD"] == filled_env["APP_DB_PASSWORD"]
 
 
-def test_compose_interpolations_are_in_env_example(env_example: dict[str, str]) -> None:
+def test_compose_interpolations_are_in_env_example(env_example: dict[str, str], compose: dict) -> None:
     text = (REPO / "docker-compose.yml").read_text()
     names = set(re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)", text))
     assert names and names <= set(env_example), sorted(names - set(env_example))
-    for service in ("postgres", "airflow-api-server", "dask-worker-1"):
-        assert "env_file" in __import__("yaml").safe_load(text)["services"][service]
+    # no service gets .env whole: each secret goes only where docker-compose.yml names it
+    assert [n for n, svc in compose["services"].items() if "env_file" in svc] == []
+
+
+def test_published_ports_listen_on_localhost(compose: dict, env_example: dict[str, str]) -> None:
+    published = {name: [interpolate(p, env_example) for p in svc.get("ports", [])]
+                 for name, svc in compose["services"].items()}
+    assert {n for n, ports in published.items() if ports} == {"postgres", "airflow-api-server", "dask-scheduler"}
+    for name, ports in published.items():
+        for port in ports:
+            assert port.startswith("127.0.0.1:") and port.count(":") == 2, (name, port)
+    assert env_example["BIND_ADDRESS"] == "127.0.0.1"
+    without = {k: v for k, v in env_example.items() if k != "BIND_ADDRESS"}
+    assert interpolate(compose["services"]["postgres"]["ports"][0], without) == "127.0.0.1:5432:5432"
+
+
+def test_secrets_are_required_and_never_shipped(compose: dict, env_example: dict[str, str]) -> None:
+    text = (REPO / "docker-compose.yml").read_text()
+    for name in SECRETS:
+        assert env_example[name] == "", f"{name} must be empty in .env.example"
+        uses = re.findall(rf"\$\{{{name}(:[-?])?", text)
+        assert uses and set(uses) == {":?"}, f"{name}: every use must be ${{{name}:?...}} (refused when empty)"
+    assert not [v for v in env_example.values() if "change-me" in v]
+    with pytest.raises(LookupError, match="POSTGRES_PASSWORD"):
+        _resolved(compose, "postgres", env_example)
+
+
+def _check_secrets(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "docker" / "check-secrets.sh"), "echo", "started"],
+                          env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("env", [{"POSTGRES_PASSWORD": "change-me-shop"}, {"AIRFLOW_DB_PASSWORD": ""},
+                                 {"AIRFLOW__API_AUTH__JWT_SECRET": "change-me-jwt"},
+                                 {"RERANK_DATABASE_URL": "postgresql://rerank:change-me-shop@postgres:5432/shop"}])
+def test_the_entrypoint_guard_refuses_placeholder_secrets(env: dict[str, str]) -> None:
+    proc = _check_secrets({"POSTGRES_USER": "rerank", **env})
+    assert proc.returncode == 1 and "started" not in proc.stdout
+    assert "refusing to start" in proc.stderr and next(iter(env)) in proc.stderr
+
+
+def test_the_entrypoint_guard_runs_the_real_entrypoint_with_real_secrets(compose: dict,
+                                                                       filled_env: dict[str, str]) -> None:
+    proc = _check_secrets({k: v for k, v in _resolved(compose, "airflow-init", filled_env).items()})
+    assert proc.returncode == 0 and proc.stdout.strip() == "started", proc.stderr
+
+
+def test_the_guard_runs_before_everything(compose: dict) -> None:
+    services = compose["services"]
+    assert services["postgres"]["entrypoint"][:2] == ["bash", "/opt/rerank/check-secrets.sh"]
+    assert "/opt/rerank/check-secrets.sh" in services["airflow-init"]["entrypoint"]
+    for name in ("postgres", "airflow-init"):
+        assert "./docker/check-secrets.sh:/opt/rerank/check-secrets.sh:ro" in services[name]["volumes"], name
+
+    def waits_for_init(name: str, seen: frozenset = frozenset()) -> bool:
+        deps = services[name].get("depends_on", {})
+        if deps.get("airflow-init", {}).get("condition") == "service_completed_successfully":
+            return True
+        return any(waits_for_init(d, seen | {name}) for d in deps if d not in seen and d != "postgres")
+
+    for name in services:
+        if name not in ("postgres", "airflow-init"):
+            assert waits_for_init(name), f"{name} starts before airflow-init checked the secrets"
+
+
+def test_least_privilege_logins(compose: dict, filled_env: dict[str, str]) -> None:
+    owner_pw = filled_env["POSTGRES_PASSWORD"]
+    holders = {name for name in compose["services"]
+               if any(owner_pw in str(v) for v in _resolved(compose, name, filled_env).values())}
+    assert holders == {"postgres", "airflow-init"}  # the owner's password nowhere else
+    for name in ("airflow-scheduler", "airflow-api-server", "dask-worker-1", "dask-worker-2", "dask-worker-gpu"):
+        env = _resolved(compose, name, filled_env)
+        assert urlsplit(env["RERANK_DATABASE_URL"]).username == "rerank_pipeline", name
+        assert "RERANK_PIPELINE_DB_PASSWORD" not in env and "RERANK_APP_DB_PASSWORD" not in env, name
+    assert urlsplit(_resolved(compose, "airflow-scheduler", filled_env)["AIRFLOW_CONN_RERANK_POSTGRES"]
+                    ).username == "rerank_pipeline"
+    assert "rerank db migrate --create-logins" in (REPO / "docker" / "airflow-init.sh").read_text()
+
+
+def test_airflow_ui_users_have_roles(compose: dict, filled_env: dict[str, str]) -> None:
+    env = _resolved(compose, "airflow-api-server", filled_env)
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "False"
+    users = dict(u.split(":") for u in env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(","))
+    assert set(users.values()) <= {"viewer", "user", "op", "admin"}
+    assert list(users.values()).count("admin") == 1 and len(users) >= 3

@@ -133,3 +133,117 @@ def test_terraform_fmt_check() -> None:
     proc = subprocess.run(["terraform", "fmt", "-check", "-recursive", "-diff", str(INFRA / "terraform")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+K8S = INFRA / "k8s"
+
+
+@pytest.fixture(scope="module")
+def manifests() -> dict[str, dict]:
+    """infra/k8s/*.yaml by kind/name."""
+    out = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        doc = load_yaml(path)
+        out[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
+    return out
+
+
+def _pod(doc: dict) -> dict:
+    return doc["spec"]["template"]["spec"]
+
+
+def test_rerank_home_has_a_claim_every_mount_names(manifests: dict, airflow_values: dict, dask_values: dict) -> None:
+    pvc = manifests["PersistentVolumeClaim/rerank-home"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"] and pvc["metadata"]["namespace"] == "rerank"
+    sc = manifests["StorageClass/efs"]
+    assert pvc["spec"]["storageClassName"] == sc["metadata"]["name"] and sc["provisioner"] == "efs.csi.aws.com"
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in airflow_values["volumes"]}
+    for g in [dask_values["worker"], *dask_values["additional_worker_groups"]]:
+        claims |= {v["persistentVolumeClaim"]["claimName"] for v in g["mounts"]["volumes"]}
+    claims |= {v["persistentVolumeClaim"]["claimName"] for v in _pod(manifests["Deployment/rerank-refresh"])["volumes"]}
+    assert claims == {pvc["metadata"]["name"]}
+
+
+def test_the_refresher_follows_as_the_pipeline_login(manifests: dict) -> None:
+    dep = manifests["Deployment/rerank-refresh"]
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    c = _pod(dep)["containers"][0]
+    assert c["command"] == ["rerank", "refresh", "--follow"]
+    assert [e["secretRef"]["name"] for e in c["envFrom"]] == ["rerank-env"]
+    assert {m["mountPath"] for m in c["volumeMounts"]} == {HOME}
+    assert dep["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert _pod(dep)["securityContext"]["runAsNonRoot"] is True
+
+
+def test_a_job_creates_the_gpu_pool_the_dag_uses(manifests: dict, dag_constants: dict) -> None:
+    job = manifests["Job/airflow-gpu-pool"]
+    cmd = _pod(job)["containers"][0]["command"]
+    assert cmd[:4] == ["airflow", "pools", "set", dag_constants["GPU_POOL"]] and int(cmd[4]) >= 1
+    env = _pod(job)["containers"][0]["env"]
+    assert env[0]["valueFrom"]["secretKeyRef"]["name"] == "airflow-metadata"
+
+
+def test_only_the_migration_job_holds_the_owner(manifests: dict, airflow_values: dict, dask_values: dict) -> None:
+    job = manifests["Job/rerank-migrate"]
+    c = _pod(job)["containers"][0]
+    assert c["command"] == ["rerank", "db", "migrate", "--create-logins"]
+    assert {e["secretRef"]["name"] for e in c["envFrom"]} == {"rerank-owner", "rerank-logins"}
+    text = "".join(p.read_text() for p in [*K8S.glob("*.yaml"), *(INFRA / "helm").glob("*.yaml")]
+                   if p.name != "migrate-job.yaml")
+    assert "rerank-owner" not in text.replace("only in rerank-owner", "") and "rerank-logins" not in text
+    assert "rerank-env" in airflow_values["extraEnvFrom"]
+    for g in [dask_values["worker"], *dask_values["additional_worker_groups"]]:
+        assert [e["secretRef"]["name"] for e in g["envFrom"]] == ["rerank-env"], g["name"]
+        assert not any("PASSWORD" in e["name"] or "DATABASE_URL" in e["name"] for e in g["env"])
+
+
+def test_gpu_dask_workers_scale_from_zero(dask_values: dict) -> None:
+    gpu = next(g for g in dask_values["additional_worker_groups"] if g["name"] == "gpu")
+    assert gpu["replicas"] == 0
+    cluster = (INFRA / "terraform" / "cluster.tf").read_text()
+    assert "node-template/label/ecom-rerank/pool" in cluster and re.search(r"min_size\s*=\s*0", cluster)
+
+
+def test_airflow_ui_users_have_roles(airflow_values: dict) -> None:
+    core = airflow_values["config"]["core"]
+    assert core["simple_auth_manager_all_admins"] == "False"
+    roles = [u.split(":")[1] for u in core["simple_auth_manager_users"].split(",")]
+    assert set(roles) <= {"viewer", "user", "op", "admin"} and roles.count("admin") == 1
+
+
+def test_terraform_restricts_the_api_and_installs_the_efs_driver() -> None:
+    hcl2 = pytest.importorskip("hcl2")
+    tf = INFRA / "terraform"
+    cluster = hcl2.loads((tf / "cluster.tf").read_text())
+    modules = {next(iter(m)).strip('"'): next(iter(m.values())) for m in cluster["module"]}
+    eks = modules["eks"]
+    assert eks["cluster_endpoint_public_access_cidrs"] == "${var.api_allowed_cidrs}"
+    assert eks["cluster_endpoint_private_access"] is True
+    addons = eks["cluster_addons"]
+    assert "aws-efs-csi-driver" in addons
+    assert "efs_csi_irsa" in addons["aws-efs-csi-driver"]["service_account_role_arn"]
+    irsa = modules["efs_csi_irsa"]
+    assert irsa["attach_efs_csi_policy"] is True
+    assert "kube-system:efs-csi-controller-sa" in str(irsa["oidc_providers"])
+    parsed = hcl2.loads((tf / "variables.tf").read_text())["variable"]
+    variables = {next(iter(v)).strip('"'): next(iter(v.values())) for v in parsed}
+    cidrs = variables["api_allowed_cidrs"]
+    assert "default" not in cidrs  # an operator must choose
+    assert "0.0.0.0/0" in str(cidrs["validation"])
+    outputs = (tf / "outputs.tf").read_text()
+    for name in ("owner_database_url", "pipeline_database_url", "pipeline_db_password", "app_db_password"):
+        assert f'output "{name}"' in outputs
+        assert name in (INFRA / "README.md").read_text()
+    assert "rerank_pipeline:" in outputs
+
+
+def test_readme_orders_the_steps_and_names_every_file() -> None:
+    readme = (INFRA / "README.md").read_text()
+    order = readme[readme.index("## Order of steps"):]
+    steps = ["terraform apply", "storageclass-efs.yaml", "rerank-home-pvc.yaml", "rerank-owner", "migrate-job.yaml",
+             "dask-values.yaml", "airflow-values.yaml", "gpu-pool-job.yaml", "refresh-follow.yaml"]
+    positions = [order.index(s) for s in steps]
+    assert positions == sorted(positions)
+    for path in [*K8S.glob("*.yaml"), *(INFRA / "helm").glob("*.yaml")]:
+        assert path.name in readme, path.name
+    assert "Not checked without a cluster" in readme

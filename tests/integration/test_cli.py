@@ -25,7 +25,7 @@ def _run(args: list[str], **env: str) -> subprocess.CompletedProcess:
     [
         (["db", "url"], {"RERANK_DATABASE_URL": "mysql://x"}, "RERANK_DATABASE_URL: Value error, not a libpq URI"),
         (["db", "url"], {"RERANK_TOP_N": "-3"}, "RERANK_TOP_N: Input should be greater than or equal to 1"),
-        (["generate", "--tier", "XL"], {}, "unknown tier 'XL'"),
+        (["db", "url"], {"RERANK_TOPN": "3"}, "unknown setting RERANK_TOPN (did you mean RERANK_TOP_N?)"),
         (["generate", "--users", "-5", "--items", "10"], {}, "--users must be positive, got -5"),
         (["run", "nightly", "--as-of", "yesterday-ish"], {}, "as_of 'yesterday-ish' is not an ISO date"),
     ],
@@ -38,6 +38,30 @@ def test_bad_settings_exit_non_zero_with_one_line(args: list[str], env: dict[str
     assert len(lines) == 1, proc.stderr
     assert message in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["generate", "--tier", "XL"], "--tier"),
+        (["run", "nightly", "--stage", "publsh"], "--stage"),
+        (["evaluate", "--format", "mvielens", "--path", "x", "--protocol", "temporal", "--out", "o"], "--format"),
+        (["evaluate", "--format", "movielens", "--path", "x", "--protocol", "random", "--out", "o"], "--protocol"),
+        (["import", "tsv", "x.tsv"], "FORMAT"),
+    ],
+)
+def test_closed_choices_are_refused_before_anything_runs(args: list[str], option: str, tmp_path: Path) -> None:
+    proc = _run(args, RERANK_HOME=str(tmp_path), RERANK_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
+    assert proc.returncode == 2, proc.stderr
+    assert f"Invalid value for '{option}'" in proc.stderr
+    assert "Traceback" not in proc.stderr and "╭" not in proc.stderr
+
+
+def test_a_tier_in_lower_case_is_accepted(tmp_path: Path) -> None:
+    # the tier passes the choice; the negative count is the next thing refused (before any database)
+    proc = _run(["generate", "--tier", "s", "--users", "-5"], RERANK_HOME=str(tmp_path))
+    assert proc.returncode == 1 and "Invalid value" not in proc.stderr
+    assert "--users must be positive" in proc.stderr or "users must be positive" in proc.stderr
 
 
 def test_generate_run_recommend_and_rollback(db_url: str, tmp_path: Path) -> None:

@@ -22,13 +22,14 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def home() -> Iterator[Path]:
-    # Outside pytest's 0700 basetemp: as root the server runs as an unprivileged user that must reach it.
+    # A private 0700 folder: as root the server's data then lives in a folder of its own, outside it.
     path = Path(tempfile.mkdtemp(prefix="rerank-test-home-"))
     yield path
     pg = EmbeddedPostgres(path)
     if pg.is_running():
         pg.down()
     shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(pg.root, ignore_errors=True)  # as root, the server's folder may live outside ``path``
 
 
 def test_two_processes_calling_up_at_once_share_one_server(home: Path) -> None:
@@ -126,3 +127,99 @@ def test_evaluate_stops_the_embedded_server_it_started_and_only_that(home: Path)
         cur.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'rerank_eval_%'")
         assert cur.fetchone()[0] == 0
     conn.close()
+
+
+def _connect_without_secret(url: str, **overrides: object) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    kwargs = {"host": parts.hostname, "port": parts.port, "user": parts.username, "dbname": "rerank",
+              "connect_timeout": 10, **overrides}
+    psycopg2.connect(**kwargs).close()
+
+
+def test_a_connection_without_the_secret_is_refused(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(home / "no-such-passfile"))
+    pg = EmbeddedPostgres(home)
+    url = pg.up()
+    assert ":@" not in url and pg.secret_file.read_text().strip() in url
+    with pytest.raises(psycopg2.OperationalError, match="password"):
+        _connect_without_secret(url)
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        _connect_without_secret(url, password="not-the-secret")
+    with pytest.raises(psycopg2.OperationalError, match="password"):
+        _connect_without_secret(url, user="pgserver")  # the server's OS user gets no free pass either
+    conn = psycopg2.connect(url)  # the printed URL works
+    conn.close()
+    mode = pg.secret_file.stat().st_mode & 0o777
+    assert mode == 0o600 and pg.secret_file.stat().st_uid == os.getuid()
+    assert pg.secret_file.parent.stat().st_mode & 0o777 == 0o700
+    hba = [ln.split() for ln in (pg.pgdata / "pg_hba.conf").read_text().splitlines()
+           if ln.strip() and not ln.startswith("#")]
+    assert hba and {ln[-1] for ln in hba} == {"scram-sha-256"}
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="the server's own user exists as root")
+def test_the_servers_os_user_cannot_read_the_secret(home: Path) -> None:
+    pg = EmbeddedPostgres(home)
+    pg.up()
+    proc = subprocess.run(["runuser", "-u", "pgserver", "--", "cat", str(pg.secret_file)], capture_output=True,
+                          text=True, cwd="/")
+    assert proc.returncode != 0 and "denied" in proc.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="permissions are widened only as root")
+def test_folders_the_project_did_not_create_keep_their_permissions(home: Path) -> None:
+    private = home / "private"
+    private.mkdir(mode=0o700)
+    private.chmod(0o700)
+    inner = private / "rerank-home"
+    pg = EmbeddedPostgres(inner)
+    try:
+        conn = psycopg2.connect(pg.up())
+        conn.close()
+        assert private.stat().st_mode & 0o777 == 0o700
+        assert home.stat().st_mode & 0o777 == 0o700  # mkdtemp's folder, untouched too
+        assert not pg.root.is_relative_to(private)  # the server's user cannot reach it: data lives elsewhere
+        assert pg.root.stat().st_mode & 0o777 == 0o700
+        assert pg.secret_file.is_relative_to(inner)
+    finally:
+        pg.down()
+        shutil.rmtree(pg.root, ignore_errors=True)
+
+
+def test_a_trust_cluster_from_an_older_version_is_switched_to_passwords(home: Path) -> None:
+    pg = EmbeddedPostgres(home)
+    pg.up()
+    pg.down()
+    hba = pg.pgdata / "pg_hba.conf"
+    owner = hba.stat()
+    text = hba.read_text().replace("scram-sha-256", "trust")
+    hba.write_text(text)
+    os.chown(hba, owner.st_uid, owner.st_gid)
+    pg.secret_file.unlink()
+    url = pg.up()
+    assert "trust" not in [ln.split()[-1] for ln in hba.read_text().splitlines() if ln.strip() and ln[0] != "#"]
+    with pytest.raises(psycopg2.OperationalError, match="password"):
+        _connect_without_secret(url, password="")
+    psycopg2.connect(url).close()
+
+
+def test_cli_db_url_works_and_db_status_hides_the_secret(home: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RERANK_")}
+    env["RERANK_HOME"] = str(home)
+    rerank = str(Path(sys.executable).with_name("rerank"))
+
+    def run(*args: str) -> str:
+        proc = subprocess.run([rerank, "db", *args], capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    url = run("url").strip().splitlines()[-1]
+    conn = psycopg2.connect(url)
+    conn.close()
+    secret = EmbeddedPostgres(home).secret_file.read_text().strip()
+    status = run("status")
+    assert '"running": true' in status and secret not in status and ":***@" in status
+    assert run("down").strip() == "stopped"

@@ -45,14 +45,19 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 
 @pytest.fixture(scope="module")
-def external_dask(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`dask scheduler` and two `dask worker` processes on 127.0.0.1; yields the scheduler address."""
+def external_dask(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> Iterator[str]:
+    """`dask scheduler` and two `dask worker` processes on 127.0.0.1; yields the scheduler address. The
+    workers get the database password from their environment (PGPASSWORD), as deployed workers do: the URL
+    in their tasks comes without it."""
+    from urllib.parse import urlsplit
+
     from distributed import Client
 
     logs = tmp_path_factory.mktemp("dask-logs")
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
+           "PGPASSWORD": urlsplit(pg_server).password or ""}
     procs: list[subprocess.Popen] = []
 
     def spawn(name: str, *args: str) -> None:

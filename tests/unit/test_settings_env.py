@@ -1,0 +1,54 @@
+"""Settings: a misspelt RERANK_* variable is refused with the closest valid name; the CLI's closed choices."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.settings import check_environment, load_settings, setting_names
+
+
+@pytest.mark.parametrize(("key", "suggestion"), [("RERANK_TOPN", "RERANK_TOP_N"),
+                                                  ("RERANK_DATABSE_URL", "RERANK_DATABASE_URL"),
+                                                  ("rerank_keep_run", "RERANK_KEEP_RUNS"),
+                                                  ("RERANK_DASK_ADRESS", "RERANK_DASK_ADDRESS")])
+def test_a_misspelt_setting_names_the_closest_valid_one(key: str, suggestion: str) -> None:
+    with pytest.raises(ConfigError, match=f"unknown setting {key} \\(did you mean {suggestion}\\?\\)"):
+        check_environment({key: "1", "RERANK_TOP_N": "5"})
+
+
+def test_a_name_close_to_nothing_is_refused_without_a_guess() -> None:
+    with pytest.raises(ConfigError) as info:
+        check_environment({"RERANK_XYZZY": "1"})
+    assert "RERANK_XYZZY" in str(info.value) and "did you mean" not in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_valid_names_and_the_test_suites_hooks_pass() -> None:
+    env = {name: "x" for name in setting_names()}
+    env.update({"RERANK_TEST_DATABASE_URL": "postgresql://x/y", "RERANK_TEST_PUBLISH_PAUSE_AT": "after_swap",
+                "AIRFLOW_CONN_RERANK_POSTGRES": "postgresql://x/y", "PATH": "/bin"})
+    check_environment(env)
+    assert {"RERANK_SHARED_DATA", "RERANK_PG_PORT", "RERANK_HOME", "RERANK_DATABASE_URL"} <= set(env)
+
+
+def test_load_settings_refuses_the_environment_s_typo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RERANK_TOP_M", "5")
+    with pytest.raises(ConfigError, match="RERANK_TOP_M \\(did you mean RERANK_TOP_N\\?\\)"):
+        load_settings()
+    monkeypatch.delenv("RERANK_TOP_M")
+    monkeypatch.setenv("RERANK_TOP_N", "5")
+    assert load_settings().top_n == 5
+
+
+def test_the_cli_choices_are_the_library_s_own_lists() -> None:
+    from pipeline import cli
+    from pipeline.datagen.build import TIERS
+    from pipeline.evaluate.protocols import PROTOCOLS
+    from pipeline.ingest.importer import FORMATS
+    from pipeline.nightly import STAGES
+
+    assert [t.value for t in cli.Tier] == list(TIERS)
+    assert [f.value for f in cli.Format] == list(FORMATS)
+    assert [p.value for p in cli.Protocol] == list(PROTOCOLS)
+    assert [s.value for s in cli.Stage] == list(STAGES)
