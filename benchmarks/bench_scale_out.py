@@ -25,9 +25,10 @@ from pathlib import Path
 AS_OF = datetime(2026, 11, 24, tzinfo=UTC)
 
 
-def _cluster(n: int, port: int) -> list[subprocess.Popen]:
+def _cluster(n: int, port: int, url: str) -> list[subprocess.Popen]:
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    # workers take the database password from their own environment, never from a task's arguments
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "RERANK_DATABASE_URL": url}
     procs = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--port", str(port),
                                "--dashboard-address", ":0"], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)]
@@ -78,7 +79,7 @@ def main() -> None:
         upgrade(url)
         generate_shop(url, users=args.users, items=args.items, days=args.days, seed=42, end=AS_OF)
         for n in [int(x) for x in args.workers.split(",")]:
-            procs = _cluster(n, args.port)
+            procs = _cluster(n, args.port, url)
             home = root / f"home-{n}"
             try:
                 s = load_settings(database_url=url, home=str(home), dask_address=f"tcp://127.0.0.1:{args.port}",

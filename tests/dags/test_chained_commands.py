@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -187,8 +188,6 @@ def test_every_readme_command_chained_on_real_runs(airflow_db: dict[str, str], d
     # --- a live run whose files were deleted: one line, exit 1, the live lists untouched -------------------------
     live_run = _one(db_url, "SELECT run_id FROM recsys.publications WHERE live")[0]
     before = _one(db_url, "SELECT count(*), sum(item_id) FROM recsys.user_recommendations")
-    import shutil
-
     shutil.rmtree(tmp_path / "home" / "runs" / live_run / "snapshot")
     _insert_views(db_url, other, fresh_items[1:])
     broken = _rerank(env, "refresh", "--once", ok=False)
@@ -204,7 +203,7 @@ def test_every_readme_command_chained_on_real_runs(airflow_db: dict[str, str], d
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics and (tmp_path / "eval" / "recs_popularity.csv").exists()
     for fmt, path in data.items():
-        args = ["import", fmt, str(path)] + (["--mapping", '{"user_id": "uid"}'] if fmt == "csv" else [])
+        args = ["import", fmt, str(path), "--replace"] + (["--mapping", '{"user_id": "uid"}'] if fmt == "csv" else [])
         line = _rerank(env, *args).stdout.strip().splitlines()[-1]
         assert line.startswith(f"imported {fmt}:") and "0 rows quarantined" in line, line
         assert _one(db_url, "SELECT count(*) FROM shop.events")[0] > 0
