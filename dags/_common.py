@@ -10,7 +10,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -169,11 +169,11 @@ def as_of_from(context: dict) -> str:
     return parse_as_of(ts).isoformat()
 
 
-def run_as_of(url: str, run_id: str):  # noqa: ANN201 - datetime, imported lazily
-    """The as_of recorded by ``begin`` for this run (every later task reads it, so all agree)."""
-    from pipeline.runs import parse_as_of, run_stats
+def unpack(run: dict) -> tuple[str, datetime]:
+    """``begin``'s result: the run id and the run's as_of, parsed once there and handed to every stage."""
+    from pipeline.runs import parse_as_of
 
-    return parse_as_of(run_stats(url, run_id)["params"]["as_of"])
+    return run["run_id"], parse_as_of(run["as_of"])
 
 
 def emit(context: dict, asset: Asset, run_id: str, out: dict | None = None) -> None:
@@ -197,7 +197,8 @@ def mark_run_failed(context: dict) -> None:
         from pipeline.runs import make_run_id, parse_as_of, run_stats
 
         ti = context["ti"]
-        run_id = ti.xcom_pull(task_ids="begin")
+        pulled = ti.xcom_pull(task_ids="begin")
+        run_id = pulled.get("run_id") if isinstance(pulled, dict) else pulled
         url = database_url()
         if not run_id:
             run_id = make_run_id(context["dag"].dag_id, parse_as_of(as_of_from(context)))

@@ -44,8 +44,8 @@ from _common import (
     mark_run_failed,
     nightly_params,
     rerank_home,
-    run_as_of,
     stage_asset,
+    unpack,
 )
 from airflow.sdk import dag, task
 
@@ -74,120 +74,145 @@ def _stage(name: str, *extra_outlets, **kwargs):  # noqa: ANN202 - the @task dec
 def rerank_nightly() -> None:
     @task(execution_timeout=TIMEOUTS["begin"])
     @fail_fast  # a bad trigger param or setting: retrying cannot help
-    def begin(**context) -> str:
+    def begin(**context) -> dict:
+        """Parse as_of once (the trigger's param, else the data interval's end): every stage gets it from here."""
         from pipeline import nightly
         from pipeline.runs import parse_as_of
 
-        as_of = as_of_from(context)
-        params = {**context["params"], "as_of": as_of}
-        return nightly.begin(database_url(), rerank_home(), parse_as_of(as_of), dag=DAG_ID, params=params)
+        as_of = parse_as_of(as_of_from(context))
+        params = {**context["params"], "as_of": as_of.isoformat()}
+        rid = nightly.begin(database_url(), rerank_home(), as_of, dag=DAG_ID, params=params)
+        return {"run_id": rid, "as_of": as_of.isoformat()}
 
     @_stage("validate")
-    def validate(rid: str, **context) -> dict:
+    def validate(run: dict, **context) -> dict:
         from pipeline import nightly
 
+        rid, as_of = unpack(run)
+
         url = database_url()
-        out = nightly.validate(url, rid, run_as_of(url, rid), home=rerank_home())
+        out = nightly.validate(url, rid, as_of, home=rerank_home())
         emit(context, ASSETS["validate"], rid)
         return out
 
     @_stage("extract")
-    def extract(rid: str, _v: dict, **context) -> dict:
+    def extract(run: dict, _v: dict, **context) -> dict:
         from pipeline import nightly
 
+        rid, as_of = unpack(run)
+
         url = database_url()
-        out = nightly.extract(url, rerank_home(), rid, run_as_of(url, rid), dask_address())
+        out = nightly.extract(url, rerank_home(), rid, as_of, dask_address())
         emit(context, ASSETS["extract"], rid, out)
         return out
 
     @_stage("item_features")
-    def item_features(rid: str, _e: dict, **context) -> dict:
+    def item_features(run: dict, _e: dict, **context) -> dict:
         from pipeline import nightly
 
+        rid, as_of = unpack(run)
+
         url = database_url()
-        out = nightly.item_features(rerank_home(), rid, run_as_of(url, rid), dask_address(), url=url)
+        out = nightly.item_features(rerank_home(), rid, as_of, dask_address(), url=url)
         emit(context, ASSETS["item_features"], rid, out)
         return out
 
     @_stage("user_features")
-    def user_features(rid: str, _e: dict, **context) -> dict:
+    def user_features(run: dict, _e: dict, **context) -> dict:
         from pipeline import nightly
 
+        rid, as_of = unpack(run)
+
         url = database_url()
-        out = nightly.user_features(rerank_home(), rid, run_as_of(url, rid), dask_address(), url=url)
+        out = nightly.user_features(rerank_home(), rid, as_of, dask_address(), url=url)
         emit(context, ASSETS["user_features"], rid, out)
         return out
 
     @_stage("cf_build")
-    def cf_build(rid: str, _e: dict, **context) -> dict:
+    def cf_build(run: dict, _e: dict, **context) -> dict:
         from pipeline import nightly
 
-        out = nightly.cf_build(rerank_home(), rid, run_as_of(database_url(), rid), dask_address=dask_address())
+        rid, as_of = unpack(run)
+
+        out = nightly.cf_build(rerank_home(), rid, as_of, dask_address=dask_address())
         emit(context, ASSETS["cf_build"], rid, out)
         return out
 
     @_stage("train_ranker", pool=GPU_POOL, executor_config={"pod_template_file": GPU_POD_TEMPLATE})
-    def train_ranker(rid: str, *_deps: dict, **context) -> dict:
+    def train_ranker(run: dict, *_deps: dict, **context) -> dict:
         from pipeline import nightly
 
+        rid, as_of = unpack(run)
+
         url = database_url()
-        out = nightly.train_ranker(url, rerank_home(), rid, run_as_of(url, rid), context["params"]["retrain"])
+        out = nightly.train_ranker(url, rerank_home(), rid, as_of, context["params"]["retrain"])
         emit(context, ASSETS["train_ranker"], rid, out)
         return out
 
     @_stage("evaluate_gate")
-    def evaluate_gate(rid: str, _t: dict, **context) -> dict:
+    def evaluate_gate(run: dict, _t: dict, **context) -> dict:
         from pipeline import nightly
 
+        rid, as_of = unpack(run)
+
         url = database_url()
-        out = nightly.evaluate_gate(url, rerank_home(), rid, run_as_of(url, rid))
+        out = nightly.evaluate_gate(url, rerank_home(), rid, as_of)
         emit(context, ASSETS["evaluate_gate"], rid, out)
         return out
 
     @_stage("score_users")
-    def score_users(rid: str, _g: dict, **context) -> dict:
+    def score_users(run: dict, _g: dict, **context) -> dict:
         from pipeline import nightly
+
+        rid, as_of = unpack(run)
         from pipeline.settings import get_settings
 
         p = context["params"]
         url = database_url()
-        out = nightly.score_users(rerank_home(), rid, run_as_of(url, rid), top_n=p["top_n"],
+        out = nightly.score_users(rerank_home(), rid, as_of, top_n=p["top_n"],
                                   n_candidates=get_settings().candidates, user_ids=p["user_ids"] or None,
                                   dask_address=dask_address(), url=url)
         emit(context, ASSETS["score_users"], rid, out)
         return out
 
     @_stage("quality_gate")
-    def quality_gate(rid: str, _s: dict, **context) -> dict:
+    def quality_gate(run: dict, _s: dict, **context) -> dict:
         from pipeline import nightly
+
+        rid = run["run_id"]
 
         out = nightly.quality_gate(rerank_home(), rid, url=database_url(), top_n=context["params"]["top_n"])
         emit(context, ASSETS["quality_gate"], rid, out)
         return out
 
     @_stage("publish")
-    def publish(rid: str, _q: dict, **context) -> dict:
+    def publish(run: dict, _q: dict, **context) -> dict:
         from pipeline import nightly
+
+        rid, as_of = unpack(run)
         from pipeline.settings import get_settings
 
-        out = nightly.publish(database_url(), rerank_home(), rid, keep=get_settings().keep_runs,
+        out = nightly.publish(database_url(), rerank_home(), rid, as_of, keep=get_settings().keep_runs,
                               dry_run=context["params"]["dry_run"])
         emit(context, ASSETS["publish"], rid, out)
         return out
 
     @task(outlets=[RECS_ASSET], execution_timeout=TIMEOUTS["report"])
-    def announce(rid: str, published: dict, **context) -> None:
+    def announce(run: dict, published: dict, **context) -> None:
         """Tell Asset-scheduled readers about new lists; skipped (no event) when nothing was swapped in."""
         from airflow.sdk.exceptions import AirflowSkipException
 
+        rid = run["run_id"]
         if published.get("publication_id") is None:
             raise AirflowSkipException(f"{rid}: nothing published (dry run, or older than the live run), "
                                        "no Asset event")
         emit(context, RECS_ASSET, rid, published)
 
     @_stage("report")
-    def report(rid: str, _p: dict, **context) -> dict:
+    def report(run: dict, _p: dict, **context) -> dict:
         from pipeline import nightly
+
+        rid = run["run_id"]
 
         url = database_url()
         out = nightly.report(url, rerank_home(), rid)
@@ -195,13 +220,13 @@ def rerank_nightly() -> None:
         emit(context, ASSETS["report"], rid, out)
         return out
 
-    rid = begin()
-    e = extract(rid, validate(rid))
-    t = train_ranker(rid, item_features(rid, e), user_features(rid, e), cf_build(rid, e))
-    s = score_users(rid, evaluate_gate(rid, t))
-    p = publish(rid, quality_gate(rid, s))
-    announce(rid, p)
-    report(rid, p)
+    run = begin()  # {"run_id", "as_of"}: as_of parsed once, handed to every stage
+    e = extract(run, validate(run))
+    t = train_ranker(run, item_features(run, e), user_features(run, e), cf_build(run, e))
+    s = score_users(run, evaluate_gate(run, t))
+    p = publish(run, quality_gate(run, s))
+    announce(run, p)
+    report(run, p)
 
 
 rerank_nightly()

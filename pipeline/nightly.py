@@ -373,11 +373,12 @@ def _exhausted(run_dir: Path) -> pd.Series | None:
 
 
 @_stage("publish")
-def publish(url: str, home: str, run_id: str, *, keep: int = 3, dry_run: bool = False) -> dict:
+def publish(url: str, home: str, run_id: str, as_of: datetime, *, keep: int = 3, dry_run: bool = False) -> dict:
     """Swap the read views to this run's lists, streamed part by part into COPY (RERANK_PUBLISH_CHUNK_ROWS
-    rows at a time); with a user subset, other users keep their live rows (copied inside Postgres)."""
+    rows at a time); with a user subset, other users keep their live rows (copied inside Postgres). The
+    publication is stamped with the run's ``as_of`` (the lists' ``generated_at``)."""
     from pipeline.publish import publish_run
-    from pipeline.publish.parts import max_in_parts, rec_parts, rows_in_parts
+    from pipeline.publish.parts import rec_parts, rows_in_parts
 
     d = _dir(home, run_id)
     parts = rec_parts(d)
@@ -385,9 +386,7 @@ def publish(url: str, home: str, run_id: str, *, keep: int = 3, dry_run: bool = 
         return {"published": False, "dry_run": True, "rows": rows_in_parts(parts)}
     subset = _params(home, run_id).get("user_ids")
     nb = pd.read_parquet(d / "snapshot" / "neighbours.parquet")
-    newest = max_in_parts(parts, "generated_at")
-    generated_at = pd.Timestamp(newest).to_pydatetime() if newest is not None else datetime.now()
-    return publish_run(url, run_id, parts, nb, generated_at=generated_at, keep=keep,
+    return publish_run(url, run_id, parts, nb, generated_at=as_of, keep=keep,
                        chunk_rows=get_settings().publish_chunk_rows, keep_other_users=bool(subset))
 
 
@@ -465,7 +464,7 @@ def _run_steps(s: Settings, url: str, home: str, run_id: str, as_of: datetime, c
         "score_users": lambda: score_users(home, run_id, as_of, top_n=top_n, n_candidates=s.candidates,
                                            user_ids=user_ids, client=client, url=url),
         "quality_gate": lambda: quality_gate(home, run_id, url=url, top_n=top_n, client=client),
-        "publish": lambda: publish(url, home, run_id, keep=s.keep_runs, dry_run=dry_run),
+        "publish": lambda: publish(url, home, run_id, as_of, keep=s.keep_runs, dry_run=dry_run),
         "report": lambda: report(url, home, run_id),
     }
     selected = [only_stage] if only_stage else list(STAGES)

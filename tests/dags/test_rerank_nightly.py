@@ -93,10 +93,11 @@ def test_dry_run_emits_no_published_asset_event(nightly) -> None:
     from airflow.sdk.exceptions import AirflowSkipException
 
     announce = nightly.get_task("announce").python_callable
+    run = {"run_id": "nightly_20261124T0000", "as_of": "2026-11-24T00:00:00+00:00"}
     with pytest.raises(AirflowSkipException, match="dry run"):
-        announce("nightly_20261124T0000", {"published": False, "dry_run": True, "rows": 10})
+        announce(run, {"published": False, "dry_run": True, "rows": 10})
     events: dict = {}
-    announce("nightly_20261124T0000", {"publication_id": 7, "rows": 10}, outlet_events=_Events(events))
+    announce(run, {"publication_id": 7, "rows": 10}, outlet_events=_Events(events))
     assert [e.extra["run_id"] for e in events.values()] == ["nightly_20261124T0000"]
 
 
@@ -266,3 +267,18 @@ def test_airflow_dags_test_publishes_lists(airflow_db: dict[str, str], db_url: s
     assert {f"rerank.nightly.{s}" for s in STAGES} | {"rerank.recsys.user_recommendations"} <= set(events)
     assert events["rerank.recsys.user_recommendations"]["run_id"] == "nightly_20261124T0000"
     assert events["rerank.nightly.extract"]["run_id"] == "nightly_20261124T0000"
+
+
+def test_as_of_is_parsed_once_by_begin_and_handed_to_every_stage(nightly) -> None:
+    """Every stage after begin takes begin's {run_id, as_of}: none reads as_of back from the database or a
+    file, and begin parses it from the trigger once."""
+    import inspect
+
+    begin = nightly.get_task("begin")
+    for task_id, t in nightly.task_dict.items():
+        if task_id == "begin":
+            continue
+        params = list(inspect.signature(t.python_callable).parameters)
+        assert params[0] == "run", (task_id, params)
+    source = inspect.getsource(inspect.getmodule(begin.python_callable))
+    assert "run_as_of" not in source and source.count("as_of_from(") == 1

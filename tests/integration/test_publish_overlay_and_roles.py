@@ -169,7 +169,7 @@ def test_a_user_subset_publication_keeps_the_near_real_time_lists_of_the_users_i
     (d / "params.json").write_text(json.dumps({"user_ids": [2, 3]}))
     pd.DataFrame({"item_id": [1], "rank": [1], "similar_item_id": [2], "score": [0.5],
                   "method": ["item-cf"]}).to_parquet(d / "snapshot" / "neighbours.parquet", index=False)
-    nightly.publish(shop, str(tmp_path), run_id)
+    nightly.publish(shop, str(tmp_path), run_id, DAY2)
     assert _seen(shop, 2) == {run_id}  # the subset got its new lists
     assert _seen(shop, 4) == {"nightly_20261123T0000"}  # the others keep their live rows ...
     assert _seen(shop, 1) == {"refresh_1"}  # ... as readers saw them, near-real-time list included

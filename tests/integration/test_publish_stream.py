@@ -120,8 +120,8 @@ def test_nightly_publish_streams_the_run_parts(shop: str, tmp_path: Path) -> Non
     pd.DataFrame({"item_id": [1], "rank": [1], "similar_item_id": [2], "score": [0.5],
                   "method": ["item-cf"]}).to_parquet(d / "snapshot" / "neighbours.parquet", index=False)
     with use_settings(load_settings(database_url=shop, home=str(tmp_path), publish_chunk_rows=50)):
-        assert nightly.publish(shop, str(tmp_path), run_id, dry_run=True)["rows"] == N_USERS * TOP
-        res = nightly.publish(shop, str(tmp_path), run_id)
+        assert nightly.publish(shop, str(tmp_path), run_id, GEN, dry_run=True)["rows"] == N_USERS * TOP
+        res = nightly.publish(shop, str(tmp_path), run_id, GEN)
     assert res["rows"] == N_USERS * TOP
     with connect(shop) as conn, conn.cursor() as cur:
         cur.execute("SELECT generated_at FROM recsys.publications WHERE live")
