@@ -481,3 +481,16 @@ def test_category_source_falls_back_to_the_top_level_when_the_users_shelves_sell
     c = generate_candidates(np.array([7]), ev, pd.DataFrame(columns=["item_id", "neighbour_id", "score"]), feats,
                             _cfg(), sources=("category",))
     assert c.sort_values("score_category", ascending=False)["item_id"].tolist() == [3, 2]
+
+
+def test_search_rows_pruned_per_query_keep_each_rows_best_and_ties() -> None:
+    """The search source keeps, per distinct query, the cosines at or above the floor and at least as large
+    as the row's n-th best (ties kept), before copying a query's row to each user who typed it."""
+    import scipy.sparse as sp
+
+    from pipeline.recall.candidates import _rows_top_n
+
+    m = sp.csr_matrix(np.array([[0.9, 0.5, 0.5, 0.2, 0.05], [0.1, 0.0, 0.3, 0.0, 0.0]]))
+    out = _rows_top_n(m, 2, floor=0.1).toarray()
+    np.testing.assert_array_equal(out, [[0.9, 0.5, 0.5, 0.0, 0.0], [0.1, 0.0, 0.3, 0.0, 0.0]])
+    assert m.toarray()[0, 3] == 0.2  # the input is left alone
