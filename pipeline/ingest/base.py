@@ -20,7 +20,8 @@ Design:
   when the import runs, before 1990-01-01, or more than a day in the future: the day of slack
   absorbs clock skew and naive local times), ``duplicate <key>`` (the first valid row with a key is kept).
 - ``raw`` in a rejected row is ``{"file", "line", "text"}`` with the line made JSON- and Postgres-safe:
-  invalid bytes as ``\\xNN``, NUL as ``\\x00``, cut to 2,000 characters (a 100 MB line stays out of jsonb).
+  invalid bytes as ``\\xNN``, NUL (and the text ``\\u0000``) as ``\\x00``, cut to 2,000 characters (a 100 MB
+  line stays out of jsonb).
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ def safe_text(text: str | None, limit: int | None = MAX_RAW_CHARS) -> str:
     if text is None:
         return ""
     out = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+    # The six characters \u0000 (a JSON-escaped NUL, e.g. in a Parquet row's JSON, or typed in a line) would
+    # reach jsonb as a NUL escape once the quarantine's JSON text is made "NUL-safe"; and jsonb refuses it,
+    # failing the whole import's COPY. Shown as \x00, like a NUL byte.
+    out = out.replace("\\u0000", "\\x00")
     if limit is not None and len(out) > limit:
         out = f"{out[:limit]}... [{len(out)} chars]"
     return out
