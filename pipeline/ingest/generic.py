@@ -161,13 +161,16 @@ def read_csv(path: Path, mapping: dict[str, str] | None = None) -> ShopFrames:
     lines = read_text(path)
     if not lines:
         raise InputDataError(f"{path} is empty", HINT)
-    sep = _delimiter(lines[0])
+    h = next((i for i, ln in enumerate(lines) if ln.strip()), None)  # blank lines before the header hold no row
+    if h is None:
+        raise InputDataError(f"{path} holds only blank lines (no header)", HINT)
+    sep = _delimiter(lines[h])
     try:
-        header = [h.strip() for h in next(csv.reader([lines[0]], delimiter=sep, strict=True), [])]
+        header = [x.strip() for x in next(csv.reader([lines[h]], delimiter=sep, strict=True), [])]
     except csv.Error as exc:
         raise InputDataError(f"{path}: the header line is not valid CSV ({one_line(exc)})", HINT) from exc
     cols = _resolve(header, mapping, path)
-    rows = RowSet.from_lines(path.name, "shop.events", lines[1:], first_line=2)
+    rows = RowSet.from_lines(path.name, "shop.events", lines[h + 1:], first_line=h + 2)
     fields = rows.split(sep, header, quoted=True)
     rows.fields = pd.DataFrame({c: fields[f] for c, f in cols.items()}, index=fields.index)
     return _build(rows, cols, path.stem)

@@ -257,7 +257,9 @@ CORPUS: list[Case] = [
           "not valid CSV"),
     # -- csv: empty and non-files
     whole("empty file", "csv", raw("ev.csv", b""), "is empty"),
-    whole("blank-only file", "csv", raw("ev.csv", b"\n  \n\t\n"), "not found"),
+    whole("blank-only file", "csv", raw("ev.csv", b"\n  \n\t\n"), "only blank lines"),
+    Case("blank lines before the header", "csv",
+         raw("ev.csv", b"\n \n" + _csv_text(OK1, "x,10,view,2024-01-01", OK2), 3), loaded=2, bad={5: "bad user_id"}),
     whole("header-only file", "csv", raw("ev.csv", _csv_text()), "no valid events", cli=True),
     whole("every row invalid", "csv", lines("ev.csv", ["x,10,view,2024-01-01", "1,10,teleport,2024-01-01"], header=H),
           "no valid events"),
