@@ -225,6 +225,8 @@ CORPUS: list[Case] = [
     row("the text \\u0000 in a refused line", "3,12,teleport,2024-01-03,\\u0000", "unknown event type",
         header=HQ, ok=(Q1, Q2)),
     fine("the text \\u0000 in a valid query", "3,,search,2024-01-03,a\\u0000b", header=HQ, ok=(Q1, Q2)),
+    row("session_id longer than validation allows", "3,12,view,2024-01-03," + "s" * 201, "session_id longer than",
+        header=H + ",session_id", ok=(OK1 + ",a", OK2 + ",")),
     row("title with a control character", "3,12,view,2024-01-03,Kett\x07le", "title has control",
         header=H + ",title", ok=(OK1 + ",Pan", OK2 + ",Pot")),
     # -- csv: quantity
@@ -430,7 +432,8 @@ def test_corpus(case: Case, corpus_db: str, tmp_path: Path) -> None:
             proc = _cli(corpus_db, tmp_path / "home", case.fmt, path)
             assert proc.returncode == 0, proc.stderr
             last = proc.stdout.strip().splitlines()[-1]
-            assert f"{len(case.bad)} rows quarantined" in last, last
+            assert last.endswith(f"{len(case.bad)} rows quarantined"), last  # the last line gives both counts
+            assert case.unit != "events" or f" {case.loaded} events loaded;" in last, last
         else:
             import_dataset(corpus_db, case.fmt, path)
         state = _state(corpus_db)
