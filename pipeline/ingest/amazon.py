@@ -58,7 +58,7 @@ def read_sequences(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     flat = tokens.explode()
     flat = flat[flat.notna()].astype(object)
     pos = flat.groupby(level=0).cumcount()
-    bad_tok = ~flat.str.match(r"^\d{1,18}$", na=False).astype(bool)
+    bad_tok = ~flat.str.match(r"^[0-9]{1,18}$", na=False).astype(bool)
     huge = flat.str.len() > MAX_FIELD_CHARS
     if huge.any():
         rows.add(huge.groupby(level=0).any(), f"{HUGE_FIELD}: a token over {MAX_FIELD_CHARS} chars")

@@ -5,25 +5,33 @@ Design:
 - A file is read as bytes and split on ``\\n`` into physical lines *before* any parsing, so one bad line can
   never sink its neighbours: every later check is a vectorised pandas operation over the lines, and every
   line ends either in a frame or in ``rejects`` (blank lines are not rows and are skipped).
+- A gzip file (found by its magic bytes, whatever its name) is decompressed first; a truncated or corrupt one
+  is a whole-file error. A UTF-16/UTF-32 file is decoded by its byte order mark; a file whose only line
+  breaks are ``\\r`` (classic Mac) is split on them.
 - UTF-8 is decoded with ``errors="surrogateescape"``: invalid bytes become lone surrogates, which flags
   exactly the lines that hold them, and the original bytes can still be shown (as ``\\xNN``) in the
   quarantined row.
 - A row collects *every* reason it fails ("; "-joined, in check order); a missing field is reported once as
   ``missing field`` (its absent columns are not re-reported as empty values).
 - Reason names are constants below (tests and people grep for them): ``invalid UTF-8``, ``NUL byte``,
-  ``huge field``, ``missing field``, ``extra field``, ``empty <col>``, ``bad <col>`` (ids: not a
-  non-negative integer of at most 18 digits, so it fits Postgres ``bigint``), ``unknown event type``,
-  ``impossible timestamp`` (unparseable, before 1990-01-01, or more than a day in the future: the day of slack
+  ``huge field``, ``missing field``, ``extra field``, ``unbalanced quote``, ``empty <col>``, ``bad <col>``
+  (ids: not a non-negative integer of at most 18 ASCII digits, so it fits Postgres ``bigint``), ``unknown event type``,
+  ``impossible timestamp`` (unparseable, including words such as ``now``/``today`` whose meaning depends on
+  when the import runs, before 1990-01-01, or more than a day in the future: the day of slack
   absorbs clock skew and naive local times), ``duplicate <key>`` (the first valid row with a key is kept).
 - ``raw`` in a rejected row is ``{"file", "line", "text"}`` with the line made JSON- and Postgres-safe:
-  invalid bytes as ``\\xNN``, NUL as ``\\x00``, cut to 2,000 characters (a 100 MB line stays out of jsonb).
+  invalid bytes as ``\\xNN``, NUL (and the text ``\\u0000``) as ``\\x00``, cut to 2,000 characters (a 100 MB
+  line stays out of jsonb).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import gzip
 import json
 import re
+import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -47,8 +55,14 @@ MISSING_FIELD = "missing field"
 EXTRA_FIELD = "extra field"
 UNKNOWN_EVENT_TYPE = "unknown event type"
 IMPOSSIBLE_TS = "impossible timestamp"
+UNBALANCED_QUOTE = "unbalanced quote"
 
-_ID_RE = r"^\d{1,18}$"
+#: ASCII digits only: ``\d`` also matches other scripts' digits (``１２``, ``١٢``), which are not ids.
+_ID_RE = r"^[0-9]{1,18}$"
+#: ISO 8601 text starts with a four-digit year; anything else (``now``, ``today``, ``01/02/2024``) is refused.
+_ISO_START = r"^[0-9]{4}-"
+_BOMS = [(codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")]
 _SURROGATES = "[\udc80-\udcff]"
 _REJECT_COLUMNS = ["source", "raw", "reason"]
 
@@ -58,6 +72,10 @@ def safe_text(text: str | None, limit: int | None = MAX_RAW_CHARS) -> str:
     if text is None:
         return ""
     out = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+    # The six characters \u0000 (a JSON-escaped NUL, e.g. in a Parquet row's JSON, or typed in a line) would
+    # reach jsonb as a NUL escape once the quarantine's JSON text is made "NUL-safe"; and jsonb refuses it,
+    # failing the whole import's COPY. Shown as \x00, like a NUL byte.
+    out = out.replace("\\u0000", "\\x00")
     if limit is not None and len(out) > limit:
         out = f"{out[:limit]}... [{len(out)} chars]"
     return out
@@ -68,16 +86,44 @@ def quote_value(values: pd.Series, limit: int = 40) -> pd.Series:
     return values.map(lambda v: "'" + safe_text(None if v is None else str(v), limit) + "'")
 
 
-def read_text(path: Path, *, encoding: str = "utf-8") -> list[str]:
-    """Physical lines of ``path`` (``\\n`` or ``\\r\\n``), decoded without ever failing."""
+def one_line(exc: BaseException | str) -> str:
+    """An error text on one line (library messages may span several), cut to 300 characters."""
+    return safe_text(" ".join(str(exc).split()), 300)
+
+
+def read_bytes(path: Path) -> bytes:
+    """The bytes of ``path``, gunzipped when they are gzip (by magic bytes, whatever the file is called)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise InputDataError(f"cannot read {path}: {exc.strerror}", "the path and its permissions") from exc
-    errors = "surrogateescape" if encoding.replace("-", "").lower() == "utf8" else "strict"
-    text = data.decode(encoding, errors=errors)
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise InputDataError(f"{path} is a truncated or corrupt gzip file ({one_line(exc)})",
+                                 "download or copy the file again; `gzip -t` tests it") from exc
+    return data
+
+
+def read_text(path: Path, *, encoding: str = "utf-8") -> list[str]:
+    """Physical lines of ``path`` (``\\n`` or ``\\r\\n``), decoded without ever failing."""
+    data = read_bytes(path)
+    for bom, name in _BOMS:  # UTF-32 first: its LE mark starts with UTF-16's
+        if data.startswith(bom):
+            try:
+                text = data.decode(name)
+            except UnicodeDecodeError as exc:
+                raise InputDataError(f"{path} starts with a {name.upper()} byte order mark but is not valid "
+                                     f"{name.upper()} ({one_line(exc)})", "save the file as UTF-8") from exc
+            break
+    else:
+        errors = "surrogateescape" if encoding.replace("-", "").lower() == "utf8" else "strict"
+        text = data.decode(encoding, errors=errors)
     if text.startswith("\ufeff"):  # a UTF-8 byte order mark (Excel's "CSV UTF-8") is not part of the data
         text = text[1:]
+    if "\n" not in text and "\r" in text:  # classic Mac line breaks: CR only
+        text = text.replace("\r", "\n")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -193,7 +239,12 @@ class RowSet:
         if quoted and sep is not None:
             has_q = text.str.contains('"', regex=False)
             if has_q.any():
-                parts.loc[has_q] = text[has_q].map(lambda t: next(csv.reader([t], delimiter=sep), []))
+                # Parsed strictly: a quoted field left open (a quoted newline cut by the line split, or a stray
+                # opening quote) or text after a closing quote is refused, not silently shortened.
+                parsed = text[has_q].map(lambda t: _csv_fields(t, sep))
+                self.add(parsed.isna(), f"{UNBALANCED_QUOTE} (a quoted field must open and close on one line)")
+                parsed = parsed[parsed.notna()]
+                parts.loc[parsed.index] = parsed
         n = parts.str.len()
         k = len(columns)
         self.add(n < k, MISSING_FIELD + ": " + n.astype(str) + f" of {k}")
@@ -239,7 +290,7 @@ class RowSet:
         """An integer column within ``[lo, hi]`` (``Int64``)."""
         label = label or col
         v = self._present(col)
-        num = pd.to_numeric(v.where(v.str.match(r"^-?\d{1,18}$", na=False)), errors="coerce")
+        num = pd.to_numeric(v.where(v.str.match(r"^-?[0-9]{1,18}$", na=False)), errors="coerce")
         bad = v.notna() & (num.isna() | (num < lo) | (num > hi))
         self.add(bad, f"bad {label} " + quote_value(v[bad]) + f": not an integer in [{lo}, {hi}]")
         return num.where(~bad).astype("Int64")
@@ -267,7 +318,7 @@ class RowSet:
         """Parse timestamp text ``v`` (see :meth:`timestamps`) and refuse implausible values."""
         empty = v.eq("") & v.notna()
         self.add(empty, f"empty {label}")
-        digits = v.str.match(r"^\d{1,20}$", na=False).astype(bool)
+        digits = v.str.match(r"^[0-9]{1,20}$", na=False).astype(bool)
         if unit == "iso":
             digits[:] = False
         ts = pd.Series(pd.NaT, index=v.index, dtype="datetime64[us, UTC]")
@@ -286,7 +337,9 @@ class RowSet:
             what = "seconds" if unit == "s" else "milliseconds"
             self.add(text, f"{IMPOSSIBLE_TS} " + quote_value(v[text]) + f": not epoch {what}")
         elif text.any():
-            ts[text] = pd.to_datetime(v[text], utc=True, errors="coerce", format="ISO8601")
+            iso = text & v.str.match(_ISO_START, na=False).astype(bool)
+            if iso.any():
+                ts[iso] = pd.to_datetime(v[iso], utc=True, errors="coerce", format="ISO8601")
             unparsed = text & ts.isna()
             self.add(unparsed, f"{IMPOSSIBLE_TS} " + quote_value(v[unparsed]) + ": unparseable")
         if unit in ("s", "ms", "auto") and digits.any():
@@ -317,6 +370,15 @@ class RowSet:
         self.add(dup, f"duplicate {label}: same key as {self.kind} " + first_line[dup].astype(str))
 
 
+def _csv_fields(line: str, sep: str) -> list[str] | None:
+    """One line's CSV fields; ``None`` when strict :mod:`csv` refuses it (an open quote, text after a closing
+    quote, a bare CR outside quotes). A quote inside an unquoted field (``TV 55"``) is plain text."""
+    try:
+        return next(csv.reader([line], delimiter=sep, strict=True), [])
+    except csv.Error:
+        return None
+
+
 def empty_rejects() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=object) for c in _REJECT_COLUMNS})
 
@@ -328,6 +390,8 @@ def concat_rejects(parts: Iterable[pd.DataFrame]) -> pd.DataFrame:
 
 def require_file(path: Path, what: str, hint: str) -> Path:
     """``path`` if it is a readable file, else an :class:`InputDataError` naming it."""
+    if path.is_dir():
+        raise InputDataError(f"{what} expected, but {path} is a directory", hint)
     if not path.is_file():
         raise InputDataError(f"{what} not found: {path}", hint)
     return path

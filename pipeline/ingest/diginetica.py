@@ -30,6 +30,7 @@ from pipeline.ingest.base import (
     quote_value,
     read_text,
     require_file,
+    safe_text,
 )
 
 ANON_USER_BASE = 10**12
@@ -54,7 +55,7 @@ def read(path: Path, mapping: dict[str, str] | None = None) -> ShopFrames:
         raise InputDataError(f"{path} is empty", HINT)
     header = [normalise_name(h) for h in lines[0].split(";")]
     if header != [normalise_name(c) for c in COLUMNS]:
-        raise InputDataError(f"{path}: unexpected header {lines[0]!r}", HINT)
+        raise InputDataError(f"{path}: unexpected header {safe_text(repr(lines[0]), 200)}", HINT)
     rows = RowSet.from_lines(path.name, "shop.events", lines[1:], first_line=2)
     f = rows.split(";", COLUMNS)
     session = rows.ids("session_id")

@@ -13,6 +13,7 @@ already uses need no entry. Columns:
 
 CSV: the delimiter is the one of ``, ; TAB |`` most frequent in the header line; fields may be quoted, but a
 record must fit on one line (quotes never span lines, so a stray quote cannot swallow later rows).
+A ``search`` row needs a non-blank ``query`` (validation would refuse it later: "search without a query").
 Duplicate key: ``event_id`` when mapped, else the whole event (user, item, type, ts, session, query, quantity).
 A row whose title, category or brand ``shop.items`` validation would refuse is refused here, with the same
 reason (else it would become its item's descriptor and validation would quarantine all the item's events).
@@ -35,8 +36,10 @@ from pipeline.ingest.base import (
     derive_items,
     derive_users,
     event_frame,
+    one_line,
     read_text,
     require_file,
+    safe_text,
 )
 from pipeline.validate.sqlchecks import BAD_CHARS, MAX_LEN
 
@@ -57,7 +60,8 @@ def _resolve(header: list[str], mapping: dict[str, str] | None, path: Path) -> d
     missing = [c for c in REQUIRED if c not in cols]
     if absent or missing:
         what = [f"{c} (file column {f!r})" for c, f in absent.items()] + missing
-        raise InputDataError(f"{path}: column(s) {', '.join(what)} not found; the file has {header}", HINT)
+        raise InputDataError(f"{path}: column(s) {', '.join(what)} not found; "
+                             f"the file has {safe_text(str(header), 300)}", HINT)
     twice = sorted({f for f in cols.values() if header.count(f) > 1})
     if twice:  # which of the two holds the data is a guess; the last one used to win silently
         raise InputDataError(f"{path}: column name(s) {twice} appear more than once in the header {header}",
@@ -96,6 +100,7 @@ def _build(rows: RowSet, cols: dict[str, str], name: str) -> ShopFrames:
                 else pd.Series(1, index=idx, dtype="Int64"))
     session = f["session_id"] if "session_id" in cols else pd.Series(None, index=idx, dtype=object)
     query_all = f["query"].map(_blank_none) if "query" in cols else pd.Series(None, index=idx, dtype=object)
+    rows.add(etype.eq("search").fillna(False).astype(bool) & query_all.isna(), "search without a query")
     _descriptor_rules(rows)
     if "event_id" in cols:
         rows.dedupe(event_id, "event_id")
@@ -129,7 +134,7 @@ def _descriptor_rules(rows: RowSet) -> None:
     quarantined item"), clean rows included.
     """
     f = rows.fields
-    for c in ("title", "category", "brand"):
+    for c in ("title", "category", "brand", "query", "session_id"):
         if c in f.columns:
             n = f[c].map(lambda v: len(v.strip()) if isinstance(v, str) else 0)
             rows.add(n > MAX_LEN[c], f"{c} longer than {MAX_LEN[c]} characters")
@@ -156,10 +161,16 @@ def read_csv(path: Path, mapping: dict[str, str] | None = None) -> ShopFrames:
     lines = read_text(path)
     if not lines:
         raise InputDataError(f"{path} is empty", HINT)
-    sep = _delimiter(lines[0])
-    header = [h.strip() for h in next(csv.reader([lines[0]], delimiter=sep))]
+    h = next((i for i, ln in enumerate(lines) if ln.strip()), None)  # blank lines before the header hold no row
+    if h is None:
+        raise InputDataError(f"{path} holds only blank lines (no header)", HINT)
+    sep = _delimiter(lines[h])
+    try:
+        header = [x.strip() for x in next(csv.reader([lines[h]], delimiter=sep, strict=True), [])]
+    except csv.Error as exc:
+        raise InputDataError(f"{path}: the header line is not valid CSV ({one_line(exc)})", HINT) from exc
     cols = _resolve(header, mapping, path)
-    rows = RowSet.from_lines(path.name, "shop.events", lines[1:], first_line=2)
+    rows = RowSet.from_lines(path.name, "shop.events", lines[h + 1:], first_line=h + 2)
     fields = rows.split(sep, header, quoted=True)
     rows.fields = pd.DataFrame({c: fields[f] for c, f in cols.items()}, index=fields.index)
     return _build(rows, cols, path.stem)
@@ -175,9 +186,13 @@ def read_parquet(path: Path, mapping: dict[str, str] | None = None) -> ShopFrame
     try:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise InputDataError(f"{path} is not a readable Parquet file: {exc}", HINT) from exc
+        raise InputDataError(f"{path} is not a readable Parquet file: {one_line(exc)}", HINT) from exc
     cols = _resolve(list(schema.names), mapping, path)
-    table = pq.read_table(path, columns=list(dict.fromkeys(cols.values())))
+    try:  # a sound footer says nothing of the pages: a corrupt page fails here
+        table = pq.read_table(path, columns=list(dict.fromkeys(cols.values())))
+    except (OSError, pa.ArrowException) as exc:
+        raise InputDataError(f"{path} is a corrupt Parquet file: {one_line(exc)}",
+                             "write or copy the file again; its footer reads but its data does not") from exc
     binary = {c for c, f in cols.items()
               if pa.types.is_binary(table[f].type) or pa.types.is_large_binary(table[f].type)}
     as_text = {}
@@ -187,7 +202,7 @@ def read_parquet(path: Path, mapping: dict[str, str] | None = None) -> ShopFrame
         try:
             as_text[c] = pc.cast(table[f], pa.string())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise InputDataError(f"{path}: column {f!r} ({table[f].type}) cannot be read as {c}: {exc}",
+            raise InputDataError(f"{path}: column {f!r} ({table[f].type}) cannot be read as {c}: {one_line(exc)}",
                                  "a column of numbers, text or timestamps, or a mapping to another column") from exc
     df = (pa.table(as_text).to_pandas(types_mapper=None).astype(object) if as_text
           else pd.DataFrame(index=pd.RangeIndex(table.num_rows)))

@@ -287,22 +287,23 @@ def test_generic_csv_corrupted(tmp_path: Path) -> None:
         "1,10,view,2024-13-45",
         "1,10,view,1989-12-31",
         b"1,10,v\xc3\x28iew,2024-01-01",
-        "2,,search,2024-01-02",
+        "2,,search,2024-01-02",  # a search without a query (this file has no query column)
         "1,10,view,2024-01-01T00:00:00Z",
         '3,11,"view",2024-01-03',
         '3,11,"view,2024-01-03',  # an open quote stays on its own line
         "4,12,view,2024-01-04",
     ])
     f = read_dataset("csv", path)
-    assert f.events["user_id"].tolist() == [1, 2, 3, 4]
+    assert f.events["user_id"].tolist() == [1, 3, 4]
     reasons = dict(zip([r["line"] for r in f.rejects["raw"]], f.rejects["reason"], strict=True))
-    assert sorted(reasons) == [3, 4, 5, 6, 8, 10]
+    assert sorted(reasons) == [3, 4, 5, 6, 7, 8, 10]
+    assert reasons[7] == "search without a query"
     assert reasons[3].startswith("empty item_id")
     assert reasons[4].startswith("impossible timestamp '2024-13-45': unparseable")
     assert "before 1990" in reasons[5]
     assert reasons[6].startswith("invalid UTF-8; unknown event type")
     assert reasons[8] == "duplicate event: same key as line 2"
-    assert reasons[10].startswith("missing field")
+    assert reasons[10].startswith("unbalanced quote")
 
 
 def test_reread_is_identical(tmp_path: Path) -> None:
