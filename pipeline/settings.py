@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     image_model_path: str | None = None
     #: Share of bad rows per source table above which validation fails the run.
     max_bad_share: float = Field(0.01, ge=0.0, le=1.0)
+    #: Days between full validation passes over shop.events; in between, a night validates only the events
+    #: above the last successful validation's event_id (0: a full pass every run).
+    validate_full_every_days: int = Field(7, ge=0)
+    #: Days a row stays in recsys.quarantine before the validation prunes it (0: kept for ever).
+    quarantine_retention_days: int = Field(30, ge=0)
     #: Seed for everything random in a run.
     seed: int = 42
     #: Password of the pipeline login (rerank_pipeline, in rerank_writer) that ``rerank db migrate
