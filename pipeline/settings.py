@@ -1,4 +1,9 @@
-"""The one settings object (env prefix ``RERANK_``).
+"""The one settings object (env prefix ``RERANK_``), read from the process environment only.
+
+No ``.env`` file is read: the repository's ``.env`` (from ``.env.example``) is docker compose's, holding the
+containers' values (``RERANK_HOME=/opt/rerank/home``, the compose Dask scheduler) that would be wrong for a
+``rerank`` started on the host. To use a file of settings outside compose, export it into the environment
+(``set -a; . ./my.env; set +a``), where it is checked like any other variable.
 
 Every key is documented here with its default (Gorse-style: one place). An unknown ``RERANK_*`` environment
 variable (a misspelt setting) is refused with the closest valid name, and a malformed value becomes one
