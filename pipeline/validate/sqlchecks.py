@@ -273,24 +273,44 @@ def count_after(cur, as_of: datetime, clean_pred: str) -> int:
 MARKED = "shop.events"
 
 
+def _row_print(cur, event_id: int | None) -> str | None:
+    """md5 of the event(s) with ``event_id`` (a primary-key lookup): tells the mark's row from a re-imported one."""
+    if event_id is None:
+        return None
+    cur.execute("SELECT md5(string_agg(to_jsonb(e)::text, ',' ORDER BY to_jsonb(e)::text)) FROM shop.events e "
+                "WHERE event_id = %s", (event_id,))
+    return cur.fetchone()[0]
+
+
 def events_scope(cur, *, full_every_days: int = 7) -> dict:
-    """Decide this pass over ``shop.events``: ``full`` (first run, or the last full pass is ``full_every_days``
-    old; 0 = every run) or ``incremental`` (event ids above the last successful validation's mark, plus any
-    null id). Returns ``mode``, ``after_event_id`` (the mark read), ``through_event_id`` (the mark to store on
-    success) and ``where`` (the SQL scope, or None for the whole table)."""
-    cur.execute("SELECT high_water, last_full_at, (last_full_at IS NULL OR now() - last_full_at >= "
+    """Decide this pass over ``shop.events``: ``full`` or ``incremental`` (event ids above the last successful
+    validation's mark, plus any null id).
+
+    Full when: no mark yet (first run), ``full_every_days`` is 0 or the last full pass is that old, or the
+    event at the mark is gone or changed (the shop was re-imported or regenerated, its ids start afresh).
+    Returns ``mode``, ``reason`` (why full), ``after_event_id`` (the mark read), ``through_event_id`` and
+    ``through_row`` (the mark and its row's fingerprint, stored on success) and ``where`` (the SQL scope, or
+    None for the whole table)."""
+    cur.execute("SELECT high_water, high_water_row, (last_full_at IS NULL OR now() - last_full_at >= "
                 "make_interval(days => %s)) FROM recsys.validation_state WHERE source = %s",
                 (full_every_days, MARKED))
     state = cur.fetchone()
     cur.execute("SELECT max(event_id) FROM shop.events")
     top = cur.fetchone()[0]
-    if state is None or state[0] is None or full_every_days == 0 or state[2]:
-        return {"mode": "full", "after_event_id": None if state is None else state[0],
-                "through_event_id": top, "where": None}
+    reason = None
+    if state is None or state[0] is None:
+        reason = "first validation"
+    elif full_every_days == 0 or state[2]:
+        reason = f"full pass due (every {full_every_days} days)"
+    elif _row_print(cur, int(state[0])) != state[1]:
+        reason = f"the event at the mark ({state[0]}) is gone or changed: the shop was replaced"
+    if reason:
+        return {"mode": "full", "reason": reason, "after_event_id": None if state is None else state[0],
+                "through_event_id": top, "through_row": _row_print(cur, top), "where": None}
     mark = int(state[0])
-    return {"mode": "incremental", "after_event_id": mark,
-            "through_event_id": max(mark, int(top)) if top is not None else mark,
-            "where": f"(event_id > {mark} OR event_id IS NULL)"}
+    through = max(mark, int(top)) if top is not None else mark
+    return {"mode": "incremental", "reason": None, "after_event_id": mark, "through_event_id": through,
+            "through_row": _row_print(cur, through), "where": f"(event_id > {mark} OR event_id IS NULL)"}
 
 
 def advance_mark(url: str, run_id: str, scope: dict) -> None:
@@ -298,14 +318,16 @@ def advance_mark(url: str, run_id: str, scope: dict) -> None:
     with connect(url) as conn, conn.cursor() as cur:
         cur.execute(
             """
-            INSERT INTO recsys.validation_state (source, high_water, last_full_at, run_id, updated_at)
-            VALUES (%(src)s, %(hw)s, CASE WHEN %(full)s THEN now() END, %(run)s, now())
+            INSERT INTO recsys.validation_state (source, high_water, high_water_row, last_full_at, run_id,
+                                                 updated_at)
+            VALUES (%(src)s, %(hw)s, %(row)s, CASE WHEN %(full)s THEN now() END, %(run)s, now())
             ON CONFLICT (source) DO UPDATE SET
-              high_water = greatest(recsys.validation_state.high_water, EXCLUDED.high_water),
+              high_water = EXCLUDED.high_water, high_water_row = EXCLUDED.high_water_row,
               last_full_at = coalesce(EXCLUDED.last_full_at, recsys.validation_state.last_full_at),
               run_id = EXCLUDED.run_id, updated_at = now()
             """,
-            {"src": MARKED, "hw": scope["through_event_id"], "full": scope["mode"] == "full", "run": run_id})
+            {"src": MARKED, "hw": scope["through_event_id"], "row": scope["through_row"],
+             "full": scope["mode"] == "full", "run": run_id})
 
 
 def prune_quarantine(cur, retention_days: int) -> int:

@@ -6,7 +6,8 @@ Create Date: 2026-12-06
 
 ``recsys.validation_state``: per source table, the highest ``event_id`` the last successful validation covered
 (``high_water``) and when the last full pass ran (``last_full_at``); a nightly validates only the events above
-the mark, with a full pass every ``RERANK_VALIDATE_FULL_EVERY_DAYS``.
+the mark, with a full pass every ``RERANK_VALIDATE_FULL_EVERY_DAYS``. ``high_water_row`` (md5 of the event at the
+mark) tells a replaced shop (re-import, regenerate: ids start afresh) from a grown one: then a full pass runs.
 
 ``recsys.quarantine.row_key``: md5 of the whole quarantined row (null for the importer's refused lines). A
 unique index on ``(source, row_key)`` lets the validation insert ``ON CONFLICT DO NOTHING``, so a bad row is
@@ -28,6 +29,7 @@ def upgrade() -> None:
         CREATE TABLE IF NOT EXISTS recsys.validation_state (
             source text PRIMARY KEY,
             high_water bigint,
+            high_water_row text,
             last_full_at timestamptz,
             run_id text,
             updated_at timestamptz NOT NULL DEFAULT now()

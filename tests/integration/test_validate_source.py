@@ -228,3 +228,19 @@ def test_gate_is_over_the_pass_and_a_refused_range_is_validated_again(db_url: st
     with pytest.raises(ValidationFailed, match="shop.events: 2 of 4 rows bad"):
         validate_source(db_url, "r3", AS_OF, max_bad_share=0.1, data_docs=False)
     assert _count(db_url) == 2
+
+
+def test_a_replaced_shop_gets_a_full_pass(corpus: str) -> None:
+    validate_source(corpus, "r1", AS_OF, max_bad_share=1.0, data_docs=False)
+    # a re-import: the events are replaced, their ids start afresh below the mark
+    with connect(corpus) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM shop.events")
+    _add_events(corpus, [(1, 5, 1, "view", 1, "2026-11-21"), (2, 5, 1, "view", 0, "2026-11-21")])
+    rep = validate_source(corpus, "r2", AS_OF, max_bad_share=1.0, data_docs=False)
+    ev = rep["shop.events"]
+    assert ev["scope"]["mode"] == "full" and "replaced" in ev["scope"]["reason"]
+    assert (ev["read"], ev["quarantined"], ev["newly_quarantined"]) == (2, 1, 1)
+    assert ev["scope"]["through_event_id"] == 2
+    # the new mark holds: the next run is incremental again
+    assert validate_source(corpus, "r3", AS_OF, max_bad_share=1.0,
+                           data_docs=False)["shop.events"]["scope"]["mode"] == "incremental"
