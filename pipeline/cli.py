@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 
@@ -34,6 +36,32 @@ Protocol = StrEnum("Protocol", [(p, p) for p in ("msr-stratified", "leave-one-ou
 Stage = StrEnum("Stage", [(s, s) for s in ("validate", "extract", "item_features", "user_features", "cf_build",
                                            "train_ranker", "evaluate_gate", "score_users", "quality_gate", "publish",
                                            "report")])
+
+
+@contextmanager
+def _progress(what: str, total: int | None = None) -> Iterator[Callable[[str | None], None]]:
+    """A Rich progress line on stderr while a long command runs (spinner, elapsed time; a bar when ``total`` is
+    known), yielding ``step(description)`` that advances it by one. Only when stderr is a terminal: scripts,
+    tests and CI see exactly the output they saw before (a no-op ``step``)."""
+    if not sys.stderr.isatty():
+        yield lambda description=None: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = [SpinnerColumn(), TextColumn("{task.description}")]
+    if total:
+        columns += [BarColumn(), MofNCompleteColumn()]
+    columns.append(TimeElapsedColumn())
+    # stdout lines go above the bar only when stdout shares the terminal; piped stdout is left untouched
+    # a Console of its own: one made at import time fixed "interactive" from the stderr of that moment
+    with Progress(*columns, console=Console(stderr=True), transient=True, redirect_stdout=sys.stdout.isatty(),
+                  redirect_stderr=False) as bar:
+        task = bar.add_task(what, total=total)
+
+        def step(description: str | None = None) -> None:
+            bar.update(task, advance=1, description=description or what)
+
+        yield step
 
 
 def _settings():
@@ -181,7 +209,8 @@ def generate(
 
     url = _url()
     require_schema(url)
-    stats = generate_shop(url, users=users, items=items, days=days, seed=seed, **kwargs)
+    with _progress(f"generating {users} users, {items} items, {days} days"):
+        stats = generate_shop(url, users=users, items=items, days=days, seed=seed, **kwargs)
     print(f"generated shop: {stats.users} users, {stats.items} items, {stats.events} events "
           f"(build {stats.build_seconds:.1f}s, load {stats.load_seconds:.1f}s)")
 
@@ -207,7 +236,8 @@ def import_(
         mapping_d = json.loads(mapping) if mapping else None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--mapping is not valid JSON: {exc}") from None
-    result = import_dataset(url, fmt.value, path, mapping=mapping_d)
+    with _progress(f"importing {fmt.value} from {path}"):
+        result = import_dataset(url, fmt.value, path, mapping=mapping_d)
     print(result.summary_line())
 
 
@@ -247,12 +277,17 @@ def run_nightly_cmd(
         raise ConfigError(f"--users must be comma-separated integers, got {users!r}") from None
     ts = parse_as_of(as_of)
 
-    def show(name: str, info: dict, secs: float) -> None:
-        brief = {k: v for k, v in info.items() if not isinstance(v, dict | list)}
-        out.print(f"[bold]{name:<14}[/bold] {secs:7.2f}s  {brief}")
+    order = [stage.value] if stage else [s.value for s in Stage]
 
-    res = run_nightly(_settings(), as_of=ts, retrain=retrain, only_stage=stage.value if stage else None,
-                      user_ids=user_ids, top_n=top_n, dry_run=dry_run, on_stage=show)
+    with _progress(f"nightly: {order[0]}", total=len(order)) as step:
+        def show(name: str, info: dict, secs: float) -> None:
+            brief = {k: v for k, v in info.items() if not isinstance(v, dict | list)}
+            out.print(f"[bold]{name:<14}[/bold] {secs:7.2f}s  {brief}")
+            following = order[order.index(name) + 1:] if name in order else []
+            step(f"nightly: {following[0]}" if following else f"nightly: {name} done")
+
+        res = run_nightly(_settings(), as_of=ts, retrain=retrain, only_stage=stage.value if stage else None,
+                          user_ids=user_ids, top_n=top_n, dry_run=dry_run, on_stage=show)
     print(f"run {res['run_id']} finished")
 
 
@@ -330,7 +365,7 @@ def evaluate(
     from pipeline.evaluate.runner import run_evaluation
 
     model_params = _json_params(params)
-    with _throwaway_database() as url:
+    with _throwaway_database() as url, _progress(f"evaluating {models} on {path} ({protocol.value})"):
         result = run_evaluation(fmt.value, path, protocol=protocol.value, k=k,
                                 models=[m for m in models.split(",") if m], out_dir=out_dir, url=url,
                                 model_params=model_params)

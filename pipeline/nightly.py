@@ -99,7 +99,8 @@ def validate(url: str, run_id: str, as_of: datetime, max_bad_share: float | None
     s = get_settings()
     share = s.max_bad_share if max_bad_share is None else max_bad_share
     return validate_source(url, run_id, as_of, max_bad_share=share, home=home or str(s.home_path),
-                           ts_floor=s.ts_floor)
+                           ts_floor=s.ts_floor, full_every_days=s.validate_full_every_days,
+                           retention_days=s.quarantine_retention_days)
 
 
 @contextmanager

@@ -1,4 +1,9 @@
-"""The one settings object (env prefix ``RERANK_``).
+"""The one settings object (env prefix ``RERANK_``), read from the process environment only.
+
+No ``.env`` file is read: the repository's ``.env`` (from ``.env.example``) is docker compose's, holding the
+containers' values (``RERANK_HOME=/opt/rerank/home``, the compose Dask scheduler) that would be wrong for a
+``rerank`` started on the host. To use a file of settings outside compose, export it into the environment
+(``set -a; . ./my.env; set +a``), where it is checked like any other variable.
 
 Every key is documented here with its default (Gorse-style: one place). An unknown ``RERANK_*`` environment
 variable (a misspelt setting) is refused with the closest valid name, and a malformed value becomes one
@@ -110,6 +115,11 @@ class Settings(BaseSettings):
     image_model_path: str | None = None
     #: Share of bad rows per source table above which validation fails the run.
     max_bad_share: float = Field(0.01, ge=0.0, le=1.0)
+    #: Days between full validation passes over shop.events; in between, a night validates only the events
+    #: above the last successful validation's event_id (0: a full pass every run).
+    validate_full_every_days: int = Field(7, ge=0)
+    #: Days a row stays in recsys.quarantine before the validation prunes it (0: kept for ever).
+    quarantine_retention_days: int = Field(30, ge=0)
     #: Seed for everything random in a run.
     seed: int = 42
     #: Password of the pipeline login (rerank_pipeline, in rerank_writer) that ``rerank db migrate

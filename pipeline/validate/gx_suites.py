@@ -54,8 +54,12 @@ def _value(v: object) -> object:
     return v
 
 
-def run_suites(url: str, run_id: str, rules: dict[str, list[Rule]], docs_dir: str | Path) -> dict:
+def run_suites(url: str, run_id: str, rules: dict[str, list[Rule]], docs_dir: str | Path,
+               scopes: dict[str, str | None] | None = None) -> dict:
     """Validate each table with its suite; build Data Docs under ``docs_dir``; return per-table GX results.
+
+    ``scopes``: table -> SQL condition; such a table is validated as a query asset over the matching rows only
+    (the same rows the SQL quarantine scanned), the others whole.
 
     Result per table: ``success`` and ``unexpected`` (reason -> unexpected row count as GX counted it).
     """
@@ -85,7 +89,11 @@ def run_suites(url: str, run_id: str, rules: dict[str, list[Rule]], docs_dir: st
     definitions = []
     for table, table_rules in rules.items():
         schema, name = table.split(".")
-        asset = ds.add_table_asset(name=table, table_name=name, schema_name=schema)
+        where = (scopes or {}).get(table)
+        if where:
+            asset = ds.add_query_asset(name=table, query=f"SELECT * FROM {schema}.{name} WHERE {where}")
+        else:
+            asset = ds.add_table_asset(name=table, table_name=name, schema_name=schema)
         batch = asset.add_batch_definition_whole_table("whole table")
         suite = ctx.suites.add(gx.ExpectationSuite(name=table))
         for rule in table_rules:

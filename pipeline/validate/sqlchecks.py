@@ -5,8 +5,13 @@ the row's own, unqualified columns (cross-table checks are ``IN (SELECT ...)`` s
 text works in ``recsys.quarantine``'s INSERT, in the extraction query and inside a Great Expectations
 ``UnexpectedRowsExpectation`` (whose ``{batch}`` is an anonymous subquery).
 
-``quarantine_source`` stores every bad row with all its reasons in ``recsys.quarantine`` (replacing that
-run's earlier rows, so a re-run gives the same result). Extraction reads ``NOT (any rule)``.
+``quarantine_source`` stores every bad row with all its reasons in ``recsys.quarantine``, once: a row already
+there (same source, same md5 of the whole row) is not copied again, so a re-run, or the next night, adds
+nothing for rows it has seen. Events are scanned only above the last successful validation's ``event_id``
+mark (``recsys.validation_state``), with a periodic full pass: the shop's events are taken as append-only,
+and an event edited in place, or committed late below the mark, is caught by the next full pass. Extraction
+reads ``NOT (any rule)`` over its own range whatever validation scanned. Quarantine rows older than the
+retention are pruned (a row still bad is quarantined again by a later pass that scans it).
 
 Events at or after a run's ``as_of`` are not bad, only outside the run's window (an earlier ``as_of`` is
 replayed over today's table): they are counted as ``after_as_of`` and left out by extraction. Timestamps
@@ -222,28 +227,39 @@ def source_rules(cur, *, ts_floor: str = TS_FLOOR, cutoff: datetime | None = Non
     }
 
 
-def quarantine_table(cur, table: str, rules: list[Rule], run_id: str) -> dict:
-    """Count every rule in one scan and copy the bad rows, with all their reasons, into recsys.quarantine."""
+def quarantine_table(cur, table: str, rules: list[Rule], run_id: str, scope: str | None = None) -> dict:
+    """Count every rule in one scan of ``table`` (only its rows matching ``scope``, when given) and quarantine
+    the bad rows, with all their reasons, once: a row already in ``recsys.quarantine`` (same source, same
+    ``row_key``, the md5 of the whole row) is not copied again.
+
+    ``read``/``clean``/``quarantined`` are over the rows scanned (``quarantined``: bad rows found, whether new
+    or already stored); ``newly_quarantined`` counts the rows this call added.
+    """
     schema, name = table.split(".")
     tbl = sql.Identifier(schema, name)
+    where = sql.SQL(scope or "true")
+    bad = sql.SQL(any_bad(rules))
     counts = sql.SQL(", ").join(
         sql.SQL("count(*) FILTER (WHERE coalesce(({}), false))").format(sql.SQL(r.predicate)) for r in rules)
-    cur.execute(sql.SQL("SELECT count(*), {} FROM {}").format(counts, tbl))
+    cur.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE {}), {} FROM {} WHERE {}").format(
+        bad, counts, tbl, where))
     row = cur.fetchone()
-    read, per_rule = int(row[0]), [int(x) for x in row[1:]]
+    read, bad_rows, per_rule = int(row[0]), int(row[1]), [int(x) for x in row[2:]]
     reasons = sql.SQL(", ").join(
         sql.SQL("CASE WHEN coalesce(({}), false) THEN {} END").format(sql.SQL(r.predicate), sql.Literal(r.reason))
         for r in rules)
     cur.execute(
-        sql.SQL("INSERT INTO recsys.quarantine (source, raw, reason, run_id) "
-                "SELECT {src}, to_jsonb(t), concat_ws('; ', {reasons}), {run} FROM {tbl} t WHERE {bad}").format(
-            src=sql.Literal(table), reasons=reasons, run=sql.Literal(run_id), tbl=tbl, bad=sql.SQL(any_bad(rules)))
+        sql.SQL("INSERT INTO recsys.quarantine (source, raw, reason, run_id, row_key) "
+                "SELECT {src}, to_jsonb(t), concat_ws('; ', {reasons}), {run}, md5(to_jsonb(t)::text) "
+                "FROM {tbl} t WHERE ({where}) AND {bad} "
+                "ON CONFLICT (source, row_key) WHERE row_key IS NOT NULL DO NOTHING").format(
+            src=sql.Literal(table), reasons=reasons, run=sql.Literal(run_id), tbl=tbl, where=where, bad=bad)
     )
-    quarantined = cur.rowcount
+    added = cur.rowcount
     by_reason = {r.reason: n for r, n in zip(rules, per_rule, strict=True) if n}
     top = dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))[:3])
-    return {"read": read, "clean": read - quarantined, "quarantined": quarantined, "top_reasons": top,
-            "reasons": by_reason}
+    return {"read": read, "clean": read - bad_rows, "quarantined": bad_rows, "newly_quarantined": added,
+            "top_reasons": top, "reasons": by_reason}
 
 
 def count_after(cur, as_of: datetime, clean_pred: str) -> int:
@@ -253,14 +269,91 @@ def count_after(cur, as_of: datetime, clean_pred: str) -> int:
     return int(cur.fetchone()[0])
 
 
+#: The table whose validation runs above a high-water mark (users and items are small: always scanned whole).
+MARKED = "shop.events"
+
+
+def _row_print(cur, event_id: int | None) -> str | None:
+    """md5 of the event(s) with ``event_id`` (a primary-key lookup): tells the mark's row from a re-imported one."""
+    if event_id is None:
+        return None
+    cur.execute("SELECT md5(string_agg(to_jsonb(e)::text, ',' ORDER BY to_jsonb(e)::text)) FROM shop.events e "
+                "WHERE event_id = %s", (event_id,))
+    return cur.fetchone()[0]
+
+
+def events_scope(cur, *, full_every_days: int = 7) -> dict:
+    """Decide this pass over ``shop.events``: ``full`` or ``incremental`` (event ids above the last successful
+    validation's mark, plus any null id).
+
+    Full when: no mark yet (first run), ``full_every_days`` is 0 or the last full pass is that old, or the
+    event at the mark is gone or changed (the shop was re-imported or regenerated, its ids start afresh).
+    Returns ``mode``, ``reason`` (why full), ``after_event_id`` (the mark read), ``through_event_id`` and
+    ``through_row`` (the mark and its row's fingerprint, stored on success) and ``where`` (the SQL scope, or
+    None for the whole table)."""
+    cur.execute("SELECT high_water, high_water_row, (last_full_at IS NULL OR now() - last_full_at >= "
+                "make_interval(days => %s)) FROM recsys.validation_state WHERE source = %s",
+                (full_every_days, MARKED))
+    state = cur.fetchone()
+    cur.execute("SELECT max(event_id) FROM shop.events")
+    top = cur.fetchone()[0]
+    reason = None
+    if state is None or state[0] is None:
+        reason = "first validation"
+    elif full_every_days == 0 or state[2]:
+        reason = f"full pass due (every {full_every_days} days)"
+    elif _row_print(cur, int(state[0])) != state[1]:
+        reason = f"the event at the mark ({state[0]}) is gone or changed: the shop was replaced"
+    if reason:
+        return {"mode": "full", "reason": reason, "after_event_id": None if state is None else state[0],
+                "through_event_id": top, "through_row": _row_print(cur, top), "where": None}
+    mark = int(state[0])
+    through = max(mark, int(top)) if top is not None else mark
+    return {"mode": "incremental", "reason": None, "after_event_id": mark, "through_event_id": through,
+            "through_row": _row_print(cur, through), "where": f"(event_id > {mark} OR event_id IS NULL)"}
+
+
+def advance_mark(url: str, run_id: str, scope: dict) -> None:
+    """Store the mark of a validation that passed (a full pass also restarts the full-pass clock)."""
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            """
+            INSERT INTO recsys.validation_state (source, high_water, high_water_row, last_full_at, run_id,
+                                                 updated_at)
+            VALUES (%(src)s, %(hw)s, %(row)s, CASE WHEN %(full)s THEN now() END, %(run)s, now())
+            ON CONFLICT (source) DO UPDATE SET
+              high_water = EXCLUDED.high_water, high_water_row = EXCLUDED.high_water_row,
+              last_full_at = coalesce(EXCLUDED.last_full_at, recsys.validation_state.last_full_at),
+              run_id = EXCLUDED.run_id, updated_at = now()
+            """,
+            {"src": MARKED, "hw": scope["through_event_id"], "row": scope["through_row"],
+             "full": scope["mode"] == "full", "run": run_id})
+
+
+def prune_quarantine(cur, retention_days: int) -> int:
+    """Delete quarantine rows older than ``retention_days`` (0 keeps everything); return how many."""
+    if retention_days <= 0:
+        return 0
+    cur.execute("DELETE FROM recsys.quarantine WHERE created_at < now() - make_interval(days => %s)",
+                (retention_days,))
+    return cur.rowcount
+
+
 def quarantine_source(url: str, run_id: str, as_of: datetime, *, ts_floor: str = TS_FLOOR,
-                      cutoff: datetime | None = None) -> tuple[dict, dict[str, list[Rule]]]:
-    """Replace ``run_id``'s quarantine rows for the shop tables; return per-table counts and the rules used."""
+                      cutoff: datetime | None = None, full_every_days: int = 7,
+                      retention_days: int = 30) -> tuple[dict, dict[str, list[Rule]]]:
+    """Quarantine the bad rows of the shop tables (events: only the range :func:`events_scope` picks) and prune
+    quarantine rows past ``retention_days``; return per-table counts (``shop.events`` also has ``scope``:
+    mode and event-id range) plus ``quarantine_pruned``, and the rules used."""
     with connect(url) as conn, conn.cursor() as cur:
         # One snapshot for every count and insert: with the shop writing meanwhile, clean + quarantined = read.
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         rules = source_rules(cur, ts_floor=ts_floor, cutoff=cutoff)
-        cur.execute("DELETE FROM recsys.quarantine WHERE run_id = %s AND source LIKE 'shop.%%'", (run_id,))
-        report = {t: quarantine_table(cur, t, r, run_id) for t, r in rules.items()}
-        report["shop.events"]["after_as_of"] = count_after(cur, as_of, "NOT " + any_bad(rules["shop.events"]))
+        scope = events_scope(cur, full_every_days=full_every_days)
+        pruned = prune_quarantine(cur, retention_days)
+        report: dict = {t: quarantine_table(cur, t, r, run_id, scope["where"] if t == MARKED else None)
+                        for t, r in rules.items()}
+        report[MARKED]["scope"] = scope
+        report[MARKED]["after_as_of"] = count_after(cur, as_of, "NOT " + any_bad(rules[MARKED]))
+        report["quarantine_pruned"] = pruned
     return report, rules

@@ -133,3 +133,114 @@ def test_events_after_as_of_are_out_of_window_not_bad(db_url: str) -> None:
                     "(1, 1, 1, 'view', '2026-11-20'), (2, 1, 1, 'view', '2026-11-25')")
     rep = validate_source(db_url, "r3", AS_OF, data_docs=False)
     assert rep["shop.events"]["quarantined"] == 0 and rep["shop.events"]["after_as_of"] == 1
+
+
+# --- validation that does not grow with the shop: events above a mark, each bad row once, retention --------
+
+BAD_ROWS = 17  # bad events (13) and items (4) of the corpus
+
+
+def _count(url: str, query: str = "SELECT count(*) FROM recsys.quarantine") -> int:
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute(query)
+        return int(cur.fetchone()[0])
+
+
+def _add_events(url: str, rows: list[tuple]) -> None:
+    with connect(url) as conn, conn.cursor() as cur:
+        for e in rows:
+            cur.execute("INSERT INTO shop.events (event_id, user_id, item_id, event_type, quantity, ts) "
+                        "VALUES (%s, %s, %s, %s, %s, %s)", e)
+
+
+def test_second_full_pass_quarantines_nothing_new(corpus: str) -> None:
+    first = validate_source(corpus, "r1", AS_OF, max_bad_share=1.0, data_docs=False, full_every_days=0)
+    assert _count(corpus) == BAD_ROWS
+    again = validate_source(corpus, "r2", AS_OF, max_bad_share=1.0, data_docs=False, full_every_days=0)
+    assert again["shop.events"]["scope"]["mode"] == "full"
+    # the same rows are read and found bad again (the gate sees them), but none is copied a second time
+    for table in ("shop.users", "shop.items", "shop.events"):
+        assert again[table]["read"] == first[table]["read"]
+        assert again[table]["quarantined"] == first[table]["quarantined"]
+        assert again[table]["newly_quarantined"] == 0
+    assert first["shop.events"]["newly_quarantined"] == 13
+    assert _count(corpus) == BAD_ROWS
+    assert _count(corpus, "SELECT count(*) FROM recsys.quarantine WHERE run_id = 'r2'") == 0
+
+
+def test_next_run_validates_only_new_events(corpus: str, tmp_path: Path) -> None:
+    first = validate_source(corpus, "r1", AS_OF, max_bad_share=1.0, data_docs=False)
+    assert first["shop.events"]["scope"]["mode"] == "full" and first["shop.events"]["read"] == 16
+    quiet = validate_source(corpus, "r2", AS_OF, max_bad_share=1.0, data_docs=False)
+    assert quiet["shop.events"]["scope"]["mode"] == "incremental"
+    assert quiet["shop.events"]["read"] == 0 and quiet["shop.events"]["scope"]["after_event_id"] == 9103
+    _add_events(corpus, [(9200, 5, 1, "view", 1, "2026-11-21"), (9201, 5, 1, "view", 0, "2026-11-21")])
+    rep = validate_source(corpus, "r3", AS_OF, max_bad_share=1.0, home=tmp_path)
+    ev = rep["shop.events"]
+    assert ev["scope"]["mode"] == "incremental"
+    assert (ev["scope"]["after_event_id"], ev["scope"]["through_event_id"]) == (9103, 9201)
+    assert (ev["read"], ev["clean"], ev["quarantined"], ev["newly_quarantined"]) == (2, 1, 1, 1)
+    assert ev["reasons"] == {"quantity < 1": 1}
+    # GX validated the same two rows
+    assert ev["gx"]["unexpected"]["quantity < 1"] == 1 and not ev["gx"]["errors"]
+    assert rep["shop.items"]["read"] == 5  # small tables stay whole
+    assert _count(corpus, "SELECT count(*) FROM recsys.quarantine WHERE run_id = 'r3'") == 1
+
+
+def test_full_pass_when_due(corpus: str) -> None:
+    validate_source(corpus, "r1", AS_OF, max_bad_share=1.0, data_docs=False, full_every_days=7)
+    rep = validate_source(corpus, "r2", AS_OF, max_bad_share=1.0, data_docs=False, full_every_days=7)
+    assert rep["shop.events"]["scope"]["mode"] == "incremental"
+    with connect(corpus) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE recsys.validation_state SET last_full_at = now() - interval '8 days'")
+    rep = validate_source(corpus, "r3", AS_OF, max_bad_share=1.0, data_docs=False, full_every_days=7)
+    assert rep["shop.events"]["scope"]["mode"] == "full" and rep["shop.events"]["read"] == 16
+    assert rep["shop.events"]["quarantined"] == 13 and rep["shop.events"]["newly_quarantined"] == 0
+    # the full pass restarted the clock
+    rep = validate_source(corpus, "r4", AS_OF, max_bad_share=1.0, data_docs=False, full_every_days=7)
+    assert rep["shop.events"]["scope"]["mode"] == "incremental"
+
+
+def test_retention_prunes_old_quarantine_rows(corpus: str) -> None:
+    validate_source(corpus, "r1", AS_OF, max_bad_share=1.0, data_docs=False)
+    with connect(corpus) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE recsys.quarantine SET created_at = now() - interval '31 days' "
+                    "WHERE source = 'shop.events'")
+    rep = validate_source(corpus, "r2", AS_OF, max_bad_share=1.0, data_docs=False, retention_days=30)
+    assert rep["quarantine_pruned"] == 13
+    assert _count(corpus) == BAD_ROWS - 13
+    kept = validate_source(corpus, "r3", AS_OF, max_bad_share=1.0, data_docs=False, retention_days=0)
+    assert kept["quarantine_pruned"] == 0
+
+
+def test_gate_is_over_the_pass_and_a_refused_range_is_validated_again(db_url: str) -> None:
+    with connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO shop.items (item_id, title, category, price) VALUES (1, 'x', 'A', 1)")
+        cur.execute("INSERT INTO shop.events (event_id, user_id, item_id, event_type, ts) "
+                    "SELECT g, 1, 1, 'view', '2026-11-20' FROM generate_series(1, 200) g")
+    validate_source(db_url, "r1", AS_OF, max_bad_share=0.1, data_docs=False)
+    # 2 bad of 4 new rows: 1% of the table, but 50% of this pass -> refused
+    _add_events(db_url, [(201, 1, 1, "view", 1, "2026-11-21"), (202, 1, 1, "view", 1, "2026-11-21"),
+                         (203, 1, 1, "view", 0, "2026-11-21"), (204, 1, 1, "view", 0, "2026-11-21")])
+    with pytest.raises(ValidationFailed, match="shop.events: 2 of 4 rows bad"):
+        validate_source(db_url, "r2", AS_OF, max_bad_share=0.1, data_docs=False)
+    # the mark did not move: the next run sees the same range again (and quarantines nothing twice)
+    with pytest.raises(ValidationFailed, match="shop.events: 2 of 4 rows bad"):
+        validate_source(db_url, "r3", AS_OF, max_bad_share=0.1, data_docs=False)
+    assert _count(db_url) == 2
+
+
+def test_a_replaced_shop_gets_a_full_pass(corpus: str) -> None:
+    validate_source(corpus, "r1", AS_OF, max_bad_share=1.0, data_docs=False)
+    # a re-import: the events are replaced, their ids start afresh below the mark
+    with connect(corpus) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM shop.events")
+    _add_events(corpus, [(1, 5, 1, "view", 1, "2026-11-21"), (2, 5, 1, "view", 0, "2026-11-21")])
+    rep = validate_source(corpus, "r2", AS_OF, max_bad_share=1.0, data_docs=False)
+    ev = rep["shop.events"]
+    assert ev["scope"]["mode"] == "full" and "replaced" in ev["scope"]["reason"]
+    assert (ev["read"], ev["quarantined"], ev["newly_quarantined"]) == (2, 1, 1)
+    assert ev["scope"]["through_event_id"] == 2
+    # the new mark holds: the next run is incremental again
+    assert validate_source(corpus, "r3", AS_OF, max_bad_share=1.0,
+                           data_docs=False)["shop.events"]["scope"]["mode"] == "incremental"

@@ -52,3 +52,13 @@ def test_the_cli_choices_are_the_library_s_own_lists() -> None:
     assert [f.value for f in cli.Format] == list(FORMATS)
     assert [p.value for p in cli.Protocol] == list(PROTOCOLS)
     assert [s.value for s in cli.Stage] == list(STAGES)
+
+
+def test_a_dot_env_file_is_not_read(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The docs say so: .env is docker compose's (container paths); settings come from the environment only.
+    (tmp_path / ".env").write_text("RERANK_TOP_N=7\nRERANK_TOPN=1\nRERANK_HOME=/opt/rerank/home\n")
+    monkeypatch.chdir(tmp_path)
+    for key in ("RERANK_TOP_N", "RERANK_HOME"):
+        monkeypatch.delenv(key, raising=False)
+    s = load_settings()
+    assert s.top_n == 50 and s.home == ".rerank"
