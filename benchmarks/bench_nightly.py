@@ -166,6 +166,7 @@ def main() -> None:
     ap.add_argument("--shard-users", type=int, default=2000)
     ap.add_argument("--skip-generate", action="store_true", help="the database already holds the shop")
     ap.add_argument("--out", type=Path, help="write the figures as JSON here too")
+    ap.add_argument("--keep-home", action="store_true", help="keep RERANK_HOME (the run's files) and print it")
     args = ap.parse_args()
 
     from pipeline.datagen import generate_shop, tier_sizes
@@ -217,7 +218,10 @@ def main() -> None:
         n_users = users
         figures["nightly_ms_per_user"] = round(1000 * figures["nightly_s"] / n_users, 3)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep_home:
+            print(f"RERANK_HOME kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
         if pg is not None:
             pg.down()
             shutil.rmtree(root, ignore_errors=True)
