@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 
@@ -46,10 +47,15 @@ def load_shop(cur, frames: ShopFrames, *, replace: bool = True) -> dict[str, int
     return counts
 
 
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
 def _safe_json(raw: object) -> str:
     """JSON text Postgres jsonb accepts: no NUL characters, invalid UTF-8 already replaced."""
     text = json.dumps(raw, ensure_ascii=False, default=str)
-    return text.replace("\\u0000", "\\\\u0000")
+    # only a real escape of NUL (an even run of backslashes before it): a literal "\u0000" in the data is
+    # already written as an escaped backslash and must stay as it is
+    return _NUL_ESCAPE.sub(r"\1\\\\u0000", text)
 
 
 def quarantine(cur, rejects: pd.DataFrame, run_id: str) -> int:

@@ -335,3 +335,16 @@ def test_summary_line() -> None:
                      quarantined=0)
     assert r.summary_line() == ("imported movielens: 943 users, 1682 items, 100000 events loaded; "
                                 "0 rows quarantined")
+
+
+def test_quarantine_json_escapes_nul_but_keeps_a_literal_backslash_u0000() -> None:
+    """jsonb refuses the NUL escape: a real NUL becomes the text \\u0000; a literal "\\u0000" in the data was
+    escaped twice before (and then broke the whole import's quarantine write)."""
+    import json
+
+    from pipeline.db.shop import _safe_json
+
+    for raw, back in [("a\x00b", "a\\u0000b"), ("lit\\u0000", "lit\\u0000"), ("x\\\x00", "x\\\\u0000")]:
+        text = _safe_json(raw)
+        assert "\\u0000" not in text.replace("\\\\", "")  # no NUL escape left for jsonb to refuse
+        assert json.loads(text) == back
