@@ -1047,7 +1047,8 @@ ModelFactory = Callable[..., Recommender]
 _REGISTRY: dict[str, ModelFactory] = {}
 #: Models of this package that import torch and the production stages: asking for one imports its module,
 #: which registers it (kept out of this module's import so the plain models load fast).
-RESERVED: dict[str, str] = {"ranker": "pipeline.evaluate.ranker", "pipeline": "pipeline.evaluate.stack"}
+RESERVED: dict[str, str] = {"ranker": "pipeline.evaluate.ranker", "pipeline": "pipeline.evaluate.stack",
+                            "nightly": "pipeline.evaluate.nightly_model"}
 
 
 def register_model(name: str, factory: ModelFactory, *, replace: bool = False) -> None:
