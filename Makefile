@@ -57,7 +57,7 @@ ML100K_PIPELINE := {"ease": {"l2": 400}, "pipeline": {"use_ranker": false, "tune
 TAOBAO_SOURCES := {"item-cf": {"neighbours": 100}, "als": {}, "seq-knn": {}, "popularity": {}}
 eval: setup
 	$(BIN)/rerank evaluate --format movielens --path $(DATA)/ml-100k \
-		--protocol msr-stratified --models random,popularity,item-cf,als,bpr,ease,rp3beta,user-knn,pipeline \
+		--protocol msr-stratified --models random,popularity,item-cf,als,bpr,ease,rp3beta,user-knn,pipeline,nightly \
 		--params '$(ML100K_PIPELINE)' --out out/ml-100k
 	$(BIN)/rerank evaluate --format amazon-s3rec --path $(DATA)/amazon-s3rec/Beauty.txt \
 		--protocol leave-one-out --models seq-knn,ranker,pipeline --out out/beauty
