@@ -293,7 +293,7 @@ def score_users(home: str, run_id: str, as_of: datetime, *, top_n: int, n_candid
     (RERANK_SHARD_USERS): each Dask task reads only its shard's events and writes its own Parquet part under
     ``runs/<run_id>/recs/``; nothing gathers the lists. With ``url``, the merchandisers' rules and repurchase
     windows are read from recsys.rules / recsys.repurchase_windows."""
-    from pipeline.extract.shards import plan_shards, shard_events, shard_users
+    from pipeline.extract.shards import plan_shards, shard_events, split_users
     from pipeline.rerank import load_repurchase_windows, load_rules
 
     s = get_settings()
@@ -318,7 +318,7 @@ def score_users(home: str, run_id: str, as_of: datetime, *, top_n: int, n_candid
     with _client(client, dask_address) as client:
         layout = shard_events(snap, bounds, client, chunk_rows=s.chunk_rows)
         ks = list(range(len(bounds)))
-        futures = client.map(_score_shard, ks, [shard_users(users, bounds, k) for k in ks], snap=str(snap),
+        futures = client.map(_score_shard, ks, split_users(users, bounds), snap=str(snap),
                              out_dir=str(d), as_of=as_of, top_n=top_n, n_candidates=n_candidates,
                              recent_days=s.recent_days, weights=s.event_weights, half_life=s.half_life_days,
                              artifact_uri=chosen.get("artifact_uri"), rerank=rerank, variants=dict(s.variants),

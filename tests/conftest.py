@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -75,16 +76,16 @@ def template_url(pg_server: str) -> str:
     return url
 
 
-@pytest.fixture
-def db_url(pg_server: str, template_url: str) -> Iterator[str]:
-    """A fresh, migrated database for one test (dropped afterwards)."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    conn = _admin(pg_server)
+@contextmanager
+def throwaway_database(server_url: str, *, prefix: str = "t", template: str | None = TEMPLATE_DB) -> Iterator[str]:
+    """A database of its own on ``server_url`` (a copy of the migrated template, or empty with
+    ``template=None``), dropped on exit; yields its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    conn = _admin(server_url)
     with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
-    url = _with_db(pg_server, name)
+        cur.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     try:
-        yield url
+        yield _with_db(server_url, name)
     finally:
         from pipeline.db.engine import sa_engine
 
@@ -92,6 +93,19 @@ def db_url(pg_server: str, template_url: str) -> Iterator[str]:
         with conn.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.close()
+
+
+@pytest.fixture(scope="session")
+def new_database(pg_server: str, template_url: str):  # noqa: ANN201 - the context manager factory
+    """``new_database(prefix=..., template=...)``: :func:`throwaway_database` on the suite's server."""
+    return lambda **kw: throwaway_database(pg_server, **kw)
+
+
+@pytest.fixture
+def db_url(pg_server: str, template_url: str) -> Iterator[str]:
+    """A fresh, migrated database for one test (dropped afterwards)."""
+    with throwaway_database(pg_server) as url:
+        yield url
 
 
 @pytest.fixture

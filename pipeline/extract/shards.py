@@ -34,10 +34,16 @@ def shard_of(user_ids: np.ndarray, bounds: np.ndarray) -> np.ndarray:
                       max(len(bounds) - 1, 0))
 
 
+def split_users(users: np.ndarray, bounds: np.ndarray) -> list[np.ndarray]:
+    """Every shard's users (sorted), from one pass over the users: a list as long as ``bounds``."""
+    users = np.unique(np.asarray(users, dtype="int64"))
+    cuts = np.searchsorted(shard_of(users, bounds), np.arange(1, len(bounds)), side="left")
+    return np.split(users, cuts) if len(bounds) else []
+
+
 def shard_users(users: np.ndarray, bounds: np.ndarray, k: int) -> np.ndarray:
     """The users of shard ``k`` (sorted)."""
-    users = np.unique(np.asarray(users, dtype="int64"))
-    return users[shard_of(users, bounds) == k]
+    return split_users(users, bounds)[k]
 
 
 def _split_file(src: str, dest: str, bounds: np.ndarray, chunk_rows: int, tag: str) -> int:

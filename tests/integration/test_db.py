@@ -79,32 +79,16 @@ def test_a_rule_factor_must_be_finite(db_url: str, factor: str) -> None:
         cur.execute("DELETE FROM recsys.rules WHERE rule_id = %s", (cur.fetchone()[0],))
 
 
-def test_two_concurrent_upgrades_from_scratch_both_end_at_head(pg_server: str) -> None:
+def test_two_concurrent_upgrades_from_scratch_both_end_at_head(new_database) -> None:  # noqa: ANN001
     """The advisory lock holds across every migration of one upgrade: a second process waits for the whole
     upgrade, not for the first migration only (then it would re-run the later ones beside the first)."""
-    import uuid
-    from urllib.parse import urlsplit, urlunsplit
-
-    admin = psycopg2.connect(urlunsplit(urlsplit(pg_server)._replace(path="/postgres")))
-    admin.autocommit = True
-    name = f"mig_{uuid.uuid4().hex[:8]}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(pg_server)._replace(path=f"/{name}"))
     import subprocess
     import sys
 
     code = "import sys; from pipeline.db import migrate; migrate.upgrade(sys.argv[1])"
-    try:  # processes, as in life (Alembic's context is one per process)
+    with new_database(prefix="mig", template=None) as url:  # processes, as in life (one Alembic context each)
         procs = [subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for _ in range(3)]
         outs = [p.communicate(timeout=120) for p in procs]
         assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
         assert migrate.current(url) == migrate.head()
-    finally:
-        from pipeline.db.engine import sa_engine
-
-        sa_engine.cache_clear()
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()

@@ -22,7 +22,6 @@ import gzip
 import os
 import subprocess
 import sys
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -369,25 +368,10 @@ CORPUS: list[Case] = [
 
 # ---- running a case ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def corpus_db(pg_server: str, template_url: str) -> Iterator[str]:
+def corpus_db(new_database) -> Iterator[str]:  # noqa: ANN001 - conftest's factory
     """One database for the whole corpus (cases run in order; each import replaces the shop)."""
-    import psycopg2
-
-    name = f"t_corpus_{uuid.uuid4().hex[:8]}"  # like conftest's db_url, for a module
-    admin = psycopg2.connect(_with_db(pg_server, "postgres"))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
-    url = _with_db(pg_server, name)
-    try:
+    with new_database(prefix="t_corpus") as url:
         yield url
-    finally:
-        from pipeline.db.engine import sa_engine
-
-        sa_engine.cache_clear()
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def _state(url: str) -> dict[str, object]:
