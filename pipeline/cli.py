@@ -399,44 +399,20 @@ class _throwaway_database:
     server that this call had to start is stopped again."""
 
     def __enter__(self) -> str:
-        import uuid
-        from urllib.parse import urlsplit, urlunsplit
-
-        import psycopg2
-        from psycopg2 import sql
-
-        from pipeline.db import migrate
+        from pipeline.db.scratch import scratch_database
 
         self.started = None if _settings().database_url else _embedded()
         if self.started is not None and self.started.status()["running"]:
             self.started = None  # somebody else's server: leave it running
-        base = _url()
-        self.name = f"rerank_eval_{uuid.uuid4().hex[:10]}"
-        self.admin = urlunsplit(urlsplit(base)._replace(path="/postgres"))
-        conn = psycopg2.connect(self.admin)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.name)))
-        conn.close()
-        url = urlunsplit(urlsplit(base)._replace(path="/" + self.name))
-        migrate.upgrade(url)
-        return url
+        self.scratch = scratch_database(_url())
+        return self.scratch.__enter__()
 
     def __exit__(self, *exc: object) -> None:
-        import psycopg2
-
-        from pipeline.db.engine import sa_engine
-
-        sa_engine.cache_clear()
-        from psycopg2 import sql
-
-        conn = psycopg2.connect(self.admin)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name)))
-        conn.close()
-        if self.started is not None:
-            self.started.down()
+        try:
+            self.scratch.__exit__(*exc)
+        finally:
+            if self.started is not None:
+                self.started.down()
 
 
 @publish_app.command("rollback")

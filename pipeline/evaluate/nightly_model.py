@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
@@ -28,11 +26,16 @@ import scipy.sparse as sp
 
 from pipeline.errors import ModelError
 from pipeline.evaluate.models import Recommender, register_model
-from pipeline.frames import ITEM_COL, RANK_COL, SCORE_COL, TS_COL, USER_COL
+from pipeline.frames import ITEM_COL, RANK_COL, SCORE_COL, TS_COL, USER_COL, ShopFrames
 
 
-def _with_db(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+def train_ts(train: pd.DataFrame) -> pd.Series:
+    """The rows' times (unix seconds or datetimes); without a time column, their order a second apart."""
+    if TS_COL not in train.columns:
+        return pd.Series(pd.Timestamp("2020-01-01", tz="UTC") + pd.to_timedelta(np.arange(len(train)), unit="s"))
+    if pd.api.types.is_numeric_dtype(train[TS_COL]):
+        return pd.to_datetime(train[TS_COL], utc=True, unit="s")
+    return pd.to_datetime(train[TS_COL], utc=True)
 
 
 class NightlyModel(Recommender):
@@ -49,50 +52,33 @@ class NightlyModel(Recommender):
     def fit(self, train: pd.DataFrame, items: pd.DataFrame | None = None) -> NightlyModel:
         super().fit(train, items)
         from pipeline.db.engine import connect, database_url
-        from pipeline.db.migrate import upgrade
+        from pipeline.db.scratch import scratch_database
+        from pipeline.db.shop import load_shop
         from pipeline.nightly import run_nightly
         from pipeline.publish.parts import rec_parts
         from pipeline.settings import get_settings, load_settings
 
-        server = database_url(get_settings())
-        name = f"rerank_eval_{uuid.uuid4().hex[:10]}"
         home = Path(tempfile.mkdtemp(prefix="rerank-eval-nightly-"))
-        with connect(_with_db(server, "postgres"), autocommit=True) as admin, admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')  # a generated name: no user input
-        url = _with_db(server, name)
         try:
-            upgrade(url)
-            frames = self._shop(train)
-            with connect(url) as conn, conn.cursor() as cur:
-                from pipeline.db.shop import load_shop
-
-                load_shop(cur, frames)
-            as_of = pd.Timestamp(frames.events["ts"].max()).to_pydatetime() + timedelta(seconds=1)
-            s = load_settings(**{"database_url": url, "home": str(home), "seed": self.seed, **self.settings})
-            res = run_nightly(s, as_of=as_of)
-            self.run_figures = {k: v for k, v in res.items() if k in ("evaluate_gate", "score_users")}
-            parts = rec_parts(home / "runs" / res["run_id"])
-            lists = pd.concat([pd.read_parquet(p, columns=["user_id", "item_id", "rank", "score"]) for p in parts],
-                              ignore_index=True)
+            with scratch_database(database_url(get_settings())) as url:
+                with connect(url) as conn, conn.cursor() as cur:
+                    load_shop(cur, self._shop(train))
+                as_of = pd.Timestamp(train_ts(train).max()).to_pydatetime() + timedelta(seconds=1)
+                s = load_settings(**{"database_url": url, "home": str(home), "seed": self.seed, **self.settings})
+                res = run_nightly(s, as_of=as_of)
+                self.run_figures = {k: v for k, v in res.items() if k in ("evaluate_gate", "score_users")}
+                parts = rec_parts(home / "runs" / res["run_id"])
+                lists = pd.concat([pd.read_parquet(p, columns=["user_id", "item_id", "rank", "score"])
+                                   for p in parts], ignore_index=True)
             self.lists = lists.rename(columns={"user_id": USER_COL, "item_id": ITEM_COL, "rank": RANK_COL,
                                                "score": SCORE_COL}).sort_values([USER_COL, RANK_COL])
         finally:
-            from pipeline.db.engine import sa_engine
-
-            sa_engine.cache_clear()
-            with connect(_with_db(server, "postgres"), autocommit=True) as admin, admin.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             shutil.rmtree(home, ignore_errors=True)
         return self
 
-    def _shop(self, train: pd.DataFrame) -> object:
+    def _shop(self, train: pd.DataFrame) -> ShopFrames:
         """The training rows as a shop: users, item stubs, one purchase event per row."""
-        from pipeline.frames import ShopFrames
-
-        ts = pd.to_datetime(train[TS_COL], utc=True, unit="s") if TS_COL in train.columns and \
-            pd.api.types.is_numeric_dtype(train[TS_COL]) else (
-            pd.to_datetime(train[TS_COL], utc=True) if TS_COL in train.columns else
-            pd.Timestamp("2020-01-01", tz="UTC") + pd.to_timedelta(np.arange(len(train)), unit="s"))
+        ts = train_ts(train)
         start = ts.min() - pd.Timedelta(days=1)
         users = pd.DataFrame({"user_id": self.user_ids.astype("int64"), "created_at": start, "attrs": None})
         items = pd.DataFrame({"item_id": self.item_ids.astype("int64"), "title": [f"item {i}" for i in self.item_ids],
