@@ -56,13 +56,13 @@ DB = "bench_refresh"
 FOLLOW = """
 import sys
 from pipeline.refresh import follow
-from pipeline.refresh.fresh import FreshConfig
+from pipeline.recommend import RecommendConfig
 ready = []
 def on_drain(res):
     if not ready:  # the live run is loaded and the backlog drained: the stream may start
         ready.append(1)
         print("READY", flush=True)
-print(follow(sys.argv[1], sys.argv[2], poll_seconds=2.0, cfg=FreshConfig(top_n=50, n_candidates=int(sys.argv[3])),
+print(follow(sys.argv[1], sys.argv[2], poll_seconds=2.0, cfg=RecommendConfig(top_n=50, n_candidates=int(sys.argv[3])),
              on_drain=on_drain), flush=True)
 """
 #: The minutely DAG's task: a fresh process that imports, loads the live run, drains and exits.
@@ -70,8 +70,8 @@ ONCE = """
 import sys, time
 t0 = time.time()
 from pipeline.refresh import refresh_once
-from pipeline.refresh.fresh import FreshConfig
-res = refresh_once(sys.argv[1], sys.argv[2], cfg=FreshConfig(top_n=50, n_candidates=int(sys.argv[3])))
+from pipeline.recommend import RecommendConfig
+res = refresh_once(sys.argv[1], sys.argv[2], cfg=RecommendConfig(top_n=50, n_candidates=int(sys.argv[3])))
 print(res["events"], res["users"], res["batches"], time.time() - t0, flush=True)
 """
 
@@ -256,8 +256,8 @@ def main() -> None:
 
 
 def _bench(url: str, home: str, args: argparse.Namespace) -> None:
+    from pipeline.recommend import RecommendConfig
     from pipeline.refresh import refresh_once
-    from pipeline.refresh.fresh import FreshConfig
 
     with connect(url) as conn, conn.cursor() as cur:
         cur.execute("SELECT user_id FROM shop.users ORDER BY user_id LIMIT %s", (args.users,))
@@ -325,7 +325,7 @@ def _bench(url: str, home: str, args: argparse.Namespace) -> None:
     s = Stream(url, users, items, p, args.threads, seed=7)
     n, secs = s.run(None, args.backlog / max(base_rate, 1.0) * 1.05)
     t = time.perf_counter()
-    res = refresh_once(url, home, cfg=FreshConfig(top_n=50, n_candidates=args.candidates))
+    res = refresh_once(url, home, cfg=RecommendConfig(top_n=50, n_candidates=args.candidates))
     dt = time.perf_counter() - t
     print(f"drain (refresh_once in a warm process): {res['events']} events of {res['users']} users in "
           f"{res['batches']} batches, {dt:.1f} s: {res['users'] / dt:,.0f} users/s, {res['events'] / dt:,.0f} "

@@ -6,7 +6,8 @@
 On a scratch database ``bench_refresh_ab`` (the embedded server without ``--url``) it generates a shop,
 publishes a live run (``pipeline.refresh.seed``), appends events and cuts batches of the last N events.
 Each tree (``git archive <ref> pipeline`` into a temporary folder, and this working tree) then builds the
-batches' lists with its own ``pipeline.refresh.fresh.build_lists`` in its own process (the live run loaded
+batches' lists with its own per-user path (``pipeline.recommend.recommend``; ``refresh.fresh.build_lists``
+in older trees) in its own process (the live run loaded
 and cached first, as ``--follow`` does): CPU seconds per batch (best of ``--repeat``; CPU time, not wall
 time, because the machine may be shared) and users per CPU-second, the ratio against the baseline, and
 whether both trees give identical lists. The scratch database is dropped at the end.
@@ -42,22 +43,31 @@ WORKER = """
 import json, pickle, sys, time
 tree, data, out_dir, n_cand, repeat = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 sys.path.insert(0, tree)
-import pipeline.refresh.fresh as fresh
 from pipeline.refresh.live import load_live
-assert fresh.__file__.startswith(tree), fresh.__file__
 d = pickle.load(open(data, "rb"))
 live = load_live(d["url"], d["home"], d["pub"], None)
-kw = {"p_rank": live.p_rank, "item_text": live.item_text, "recall_kwargs": live.recall_kwargs}
-if hasattr(live, "tables"):
-    kw["tables"] = live.tables
-cfg = fresh.FreshConfig(top_n=50, n_candidates=n_cand)
+try:  # trees with the shared per-user path
+    from pipeline.recommend import RecommendConfig, recommend
+    assert recommend.__module__ == "pipeline.recommend" and sys.modules["pipeline.recommend"].__file__.startswith(tree)
+    cfg = RecommendConfig(top_n=50, n_candidates=n_cand)
+    def build(users, hist, ids):
+        return recommend(users, hist, live.art, d["now"], cfg, fresh_ids=ids)[0]
+except ImportError:  # older trees: the refresh's own build_lists
+    import pipeline.refresh.fresh as fresh
+    assert fresh.__file__.startswith(tree), fresh.__file__
+    kw = {"p_rank": live.p_rank, "item_text": live.item_text, "recall_kwargs": live.recall_kwargs}
+    if hasattr(live, "tables"):
+        kw["tables"] = live.tables
+    cfg = fresh.FreshConfig(top_n=50, n_candidates=n_cand)
+    def build(users, hist, ids):
+        return fresh.build_lists(users, hist, ids, live.neighbours, live.item_feats, d["now"], cfg, **kw)
 res = []
 for k, (users, hist, ids) in enumerate(d["batches"]):
-    fresh.build_lists(users[:5], hist, ids, live.neighbours, live.item_feats, d["now"], cfg, **kw)  # warm
+    build(users[:5], hist, ids)  # warm
     best = float("inf")
     for _ in range(repeat):
         t = time.process_time()
-        lists = fresh.build_lists(users, hist, ids, live.neighbours, live.item_feats, d["now"], cfg, **kw)
+        lists = build(users, hist, ids)
         best = min(best, time.process_time() - t)
     lists.to_parquet(f"{out_dir}/lists_{k}.parquet")
     res.append([len(users), best])

@@ -244,44 +244,16 @@ def recommend_shard(users: np.ndarray, events: pd.DataFrame, snap: str | Path, a
                     n_candidates: int, recent_days: int, weights: dict, half_life: dict,
                     artifact_uri: str | None = None, rerank: dict | None = None, variants: dict | None = None,
                     salt: str = "rerank-ab", rules: pd.DataFrame | None = None) -> tuple[pd.DataFrame, np.ndarray]:
-    """Recall -> rank -> re-rank for ``users`` from their ``events`` and the run's artefacts under ``snap``;
-    returns (their final lists with reasons, the users left without one because nothing is eligible)."""
-    from pipeline.recall.candidates import RecallConfig
-    from pipeline.recall.stage import candidates_for_users
-    from pipeline.rerank import (
-        RerankConfig,
-        caps_every_seen_item,
-        fill_empty_lists,
-        finalize_lists,
-        load_item_embeddings,
-        repurchasable_categories,
-    )
+    """:func:`pipeline.recommend.recommend` for ``users`` from their ``events`` and the run's artefacts under
+    ``snap`` (loaded once per worker); returns (their final lists with reasons, the users left without one
+    because nothing is eligible)."""
+    from pipeline.recommend import RecommendConfig, load_artefacts, recommend
+    from pipeline.rerank import RerankConfig
 
-    snap_p = Path(snap)
-    feats = pd.read_parquet(snap_p / "item_features.parquet")
-    items = pd.read_parquet(snap_p / "items.parquet", columns=["item_id", "title"])
-    feats = feats.merge(items, on="item_id", how="left")
-    cfg = RecallConfig(as_of=as_of, n_candidates=n_candidates, recent_days=recent_days, weights=weights,
-                       half_life_days=half_life,
-                       repurchasable=repurchasable_categories(rerank, variants, also=RecallConfig.repurchasable))
-    cand = candidates_for_users(users, snap_p, as_of, cfg, events=events)
-    if artifact_uri and len(cand):
-        from pipeline.rank.features import load_item_embeddings as ranker_embeddings
-        from pipeline.rank.score import load_model  # cached per worker process
-
-        # the embeddings the model trained and was gated with: items it never saw still get theirs
-        cand["p_rank"] = load_model(artifact_uri).score(
-            cand, events, feats, as_of, emb=ranker_embeddings(str(snap_p / "item_embeddings.parquet")))
-    else:
-        cand["p_rank"] = 1.0
-    bought = events.loc[events["event_type"] == "purchase", ["user_id", "item_id", "ts"]].dropna(subset=["item_id"])
-    bought["item_id"] = bought["item_id"].astype("int64")
-    seen = events.loc[events["item_id"].notna(), ["user_id", "item_id"]].drop_duplicates() \
-        if caps_every_seen_item(rerank, variants) else None
-    opts = {"top_n": top_n, "bought": bought, "config": RerankConfig(**(rerank or {})), "variants": variants or None,
-            "variant_salt": salt, "rules": rules, "item_embeddings": load_item_embeddings(snap_p), "as_of": as_of,
-            "seen": seen}
-    return fill_empty_lists(finalize_lists(cand, feats, **opts), users, feats, **opts)
+    cfg = RecommendConfig(top_n=top_n, n_candidates=n_candidates, recent_days=recent_days, weights=weights,
+                          half_life_days=half_life)
+    return recommend(users, events, load_artefacts(snap, artifact_uri), as_of, cfg,
+                     rerank=RerankConfig(**(rerank or {})), rules=rules, variants=variants, variant_salt=salt)
 
 
 @_stage("score_users")

@@ -42,7 +42,7 @@ from pipeline.db.copy import copy_frame
 from pipeline.db.engine import connect
 from pipeline.db.overlay import BATCH_LOG_DAYS, STALE_OVERLAY_SQL
 from pipeline.errors import PipelineError
-from pipeline.refresh.fresh import FreshConfig, build_lists
+from pipeline.recommend import RecommendConfig, recommend
 from pipeline.refresh.live import cached_runs_for, load_live
 from pipeline.validate.sqlchecks import clean_events_predicate
 
@@ -181,10 +181,10 @@ def _rerank_inputs(cur, now) -> dict:  # noqa: ANN001 - the batch's cursor, a da
 
 
 def run_batch(conn, url: str, home: str | Path, *, name: str = "default", batch_size: int = DEFAULT_BATCH_SIZE,
-              lock_key: int = DEFAULT_LOCK_KEY, cfg: FreshConfig | None = None, history_days: int = 90,
+              lock_key: int = DEFAULT_LOCK_KEY, cfg: RecommendConfig | None = None, history_days: int = 90,
               hook: Hook | None = None) -> BatchResult:
     """One batch in one transaction on ``conn`` (autocommit off); commits or rolls back before returning."""
-    cfg = cfg or FreshConfig()
+    cfg = cfg or RecommendConfig()
     hook = hook or (lambda point, info: None)
     _prepare(conn, url, home)
     try:
@@ -239,9 +239,8 @@ def run_batch(conn, url: str, home: str | Path, *, name: str = "default", batch_
                                            "since": now - pd.Timedelta(days=history_days).to_pytimedelta()})
                 history = _frame(cur.fetchall(), EVENT_COLUMNS)
                 rerank = _rerank_inputs(cur, now)
-                lists = build_lists(users, history, fresh["event_id"].to_numpy(), live.neighbours, live.item_feats,
-                                    now, cfg, p_rank=live.p_rank, item_text=live.item_text,
-                                    recall_kwargs=live.recall_kwargs, tables=live.tables, **rerank)
+                lists, _ = recommend(users, history, live.art, now, cfg, fresh_ids=fresh["event_id"].to_numpy(),
+                                     **rerank)
                 hook("lists_built", {"users": len(users), "rows": len(lists)})
                 cur.execute("DELETE FROM recsys.recs_realtime WHERE user_id = ANY(%s); "
                             "SELECT nextval('recsys.refresh_batches_batch_id_seq')", (users.tolist(),))
@@ -291,7 +290,7 @@ def clean_overlay(conn) -> int:
 
 
 def drain(conn, url: str, home: str | Path, *, name: str = "default", batch_size: int = DEFAULT_BATCH_SIZE,
-          lock_key: int = DEFAULT_LOCK_KEY, cfg: FreshConfig | None = None, max_batches: int | None = None,
+          lock_key: int = DEFAULT_LOCK_KEY, cfg: RecommendConfig | None = None, max_batches: int | None = None,
           hook: Hook | None = None) -> dict:
     """Run batches until nothing is pending (or ``max_batches``); return the totals."""
     t0 = time.perf_counter()
@@ -321,7 +320,7 @@ def drain(conn, url: str, home: str | Path, *, name: str = "default", batch_size
 
 
 def refresh_once(url: str, home: str | Path, *, name: str = "default", batch_size: int = DEFAULT_BATCH_SIZE,
-                 lock_key: int = DEFAULT_LOCK_KEY, cfg: FreshConfig | None = None, max_batches: int | None = None,
+                 lock_key: int = DEFAULT_LOCK_KEY, cfg: RecommendConfig | None = None, max_batches: int | None = None,
                  hook: Hook | None = None) -> dict:
     """Process every pending event once and return counts (``rerank refresh --once`` and the minutely DAG).
 
@@ -338,13 +337,9 @@ def refresh_once(url: str, home: str | Path, *, name: str = "default", batch_siz
     return {**out, "overlay_rows_cleaned": cleaned}
 
 
-def default_config() -> FreshConfig:
+def default_config() -> RecommendConfig:
     """The refresh's configuration from the settings (the nightly run's top_n, candidates and weights)."""
-    from pipeline.settings import get_settings
-
-    s = get_settings()
-    return FreshConfig(top_n=s.top_n, n_candidates=s.candidates, recent_days=s.recent_days,
-                       weights=dict(s.event_weights), half_life_days=dict(s.half_life_days))
+    return RecommendConfig.from_settings()
 
 
 def pending(url: str, name: str = "default") -> int:

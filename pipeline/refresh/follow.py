@@ -20,8 +20,8 @@ import psycopg2
 
 from pipeline.db.engine import connect
 from pipeline.errors import DatabaseError
+from pipeline.recommend import RecommendConfig
 from pipeline.refresh.core import DEFAULT_BATCH_SIZE, DEFAULT_LOCK_KEY, Hook, clean_overlay, default_config, drain
-from pipeline.refresh.fresh import FreshConfig
 
 CHANNEL = "rerank_events"
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def _wait(listen_conn, seconds: float, stop: threading.Event) -> bool:
 
 
 def follow(url: str | Callable[[], str], home: str | Path, *, poll_seconds: float = 5.0, name: str = "default",
-           batch_size: int = DEFAULT_BATCH_SIZE, lock_key: int = DEFAULT_LOCK_KEY, cfg: FreshConfig | None = None,
+           batch_size: int = DEFAULT_BATCH_SIZE, lock_key: int = DEFAULT_LOCK_KEY, cfg: RecommendConfig | None = None,
            stop: threading.Event | None = None, on_drain: Callable[[dict], None] | None = None,
            hook: Hook | None = None) -> dict:
     """Refresh continuously until stopped; return the totals.
@@ -86,7 +86,7 @@ def follow(url: str | Callable[[], str], home: str | Path, *, poll_seconds: floa
 
 
 def _loop(url: str, home: str | Path, poll_seconds: float, name: str, batch_size: int, lock_key: int,
-          cfg: FreshConfig, stop: threading.Event, on_drain: Callable[[dict], None] | None, hook: Hook | None,
+          cfg: RecommendConfig, stop: threading.Event, on_drain: Callable[[dict], None] | None, hook: Hook | None,
           totals: dict) -> None:
     with connect(url, autocommit=True) as listen_conn, connect(url) as work:
         with listen_conn.cursor() as cur:

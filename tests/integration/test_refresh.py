@@ -24,13 +24,13 @@ import psycopg2
 import pytest
 
 from pipeline.db.engine import connect
+from pipeline.recommend import RecommendConfig
 from pipeline.refresh import DEFAULT_LOCK_KEY, follow, pending, refresh_once
-from pipeline.refresh.fresh import FreshConfig
 from pipeline.refresh.seed import seed_live_run
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-CFG = FreshConfig(top_n=20, n_candidates=60)
+CFG = RecommendConfig(top_n=20, n_candidates=60)
 TEMPLATE_DB = "rerank_test_template"  # tests/conftest.py's migrated template
 
 
@@ -317,7 +317,7 @@ def test_follow_wakes_on_notify_and_stops_cleanly(shop: tuple[str, str]) -> None
 FAULT_SCRIPT = """
 import sys, time
 from pipeline.refresh import refresh_once
-from pipeline.refresh.fresh import FreshConfig
+from pipeline.recommend import RecommendConfig
 
 url, home, point = sys.argv[1:4]
 state = {"batch": 0}
@@ -331,7 +331,7 @@ def hook(name, info):
         time.sleep(600)
 
 
-refresh_once(url, home, batch_size=6, cfg=FreshConfig(top_n=20, n_candidates=60), hook=hook)
+refresh_once(url, home, batch_size=6, cfg=RecommendConfig(top_n=20, n_candidates=60), hook=hook)
 """
 
 
@@ -420,8 +420,8 @@ def test_a_newly_published_nightly_run_replaces_the_cached_live_run(shop: tuple[
 def test_cached_and_uncached_live_run_build_the_same_lists(shop: tuple[str, str]) -> None:
     """A batch built from the cached live run (its derived tables memoised by earlier batches) gives the
     lists a freshly loaded run with every table derived on the spot gives."""
+    from pipeline.recommend import Artefacts, recommend
     from pipeline.refresh import core, live
-    from pipeline.refresh.fresh import build_lists
 
     url, home = shop
     word = _read(url, "SELECT title FROM shop.items WHERE item_id = 7").iloc[0, 0].split()[0]
@@ -436,14 +436,15 @@ def test_cached_and_uncached_live_run_build_the_same_lists(shop: tuple[str, str]
     live.clear_cache()
     run = live.load_live(url, home, pub, pub["champion"])
     assert live.load_live(url, home, pub, pub["champion"]) is run  # the second batch's lookup hits the cache
-    args = (users, history, np.array(ids), run.neighbours, run.item_feats, now, CFG)
-    kw = {"p_rank": run.p_rank, "recall_kwargs": run.recall_kwargs}
-    cached = [build_lists(*args, **kw, item_text=run.item_text, tables=run.tables) for _ in range(2)]
+    cached = [recommend(users, history, run.art, now, CFG, fresh_ids=np.array(ids))[0] for _ in range(2)]
     live.clear_cache()
     fresh_run = live.load_live(url, home, pub, pub["champion"])
     assert fresh_run is not run
-    uncached = build_lists(users, history, np.array(ids), fresh_run.neighbours, fresh_run.item_feats, now, CFG,
-                           p_rank=fresh_run.p_rank, recall_kwargs=fresh_run.recall_kwargs)  # tables derived here
+    art = fresh_run.art
+    # every table derived on the spot, nothing memoised
+    uncached = recommend(users, history, Artefacts(**{**art.__dict__, "tables": type(art.tables)(
+        art.item_feats, art.neighbours, art.tables.items, art.tables.titles, art.tables.item_text)}), now, CFG,
+        fresh_ids=np.array(ids))[0]
     assert len(uncached) == len(users) * CFG.top_n and (uncached["source"] == "fresh-cf").any()
     for c in cached:
         pd.testing.assert_frame_equal(c, uncached)

@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.refresh.fresh import FreshConfig
+from pipeline.recommend import RecommendConfig
 from pipeline.rerank import RerankConfig, finalize_lists
 
 AS_OF = datetime(2026, 11, 24, tzinfo=UTC)
 OLD = pd.Timestamp("2025-01-01", tz="UTC")
 PLAIN = RerankConfig(mmr_lambda=1.0, max_category_share=1.0, max_brand_share=1.0, explore_share=0.0)
-REFRESH_CFG = FreshConfig(top_n=10, n_candidates=40)
+REFRESH_CFG = RecommendConfig(top_n=10, n_candidates=40)
 RULE_COLUMNS = ["rule_id", "kind", "item_id", "category", "brand", "factor"]
 
 

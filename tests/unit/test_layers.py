@@ -51,7 +51,7 @@ def test_no_production_module_imports_the_evaluator() -> None:
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_a_stage_imports_only_earlier_stages(stage: str) -> None:
-    later = set(STAGES[STAGES.index(stage) + 1:]) | {"refresh", "nightly", "cli", "demo", "evaluate"}
+    later = set(STAGES[STAGES.index(stage) + 1:]) | {"recommend", "refresh", "nightly", "cli", "demo", "evaluate"}
     bad = [(f, m) for f, p, m in IMPORTS if p == stage and _target(m) in later]
     assert not bad, bad
 
@@ -59,3 +59,14 @@ def test_a_stage_imports_only_earlier_stages(stage: str) -> None:
 def test_the_library_never_imports_airflow() -> None:
     bad = [(f, m) for f, _, m in IMPORTS if m.split(".")[0] == "airflow"]
     assert not bad, bad
+
+
+def test_only_the_shared_path_composes_recall_rank_and_rerank() -> None:
+    """``pipeline.recommend`` is the one composer: the nightly and the refresh call it and no longer build
+    candidates themselves (the refresh's own list building drifted from the nightly's before)."""
+    callers = {p for _, p, m in IMPORTS if _target(m) == "recommend"}
+    assert {"nightly", "refresh"} <= callers
+    composers = [(f, m) for f, p, m in IMPORTS if p in ("nightly", "refresh")
+                 and m in ("pipeline.recall.candidates.generate_candidates", "pipeline.rerank.finalize_lists",
+                           "pipeline.recall.stage.candidates_for_users")]
+    assert not composers, composers

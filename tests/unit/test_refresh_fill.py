@@ -1,5 +1,5 @@
 """The refresh's last resort: a user whose every kept candidate is excluded still gets the popular items
-they may be shown (``build_lists`` -> ``fill_empty_lists``), on the tiny shop of test_refresh_fresh."""
+they may be shown (``recommend`` -> ``fill_empty_lists``), on the tiny shop of test_refresh_fresh."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
-from test_refresh_fresh import NOW, _events, _items, _neighbours
+from test_refresh_fresh import NOW, _events, _items, _neighbours, build_lists
 
-from pipeline.refresh import fresh
-from pipeline.refresh.fresh import FreshConfig, build_lists
+from pipeline import recommend as fresh
+from pipeline.recommend import RecommendConfig
 from pipeline.rerank import assign_variants, parse_variants
 
 #: Few candidates per user, so the ones the refresh keeps are the fresh intent's, not the popularity fallback.
-CFG = FreshConfig(top_n=3, n_candidates=4)
+CFG = RecommendConfig(top_n=3, n_candidates=4)
 #: Merchandiser rules (recsys.rules): the whole Home shelf is excluded, and so is Sports item 13.
 RULES = pd.DataFrame([(1, "exclude", None, "Home", None, 1.0), (2, "exclude", 13, None, None, 1.0)],
                      columns=["rule_id", "kind", "item_id", "category", "brand", "factor"]).astype(
@@ -139,7 +139,7 @@ def test_an_arms_repurchase_window_reaches_the_refreshs_candidates(monkeypatch: 
                  (len(rows) + 3, u, 13, "view", None, NOW)]
     ev = _events(rows)
     seen = _spy(monkeypatch)
-    lists = build_lists(users, ev, _batch(ev), _neighbours(), _items(), NOW, FreshConfig(top_n=4, n_candidates=8),
+    lists = build_lists(users, ev, _batch(ev), _neighbours(), _items(), NOW, RecommendConfig(top_n=4, n_candidates=8),
                         variants=variants)
     kept = seen["cand"]
     assert 11 in set(kept.loc[kept["user_id"] == 8, "item_id"])

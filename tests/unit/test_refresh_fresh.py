@@ -1,4 +1,4 @@
-"""The refresh's fresh-behaviour recall and list building on a tiny shop whose right answers are known."""
+"""The refresh's fresh-behaviour recall and the shared recommend path on a tiny shop whose right answers are known."""
 
 from __future__ import annotations
 
@@ -8,21 +8,26 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.refresh.fresh import (
-    FreshConfig,
-    _retarget_scores,
-    build_lists,
+from pipeline.recall.fresh import (
     fresh_cf,
     fresh_events,
-    live_tables,
     query_tokens,
+    run_tables,
     search_match,
     search_text,
     session_intent,
 )
+from pipeline.recommend import Artefacts, RecommendConfig, _retarget_scores, artefacts, recommend
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-CFG = FreshConfig(top_n=6, n_candidates=30, fresh_minutes=60)
+CFG = RecommendConfig(top_n=6, n_candidates=30, fresh_minutes=60)
+
+
+def build_lists(users: np.ndarray, ev: pd.DataFrame, batch: np.ndarray, nb: pd.DataFrame, items: pd.DataFrame,
+                now: datetime, cfg: RecommendConfig, *, tables: object | None = None, **kw: object) -> pd.DataFrame:
+    """The refresh's call of the shared path: ``recommend`` with the batch's event ids."""
+    art = Artefacts(tables=tables) if tables is not None else artefacts(items, nb)
+    return recommend(users, ev, art, now, cfg, fresh_ids=batch, **kw)[0]
 
 
 def _items() -> pd.DataFrame:
@@ -102,7 +107,7 @@ def test_build_lists_brings_neighbours_of_a_new_category_with_reasons_naming_the
     old = [(i, 7, it, "purchase" if it == 2 else "view", None, NOW - timedelta(days=2)) for i, it in
            enumerate([1, 2, 3, 2], start=1)]
     fresh = [(10, 7, 12, "view", None, NOW - timedelta(seconds=5)), (11, 7, 13, "view", None, NOW)]
-    cfg = FreshConfig(top_n=10, n_candidates=30)
+    cfg = RecommendConfig(top_n=10, n_candidates=30)
     lists = build_lists(np.array([7]), _events(old + fresh), np.array([10, 11]), _neighbours(), _items(), NOW, cfg)
     assert lists["rank"].tolist() == list(range(1, 11))
     assert 2 not in lists["item_id"].tolist()  # bought: never recommended again
@@ -130,7 +135,7 @@ def test_build_lists_with_the_live_runs_tables_equals_building_them_per_call() -
     ev = _events(old + fresh)
     users, batch = np.array([7, 8, 99]), np.array([10, 11, 12, 13, 14])
     plain = build_lists(users, ev, batch, _neighbours(), _items(), NOW, CFG)
-    tables = live_tables(_items(), _neighbours())
+    tables = run_tables(_items(), _neighbours())
     cached = build_lists(users, ev, batch, _neighbours(), _items(), NOW, CFG, tables=tables)
     warm = build_lists(users, ev, batch, _neighbours(), _items(), NOW, CFG, tables=tables)  # memoised pieces
     pd.testing.assert_frame_equal(plain, cached)
@@ -138,11 +143,11 @@ def test_build_lists_with_the_live_runs_tables_equals_building_them_per_call() -
     assert {"fresh-cf", "fresh-search"} <= set(plain["source"]) and set(plain["user_id"]) == {7, 8, 99}
 
 
-def test_live_tables_remember_a_bounded_number_of_queries(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.refresh import fresh
+def test_run_tables_remember_a_bounded_number_of_queries(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.recall import fresh
 
     monkeypatch.setattr(fresh, "QUERY_MEMO", 2)
-    tables = live_tables(_items(), _neighbours())
+    tables = run_tables(_items(), _neighbours())
     first = tables.query_matches("hiking boot", 10)
     assert tables.query_matches("hiking boot", 10) is first  # memoised
     tables.query_matches("chef knife", 10)
@@ -168,7 +173,7 @@ def test_the_seen_retarget_cap_also_holds_in_the_refresh() -> None:
     old = [(i, 7, it, "view", None, NOW - timedelta(days=20)) for i, it in enumerate([1, 2, 3, 4], start=1)]
     ev = _events([*old, (10, 7, 12, "view", None, NOW)])
     base = RerankConfig(max_retarget_share=0.2, explore_share=0.0, mmr_lambda=1.0, max_category_share=1.0)
-    cfg = FreshConfig(top_n=5, n_candidates=30)
+    cfg = RecommendConfig(top_n=5, n_candidates=30)
     recent = build_lists(np.array([7]), ev, np.array([10]), _neighbours(), _items(), NOW, cfg, rerank=base)
     assert recent["item_id"].tolist() == [12, 11, 13, 14, 2]
     seen = build_lists(np.array([7]), ev, np.array([10]), _neighbours(), _items(), NOW, cfg,
