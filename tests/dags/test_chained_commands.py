@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -61,6 +62,40 @@ def _insert_views(url: str, user: int, items: list[int]) -> None:
                         "VALUES (%s, %s, %s, 'view', clock_timestamp())", (top + i, user, item))
 
 
+def _shared_path_lists(url: str, home: Path, user: int, event_ids: list[int]) -> pd.DataFrame:
+    """What ``pipeline.recommend.recommend`` returns for ``user`` from the live run's artefacts and the history
+    the refresh's batch read (its end and its clock), in this process: the refresh's overlay must equal it."""
+    from pipeline.recommend import recommend
+    from pipeline.refresh import core, live
+
+    with connect(url) as conn, conn.cursor() as cur:
+        pub = core._live_pub(cur)
+        cur.execute("SELECT to_event_id, started_at FROM recsys.refresh_batches WHERE users > 0 "
+                    "ORDER BY batch_id DESC LIMIT 1")
+        upto, now = cur.fetchone()
+        cur.execute(core._history_sql(), {"users": [user], "upto": upto, "since": now - pd.Timedelta(days=90)})
+        history = core._frame(cur.fetchall(), core.EVENT_COLUMNS)
+        rerank = core._rerank_inputs(cur, now)
+    run = live.load_live(url, str(home), pub, pub["champion"])
+    assert run.model_version != "recall-only", "the champion ranker scores the refresh"
+    lists, _ = recommend(np.array([user]), history, run.art, now, core.default_config(),
+                         fresh_ids=np.array(event_ids), **rerank)
+    return lists
+
+
+def _assert_same_lists(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    """Same items with the same scores (float tolerance: another process, maybe other torch threads) and the
+    same order wherever neighbouring scores differ by more than that tolerance; the same reasons."""
+    got, want = got.sort_values("rank").reset_index(drop=True), want.sort_values("rank").reset_index(drop=True)
+    assert sorted(got["item_id"]) == sorted(want["item_id"])
+    by_item = want.set_index("item_id")
+    np.testing.assert_allclose(got["score"].to_numpy(float), by_item.loc[got["item_id"], "score"].to_numpy(float),
+                               rtol=1e-5, atol=1e-7)
+    assert got["reason"].tolist() == by_item.loc[got["item_id"], "reason"].tolist()
+    clear = np.r_[np.abs(np.diff(want["score"].to_numpy(float))) > 1e-5, True]
+    assert got["item_id"][clear].tolist() == want["item_id"][clear].tolist()
+
+
 def _recommend(env: dict[str, str], user: int) -> list[dict]:
     return json.loads(_rerank(env, "recommend", str(user), "--json").stdout)
 
@@ -92,7 +127,8 @@ def _write_datasets(root: Path) -> dict[str, Path]:
             "parquet": parquet}
 
 
-def test_every_readme_command_chained_on_real_runs(airflow_db: dict[str, str], db_url: str, tmp_path: Path) -> None:
+def test_every_readme_command_chained_on_real_runs(airflow_db: dict[str, str], db_url: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     env = _env(db_url, tmp_path / "home")
 
     # --- a shop of the S tier's shape (its events per user), small enough for a test --------------------------
@@ -131,6 +167,14 @@ def test_every_readme_command_chained_on_real_runs(airflow_db: dict[str, str], d
     assert once["status"] == "ok" and once["events"] == 2 and once["users"] == 1, once
     rows = _recommend(env, user)
     assert len(rows) == 10 and all(r["run_id"].startswith("refresh_") for r in rows)
+    # the refresh's list is the shared path's for the same inputs (one recommender, issue 21)
+    for k, v in env.items():
+        if k.startswith("RERANK_"):
+            monkeypatch.setenv(k, v)
+    with connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT event_id FROM shop.events WHERE user_id = %s ORDER BY event_id DESC LIMIT 2", (user,))
+        new_ids = [r[0] for r in cur.fetchall()]
+    _assert_same_lists(pd.DataFrame(rows), _shared_path_lists(db_url, tmp_path / "home", user, new_ids))
 
     # --- refresh --follow: woken by the next event, stopped by SIGTERM after its batch ------------------------
     other = int(_one(db_url, "SELECT min(user_id) FROM shop.users WHERE user_id <> %s", (user,))[0])

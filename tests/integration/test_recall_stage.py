@@ -139,7 +139,7 @@ def test_a_merchandisers_repurchase_window_lets_recall_keep_the_bought_items(
     """recsys.repurchase_windows for a category outside recall's own list (Grocery, Beauty): the nightly shard
     keeps that category's bought items as candidates, so the re-rank can apply the window. Recall used to
     drop them first, so a window for any other category never brought an item back."""
-    import pipeline.recall.stage as stage
+    import pipeline.recommend as shared
     from pipeline.extract import read_events
     from pipeline.nightly import recommend_shard
 
@@ -151,13 +151,13 @@ def test_a_merchandisers_repurchase_window_lets_recall_keep_the_bought_items(
                     & bought["item_id"].isin(items.loc[items["in_stock"] & items["visible"], "item_id"])]
     user, item, top = bought.iloc[0][["user_id", "item_id", "top"]]
     kept: dict[str, pd.DataFrame] = {}
-    real = stage.candidates_for_users
+    real = shared.generate_candidates
 
     def spy(*args, **kwargs) -> pd.DataFrame:
         kept["cand"] = out = real(*args, **kwargs)
         return out
 
-    monkeypatch.setattr(stage, "candidates_for_users", spy)
+    monkeypatch.setattr(shared, "generate_candidates", spy)
     users = np.array([user])
     events = read_events(snapshot, filters=[("user_id", "in", [int(user)])])
     for rerank, expected in ((None, False), ({"repurchase_days": {top: 0.0}}, True),
