@@ -179,7 +179,8 @@ def cf_build(home: str, run_id: str, as_of: datetime, k: int = 20, dask_address:
     s = get_settings()
     with _client(client, dask_address) as c:
         return build_recall_models(_dir(home, run_id) / "snapshot", as_of, c, weights=s.event_weights,
-                                   half_life_days=s.half_life_days, k=k, seed=s.seed, weighting=s.als_weighting)
+                                   half_life_days=s.half_life_days, k=k, seed=s.seed, weighting=s.als_weighting,
+                                   decay_from=s.decay_from)
 
 
 @_stage("train_ranker")
@@ -251,7 +252,7 @@ def recommend_shard(users: np.ndarray, events: pd.DataFrame, snap: str | Path, a
     from pipeline.rerank import RerankConfig
 
     cfg = RecommendConfig(top_n=top_n, n_candidates=n_candidates, recent_days=recent_days, weights=weights,
-                          half_life_days=half_life)
+                          half_life_days=half_life, decay_from=get_settings().decay_from)
     return recommend(users, events, load_artefacts(snap, artifact_uri), as_of, cfg,
                      rerank=RerankConfig(**(rerank or {})), rules=rules, variants=variants, variant_salt=salt)
 

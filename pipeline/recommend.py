@@ -63,6 +63,8 @@ class RecommendConfig:
     weights: dict[str, float] = field(default_factory=lambda: {"view": 1.0, "click": 2.0, "add_to_cart": 4.0,
                                                                "purchase": 8.0})
     half_life_days: dict[str, float] = field(default_factory=dict)
+    #: What event ages count from in recall: ``as_of`` or ``user_last`` (RERANK_DECAY_FROM).
+    decay_from: str = "as_of"
 
     @classmethod
     def from_settings(cls, settings: object | None = None, **overrides: object) -> RecommendConfig:
@@ -71,7 +73,7 @@ class RecommendConfig:
 
         s = settings or get_settings()
         base = {"top_n": s.top_n, "n_candidates": s.candidates, "recent_days": s.recent_days,
-                "weights": dict(s.event_weights), "half_life_days": dict(s.half_life_days)}
+                "weights": dict(s.event_weights), "half_life_days": dict(s.half_life_days), "decay_from": s.decay_from}
         return cls(**{**base, **overrides})
 
 
@@ -191,7 +193,7 @@ def recommend(users: np.ndarray, events: pd.DataFrame, art: Artefacts, as_of: da
     users = np.unique(np.asarray(users, dtype="int64"))
     tables = art.tables
     rcfg = RecallConfig(as_of=as_of, n_candidates=cfg.n_candidates, recent_days=cfg.recent_days,
-                        weights=cfg.weights, half_life_days=cfg.half_life_days,
+                        weights=cfg.weights, half_life_days=cfg.half_life_days, decay_from=cfg.decay_from,
                         repurchasable=repurchasable_categories(rerank, variants, also=RecallConfig.repurchasable))
     # All of generate_candidates' columns stay (per-source scores, ``sources``): the ranker reads them.
     base = generate_candidates(users, events, tables.neighbours, tables.item_feats, rcfg, tables=tables.items,

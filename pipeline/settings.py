@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     #: on the generated shop's nightly (eval_nightly, seeds 3-5) it moved the lists within the seeds' spread,
     #: so the default stays "none" (README "Latest figures").
     als_weighting: Literal["none", "bm25"] = "none"
+    #: What recall's event ages count from: ``as_of`` (the run's cut-off: a user who has not come back for a
+    #: month counts less in ALS and item-CF) or ``user_last`` (the user's own latest event: only the order of
+    #: their events counts). Item statistics and the ranker's recency inputs always count from as_of.
+    decay_from: Literal["as_of", "user_last"] = "as_of"
     #: Days of recent events that make up re-targeting and "recently viewed" recall.
     recent_days: int = Field(7, ge=1)
     #: Daily point-in-time windows the ranker trains on (before the gate's holdout day).

@@ -61,7 +61,7 @@ def touched_in(events: pd.DataFrame, start: datetime, end: datetime) -> pd.DataF
 
 def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_days: int = 7,
                         weights: dict[str, float] | None = None, half_life_days: dict[str, float] | None = None,
-                        neighbours_k: int = 20) -> CandidateFn:
+                        neighbours_k: int = 20, decay_from: str = "as_of") -> CandidateFn:
     """The production recall (``generate_candidates``) at a cut-off, with neighbours and item statistics
     rebuilt from the events before it (the snapshot's neighbours.parquet saw the whole period)."""
     from pipeline.features.items import top_category
@@ -85,7 +85,8 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
         feats = feats.join(stats[["activity", "trend"]], on="item_id")
         feats["activity"] = feats["activity"].fillna(0.0)
         feats["trend"] = feats["trend"].fillna(0.1)
-        inter = build_interactions(ev, cutoff, weights=w, half_life_days=hl, item_ids=item_ids)
+        inter = build_interactions(ev, cutoff, weights=w, half_life_days=hl, item_ids=item_ids,
+                                   decay_from=decay_from)
         if inter.user_items.nnz:
             idx, sc = cosine_topk(inter.user_items, k=min(neighbours_k, max(len(item_ids) - 1, 1)))
             r, c = np.nonzero(sc > 0)
@@ -95,7 +96,7 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
             nb = pd.DataFrame({"item_id": pd.Series(dtype="int64"), "similar_item_id": pd.Series(dtype="int64"),
                                "score": pd.Series(dtype="float64")})
         cfg = RecallConfig(as_of=cutoff, n_candidates=n_candidates, recent_days=recent_days, weights=w,
-                           half_life_days=hl)
+                           half_life_days=hl, decay_from=decay_from)
         mine = ev[ev["user_id"].isin(users)]
         return generate_candidates(np.asarray(users, dtype=np.int64), mine, nb, feats, cfg)
 

@@ -57,6 +57,8 @@ class RecallConfig:
     history_items: int = 20
     weights: dict[str, float] = field(default_factory=dict)
     half_life_days: dict[str, float] = field(default_factory=dict)
+    #: What event ages count from: ``as_of`` or ``user_last`` (see pipeline.features.items.decay_factor).
+    decay_from: str = "as_of"
     #: Top-level categories whose bought items stay candidates (consumables); the re-rank's repurchase windows
     #: decide when they return. The nightly and the refresh add every category a window names
     #: (pipeline.rerank.repurchasable_categories), so a merchandiser's window is never pre-empted here.
@@ -136,7 +138,7 @@ def user_history(events: pd.DataFrame, cfg: RecallConfig) -> pd.DataFrame:
                              "weight": pd.Series(dtype="float64"), "last_ts": pd.Series(dtype="datetime64[us, UTC]"),
                              "last_type": pd.Series(dtype="object"), "bought": pd.Series(dtype="bool")})
     ev["item_id"] = ev["item_id"].astype("int64")
-    ev["w"] = decayed_weight(ev, cfg.as_of, cfg.weights, cfg.half_life_days)
+    ev["w"] = decayed_weight(ev, cfg.as_of, cfg.weights, cfg.half_life_days, cfg.decay_from)
     ev["_p"] = ev["event_type"] == "purchase"
     sort = ["ts", "event_id"] if "event_id" in ev.columns else ["ts"]
     ev = ev.sort_values(sort, kind="stable")

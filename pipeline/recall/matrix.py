@@ -25,10 +25,12 @@ class Interactions:
 
 
 def build_interactions(events: pd.DataFrame, as_of: datetime, *, weights: dict[str, float],
-                       half_life_days: dict[str, float], item_ids: np.ndarray | None = None) -> Interactions:
-    """Sum decayed weights per (user, item); ``item_ids`` fixes the column space (the catalogue)."""
+                       half_life_days: dict[str, float], item_ids: np.ndarray | None = None,
+                       decay_from: str = "as_of") -> Interactions:
+    """Sum decayed weights per (user, item); ``item_ids`` fixes the column space (the catalogue);
+    ``decay_from``: see :func:`pipeline.features.items.decay_factor`."""
     ev = events[events["item_id"].notna() & events["event_type"].isin(list(weights))]
-    w = decayed_weight(ev, as_of, weights, half_life_days).to_numpy()
+    w = decayed_weight(ev, as_of, weights, half_life_days, decay_from).to_numpy()
     users = np.unique(ev["user_id"].to_numpy())
     items = np.unique(ev["item_id"].astype("int64").to_numpy()) if item_ids is None else np.asarray(item_ids)
     rows = np.searchsorted(users, ev["user_id"].to_numpy())

@@ -35,7 +35,7 @@ def build_recall_models(snapshot_dir: str | Path, as_of: datetime, client: objec
                         half_life_days: dict[str, float], k: int = 20, factors: int = 64, seed: int = 42,
                         regularization: float = 20.0, alpha: float = 3.0, iterations: int = 15,
                         method: str = "cosine", block_size: int | None = None, algorithm: str | None = None,
-                        weighting: str = "none") -> dict:
+                        weighting: str = "none", decay_from: str = "as_of") -> dict:
     """Write ``neighbours.parquet`` (item-CF on Dask) and the ALS factors of the run; return counts/seconds.
 
     ``weighting="bm25"`` trains ALS on :class:`~pipeline.recall.factors.BM25Weights` of the interaction
@@ -47,7 +47,7 @@ def build_recall_models(snapshot_dir: str | Path, as_of: datetime, client: objec
         raise InputDataError(f"no snapshot at {snap}", "run the extract stage for this run first")
     t0 = time.perf_counter()
     events, items, _ = read_snapshot(snap)
-    inter = build_interactions(events, as_of, weights=weights, half_life_days=half_life_days,
+    inter = build_interactions(events, as_of, weights=weights, half_life_days=half_life_days, decay_from=decay_from,
                                item_ids=np.sort(items["item_id"].to_numpy()))
     t1 = time.perf_counter()
     if algorithm is None:
