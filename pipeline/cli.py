@@ -295,7 +295,8 @@ def ab_report(
         end = date_.fromisoformat(until) if until else None
         split = {k.strip(): float(v) for k, v in (p.split("=", 1) for p in expected.split(","))} if expected else None
     except ValueError as exc:
-        raise ConfigError(f"bad --since/--until/--expected: {exc}", "--since 2026-11-24 --expected a=0.5,b=0.5") from None
+        raise ConfigError(f"bad --since/--until/--expected: {exc}",
+                          "--since 2026-11-24 --expected a=0.5,b=0.5") from None
     r = readout(_url(), start, end, control=control, expected=split, method=method, level=level)
     table = Table(title=f"A/B readout since {start} (control {r.control}, {int(level * 100)}% {method} intervals)")
     for c in ["arm", "users", *METRICS]:

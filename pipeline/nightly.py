@@ -392,14 +392,17 @@ def publish(url: str, home: str, run_id: str, as_of: datetime, *, keep: int = 3,
 
 
 def report(url: str, home: str, run_id: str) -> dict:
-    """Copy the stage figures into recsys.runs and write the run's summary to RERANK_HOME/reports/<run_id>/."""
+    """Copy the stage figures into recsys.runs and write the run's summary to RERANK_HOME/reports/<run_id>/;
+    the HTML report beside the stage files (runs/<run_id>/report.html, linked from recsys.runs.report_uri)."""
+    from pipeline.reporting.run_report import write_run_report
+
     for path in sorted((_dir(home, run_id) / "stages").glob("*.json")):
         runs.record_stage(url, run_id, path.stem, json.loads(path.read_text()))
     stats = runs.run_stats(url, run_id)
     out = Path(home).expanduser().resolve() / "reports" / run_id
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "run.json", json.dumps(stats, indent=2, default=str))
-    return {"report": str(out / "run.json")}
+    return {"report": str(out / "run.json"), **write_run_report(url, home, run_id)}
 
 
 def finish(url: str, run_id: str, status: str = "success", error: str | None = None) -> None:
