@@ -117,10 +117,13 @@ def _client(client: object | None, dask_address: str | None) -> Iterator[object]
 def extract(url: str, home: str, run_id: str, as_of: datetime, dask_address: str | None = None,
             client: object | None = None) -> dict:
     from pipeline.extract import extract_snapshot
+    from pipeline.extract.impressions import extract_impressions
 
     with _client(client, dask_address) as c:
         out = extract_snapshot(url, _dir(home, run_id) / "snapshot", as_of, c, ts_floor=get_settings().ts_floor)
     check_shop(out, as_of)
+    out["impressions"] = extract_impressions(url, _dir(home, run_id) / "snapshot", as_of,
+                                             days=get_settings().rank_windows + 2)
     return out
 
 
