@@ -89,3 +89,29 @@ def test_reader_reads_ab_daily_and_the_cli_writes_the_page(db_url: str, rerank_e
     page = (tmp_path / "ab" / "ab_report.html").read_text()
     for sid in ("summary", "srm", "metrics", "plot-intervals", "daily", "plot-daily"):
         assert f'id="{sid}"' in page
+
+
+def test_impressions_import_loads_good_rows_and_quarantines_bad_ones(db_url: str, rerank_env: dict,
+                                                                     tmp_path) -> None:
+    import os
+
+    from pipeline.db.engine import connect
+
+    f = tmp_path / "shown.csv"
+    f.write_text("user_id,item_id,rank,ts,variant,run_id\n"
+                 "1,10,1,2026-11-20T10:00:00Z,a,nightly_x\n"
+                 "1,11,2,1700000000,b,\n"
+                 "1,,3,2026-11-20T10:00:00Z,a,\n"
+                 "2,13,-1,2026-11-20T10:00:00Z,a,\n")
+    rerank = str(Path(sys.executable).with_name("rerank"))
+    proc = subprocess.run([rerank, "impressions", "import", str(f)], capture_output=True, text=True,
+                          env={**os.environ, **rerank_env})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "imported impressions: 2 rows loaded; 2 rows quarantined"
+    with connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT user_id, item_id, rank, variant, run_id, placement FROM shop.impressions ORDER BY rank")
+        assert cur.fetchall() == [(1, 10, 1, "a", "nightly_x", "home"), (1, 11, 2, "b", None, "home")]
+        cur.execute("SELECT raw->>'line', reason FROM recsys.quarantine WHERE source = 'shop.impressions' "
+                    "ORDER BY 1")
+        rows = cur.fetchall()
+    assert [r[0] for r in rows] == ["4", "5"] and "empty item_id" in rows[0][1] and "[1, 10000]" in rows[1][1]
