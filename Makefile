@@ -15,7 +15,7 @@ export AIRFLOW__CORE__PARALLELISM := 4
 export AIRFLOW__CORE__UNIT_TEST_MODE := False
 DEMO_AS_OF ?= 2026-11-24T00:00:00+00:00
 
-.PHONY: setup demo test lint eval bench deploy-check clean
+.PHONY: setup chromium demo test lint eval bench deploy-check clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,17 @@ $(STAMP): pyproject.toml
 	@$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,text,airflow]' 2>&1 | grep -v '^WARNING: Location' || true
 	@$(BIN)/python -c "import pipeline.cli, torch, dask.distributed" || (echo "the install is incomplete"; exit 1)
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+# Headless Chromium for the tests that open the HTML reports (tests/chromium.py): Debian's package, installed
+# with apt when missing and we are root (CI); otherwise those tests skip and say why. Never fails the build.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+		|| command -v google-chrome >/dev/null 2>&1 || test -n "$$RERANK_TEST_CHROMIUM" \
+		|| { test "$$(id -u)" = 0 && command -v apt-get >/dev/null 2>&1 \
+		     && echo "installing chromium (apt) for the report rendering tests" \
+		     && (apt-get install -y -q chromium >/dev/null 2>&1 \
+		         || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \
+		     || echo "no chromium: the report rendering tests will skip (apt-get install -y chromium)"; }
 
 demo: setup
 	@$(BIN)/rerank db up >/dev/null
@@ -39,7 +50,7 @@ demo: setup
 		|| (tail -n 60 $(RERANK_HOME)/airflow-demo.log; echo "airflow dags test failed; full log: $(RERANK_HOME)/airflow-demo.log"; exit 1)
 	@$(BIN)/python -m pipeline.demo --as-of $(DEMO_AS_OF)
 
-test: setup
+test: setup chromium
 	$(BIN)/python -m pytest -q -m "not slow" --timeout=900
 
 lint: setup

@@ -187,25 +187,65 @@ def emit(context: dict, asset: Asset, run_id: str, out: dict | None = None) -> N
         events[asset].extra = extra
 
 
-def mark_run_failed(context: dict) -> None:
-    """Task failure callback: mark the run ``failed`` in recsys.runs; the previous publication stays live.
+def _run_id(context: dict) -> str:
+    """The run id from ``begin``'s XCom, else from the DAG id and as_of (when ``begin`` itself failed)."""
+    from pipeline.runs import make_run_id, parse_as_of
 
-    The run id comes from ``begin``'s XCom, else from the DAG id and as_of (when ``begin`` itself failed).
-    A callback never raises: a problem here is logged, the task's own error is the one that matters.
+    pulled = context["ti"].xcom_pull(task_ids="begin")
+    run_id = pulled.get("run_id") if isinstance(pulled, dict) else pulled
+    return run_id or make_run_id(context["dag"].dag_id, parse_as_of(as_of_from(context)))
+
+
+def mark_run_failed(context: dict) -> None:
+    """Task failure callback: mark the run ``failed`` in recsys.runs (the previous publication stays live),
+    write its report and route the failure (``pipeline.reporting.alerts.run_failed``: log ``pipeline.alerts``,
+    recsys.runs, RERANK_ALERT_WEBHOOK). A callback never raises: a problem here is logged, the task's own error
+    is the one that matters.
     """
     try:
-        from pipeline.runs import make_run_id, parse_as_of, run_stats
+        from pipeline.runs import run_stats
 
         ti = context["ti"]
-        pulled = ti.xcom_pull(task_ids="begin")
-        run_id = pulled.get("run_id") if isinstance(pulled, dict) else pulled
         url = database_url()
-        if not run_id:
-            run_id = make_run_id(context["dag"].dag_id, parse_as_of(as_of_from(context)))
+        run_id = _run_id(context)
         if not run_stats(url, run_id):
             return
-        from pipeline.nightly import finish
+        from pipeline.reporting.alerts import run_failed
 
-        finish(url, run_id, "failed", f"{ti.task_id}: {context.get('exception')}")
+        run_failed(url, rerank_home(), run_id, ti.task_id, context.get("exception"))
     except Exception:  # noqa: BLE001 - see docstring
         log.exception("could not mark the run failed in recsys.runs")
+
+
+def warn_on_retry(context: dict) -> None:
+    """Task retry callback: route a warning (the task failed once and will run again); never raises."""
+    try:
+        from pipeline.reporting.alerts import notify
+
+        ti = context["ti"]
+        notify(database_url(), _run_id(context), "warning",
+               f"{ti.task_id} failed and will be retried: {context.get('exception')}", source=ti.task_id)
+    except Exception:  # noqa: BLE001
+        log.exception("could not route the retry warning")
+
+
+def route_report_warnings(context: dict) -> None:
+    """Success callback of ``report``: route each warning of the run's report (input drift, slow stages,
+    coverage); never raises."""
+    try:
+        from pipeline.reporting.alerts import route_warnings
+
+        ti = context["ti"]
+        out = ti.xcom_pull(task_ids=ti.task_id) or {}
+        route_warnings(database_url(), _run_id(context), list(out.get("warnings") or []))
+    except Exception:  # noqa: BLE001
+        log.exception("could not route the report's warnings")
+
+
+#: The nightly DAG's callbacks (its ``default_args``). An operator routes them elsewhere by adding Airflow
+#: notifiers here (e.g. ``[mark_run_failed, SlackNotifier(...)]``) or by routing the ``pipeline.alerts`` logger
+#: or setting RERANK_ALERT_WEBHOOK.
+NIGHTLY_CALLBACKS: dict[str, list[Callable]] = {"on_failure_callback": [mark_run_failed],
+                                                "on_retry_callback": [warn_on_retry]}
+#: Callbacks of the ``report`` task on success: its warnings are routed like failures.
+REPORT_SUCCESS_CALLBACKS: list[Callable] = [route_report_warnings]

@@ -23,7 +23,14 @@ downstream DAG with `schedule=[Asset.ref(name="rerank.recsys.user_recommendation
 params, failed validation, a refused quality gate, a missing schema: the task fails at once), an
 `execution_timeout` per stage, a `dagrun_timeout` of 20 h for the whole run, training in the pool
 `gpu` (create it: `airflow pools set gpu 1 "ecom-rerank ranker training: one slot per GPU"`). A task that
-fails for good marks the run `failed` in `recsys.runs`; the previous publication stays live.
+fails for good marks the run `failed` in `recsys.runs` and writes its report; the previous publication stays
+live. Failures, retries and the report's warnings (input drift, slow stages, coverage) go through Airflow
+callbacks (`NIGHTLY_CALLBACKS`, `REPORT_SUCCESS_CALLBACKS` in `_common.py`) to `pipeline.reporting.alerts`:
+the logger `pipeline.alerts`, `recsys.runs.stats->'alerts'` and `RERANK_ALERT_WEBHOOK`; add Airflow notifiers
+to those lists to route them elsewhere.
+
+**Report.** `report` writes `RERANK_HOME/runs/<run_id>/report.html` (stage times, gates against the last run,
+input drift, coverage and diversity, the model and why), linked from `recsys.runs.report_uri`.
 """
 
 from __future__ import annotations
@@ -33,15 +40,16 @@ from _common import (
     DEFAULT_ARGS,
     GPU_POD_TEMPLATE,
     GPU_POOL,
+    NIGHTLY_CALLBACKS,
     NIGHTLY_DAGRUN_TIMEOUT,
     RECS_ASSET,
+    REPORT_SUCCESS_CALLBACKS,
     TIMEOUTS,
     as_of_from,
     dask_address,
     database_url,
     emit,
     fail_fast,
-    mark_run_failed,
     nightly_params,
     rerank_home,
     stage_asset,
@@ -66,7 +74,7 @@ def _stage(name: str, *extra_outlets, **kwargs):  # noqa: ANN202 - the @task dec
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=NIGHTLY_DAGRUN_TIMEOUT,
-    default_args={**DEFAULT_ARGS, "on_failure_callback": mark_run_failed},
+    default_args={**DEFAULT_ARGS, **NIGHTLY_CALLBACKS},
     doc_md=__doc__,
     tags=["ecom-rerank"],
     params=nightly_params(),
@@ -208,7 +216,7 @@ def rerank_nightly() -> None:
                                        "no Asset event")
         emit(context, RECS_ASSET, rid, published)
 
-    @_stage("report")
+    @_stage("report", on_success_callback=REPORT_SUCCESS_CALLBACKS)
     def report(run: dict, _p: dict, **context) -> dict:
         from pipeline import nightly
 

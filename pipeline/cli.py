@@ -20,10 +20,14 @@ db_app = typer.Typer(no_args_is_help=True, help="The database: embedded server a
 run_app = typer.Typer(no_args_is_help=True, help="Run a workflow without Airflow.")
 publish_app = typer.Typer(no_args_is_help=True, help="Publication of the read views.")
 models_app = typer.Typer(no_args_is_help=True, help="The ranker registry (recsys.models).")
+impressions_app = typer.Typer(no_args_is_help=True, help="What users were shown (shop.impressions).")
+ab_app = typer.Typer(no_args_is_help=True, help="A/B readout of the arms (recsys.ab_daily).")
 app.add_typer(db_app, name="db")
 app.add_typer(run_app, name="run")
 app.add_typer(publish_app, name="publish")
 app.add_typer(models_app, name="models")
+app.add_typer(impressions_app, name="impressions")
+app.add_typer(ab_app, name="ab")
 
 out = Console()
 err = Console(stderr=True)
@@ -189,6 +193,9 @@ def generate(
     days: int = typer.Option(30, help="Days of history"),
     seed: int = typer.Option(42, help="Random seed"),
     events_per_user: float | None = typer.Option(None, help="Mean events per user (default: tier ratio)"),
+    impression_days: int = typer.Option(0, "--impression-days", min=0,
+                                        help="Also log a home placement in shop.impressions over the last N days, "
+                                        "with position-biased clicks (0: none)"),
 ) -> None:
     """Generate a synthetic shop into shop.* (replacing what is there)."""
     from pipeline.datagen import generate_shop, tier_sizes
@@ -205,13 +212,16 @@ def generate(
     for name, v in {"--users": users, "--items": items, "--days": days}.items():
         if v <= 0:
             raise ConfigError(f"{name} must be positive, got {v}")
+    if impression_days:
+        kwargs["impression_days"] = impression_days
     from pipeline.db.migrate import require_schema
 
     url = _url()
     require_schema(url)
     with _progress(f"generating {users} users, {items} items, {days} days"):
         stats = generate_shop(url, users=users, items=items, days=days, seed=seed, **kwargs)
-    print(f"generated shop: {stats.users} users, {stats.items} items, {stats.events} events "
+    shown = f", {stats.impressions} impressions" if stats.impressions else ""
+    print(f"generated shop: {stats.users} users, {stats.items} items, {stats.events} events{shown} "
           f"(build {stats.build_seconds:.1f}s, load {stats.load_seconds:.1f}s)")
 
 
@@ -239,6 +249,72 @@ def import_(
     with _progress(f"importing {fmt.value} from {path}"):
         result = import_dataset(url, fmt.value, path, mapping=mapping_d)
     print(result.summary_line())
+
+
+@impressions_app.command("import")
+def impressions_import(
+    path: Path = typer.Argument(..., help="CSV (with a header) or Parquet file of impressions"),
+    mapping: str | None = typer.Option(None, help='column mapping as JSON, e.g. {"user_id": "uid", "rank": "pos"}'),
+    append: bool = typer.Option(False, "--append", help="Add to shop.impressions instead of replacing it"),
+) -> None:
+    """Load impressions (user_id, item_id, rank, ts; placement, variant, run_id) into shop.impressions; invalid
+    rows go to recsys.quarantine. Last line: both counts."""
+    from pipeline.db.migrate import require_schema
+    from pipeline.ingest.impressions import import_impressions
+
+    url = _url()
+    require_schema(url)
+    try:
+        mapping_d = json.loads(mapping) if mapping else None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--mapping is not valid JSON: {exc}") from None
+    print(import_impressions(url, path, mapping=mapping_d, append=append).summary_line())
+
+
+@ab_app.command("report")
+def ab_report(
+    since: str = typer.Option(..., "--since", help="First day of the period (ISO date)"),
+    until: str | None = typer.Option(None, "--until", help="Day after the period (default: up to now)"),
+    control: str | None = typer.Option(None, "--control", help="The control arm (default: 'control', else the "
+                                       "first by name)"),
+    expected: str | None = typer.Option(None, "--expected", help="Declared split for the ratio check, e.g. "
+                                        "control=0.5,treatment=0.5 (default: RERANK_VARIANTS weights, else equal)"),
+    method: str = typer.Option("delta", "--method", help="delta | bootstrap"),
+    level: float = typer.Option(0.95, "--level", min=0.5, max=0.999, help="Confidence level"),
+    out_dir: Path | None = typer.Option(None, "--out", help="Folder for ab_report.html/.json (default: "
+                                        "RERANK_HOME/reports/ab/<since>)"),
+) -> None:
+    """Per arm: exposed users, CTR, add-to-cart rate, conversion, revenue per exposed user, each against the
+    control with an interval; a sample-ratio-mismatch check; an HTML page with plots. Last line: the page."""
+    from datetime import date as date_
+
+    from pipeline.reporting.ab import METRICS, readout, write_report
+
+    try:
+        start = date_.fromisoformat(since)
+        end = date_.fromisoformat(until) if until else None
+        split = {k.strip(): float(v) for k, v in (p.split("=", 1) for p in expected.split(","))} if expected else None
+    except ValueError as exc:
+        raise ConfigError(f"bad --since/--until/--expected: {exc}",
+                          "--since 2026-11-24 --expected a=0.5,b=0.5") from None
+    r = readout(_url(), start, end, control=control, expected=split, method=method, level=level)
+    table = Table(title=f"A/B readout since {start} (control {r.control}, {int(level * 100)}% {method} intervals)")
+    for c in ["arm", "users", *METRICS]:
+        table.add_column(c, justify="right")
+    for row in r.arms.itertuples(index=False):
+        cells = []
+        for m in METRICS:
+            d = r.diffs[(r.diffs["variant"] == row.variant) & (r.diffs["metric"] == m)]
+            ci = f" [{d.iloc[0]['ci_low']:+.4f}, {d.iloc[0]['ci_high']:+.4f}]" if len(d) else ""
+            cells.append(f"{getattr(row, m):.4f}{ci}")
+        table.add_row(str(row.variant), str(row.exposed_users), *cells)
+    out.print(table)
+    srm = r.srm
+    print(f"sample ratio check: users {dict(zip(srm['arms'], srm['observed'], strict=True))}, "
+          f"p = {srm['p_value']}" + (" MISMATCH: do not trust the metrics" if srm.get("mismatch") else " ok"))
+    print("better arm: " + ", ".join(f"{m} {r.winner(m) or 'none'}" for m in METRICS))
+    folder = out_dir or (_settings().home_path / "reports" / "ab" / str(start))
+    print(f"wrote {write_report(r, folder)['html']}")
 
 
 def _confirm_replace(url: str, path: Path) -> None:

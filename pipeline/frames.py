@@ -21,6 +21,7 @@ USER_COLUMNS = ["user_id", "created_at", "attrs"]
 ITEM_COLUMNS = ["item_id", "title", "description", "category", "brand", "price", "in_stock", "visible",
                 "created_at", "image_path", "attrs"]
 EVENT_COLUMNS = ["event_id", "user_id", "item_id", "event_type", "query", "session_id", "quantity", "ts"]
+IMPRESSION_COLUMNS = ["user_id", "item_id", "placement", "rank", "variant", "run_id", "ts"]
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "search")
 
 

@@ -117,10 +117,13 @@ def _client(client: object | None, dask_address: str | None) -> Iterator[object]
 def extract(url: str, home: str, run_id: str, as_of: datetime, dask_address: str | None = None,
             client: object | None = None) -> dict:
     from pipeline.extract import extract_snapshot
+    from pipeline.extract.impressions import extract_impressions
 
     with _client(client, dask_address) as c:
         out = extract_snapshot(url, _dir(home, run_id) / "snapshot", as_of, c, ts_floor=get_settings().ts_floor)
     check_shop(out, as_of)
+    out["impressions"] = extract_impressions(url, _dir(home, run_id) / "snapshot", as_of,
+                                             days=get_settings().rank_windows + 2)
     return out
 
 
@@ -365,14 +368,17 @@ def publish(url: str, home: str, run_id: str, as_of: datetime, *, keep: int = 3,
 
 
 def report(url: str, home: str, run_id: str) -> dict:
-    """Copy the stage figures into recsys.runs and write the run's summary to RERANK_HOME/reports/<run_id>/."""
+    """Copy the stage figures into recsys.runs and write the run's summary to RERANK_HOME/reports/<run_id>/;
+    the HTML report beside the stage files (runs/<run_id>/report.html, linked from recsys.runs.report_uri)."""
+    from pipeline.reporting.run_report import write_run_report
+
     for path in sorted((_dir(home, run_id) / "stages").glob("*.json")):
         runs.record_stage(url, run_id, path.stem, json.loads(path.read_text()))
     stats = runs.run_stats(url, run_id)
     out = Path(home).expanduser().resolve() / "reports" / run_id
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "run.json", json.dumps(stats, indent=2, default=str))
-    return {"report": str(out / "run.json")}
+    return {"report": str(out / "run.json"), **write_run_report(url, home, run_id)}
 
 
 def finish(url: str, run_id: str, status: str = "success", error: str | None = None) -> None:

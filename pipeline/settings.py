@@ -124,6 +124,13 @@ class Settings(BaseSettings):
     validate_full_every_days: int = Field(7, ge=0)
     #: Days a row stays in recsys.quarantine before the validation prunes it (0: kept for ever).
     quarantine_retention_days: int = Field(30, ge=0)
+    #: Input drift in the run report: a population stability index at or above ``drift_psi_warn`` warns,
+    #: at or above ``drift_psi_alert`` alerts (the usual 0.1 / 0.25 bands).
+    drift_psi_warn: float = Field(0.1, gt=0.0)
+    drift_psi_alert: float = Field(0.25, gt=0.0)
+    #: Where run warnings and failures are also POSTed as JSON (a chat or paging webhook); unset: they are
+    #: logged (logger ``pipeline.alerts``) and kept in recsys.runs.stats->'alerts' only.
+    alert_webhook: str | None = None
     #: Seed for everything random in a run.
     seed: int = 42
     #: Password of the pipeline login (rerank_pipeline, in rerank_writer) that ``rerank db migrate

@@ -7,13 +7,14 @@ others.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
 
-from pipeline.datagen.behaviour import build_events, build_population, tastes_frame
-from pipeline.datagen.catalog import build_catalog
+from pipeline.datagen.behaviour import Population, build_events, build_population, tastes_frame
+from pipeline.datagen.catalog import Catalog, build_catalog
 from pipeline.errors import ConfigError
 from pipeline.frames import ShopFrames
 
@@ -49,6 +50,20 @@ def check_sizes(users: int, items: int, days: int, events_per_user: float | None
         raise ConfigError(f"events_per_user must be >= 0, got {events_per_user}")
 
 
+@dataclass
+class World:
+    """A generated shop with what made it: the catalogue and the users' latent tastes (for the simulated loop
+    of ``pipeline.datagen.loop``: impressions, clicks with position bias, A/B arms)."""
+
+    frames: ShopFrames
+    tastes: pd.DataFrame
+    catalog: Catalog
+    pop: Population
+    start_ms: int
+    end_ms: int
+    seed: int
+
+
 def build_shop(users: int, items: int, days: int, seed: int = 42, *, events_per_user: float | None = None,
                end: datetime = DEFAULT_END) -> tuple[ShopFrames, pd.DataFrame]:
     """A synthetic shop (users, items, events in ``[end - days, end)``) and its ground-truth tastes.
@@ -56,6 +71,13 @@ def build_shop(users: int, items: int, days: int, seed: int = 42, *, events_per_
     Same arguments, same frames. The tastes frame has the columns of ``datagen.user_tastes``
     (``user_id, dimension, key, weight``).
     """
+    world = build_world(users, items, days, seed, events_per_user=events_per_user, end=end)
+    return world.frames, world.tastes
+
+
+def build_world(users: int, items: int, days: int, seed: int = 42, *, events_per_user: float | None = None,
+                end: datetime = DEFAULT_END) -> World:
+    """:func:`build_shop` with its catalogue and population kept (same frames for the same arguments)."""
     check_sizes(users, items, days, events_per_user)
     if end.tzinfo is None:
         raise ConfigError(f"end must be timezone-aware, got {end.isoformat()}", "pass tzinfo=UTC")
@@ -67,4 +89,4 @@ def build_shop(users: int, items: int, days: int, seed: int = 42, *, events_per_
     epu = DEFAULT_EVENTS_PER_USER if events_per_user is None else float(events_per_user)
     events = build_events(events_ss, pop, catalog, start_ms, end_ms, epu)
     frames = ShopFrames(users=pop.users, items=catalog.items, events=events, name=f"synthetic-{seed}")
-    return frames, tastes_frame(pop, catalog)
+    return World(frames, tastes_frame(pop, catalog), catalog, pop, start_ms, end_ms, seed)

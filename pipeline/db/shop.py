@@ -37,7 +37,8 @@ def shop_rows(url: str) -> dict[str, int]:
 def load_shop(cur, frames: ShopFrames, *, replace: bool = True) -> dict[str, int]:
     """COPY a shop into ``shop.*`` (truncating first when ``replace``, so a reload is idempotent)."""
     if replace:
-        cur.execute("TRUNCATE shop.events, shop.items, shop.users")
+        # impressions describe the old shop's users and items: they go with it
+        cur.execute("TRUNCATE shop.events, shop.items, shop.users, shop.impressions")
     counts = {
         "users": copy_frame(cur, "shop.users", _prepare(frames.users, USER_COLUMNS)),
         "items": copy_frame(cur, "shop.items", _prepare(frames.items, ITEM_COLUMNS)),

@@ -115,6 +115,10 @@ class Window:
     candidates: pd.DataFrame
     history: pd.DataFrame = field(repr=False)
     stat_scale: float = 1.0
+    #: What the window's users were shown in ``[cutoff, end)`` (user_id, item_id, rank), None without a log.
+    impressions: pd.DataFrame | None = field(default=None, repr=False)
+    #: Examination propensity by rank (index r - 1), relative to rank 1 (see :func:`position_propensity`).
+    propensity: np.ndarray | None = field(default=None, repr=False)
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -140,9 +144,11 @@ def user_sample(user_ids: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 
 def build_window(events: pd.DataFrame, cutoff: datetime, end: datetime, candidate_fn: CandidateFn, *,
-                 max_users: int | None = None, seed: int = 0, stat_scale: float = 1.0) -> Window:
+                 max_users: int | None = None, seed: int = 0, stat_scale: float = 1.0,
+                 impressions: pd.DataFrame | None = None, propensity: np.ndarray | None = None) -> Window:
     """Labels in ``[cutoff, end)`` and the recall candidates at ``cutoff`` of the labelled users.
-    ``stat_scale``: see :class:`Window` (``events`` hold a sample of the shop's users)."""
+    ``stat_scale``: see :class:`Window` (``events`` hold a sample of the shop's users). ``impressions``: the
+    shop's log (``shop.impressions``); the window keeps its users' rows in ``[cutoff, end)``."""
     labels = labels_in(events, cutoff, end)
     users = np.unique(labels["user_id"].to_numpy())
     if max_users is not None and len(users) > max_users:  # big shops: a seeded sample of users per window
@@ -153,8 +159,50 @@ def build_window(events: pd.DataFrame, cutoff: datetime, end: datetime, candidat
         columns=["user_id", "item_id", "source", "recall_score", "p_recall"])
     touched = touched_in(events, cutoff, end)
     touched = touched[touched["user_id"].isin(users)]
+    shown = None
+    if impressions is not None and len(impressions):
+        ts = pd.to_datetime(impressions["ts"], utc=True)
+        keep = (ts >= pd.Timestamp(cutoff)) & (ts < pd.Timestamp(end)) & impressions["user_id"].isin(users)
+        shown = impressions.loc[keep, ["user_id", "item_id", "rank"]].astype("int64").reset_index(drop=True)
     return Window(cutoff=cutoff, end=end, labels=labels.reset_index(drop=True), touched=touched,
-                  candidates=cand.reset_index(drop=True), history=hist, stat_scale=stat_scale)
+                  candidates=cand.reset_index(drop=True), history=hist, stat_scale=stat_scale,
+                  impressions=shown, propensity=propensity)
+
+
+def clicked_impressions(impressions: pd.DataFrame, events: pd.DataFrame,
+                        within: timedelta = timedelta(minutes=30)) -> np.ndarray:
+    """For each impression, whether the user clicked the item within ``within`` after it was shown (short:
+    a later click on the same item, from search or browsing, was not earned by the placement)."""
+    if not len(impressions):
+        return np.zeros(0, dtype=bool)
+    clicks = events.loc[(events["event_type"] == "click") & events["item_id"].notna(), ["user_id", "item_id", "ts"]]
+    imp = impressions[["user_id", "item_id", "ts"]].reset_index(drop=True).assign(
+        _row=lambda d: np.arange(len(d)), ts=lambda d: pd.to_datetime(d["ts"], utc=True))
+    m = imp.merge(clicks.astype({"item_id": "int64"}), on=["user_id", "item_id"], suffixes=("", "_c"))
+    hit = m.loc[(m["ts_c"] >= m["ts"]) & (m["ts_c"] < m["ts"] + pd.Timedelta(within)), "_row"].unique()
+    out = np.zeros(len(imp), dtype=bool)
+    out[hit] = True
+    return out
+
+
+def position_propensity(impressions: pd.DataFrame, events: pd.DataFrame, *, max_rank: int = 50,
+                        floor: float = 0.05, min_shown: int = 30) -> np.ndarray:
+    """Examination propensity by rank relative to rank 1 (index r - 1): the click-through rate at each rank
+    over the rate at rank 1, non-increasing, in ``[floor, 1]``. It is the position bias only where the logged
+    order does not follow relevance (a randomised or shuffled placement); ranks shown fewer than
+    ``min_shown`` times take the rank before them's value. Without impressions: all ones."""
+    p = np.ones(max_rank)
+    if impressions is None or not len(impressions):
+        return p
+    rank = np.minimum(impressions["rank"].to_numpy(dtype=np.int64), max_rank)
+    clicked = clicked_impressions(impressions, events).astype(float)
+    shown = np.bincount(rank, minlength=max_rank + 1)[1:].astype(float)
+    hits = np.bincount(rank, weights=clicked, minlength=max_rank + 1)[1:]
+    if shown[0] < min_shown or hits[0] <= 0:
+        return p
+    ctr = np.where(shown >= min_shown, hits / np.maximum(shown, 1), np.nan)
+    rel = pd.Series(ctr / ctr[0]).ffill().to_numpy()
+    return np.clip(np.minimum.accumulate(rel), floor, 1.0)
 
 
 def daily_windows(as_of: datetime, n_windows: int, *, holdout_days: int = 1) -> tuple[list[tuple[datetime,
@@ -187,9 +235,35 @@ def _runs(keys: np.ndarray) -> list[tuple[int, int, int]]:
     return list(zip(keys[first].tolist(), first.tolist(), np.r_[first[1:], len(keys)].tolist(), strict=True))
 
 
+def _shown_negatives(win: Window, touched: set) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], dict]:
+    """Per user: items shown in the window and never touched, with the propensity of their best rank (drawing
+    weight: an item at a rank the user likely looked at is a surer negative); and (user, item) -> best rank of
+    what was shown."""
+    imp = win.impressions
+    if imp is None or not len(imp):
+        return {}, {}
+    best = imp.groupby(["user_id", "item_id"], as_index=False)["rank"].min()
+    p = win.propensity if win.propensity is not None else np.ones(1)
+    best["p"] = p[np.minimum(best["rank"].to_numpy(), len(p)) - 1]
+    rank_of = dict(zip(zip(best["user_id"].tolist(), best["item_id"].tolist(), strict=True),
+                       best["rank"].tolist(), strict=True))
+    neg = best[[(u, i) not in touched for u, i in zip(best["user_id"].tolist(), best["item_id"].tolist(),
+                                                      strict=True)]]
+    out = {}
+    for u, g in neg.groupby("user_id"):
+        out[int(u)] = (g["item_id"].to_numpy(dtype=np.int64), g["p"].to_numpy(dtype=np.float64))
+    return out, rank_of
+
+
 def sample_groups(win: Window, item_pool: np.ndarray, *, n_recall_neg: int = 12, n_random_neg: int = 4,
-                  seed: int = 0) -> Groups:
-    """One group per positive of ``win``: the positive, recall negatives first, random ones filling up."""
+                  seed: int = 0, n_shown_neg: int = 0, ipw_clip: float = 10.0) -> Groups:
+    """One group per positive of ``win``: the positive, recall negatives first, random ones filling up.
+
+    With impressions in the window and ``n_shown_neg`` > 0, up to that many of the K negatives are items the
+    user was shown and did not touch (drawn in proportion to the propensity of their rank), and a positive
+    that was shown has its weight multiplied by the inverse propensity of its rank (capped at ``ipw_clip``):
+    a click at rank 8 counts for the examinations it did not get (inverse propensity scoring). Without
+    impressions the groups are exactly those of before."""
     rng = np.random.default_rng(seed)
     k = n_recall_neg + n_random_neg
     cols = ["user_id", "item_id", "source", "recall_score", "p_recall",
@@ -205,6 +279,8 @@ def sample_groups(win: Window, item_pool: np.ndarray, *, n_recall_neg: int = 12,
         o = np.argsort(cu, kind="stable")  # a user's candidates keep their frame order
         cu, ci = cu[o], cand["item_id"].to_numpy(dtype=np.int64)[o]
         by_user = {u: ci[s:e] for u, s, e in _runs(cu)}
+    shown_neg, rank_of = _shown_negatives(win, touched) if n_shown_neg else ({}, {})
+    prop = win.propensity
     lu = win.labels["user_id"].to_numpy(dtype=np.int64)
     users = np.unique(lu)
     seq_of = {u: i for i, u in enumerate(users.tolist())}
@@ -216,9 +292,17 @@ def sample_groups(win: Window, item_pool: np.ndarray, *, n_recall_neg: int = 12,
         pool = by_user.get(u)
         pool_items = np.array([] if pool is None else [i for i in pool.tolist() if (u, i) not in touched],
                               dtype=np.int64)
+        shown_items, shown_p = shown_neg.get(u, (np.zeros(0, dtype=np.int64), np.zeros(0)))
         for it, w in zip(l_item[s:e], l_weight[s:e], strict=True):
-            rn = rng.choice(pool_items, min(n_recall_neg, len(pool_items)), replace=False) if len(pool_items) \
-                else np.zeros(0, dtype=np.int64)
+            sn = rng.choice(shown_items, min(n_shown_neg, len(shown_items)), replace=False,
+                            p=shown_p / shown_p.sum()) if len(shown_items) else np.zeros(0, dtype=np.int64)
+            rest = pool_items[~np.isin(pool_items, sn)] if len(sn) else pool_items
+            rn = rng.choice(rest, min(n_recall_neg - len(sn), len(rest)), replace=False) if len(rest) \
+                and n_recall_neg > len(sn) else np.zeros(0, dtype=np.int64)
+            rn = np.concatenate([sn, rn]).astype(np.int64)
+            r = rank_of.get((u, int(it)))
+            if r is not None and prop is not None:
+                w = w * min(1.0 / prop[min(r, len(prop)) - 1], ipw_clip)
             need = k - len(rn)
             rand = rng.choice(item_pool, need + 8, replace=len(item_pool) < need + 8)
             taken = set(rn.tolist())

@@ -63,6 +63,10 @@ class RankerConfig:
     seq_len: int = 50
     n_recall_neg: int = 12
     n_random_neg: int = 4
+    #: With impressions: up to this many of the recall negatives are shown-and-not-clicked items, and shown
+    #: positives are weighted by the inverse propensity of their rank, capped at ``ipw_clip``.
+    n_shown_neg: int = 6
+    ipw_clip: float = 10.0
     loss: str = "softmax"  # "softmax" (CE over the group) | "bce"
     lr: float = 3e-3
     weight_decay: float = 1e-5
@@ -259,7 +263,7 @@ class RankerModel:
             if not len(w.labels):
                 continue
             g = sample_groups(w, pool, n_recall_neg=cfg.n_recall_neg, n_random_neg=cfg.n_random_neg,
-                              seed=cfg.seed + k)
+                              seed=cfg.seed + k, n_shown_neg=cfg.n_shown_neg, ipw_clip=cfg.ipw_clip)
             stats = item_stats_at(w.history, w.cutoff, cfg.event_weights, cfg.half_life_days, w.stat_scale)
             parts.append((self.encode_groups(g, w.history, w.cutoff, side, stats, emb), g.group_user))
         data = Encoded.concat([p[0] for p in parts])

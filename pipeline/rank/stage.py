@@ -82,6 +82,21 @@ def _load(snap: Path, sample: Sample | None = None) -> tuple[pd.DataFrame, pd.Da
     return events, items, load_item_embeddings(str(snap / "item_embeddings.parquet"))
 
 
+def _impressions(snap: Path, sample: Sample, events: pd.DataFrame,
+                 before: datetime) -> tuple[pd.DataFrame | None, np.ndarray | None]:
+    """The sample's impressions from the snapshot (None without any) and the examination propensity by rank
+    estimated from those before ``before`` (the holdout's start: the gate's day stays unseen)."""
+    from pipeline.extract.impressions import read_impressions
+    from pipeline.rank.data import position_propensity
+
+    users = None if len(sample.users) >= sample.of else sample.users.tolist()
+    shown = read_impressions(snap, users)
+    if shown is None:
+        return None, None
+    early = shown[shown["ts"] < pd.Timestamp(before)]
+    return shown, position_propensity(early, events[events["ts"] < pd.Timestamp(before)])
+
+
 def item_feats_at(items: pd.DataFrame, history: pd.DataFrame, cutoff: datetime, config: RankerConfig,
                   scale: float = 1.0) -> pd.DataFrame:
     """Catalogue side features + item statistics from events before ``cutoff`` (what scoring reads);
@@ -181,8 +196,10 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
     events, items, emb = _load(snap, sample)
     fn = recall_candidate_fn(items, **recall)
     first_ts = events["ts"].min() if len(events) else None
-    windows = [build_window(events, c, e, fn, stat_scale=sample.scale)
-               for c, e in daily_windows(as_of, n_windows)[0]
+    train_days, (hold_start, _) = daily_windows(as_of, n_windows)
+    shown, propensity = _impressions(snap, sample, events, hold_start)
+    windows = [build_window(events, c, e, fn, stat_scale=sample.scale, impressions=shown, propensity=propensity)
+               for c, e in train_days
                if first_ts is not None and pd.Timestamp(c) > first_ts]
     windows = [w for w in windows if len(w.labels)]
     if not windows:
@@ -212,7 +229,8 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
                f"recall_only_ndcg@{GATE_K}_new": base_m[f"ndcg@{GATE_K}_new"], "holdout_users_new": cand_m["users_new"],
                "holdout": [hold.cutoff.isoformat(), hold.end.isoformat()], "config_digest": model.config_digest,
                "epochs": model.metrics["epochs"], "device": model.metrics["device"],
-               "train_groups": model.metrics["train_groups"], "windows": len(windows)}
+               "train_groups": model.metrics["train_groups"], "windows": len(windows),
+               "impressions": 0 if shown is None else len(shown)}
     reg = register_candidate(url, version, str(artifact), metrics, run_id=run_id)
     res = {"model_version": version, "trained": True, "status": reg["status"], "artifact_uri": str(artifact),
            "recall": recall, **metrics, "train_seconds": round(train_s, 3), "sample": sample.describe(),

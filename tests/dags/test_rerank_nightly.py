@@ -63,11 +63,15 @@ def test_every_task_has_retries_backoff_and_a_timeout(dagbag) -> None:
 
 
 def test_nightly_failures_mark_the_run(nightly) -> None:
-    from _common import mark_run_failed
+    from _common import mark_run_failed, route_report_warnings, warn_on_retry
+
+    def listed(callbacks: object) -> list:
+        return callbacks if isinstance(callbacks, list) else [callbacks]
 
     for task in nightly.tasks:
-        callbacks = task.on_failure_callback
-        assert mark_run_failed in (callbacks if isinstance(callbacks, list) else [callbacks]), task.task_id
+        assert mark_run_failed in listed(task.on_failure_callback), task.task_id
+        assert warn_on_retry in listed(task.on_retry_callback), task.task_id
+    assert route_report_warnings in listed(nightly.get_task("report").on_success_callback)
 
 
 def test_stages_follow_the_architecture(nightly) -> None:
@@ -201,6 +205,7 @@ def test_failure_callback_marks_the_run_failed(db_url: str, tmp_path: Path, monk
     from pipeline import nightly as stages
 
     monkeypatch.setenv("RERANK_DATABASE_URL", db_url)
+    monkeypatch.setenv("RERANK_HOME", str(tmp_path))
     monkeypatch.delenv("AIRFLOW_CONN_RERANK_POSTGRES", raising=False)
     as_of = datetime(2026, 11, 24, tzinfo=UTC)
     rid = stages.begin(db_url, str(tmp_path), as_of, params={"as_of": as_of.isoformat()})
@@ -214,6 +219,11 @@ def test_failure_callback_marks_the_run_failed(db_url: str, tmp_path: Path, monk
     with connect(db_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT run_id, status, stats->>'error' FROM recsys.runs ORDER BY run_id")
         assert cur.fetchall() == [(rid2, "failed", "begin: boom"), (rid, "failed", "score_users: worker lost")]
+        # the failure was routed (recorded as an alert) and the failed run has its report page
+        cur.execute("SELECT stats->'alerts'->0->>'level', stats->'alerts'->0->>'source', report_uri "
+                    "FROM recsys.runs WHERE run_id = %s", (rid,))
+        level, source, page = cur.fetchone()
+    assert (level, source) == ("failure", "score_users") and Path(page).is_file()
     # Never raises, even when the database is unreachable.
     monkeypatch.setenv("RERANK_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
     mark_run_failed({"ti": ti, "exception": "x", "params": {}})
@@ -252,9 +262,13 @@ def test_airflow_dags_test_publishes_lists(airflow_db: dict[str, str], db_url: s
     assert proc.returncode == 0, log[-4000:]
     assert "state=success" in log, log[-4000:]
     with connect(db_url) as conn, conn.cursor() as cur:
-        cur.execute("SELECT status, stats->'params'->>'top_n', stats->'params'->>'retrain' FROM recsys.runs "
-                    "WHERE run_id = 'nightly_20261124T0000'")
-        assert cur.fetchone() == ("success", "15", "false")
+        cur.execute("SELECT status, stats->'params'->>'top_n', stats->'params'->>'retrain', report_uri "
+                    "FROM recsys.runs WHERE run_id = 'nightly_20261124T0000'")
+        status, top_n, retrain, page = cur.fetchone()
+        assert (status, top_n, retrain) == ("success", "15", "false")
+        # the run's HTML report beside its stage files, linked from recsys.runs
+        assert Path(page) == tmp_path / "home" / "runs" / "nightly_20261124T0000" / "report.html"
+        assert 'id="drift"' in Path(page).read_text()
         cur.execute("SET ROLE rerank_reader")
         cur.execute("SELECT count(DISTINCT user_id), max(rank) FROM recsys.user_recommendations")
         users, max_rank = cur.fetchone()
