@@ -255,7 +255,8 @@ def recommend_shard(users: np.ndarray, events: pd.DataFrame, snap: str | Path, a
     from pipeline.rerank import RerankConfig
 
     cfg = RecommendConfig(top_n=top_n, n_candidates=n_candidates, recent_days=recent_days, weights=weights,
-                          half_life_days=half_life, decay_from=get_settings().decay_from)
+                          half_life_days=half_life, decay_from=get_settings().decay_from,
+                          priors=dict(get_settings().recall_priors))
     return recommend(users, events, load_artefacts(snap, artifact_uri), as_of, cfg,
                      rerank=RerankConfig(**(rerank or {})), rules=rules, variants=variants, variant_salt=salt)
 

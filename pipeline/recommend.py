@@ -65,6 +65,8 @@ class RecommendConfig:
     half_life_days: dict[str, float] = field(default_factory=dict)
     #: What event ages count from in recall: ``as_of`` or ``user_last`` (RERANK_DECAY_FROM).
     decay_from: str = "as_of"
+    #: Overrides of the recall sources' priors (RERANK_RECALL_PRIORS).
+    priors: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: object | None = None, **overrides: object) -> RecommendConfig:
@@ -73,7 +75,8 @@ class RecommendConfig:
 
         s = settings or get_settings()
         base = {"top_n": s.top_n, "n_candidates": s.candidates, "recent_days": s.recent_days,
-                "weights": dict(s.event_weights), "half_life_days": dict(s.half_life_days), "decay_from": s.decay_from}
+                "weights": dict(s.event_weights), "half_life_days": dict(s.half_life_days), "decay_from": s.decay_from,
+                "priors": dict(s.recall_priors)}
         return cls(**{**base, **overrides})
 
 
@@ -194,6 +197,7 @@ def recommend(users: np.ndarray, events: pd.DataFrame, art: Artefacts, as_of: da
     tables = art.tables
     rcfg = RecallConfig(as_of=as_of, n_candidates=cfg.n_candidates, recent_days=cfg.recent_days,
                         weights=cfg.weights, half_life_days=cfg.half_life_days, decay_from=cfg.decay_from,
+                        priors=cfg.priors,
                         repurchasable=repurchasable_categories(rerank, variants, also=RecallConfig.repurchasable))
     # All of generate_candidates' columns stay (per-source scores, ``sources``): the ranker reads them.
     base = generate_candidates(users, events, tables.neighbours, tables.item_feats, rcfg, tables=tables.items,

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     #: month counts less in ALS and item-CF) or ``user_last`` (the user's own latest event: only the order of
     #: their events counts). Item statistics and the ranker's recency inputs always count from as_of.
     decay_from: Literal["as_of", "user_last"] = "as_of"
+    #: Overrides of the recall sources' priors (pipeline.recall.candidates.SOURCE_PRIOR: each source's weight
+    #: in P_recall, which orders the lists before a ranker is promoted and is fused with P_rank after).
+    recall_priors: dict[str, float] = Field(default_factory=dict)
     #: Days of recent events that make up re-targeting and "recently viewed" recall.
     recent_days: int = Field(7, ge=1)
     #: Daily point-in-time windows the ranker trains on (before the gate's holdout day).
@@ -175,6 +178,16 @@ class Settings(BaseSettings):
         bad = {k: w for k, w in v.items() if k not in EVENT_TYPES or w <= 0}
         if bad:
             raise ValueError(f"unknown event types or non-positive values: {bad}")
+        return v
+
+    @field_validator("recall_priors")
+    @classmethod
+    def _known_sources(cls, v: dict[str, float]) -> dict[str, float]:
+        from pipeline.recall.candidates import SOURCE_PRIOR
+
+        bad = {k: w for k, w in v.items() if k not in SOURCE_PRIOR or not 0 < w <= 1}
+        if bad:
+            raise ValueError(f"recall priors name a source of {sorted(SOURCE_PRIOR)}, each in (0, 1]: {bad}")
         return v
 
     @property

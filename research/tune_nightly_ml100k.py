@@ -55,7 +55,9 @@ def main() -> None:
         m = ranking_metrics(valid, recs, 10)
         gate = model.run_figures.get("evaluate_gate", {})
         print(f"{name:<28} ndcg@10 {m['ndcg']:.4f}  precision@10 {m['precision']:.4f}  "
-              f"model {gate.get('scoring_model')}  {time.time() - t0:.0f} s  {json.dumps(settings)}", flush=True)
+              f"model {gate.get('scoring_model')}  holdout users {gate.get('holdout_users', gate.get('users'))}  "
+              f"{time.time() - t0:.0f} s  {json.dumps(settings)}", flush=True)
+        print(f"    gate: {json.dumps(gate, default=str)[:600]}", flush=True)
 
 
 if __name__ == "__main__":

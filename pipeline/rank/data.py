@@ -61,9 +61,11 @@ def touched_in(events: pd.DataFrame, start: datetime, end: datetime) -> pd.DataF
 
 def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_days: int = 7,
                         weights: dict[str, float] | None = None, half_life_days: dict[str, float] | None = None,
-                        neighbours_k: int = 20, decay_from: str = "as_of") -> CandidateFn:
-    """The production recall (``generate_candidates``) at a cut-off, with neighbours and item statistics
-    rebuilt from the events before it (the snapshot's neighbours.parquet saw the whole period)."""
+                        neighbours_k: int = 20, decay_from: str = "as_of", als: dict | None = None,
+                        priors: dict[str, float] | None = None) -> CandidateFn:
+    """The production recall (``generate_candidates``) at a cut-off, with neighbours, ALS factors and item
+    statistics rebuilt from the events before it (the run's neighbours and factors saw the whole period, the
+    labels included). ``als``: train_als' parameters and ``weighting`` (as cf_build's); None: no ALS source."""
     from pipeline.features.items import top_category
     from pipeline.rank.features import item_stats_at
     from pipeline.recall.candidates import RecallConfig, generate_candidates
@@ -96,11 +98,27 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
             nb = pd.DataFrame({"item_id": pd.Series(dtype="int64"), "similar_item_id": pd.Series(dtype="int64"),
                                "score": pd.Series(dtype="float64")})
         cfg = RecallConfig(as_of=cutoff, n_candidates=n_candidates, recent_days=recent_days, weights=w,
-                           half_life_days=hl, decay_from=decay_from)
+                           half_life_days=hl, decay_from=decay_from, priors=dict(priors or {}))
         mine = ev[ev["user_id"].isin(users)]
-        return generate_candidates(np.asarray(users, dtype=np.int64), mine, nb, feats, cfg)
+        return generate_candidates(np.asarray(users, dtype=np.int64), mine, nb, feats, cfg,
+                                   factors=_window_factors(inter, als))
 
     return fn
+
+
+def _window_factors(inter: object, als: dict | None) -> object | None:
+    """ALS factors of a window's interactions, trained as cf_build trains the run's (same parameters and
+    weighting), so the ranker learns from and is gated on the ALS candidates it will score."""
+    if als is None or not inter.user_items.nnz:
+        return None
+    from pipeline.recall.factors import BM25Weights, Factors, train_als
+
+    params = dict(als)
+    weighting = params.pop("weighting", "none")
+    bm25, matrix = (BM25Weights.fit_transform(inter.user_items) if weighting == "bm25"
+                    else (None, inter.user_items))
+    uf, itf, meta = train_als(matrix, **params)
+    return Factors(uf, itf, inter.user_ids, inter.item_ids, meta, weighting=bm25)
 
 
 @dataclass

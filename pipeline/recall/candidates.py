@@ -59,6 +59,8 @@ class RecallConfig:
     half_life_days: dict[str, float] = field(default_factory=dict)
     #: What event ages count from: ``as_of`` or ``user_last`` (see pipeline.features.items.decay_factor).
     decay_from: str = "as_of"
+    #: Overrides of SOURCE_PRIOR (a source's weight in p_recall, the recall-only order; RERANK_RECALL_PRIORS).
+    priors: dict[str, float] = field(default_factory=dict)
     #: Top-level categories whose bought items stay candidates (consumables); the re-rank's repurchase windows
     #: decide when they return. The nightly and the refresh add every category a window names
     #: (pipeline.rerank.repurchasable_categories), so a merchandiser's window is never pre-empted here.
@@ -403,7 +405,8 @@ def _empty_out() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="object") for c in OUT_COLUMNS})
 
 
-def _merge(cand: pd.DataFrame, n: int, reserve: dict[str, float] | None = None) -> pd.DataFrame:
+def _merge(cand: pd.DataFrame, n: int, reserve: dict[str, float] | None = None,
+           priors: dict[str, float] | None = None) -> pd.DataFrame:
     """One row per (user, item): strongest source and its anchor, all sources, per-source scores, noisy-or;
     then each user's top ``n``: every source's reserved best first, the rest by p_recall.
 
@@ -416,7 +419,8 @@ def _merge(cand: pd.DataFrame, n: int, reserve: dict[str, float] | None = None) 
     i = cand["item_id"].to_numpy(dtype="int64")
     o = cand["_o"].to_numpy(dtype="int64") if "_o" in cand.columns else _codes(cand["source"])
     rs = cand["recall_score"].to_numpy(dtype="float64")
-    p = _PRIOR[o] * (0.5 + 0.5 * np.clip(rs, 0, 1))
+    prior = _PRIOR if not priors else np.array([priors.get(s_, SOURCE_PRIOR[s_]) for s_ in SOURCES], dtype="float64")
+    p = prior[o] * (0.5 + 0.5 * np.clip(rs, 0, 1))
     uk = sorted_codes(u)[1]
     items, ik = sorted_codes(i)
     n_items = len(items)
@@ -547,4 +551,4 @@ def generate_candidates(users: np.ndarray, events: pd.DataFrame, neighbours: pd.
         keep = ~np.isin(b_item, tables.repurchasable_ids(cfg.repurchasable))
         span = int(max(i.max(initial=0), b_item.max(initial=0))) + 1
         ok &= ~np.isin(u * span + i, bought["user_id"].to_numpy(dtype="int64")[keep] * span + b_item[keep])
-    return _merge(cand[ok], cfg.n_candidates, cfg.reserve)
+    return _merge(cand[ok], cfg.n_candidates, cfg.reserve, cfg.priors)
