@@ -189,8 +189,10 @@ def generate(
     days: int = typer.Option(30, help="Days of history"),
     seed: int = typer.Option(42, help="Random seed"),
     events_per_user: float | None = typer.Option(None, help="Mean events per user (default: tier ratio)"),
+    images: bool = typer.Option(True, "--images/--no-images",
+                                help="Draw a small picture for every item under RERANK_HOME/images"),
 ) -> None:
-    """Generate a synthetic shop into shop.* (replacing what is there)."""
+    """Generate a synthetic shop into shop.* (replacing what is there), with a picture per item."""
     from pipeline.datagen import generate_shop, tier_sizes
 
     kwargs = {}
@@ -209,6 +211,10 @@ def generate(
 
     url = _url()
     require_schema(url)
+    if images:
+        from pipeline.settings import get_settings
+
+        kwargs["images_dir"] = str(get_settings().home_path / "images" / f"shop-{seed}")
     with _progress(f"generating {users} users, {items} items, {days} days"):
         stats = generate_shop(url, users=users, items=items, days=days, seed=seed, **kwargs)
     print(f"generated shop: {stats.users} users, {stats.items} items, {stats.events} events "

@@ -144,14 +144,23 @@ def item_features(home: str, run_id: str, as_of: datetime, dask_address: str | N
 
     s = get_settings()
     snap = _dir(home, run_id) / "snapshot"
+    cache = s.home_path / "cache" / "embeddings"  # by text / picture hash: a night embeds new items only
     with _client(client, dask_address) as c:
-        feats = build_item_features(snap, as_of, c, weights=s.event_weights, half_life_days=s.half_life_days)
-    emb = build_item_embeddings(snap, method=s.embedding_method)
+        feats = build_item_features(snap, as_of, c, weights=s.event_weights, half_life_days=s.half_life_days,
+                                    cache_dir=cache, device=s.device)
+        emb = build_item_embeddings(snap, method=s.embedding_method, client=c, cache_dir=cache)
     if url:
         write_feature_tables(url, run_id, snap, which=("items",))
+    img = feats.attrs.get("images", {})
     return {"items": len(feats), "items_with_activity": int((feats["events"] > 0).sum()),
             "items_with_image": int(feats["has_image"].sum()) if "has_image" in feats else 0,
-            "embedding_method": emb.get("method"), "embedding_dim": emb.get("dim")}
+            "embedding_method": emb.get("model"), "embedding_fallback": emb.get("fallback"),
+            "embedding_dim": emb.get("dim"), "texts_embedded": emb.get("embedded"),
+            "texts_cached": emb.get("cached"), "image_model": img.get("image_model"),
+            "items_with_image_vector": img.get("items_with_image", 0),
+            "items_without_image": img.get("items_without_image"), "images_unreadable": img.get("images_unreadable"),
+            "images_embedded": img.get("images_embedded"), "images_cached": img.get("images_cached"),
+            "content_text_weight": (emb.get("fusion") or {}).get("text_weight")}
 
 
 @_stage("user_features")

@@ -28,13 +28,13 @@ class GenerateStats:
 
 def generate_shop(url: str, *, users: int, items: int, days: int, seed: int = 42,
                   end: datetime | None = None, images_dir: str | None = None,
-                  image_share: float = 0.2, events_per_user: float | None = None) -> GenerateStats:
+                  image_share: float = 1.0, events_per_user: float | None = None) -> GenerateStats:
     """Replace ``shop.users/items/events`` and ``datagen.user_tastes`` with a generated shop.
 
     Everything is truncated and copied in one transaction, so a second run leaves the same rows and a
-    failure leaves the previous shop in place. With ``images_dir``, a share ``image_share`` of the items
-    get small synthetic PNGs there (``image_path`` set), for the image features. ``events_per_user``: the
-    mean history length (default: the tiers' ratio).
+    failure leaves the previous shop in place. With ``images_dir``, a share ``image_share`` (all by default)
+    of the items get small synthetic pictures there (``image_path`` set; see :mod:`pipeline.datagen.images`).
+    ``events_per_user``: the mean history length (default: the tiers' ratio).
     """
     check_sizes(users, items, days, events_per_user)
     t0 = time.perf_counter()
