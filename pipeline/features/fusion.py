@@ -5,8 +5,8 @@ L2-normalised image vector and ``P`` a fixed random projection (``IMAGE_PROJ_DIM
 constant, so a vector means the same in every run and a ranker trained last night still reads it). For
 two items with pictures the cosine of the fused vectors is (up to the projection's small distortion)
 ``w * cos_text + (1 - w) * cos_image``; an item without a picture is its text vector alone (the image half
-is zero and the row is re-normalised). ``w`` is ``RERANK_CONTENT_TEXT_WEIGHT``, chosen on a validation
-split by ``benchmarks/bench_cold_start.py --tune``.
+is zero and the row is re-normalised). ``w`` is ``RERANK_CONTENT_TEXT_WEIGHT``, chosen on validation
+windows by ``benchmarks/bench_cold_start.py``.
 
 The parts stay in the snapshot beside the fused file (``item_text_embeddings.parquet``,
 ``item_image_embeddings.parquet``) so that a reason can tell "looks like" from "similar to".
