@@ -196,8 +196,10 @@ def generate(
     impression_days: int = typer.Option(0, "--impression-days", min=0,
                                         help="Also log a home placement in shop.impressions over the last N days, "
                                         "with position-biased clicks (0: none)"),
+    images: bool = typer.Option(True, "--images/--no-images",
+                                help="Draw a small picture for every item under RERANK_HOME/images"),
 ) -> None:
-    """Generate a synthetic shop into shop.* (replacing what is there)."""
+    """Generate a synthetic shop into shop.* (replacing what is there), with a picture per item."""
     from pipeline.datagen import generate_shop, tier_sizes
 
     kwargs = {}
@@ -218,6 +220,10 @@ def generate(
 
     url = _url()
     require_schema(url)
+    if images:
+        from pipeline.settings import get_settings
+
+        kwargs["images_dir"] = str(get_settings().home_path / "images" / f"shop-{seed}")
     with _progress(f"generating {users} users, {items} items, {days} days"):
         stats = generate_shop(url, users=users, items=items, days=days, seed=seed, **kwargs)
     shown = f", {stats.impressions} impressions" if stats.impressions else ""

@@ -147,14 +147,26 @@ def item_features(home: str, run_id: str, as_of: datetime, dask_address: str | N
 
     s = get_settings()
     snap = _dir(home, run_id) / "snapshot"
+    cache = s.home_path / "cache" / "embeddings"  # by text / picture hash: a night embeds new items only
     with _client(client, dask_address) as c:
-        feats = build_item_features(snap, as_of, c, weights=s.event_weights, half_life_days=s.half_life_days)
-    emb = build_item_embeddings(snap, method=s.embedding_method)
+        feats = build_item_features(snap, as_of, c, weights=s.event_weights, half_life_days=s.half_life_days,
+                                    cache_dir=cache, device=s.device)
+        emb = build_item_embeddings(snap, method=s.embedding_method, client=c, cache_dir=cache)
+    from pipeline.recall.content import build_content_neighbours
+
+    n_similar = build_content_neighbours(snap)
     if url:
         write_feature_tables(url, run_id, snap, which=("items",))
+    img = feats.attrs.get("images", {})
     return {"items": len(feats), "items_with_activity": int((feats["events"] > 0).sum()),
             "items_with_image": int(feats["has_image"].sum()) if "has_image" in feats else 0,
-            "embedding_method": emb.get("method"), "embedding_dim": emb.get("dim")}
+            "embedding_method": emb.get("model"), "embedding_fallback": emb.get("fallback"),
+            "embedding_dim": emb.get("dim"), "texts_embedded": emb.get("embedded"),
+            "texts_cached": emb.get("cached"), "image_model": img.get("image_model"),
+            "items_with_image_vector": img.get("items_with_image", 0),
+            "items_without_image": img.get("items_without_image"), "images_unreadable": img.get("images_unreadable"),
+            "images_embedded": img.get("images_embedded"), "images_cached": img.get("images_cached"),
+            "content_text_weight": (emb.get("fusion") or {}).get("text_weight"), "content_neighbour_rows": n_similar}
 
 
 @_stage("user_features")
@@ -363,7 +375,9 @@ def publish(url: str, home: str, run_id: str, as_of: datetime, *, keep: int = 3,
     if dry_run:
         return {"published": False, "dry_run": True, "rows": rows_in_parts(parts)}
     subset = _params(home, run_id).get("user_ids")
-    nb = pd.read_parquet(d / "snapshot" / "neighbours.parquet")
+    from pipeline.recall.content import similar_items_table
+
+    nb = similar_items_table(d / "snapshot")  # behavioural neighbours, then fused text+image ones
     return publish_run(url, run_id, parts, nb, generated_at=as_of, keep=keep,
                        chunk_rows=get_settings().publish_chunk_rows, keep_other_users=bool(subset))
 

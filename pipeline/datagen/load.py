@@ -32,16 +32,16 @@ class GenerateStats:
 
 def generate_shop(url: str, *, users: int, items: int, days: int, seed: int = 42,
                   end: datetime | None = None, images_dir: str | None = None,
-                  image_share: float = 0.2, events_per_user: float | None = None,
+                  image_share: float = 1.0, events_per_user: float | None = None,
                   impression_days: int = 0) -> GenerateStats:
     """Replace ``shop.users/items/events`` and ``datagen.user_tastes`` with a generated shop.
 
     Everything is truncated and copied in one transaction, so a second run leaves the same rows and a
-    failure leaves the previous shop in place. With ``images_dir``, a share ``image_share`` of the items
-    get small synthetic PNGs there (``image_path`` set), for the image features. ``events_per_user``: the
-    mean history length (default: the tiers' ratio). ``impression_days``: the last this many days also get a
-    ``home`` placement logged in ``shop.impressions`` whose clicks follow a position-biased click model
-    (``pipeline.datagen.loop``); 0 (the default) leaves the organic shop exactly as before.
+    failure leaves the previous shop in place. With ``images_dir``, a share ``image_share`` (all by default)
+    of the items get small synthetic pictures there (``image_path`` set; see :mod:`pipeline.datagen.images`).
+    ``events_per_user``: the mean history length (default: the tiers' ratio). ``impression_days``: the last
+    this many days also get a ``home`` placement logged in ``shop.impressions`` whose clicks follow a
+    position-biased click model (``pipeline.datagen.loop``); 0 (the default) leaves the organic shop as before.
     """
     check_sizes(users, items, days, events_per_user)
     if not 0 <= impression_days <= days:

@@ -204,3 +204,76 @@ def image_features(items: pd.DataFrame, client: object | None, *, root: str | Pa
     else:
         frames = client.gather(client.map(image_chunk, parts, root=root_s, model_path=model_s, pure=False))
     return pd.concat(frames, ignore_index=True)
+
+
+#: Pictures per Dask task of the pretrained image encoder.
+EMBED_CHUNK = 500
+IMAGE_FILE = "item_image_embeddings.parquet"
+
+
+def resolve_image_path(p: str, root: str | Path | None) -> Path:
+    """An ``image_path`` as a file path (relative ones under ``root``)."""
+    path = Path(str(p)).expanduser()
+    return Path(root) / path if not path.is_absolute() and root else path
+
+
+def _embed_chunk(paths: list[str], device: str) -> np.ndarray:
+    """Dask task: pictures through EfficientNet-Lite0; a row of NaN where a file cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    from pipeline.features.encoders import IMAGE_DIM, encode_images, image_array
+
+    arrays, ok = [], []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                arrays.append(image_array(im))
+            ok.append(True)
+        except (OSError, UnidentifiedImageError, ValueError):
+            ok.append(False)
+    out = np.full((len(paths), IMAGE_DIM), np.nan, np.float32)
+    if arrays:
+        out[np.flatnonzero(ok)] = encode_images(arrays, device=device)
+    return out
+
+
+def image_embeddings(items: pd.DataFrame, client: object | None, *, root: str | Path | None = None,
+                     cache_dir: str | Path | None = None, device: str = "cpu",
+                     chunk: int = EMBED_CHUNK) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Pretrained image vectors of the items with a readable picture, cached by a hash of the file.
+
+    Returns (item_ids, ``n x 1280`` matrix, counts: ``items_with_image``, ``items_without_image`` (no path),
+    ``images_unreadable``, ``images_embedded``, ``images_cached``). Items without a picture are left out;
+    the fusion gives them their text vector alone."""
+    from pipeline.features.embed_cache import EmbeddingCache, file_key
+    from pipeline.features.encoders import IMAGE_DIM, IMAGE_MODEL, require_image_encoder
+
+    require_image_encoder()
+    paths = items["image_path"] if "image_path" in items.columns else pd.Series(None, index=items.index)
+    has_path = paths.fillna("").astype(str).str.len() > 0
+    ids = items.loc[has_path, "item_id"].to_numpy(dtype=np.int64)
+    files = [str(resolve_image_path(p, root)) for p in paths[has_path]]
+    keys = [file_key(f) for f in files]
+    cache = EmbeddingCache(cache_dir, IMAGE_MODEL)
+    found, _ = cache.get([k or "" for k in keys])
+    todo = list(dict.fromkeys(k for k, f in zip(keys, found, strict=True) if k is not None and not f))
+    file_of = {k: f for k, f in zip(keys, files, strict=True) if k is not None}
+    parts = [[file_of[k] for k in todo[s:s + chunk]] for s in range(0, len(todo), chunk)]
+    if client is None or len(parts) <= 1:
+        out = [_embed_chunk(p, device) for p in parts]
+    else:
+        out = client.gather(client.map(_embed_chunk, parts, device=device, pure=False))
+    bad = set()
+    if todo:
+        z = np.vstack(out)
+        good = np.isfinite(z).all(axis=1)
+        bad = {k for k, g in zip(todo, good, strict=True) if not g}
+        cache.put([k for k, g in zip(todo, good, strict=True) if g], z[good])
+    ok = np.array([k is not None and k not in bad for k in keys], dtype=bool)
+    _, vecs = cache.get([k for k, o in zip(keys, ok, strict=True) if o])
+    mat = np.vstack(vecs).astype(np.float32) if vecs else np.zeros((0, IMAGE_DIM), np.float32)
+    cache.save(keep=[k for k in keys if k is not None and k not in bad])
+    stats = {"items_with_image": int(ok.sum()), "items_without_image": int((~has_path).sum()),
+             "images_unreadable": int((~ok).sum()), "images_embedded": len(todo) - len(bad),
+             "images_cached": int(found.sum())}
+    return ids[ok], mat, stats

@@ -146,17 +146,27 @@ def finalize_item_features(items: pd.DataFrame, sums: pd.DataFrame, as_of: datet
 def build_item_features(snapshot_dir: str | Path, as_of: datetime, client: object, *,
                         weights: dict[str, float], half_life_days: dict[str, float],
                         images: bool = True, image_root: str | Path | None = None,
-                        image_model_path: str | Path | None = None) -> pd.DataFrame:
+                        image_model_path: str | Path | None = None, image_model: str | None = None,
+                        cache_dir: str | Path | None = None, device: str = "cpu") -> pd.DataFrame:
     """Per-item features for every catalogue item; written to ``item_features.parquet``.
 
     With ``images`` and items that have an ``image_path``, colour histograms and perceptual hashes are
-    added (``has_image``, ``img_*`` columns; see :mod:`pipeline.features.images`), and a CNN embedding
-    ``img_embedding`` when ``image_model_path`` (default ``RERANK_IMAGE_MODEL_PATH``) names local weights.
+    added (``has_image``, ``img_*`` columns; see :mod:`pipeline.features.images`), and the picture's vector
+    goes to ``item_image_embeddings.parquet`` (what the text+image fusion reads): from ``image_model``
+    (default ``RERANK_IMAGE_MODEL``, EfficientNet-Lite0; cached by file hash under ``cache_dir``) or, when
+    ``image_model_path`` (default ``RERANK_IMAGE_MODEL_PATH``) names local weights, from that CNN (also
+    kept as ``img_embedding``). The counts are in ``feats.attrs["images"]``.
     """
-    if image_model_path is None:
+    if image_model_path is None or image_model is None:
         from pipeline.settings import get_settings
 
-        image_model_path = get_settings().image_model_path or None
+        s = get_settings()
+        image_model_path = s.image_model_path or None if image_model_path is None else image_model_path
+        image_model = s.image_model if image_model is None else image_model
+    if images and image_model == "efficientnet-lite0" and not image_model_path:
+        from pipeline.features.encoders import require_image_encoder
+
+        require_image_encoder()  # a configured model that is not installed fails before the event pass
     if images and image_model_path:
         from pipeline.features.images import check_model_path
 
@@ -179,5 +189,36 @@ def build_item_features(snapshot_dir: str | Path, as_of: datetime, client: objec
         img = image_features(items, client, root=image_root, model_path=image_model_path or None)
         feats = feats.merge(img, on="item_id", how="left")
         feats["has_image"] = feats["has_image"].fillna(False).astype(bool)
+    counts = _image_vectors(snap, items, feats, client, enabled=images, model=image_model,
+                            custom=bool(image_model_path), root=image_root, cache_dir=cache_dir, device=device)
     write_parquet(feats, snap / "item_features.parquet")
+    feats.attrs["images"] = counts
     return feats
+
+
+def _image_vectors(snap: Path, items: pd.DataFrame, feats: pd.DataFrame, client: object, *, enabled: bool,
+                   model: str | None, custom: bool, root: str | Path | None, cache_dir: str | Path | None,
+                   device: str) -> dict:
+    """Write (or remove a stale) ``item_image_embeddings.parquet``; return the picture counts."""
+    from pipeline.features.images import IMAGE_FILE, image_embeddings
+    from pipeline.features.text import write_embeddings
+
+    target = snap / IMAGE_FILE
+    target.unlink(missing_ok=True)  # a re-run with pictures switched off must not fuse last run's vectors
+    with_path = int((items["image_path"].fillna("").astype(str).str.len() > 0).sum()) \
+        if "image_path" in items.columns else 0
+    counts = {"image_model": "none", "items_with_image": 0, "items_without_image": len(items) - with_path}
+    if not enabled:
+        return counts
+    if custom and "img_embedding" in feats.columns:
+        got = feats[feats["img_embedding"].notna()]
+        if len(got):
+            write_embeddings(got["item_id"].to_numpy(), np.vstack(got["img_embedding"].to_numpy()), target)
+        return {**counts, "image_model": "custom", "items_with_image": len(got),
+                "images_unreadable": with_path - len(got)}
+    if model != "efficientnet-lite0" or not with_path:
+        return counts
+    ids, mat, stats = image_embeddings(items, client, root=root, cache_dir=cache_dir, device=device)
+    if len(ids):
+        write_embeddings(ids, mat, target)
+    return {"image_model": model, **stats}

@@ -9,7 +9,9 @@ already uses need no entry. Columns:
   ``item_id`` (may be empty only on ``search`` rows);
 - optional: ``event_id`` (else the line/row number), ``query``, ``session_id``, ``quantity`` (integer >= 1,
   default 1, also when blank), and item descriptors ``title``, ``category``, ``brand``, ``price`` (an item
-  takes the first non-empty value it has in file order; items without one get ``item <id>`` / ``unknown``).
+  takes the first non-empty value it has in file order; items without one get ``item <id>`` / ``unknown``)
+  and ``image_path`` (a local picture file; a relative path is taken from the events file's folder and
+  stored absolute; the item features embed it, a missing file is counted, not fatal).
 
 CSV: the delimiter is the one of ``, ; TAB |`` most frequent in the header line; fields may be quoted, but a
 record must fit on one line (quotes never span lines, so a stray quote cannot swallow later rows).
@@ -44,7 +46,7 @@ from pipeline.ingest.base import (
 from pipeline.validate.sqlchecks import BAD_CHARS, MAX_LEN
 
 REQUIRED = ["user_id", "item_id", "event_type", "ts"]
-OPTIONAL = ["event_id", "query", "session_id", "quantity", "title", "category", "brand", "price"]
+OPTIONAL = ["event_id", "query", "session_id", "quantity", "title", "category", "brand", "price", "image_path"]
 HINT = "an events file with user_id, item_id, event_type, ts columns, or a mapping to the file's names"
 
 
@@ -74,7 +76,7 @@ def _blank_none(v: object) -> str | None:
     return (v.strip() or None) if isinstance(v, str) else None
 
 
-def _build(rows: RowSet, cols: dict[str, str], name: str) -> ShopFrames:
+def _build(rows: RowSet, cols: dict[str, str], name: str, folder: Path | None = None) -> ShopFrames:
     """Validate contract-named fields in ``rows.fields`` and build the frames."""
     f = rows.fields
     if rows.kind == "row":  # a Parquet NULL is an empty value (in CSV, None already means "missing field")
@@ -122,8 +124,18 @@ def _build(rows: RowSet, cols: dict[str, str], name: str) -> ShopFrames:
         if c == "price":  # shop.items.price is numeric(12,2): below 10^10 once rounded to cents
             found = pd.to_numeric(found, errors="coerce").where(lambda p: (p >= 0) & (p < 9_999_999_999.995))
         items[c] = found.where(found.notna(), items[c])
+    if "image_path" in cols:
+        v = f.loc[ok, "image_path"].map(_blank_none)
+        first = pd.DataFrame({"i": item[ok], "v": v}).dropna().drop_duplicates("i").set_index("i")["v"]
+        items["image_path"] = items["item_id"].map(first).map(lambda p: _local_path(p, folder), na_action="ignore")
     return ShopFrames(users=derive_users(events), items=items, events=events, rejects=rows.rejects(),
                       name=name)
+
+
+def _local_path(p: str, folder: Path | None) -> str:
+    """A picture path as an absolute local path (relative ones from the imported file's folder)."""
+    path = Path(p.strip()).expanduser()
+    return str(path if path.is_absolute() or folder is None else (folder / path).resolve())
 
 
 def _descriptor_rules(rows: RowSet) -> None:
@@ -173,7 +185,7 @@ def read_csv(path: Path, mapping: dict[str, str] | None = None) -> ShopFrames:
     rows = RowSet.from_lines(path.name, "shop.events", lines[h + 1:], first_line=h + 2)
     fields = rows.split(sep, header, quoted=True)
     rows.fields = pd.DataFrame({c: fields[f] for c, f in cols.items()}, index=fields.index)
-    return _build(rows, cols, path.stem)
+    return _build(rows, cols, path.stem, path.resolve().parent)
 
 
 def read_parquet(path: Path, mapping: dict[str, str] | None = None) -> ShopFrames:
@@ -216,4 +228,4 @@ def read_parquet(path: Path, mapping: dict[str, str] | None = None) -> ShopFrame
     rows = RowSet.from_records(path.name, "shop.events", df)
     for c, bad in invalid.items():
         rows.add(bad, f"{INVALID_UTF8} in {c}")
-    return _build(rows, cols, path.stem)
+    return _build(rows, cols, path.stem, path.resolve().parent)

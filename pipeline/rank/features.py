@@ -34,9 +34,15 @@ BASE_NUMERIC: tuple[str, ...] = ("recall_score", "p_recall", "has_recall", "log_
 #: the ranker weigh "this shopper's shelves" against global popularity.
 AFFINITY_FEATURES: tuple[str, ...] = ("user_item_weight", "user_cat_share", "user_top_share", "user_brand_share",
                                       "user_price_share")
+#: Similarity of the candidate to the user's recent items in the fused text+image space
+#: (``item_embeddings.parquet``): cosine to the decayed-weighted mean of their ``CONTENT_HISTORY`` strongest
+#: items, and the best cosine to any one of them. What lets a never-sold item that looks like or reads like
+#: what the shopper just viewed rank above a popular stranger.
+CONTENT_FEATURES: tuple[str, ...] = ("user_content_sim", "user_content_max")
+CONTENT_HISTORY = 20
 #: Numeric per-candidate inputs of a new model, in tensor column order: every recall source's own score
 #: (0 where it did not propose the item), so the ranker learns the fusion the noisy-or fixes by hand.
-NUMERIC_FEATURES: tuple[str, ...] = (*BASE_NUMERIC, *SCORE_COLUMNS, *AFFINITY_FEATURES)
+NUMERIC_FEATURES: tuple[str, ...] = (*BASE_NUMERIC, *SCORE_COLUMNS, *AFFINITY_FEATURES, *CONTENT_FEATURES)
 PRICE_BUCKETS = 10
 
 
@@ -339,6 +345,46 @@ class UserAffinity:
         return out
 
 
+    def content_features(self, users: np.ndarray, item_vec: np.ndarray, history_vec: np.ndarray,
+                         k: int = CONTENT_HISTORY) -> np.ndarray:
+        """``len(users) x 2`` in :data:`CONTENT_FEATURES` order: cosine of each candidate's vector
+        (``item_vec``, one row per candidate) to the user's profile and the best cosine to one of the user's
+        ``k`` strongest items (``history_vec``: one row per ``self.items``); 0 without history or vectors."""
+        out = np.zeros((len(users), len(CONTENT_FEATURES)), dtype=np.float64)
+        if not len(users) or not len(self.item_keys) or history_vec.size == 0:
+            return out
+        n_items = max(len(self.items), 1)
+        hu, hi, w = self.item_keys // n_items, self.item_keys % n_items, self.item_weight
+        order = np.lexsort((-w, hu))  # per user, strongest first
+        first = np.searchsorted(hu[order], hu[order], side="left")
+        keep = order[(np.arange(len(order)) - first) < k]
+        hu, hi, w = hu[keep], hi[keep], w[keep]
+        hv = _unit(history_vec)[hi]
+        prof = np.zeros((len(self.users), hv.shape[1]), np.float64)
+        np.add.at(prof, hu, hv * (w / np.maximum(w.max(), 1e-300))[:, None])
+        prof = _unit(prof)
+        cv = _unit(item_vec)
+        up, known = _positions(self.users, users)
+        rows = np.flatnonzero(known)
+        out[rows, 0] = np.einsum("ij,ij->i", cv[rows], prof[up[rows]])
+        # best single match: candidates grouped by user, one small product per user
+        by_user = rows[np.argsort(up[rows], kind="stable")]
+        starts = np.flatnonzero(np.r_[True, np.diff(up[by_user]) != 0]) if len(by_user) else np.zeros(0, int)
+        hist_start = np.searchsorted(hu, np.arange(len(self.users) + 1))
+        for a, b in zip(starts, np.r_[starts[1:], len(by_user)], strict=True):
+            r = by_user[a:b]
+            u = up[r[0]]
+            h = hv[hist_start[u]:hist_start[u + 1]]
+            if len(h):
+                out[r, 1] = (cv[r] @ h.T).max(axis=1)
+        return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(n > 0, n, 1.0)
+
+
 def candidate_tensors(cand: pd.DataFrame, item_side: pd.DataFrame, stats: pd.DataFrame,
                       space: FeatureSpace, emb: pd.DataFrame | None = None,
                       affinity: UserAffinity | None = None) -> dict[str, np.ndarray]:
@@ -356,7 +402,7 @@ def candidate_tensors(cand: pd.DataFrame, item_side: pd.DataFrame, stats: pd.Dat
     num = np.zeros((n, len(space.numeric)), dtype=np.float32, order="F")
     if n:
         st = stats.reindex(uniq)
-        aff = None
+        aff = content = None
         for j, name in enumerate(space.numeric):
             if name in ("recall_score", "p_recall") or name in SCORE_COLUMNS:
                 if name in cand.columns:
@@ -372,6 +418,14 @@ def candidate_tensors(cand: pd.DataFrame, item_side: pd.DataFrame, stats: pd.Dat
                 num[:, j] = np.log1p(st["recent_events"].fillna(0.0).to_numpy(dtype=np.float64))[code]
             elif name == "trend":
                 num[:, j] = st["trend"].fillna(0.1).to_numpy(dtype=np.float64)[code]
+            elif name in CONTENT_FEATURES:
+                if affinity is not None and emb is not None and len(emb):
+                    if content is None:
+                        dim = int(len(np.asarray(emb["embedding"].iloc[0])))
+                        uv = embedding_matrix(emb, uniq, dim)[code]
+                        content = affinity.content_features(cand["user_id"].to_numpy(dtype=np.int64), uv,
+                                                            embedding_matrix(emb, affinity.items, dim))
+                    num[:, j] = content[:, CONTENT_FEATURES.index(name)]
             elif name in AFFINITY_FEATURES:
                 if affinity is not None:
                     if aff is None:

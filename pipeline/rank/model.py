@@ -32,6 +32,7 @@ from pipeline.errors import ModelError, NonFiniteWeightsError
 from pipeline.rank.data import Groups, Window, sample_groups
 from pipeline.rank.features import (
     AFFINITY_FEATURES,
+    CONTENT_FEATURES,
     FeatureSpace,
     UserAffinity,
     candidate_tensors,
@@ -217,7 +218,7 @@ class RankerModel:
     def _affinity(self, events: pd.DataFrame, cutoff: datetime | None, side: pd.DataFrame) -> UserAffinity | None:
         """The users' affinities when the model's feature space uses them (models saved before do not)."""
         space = self.space
-        if space is None or not set(space.numeric) & set(AFFINITY_FEATURES):
+        if space is None or not set(space.numeric) & {*AFFINITY_FEATURES, *CONTENT_FEATURES}:
             return None
         return UserAffinity.of(events, cutoff, side, self.config.event_weights, self.config.half_life_days)
 

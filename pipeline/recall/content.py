@@ -159,3 +159,42 @@ def content_index_for(snapshot_dir: str | Path) -> ContentIndex:
     snap = Path(snapshot_dir)
     f = snap / EMBEDDINGS_FILE
     return _cached_index(str(snap), f.stat().st_mtime if f.exists() else 0.0)
+
+
+CONTENT_NEIGHBOURS_FILE = "content_neighbours.parquet"
+#: ``method`` of the content rows of ``recsys.similar_items``.
+CONTENT_METHOD = "content-text+image"
+
+
+def build_content_neighbours(snapshot_dir: str | Path, k: int = 20) -> int:
+    """Each item's ``k`` nearest items in the fused text+image space -> ``content_neighbours.parquet``
+    (the item features stage writes it once the fused vectors exist); returns its row count."""
+    from pipeline.files import write_parquet
+
+    snap = Path(snapshot_dir)
+    if not (snap / EMBEDDINGS_FILE).exists():
+        return 0
+    index = ContentIndex.from_frame(pd.read_parquet(snap / EMBEDDINGS_FILE, columns=["item_id", "embedding"]))
+    parts = [index.similar_items(index.item_ids[s:s + 5_000], n=k) for s in range(0, len(index.item_ids), 5_000)]
+    out = pd.concat(parts, ignore_index=True) if parts else index.similar_items(index.item_ids[:0], n=k)
+    out["method"] = CONTENT_METHOD
+    write_parquet(out, snap / CONTENT_NEIGHBOURS_FILE)
+    return len(out)
+
+
+def similar_items_table(snapshot_dir: str | Path, k: int = 20) -> pd.DataFrame:
+    """What ``recsys.similar_items`` publishes: per item its behavioural neighbours (``neighbours.parquet``)
+    first, then its content neighbours (fused text+image) that are not among them, ``k`` in all; an item
+    nobody interacted with yet (the cold start) gets content neighbours only."""
+    snap = Path(snapshot_dir)
+    cols = ["item_id", "similar_item_id", "score", "rank", "method"]
+    cf = pd.read_parquet(snap / "neighbours.parquet") if (snap / "neighbours.parquet").exists() else \
+        pd.DataFrame({c: [] for c in cols})
+    if not (snap / CONTENT_NEIGHBOURS_FILE).exists():
+        return cf
+    ct = pd.read_parquet(snap / CONTENT_NEIGHBOURS_FILE)
+    both = pd.concat([cf[cols].assign(_tier=0), ct[cols].assign(_tier=1)], ignore_index=True)
+    both = both.drop_duplicates(["item_id", "similar_item_id"], keep="first")
+    both = both.sort_values(["item_id", "_tier", "rank", "similar_item_id"], kind="stable").groupby("item_id").head(k)
+    both["rank"] = both.groupby("item_id").cumcount().astype("int32") + 1
+    return both.drop(columns="_tier").astype({"item_id": "int64", "similar_item_id": "int64"}).reset_index(drop=True)

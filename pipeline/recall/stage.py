@@ -120,11 +120,11 @@ def _text_index(snap: str):  # noqa: ANN202 - TextIndex
 
 @lru_cache(maxsize=2)
 def _text_index_cached(snap: str, stamp: tuple):  # noqa: ANN202 - TextIndex
-    from pipeline.recall.text import TextIndex, item_texts
+    from pipeline.recall.text import item_texts, search_index
 
     feats = _shared_cached(snap, stamp)[0]
     avail = feats[feats["in_stock"].astype(bool) & feats["visible"].astype(bool)]
-    return TextIndex(avail["item_id"].to_numpy(), item_texts(avail).tolist())
+    return search_index(avail["item_id"].to_numpy(), item_texts(avail).tolist(), snap)
 
 
 def candidates_for_users(users: np.ndarray, snapshot_dir: str | Path, as_of: datetime,

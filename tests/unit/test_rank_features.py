@@ -15,6 +15,7 @@ from pipeline.errors import ModelError
 from pipeline.rank.features import (
     AFFINITY_FEATURES,
     BASE_NUMERIC,
+    CONTENT_FEATURES,
     NUMERIC_FEATURES,
     FeatureSpace,
     UserAffinity,
@@ -75,6 +76,30 @@ def test_affinity_is_the_users_decayed_share_before_the_cutoff(dense: bool, monk
     # without an affinity table the same columns are 0 (a caller that has no history)
     bare = candidate_tensors(cand, side, item_stats_at(_events(), AS_OF, W, HL), space)["num"]
     assert not bare[:, [NUMERIC_FEATURES.index(f) for f in AFFINITY_FEATURES]].any()
+
+
+def test_content_inputs_are_cosines_to_the_users_profile_and_best_recent_item() -> None:
+    items = _items()
+    space = _space(items)
+    side = space.side_table(items)
+    aff = UserAffinity.of(_events(), AS_OF, side, W, HL)
+    # 2-d vectors: item 1 points along x, item 3 along y (the user's history), 2 between them, 4 opposite to 1
+    vec = {1: [1.0, 0.0], 2: [1.0, 1.0], 3: [0.0, 1.0], 4: [-1.0, 0.0]}
+    emb = pd.DataFrame({"item_id": list(vec), "embedding": [np.asarray(v, np.float32) for v in vec.values()]})
+    cand = pd.DataFrame({"user_id": [5, 5, 5, 6], "item_id": [2, 4, 1, 2], "source": "als"})
+    num = candidate_tensors(cand, side, item_stats_at(_events(), AS_OF, W, HL), space, emb=emb, affinity=aff)["num"]
+    got = num[:, [NUMERIC_FEATURES.index(f) for f in CONTENT_FEATURES]].astype(np.float64)
+    w_view, w_buy = 0.5, 4.0  # the profile leans to item 3 (the purchase): (0.5, 4) / |.|
+    prof = np.array([w_view, w_buy]) / np.hypot(w_view, w_buy)
+    want = np.array([
+        [prof @ np.array([1, 1]) / np.sqrt(2), 1 / np.sqrt(2)],  # between both history items
+        [-prof[0], 0.0],  # opposite to item 1, orthogonal to item 3: best single match 0
+        [prof[0], 1.0],  # item 1 itself is in the history
+        [0.0, 0.0],  # no history
+    ])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    bare = candidate_tensors(cand, side, item_stats_at(_events(), AS_OF, W, HL), space, affinity=aff)["num"]
+    assert not bare[:, [NUMERIC_FEATURES.index(f) for f in CONTENT_FEATURES]].any()  # no vectors: 0
 
 
 def test_each_sources_own_score_is_an_input_and_absent_is_zero() -> None:

@@ -273,6 +273,29 @@ def test_exploration_slot_takes_a_new_item_with_its_reason() -> None:
 
 
 # -- reasons -----------------------------------------------------------------------------------------------
+def test_content_matches_say_looks_like_or_similar_to_from_the_fused_parts() -> None:
+    from pipeline.rerank.diversity import FusedEmbeddings
+
+    items = _items(4, title=["Red Mug", "Red Cup", "Mug Tree", "Glass"], category=["Home>Kitchen"] * 4)
+    w = 0.5
+    # columns: 2 text dims, 2 picture dims (each half scaled by sqrt of its weight, as the fusion writes)
+    text = np.array([[1, 0], [0, 1], [1, 0], [1, 0]], np.float32)
+    pic = np.array([[1, 0], [1, 0], [0, 1], [0, 0]], np.float32)  # item 4 has no picture
+    emb = FusedEmbeddings(np.arange(1, 5), np.hstack([np.sqrt(w) * text, np.sqrt(1 - w) * pic]), 2, w)
+    assert isinstance(emb, tuple) and len(emb) == 2  # still unpacks as (ids, matrix)
+    t, i = emb.part_similarity(np.array([2, 3, 4]), np.array([1, 1, 1]))
+    np.testing.assert_allclose(t, [0.0, 1.0, 1.0], atol=1e-6)
+    assert i[0] == pytest.approx(1.0) and i[1] == pytest.approx(0.0) and np.isnan(i[2])
+    cand = pd.DataFrame({"user_id": 1, "item_id": [2, 3, 4], "p_recall": [0.9, 0.8, 0.7], "source": "content",
+                         "anchor_item_id": pd.array([1, 1, 1], dtype="Int64")})
+    out = finalize_lists(cand, items, top_n=3, config=PLAIN, item_embeddings=emb).set_index("item_id")
+    assert out.loc[2, "reason"] == "looks like \u201cRed Mug\u201d you viewed"  # same picture, other words
+    assert out.loc[3, "reason"] == "similar to \u201cRed Mug\u201d you viewed"  # same words
+    assert out.loc[4, "reason"] == "similar to \u201cRed Mug\u201d you viewed"  # no picture to compare
+    plain = finalize_lists(cand, items, top_n=3, config=PLAIN, item_embeddings=tuple(emb)).set_index("item_id")
+    assert set(plain["reason"]) == {"similar to \u201cRed Mug\u201d you viewed"}  # parts unknown: text wording
+
+
 def test_every_reason_shape() -> None:
     items = _items(7, title=["Knife", "Board", "Pan", "Pot", "Cup", "Mug", "Jar"], category=["Home>Kitchen"] * 7)
     cand = pd.DataFrame({"user_id": 1, "item_id": [2, 3, 4, 5, 7, 6], "p_recall": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4],
