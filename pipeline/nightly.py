@@ -221,7 +221,8 @@ def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime, tolerance: 
 
     s = get_settings()
     tol = s.gate_tolerance if tolerance is None else tolerance
-    out = gate(url, home, run_id, as_of, tolerance=tol, recall_margin=s.gate_recall_margin)
+    out = gate(url, home, run_id, as_of, tolerance=tol, recall_margin=s.gate_recall_margin,
+               confidence=s.gate_confidence)
     row = champion(url)
     chosen = {"model_version": row["model_version"], "artifact_uri": row["artifact_uri"]} if row else {
         "model_version": "recall-only", "artifact_uri": None}

@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     #: A candidate ranker must also reach recall-only ordering's holdout nDCG@10 + this margin, the first model
     #: included (else the run scores recall-only); -1 leaves recall-only out of the judgement.
     gate_recall_margin: float = Field(0.0, ge=-1.0, le=1.0)
+    #: The candidate must be shown better than recall-only on the holdout: a paired bootstrap over the holdout's
+    #: users, whose lower bound of the nDCG@10 gain at this confidence must reach the margin; 0 disables.
+    gate_confidence: float = Field(0.9, ge=0.0, lt=1.0)
     #: Overrides of the re-rank settings (pipeline.rerank.RerankConfig: fusion, mmr_lambda, caps, explore_share, ...).
     rerank: dict = Field(default_factory=dict)
     #: A/B variants: {"name": {"weight": w, <RerankConfig overrides>}}; empty = everyone in "control".

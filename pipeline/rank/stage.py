@@ -107,6 +107,45 @@ def item_feats_at(items: pd.DataFrame, history: pd.DataFrame, cutoff: datetime, 
     return out.fillna({"activity": 0.0, "recent_events": 0.0, "trend": 0.1})
 
 
+def _fused(model: RankerModel | None, win: Window, items: pd.DataFrame, emb: pd.DataFrame | None,
+           config: RankerConfig | None) -> pd.DataFrame:
+    """The holdout candidates' fused scores (P_recall * P_rank; P_rank = 1 without a model)."""
+    cand = win.candidates
+    cfg = config or (model.config if model is not None else RankerConfig())
+    p_rank = np.ones(len(cand)) if model is None else model.score(
+        cand, win.history, item_feats_at(items, win.history, win.cutoff, cfg, win.stat_scale), win.cutoff,
+        emb=emb)
+    return pd.DataFrame({"user_id": cand["user_id"].to_numpy(), "item_id": cand["item_id"].to_numpy(),
+                         "score": cand["p_recall"].to_numpy(dtype=np.float64) * p_rank})
+
+
+def per_user_ndcg(model: RankerModel | None, win: Window, items: pd.DataFrame, *, k: int = GATE_K,
+                  emb: pd.DataFrame | None = None, config: RankerConfig | None = None) -> pd.Series:
+    """nDCG@k of each labelled holdout user's fused list (0 for a user without candidates), by user id."""
+    from pipeline.metrics import per_user_ranking
+
+    users = np.unique(win.labels["user_id"].to_numpy()) if len(win.labels) else np.zeros(0, dtype=np.int64)
+    if not len(win.candidates) or not len(users):
+        return pd.Series(0.0, index=users, dtype="float64")
+    recs = _fused(model, win, items, emb, config)
+    recs = recs[recs["user_id"].isin(users)].sort_values(["user_id", "score", "item_id"],
+                                                         ascending=[True, False, True], kind="stable")
+    recs = recs.assign(rank=recs.groupby("user_id").cumcount() + 1)
+    per = per_user_ranking(win.labels[["user_id", "item_id"]], recs, k)
+    return per.set_index("user_id")["ndcg"].astype("float64").reindex(users, fill_value=0.0)
+
+
+def paired_lower_bound(a: pd.Series, b: pd.Series, *, confidence: float, resamples: int = 2000,
+                       seed: int = 0) -> float:
+    """One-sided lower bound at ``confidence`` of mean(a - b) over the same users (paired bootstrap)."""
+    d = (a - b.reindex(a.index, fill_value=0.0)).to_numpy(dtype="float64")
+    if not len(d):
+        return 0.0
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+    return float(np.quantile(means, 1.0 - confidence))
+
+
 def holdout_metrics(model: RankerModel | None, win: Window, items: pd.DataFrame, *, k: int = GATE_K,
                     emb: pd.DataFrame | None = None, config: RankerConfig | None = None) -> dict[str, float]:
     """nDCG@k / HR@k of the fused lists (P_recall * P_rank) on a holdout window; ``model=None``: recall only.
@@ -120,12 +159,7 @@ def holdout_metrics(model: RankerModel | None, win: Window, items: pd.DataFrame,
     if not len(cand) or not len(win.labels):
         return {f"ndcg@{k}": 0.0, f"hr@{k}": 0.0, "users": 0, f"ndcg@{k}_new": 0.0, f"hr@{k}_new": 0.0,
                 "users_new": 0}
-    cfg = config or (model.config if model is not None else RankerConfig())
-    p_rank = np.ones(len(cand)) if model is None else model.score(
-        cand, win.history, item_feats_at(items, win.history, win.cutoff, cfg, win.stat_scale), win.cutoff,
-        emb=emb)
-    recs = pd.DataFrame({"user_id": cand["user_id"].to_numpy(), "item_id": cand["item_id"].to_numpy(),
-                         "score": cand["p_recall"].to_numpy(dtype=np.float64) * p_rank})
+    recs = _fused(model, win, items, emb, config)
     out = _list_metrics(recs, win.labels, k)
     seen = pair_index(win.history[win.history["item_id"].notna()])
     new = _list_metrics(recs[~pair_index(recs).isin(seen)], win.labels[~pair_index(win.labels).isin(seen)], k)
@@ -241,10 +275,12 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
 
 
 def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime, *, tolerance: float = 0.01,
-                  recall_margin: float = 0.0) -> dict:
+                  recall_margin: float = 0.0, confidence: float = 0.0) -> dict:
     """Promote this run's candidate if its holdout nDCG@10 is at least recall-only ordering's + ``recall_margin``
     and at least the champion's - ``tolerance`` (the same holdout for all three). ``recall_margin=-1`` leaves
-    recall-only out of the judgement (nDCG lies in [0, 1])."""
+    recall-only out of the judgement (nDCG lies in [0, 1]). ``confidence`` > 0: the candidate must also be
+    shown better than recall-only: the paired bootstrap's lower bound of the per-user gain at that confidence
+    above ``recall_margin`` (a holdout of few users then keeps recall-only ordering)."""
     from pipeline.rank.score import load_model
 
     out_file = runs.run_dir(home, run_id) / RESULT_FILE
@@ -274,12 +310,22 @@ def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime, *, toleranc
     # training in this process (the next nightly in a long-lived scheduler) would then sum differently.
     import torch
 
-    cand_score = holdout_metrics(load_model(row["artifact_uri"], threads=torch.get_num_threads()), hold, items,
-                                 emb=emb)[key]
+    cand_model = load_model(row["artifact_uri"], threads=torch.get_num_threads())
+    cand_score = holdout_metrics(cand_model, hold, items, emb=emb)[key]
     base_score = holdout_metrics(None, hold, items)[key]
     verdict: dict = {"tolerance": tolerance, "candidate_ndcg@10": cand_score, "recall_only_ndcg@10": base_score,
                      "holdout": trained.get("holdout")}
-    if cand_score < base_score + recall_margin:
+    lower = None
+    if confidence > 0 and recall_margin > -1:
+        lower = paired_lower_bound(per_user_ndcg(cand_model, hold, items, emb=emb), per_user_ndcg(None, hold, items),
+                                   confidence=confidence)
+        verdict.update({"gain_lower_bound": lower, "confidence": confidence,
+                        "holdout_users": int(hold.labels["user_id"].nunique()) if len(hold.labels) else 0})
+    if lower is not None and lower < recall_margin and cand_score >= base_score + recall_margin:
+        decision, reason = False, (f"candidate nDCG@10 {cand_score:.4f} vs recall-only {base_score:.4f} on "
+                                   f"{verdict['holdout_users']} holdout users: gain not shown at {confidence:.0%} "
+                                   f"(lower bound {lower:+.4f}): not promoted")
+    elif cand_score < base_score + recall_margin:
         # the fused lists must beat recall's own order, the first model included: else scoring goes recall-only
         decision, reason = False, (f"candidate nDCG@10 {cand_score:.4f} below recall-only {base_score:.4f} "
                                    f"(margin {recall_margin}): not promoted")
@@ -304,4 +350,4 @@ def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime, *, toleranc
     if decision:
         promote(url, version)
     return {**base, "promoted": decision, "candidate": version, "reason": reason,
-            **{k: v for k, v in verdict.items() if k.endswith("ndcg@10")}}
+            **{k: v for k, v in verdict.items() if k.endswith("ndcg@10") or k in ("gain_lower_bound", "holdout_users")}}
