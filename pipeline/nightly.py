@@ -233,7 +233,8 @@ def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime, tolerance: 
 def _score_shard(k: int, users: np.ndarray, snap: str, out_dir: str, as_of: datetime, top_n: int,
                  n_candidates: int, recent_days: int, weights: dict, half_life: dict, artifact_uri: str | None = None,
                  rerank: dict | None = None, variants: dict | None = None, salt: str = "rerank-ab",
-                 rules: pd.DataFrame | None = None, stamp: dict | None = None) -> dict:
+                 rules: pd.DataFrame | None = None, stamp: dict | None = None, decay_from: str = "as_of",
+                 priors: dict | None = None) -> dict:
     """One Dask task: recall + score + re-rank shard ``k`` (``users``, read from its own events folder) and
     write its lists to ``out_dir/part-k.parquet``; only the shard's figures come back."""
     from pipeline.extract.shards import read_shard_events
@@ -242,7 +243,7 @@ def _score_shard(k: int, users: np.ndarray, snap: str, out_dir: str, as_of: date
     lists, exhausted = recommend_shard(users, events, snap, as_of, top_n=top_n, n_candidates=n_candidates,
                                        recent_days=recent_days, weights=weights, half_life=half_life,
                                        artifact_uri=artifact_uri, rerank=rerank, variants=variants, salt=salt,
-                                       rules=rules)
+                                       rules=rules, decay_from=decay_from, priors=priors)
     if "variant" not in lists:
         lists["variant"] = "control"
     for col, value in (stamp or {}).items():
@@ -260,7 +261,8 @@ def _score_shard(k: int, users: np.ndarray, snap: str, out_dir: str, as_of: date
 def recommend_shard(users: np.ndarray, events: pd.DataFrame, snap: str | Path, as_of: datetime, *, top_n: int,
                     n_candidates: int, recent_days: int, weights: dict, half_life: dict,
                     artifact_uri: str | None = None, rerank: dict | None = None, variants: dict | None = None,
-                    salt: str = "rerank-ab", rules: pd.DataFrame | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+                    salt: str = "rerank-ab", rules: pd.DataFrame | None = None, decay_from: str = "as_of",
+                    priors: dict | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """:func:`pipeline.recommend.recommend` for ``users`` from their ``events`` and the run's artefacts under
     ``snap`` (loaded once per worker); returns (their final lists with reasons, the users left without one
     because nothing is eligible)."""
@@ -268,8 +270,7 @@ def recommend_shard(users: np.ndarray, events: pd.DataFrame, snap: str | Path, a
     from pipeline.rerank import RerankConfig
 
     cfg = RecommendConfig(top_n=top_n, n_candidates=n_candidates, recent_days=recent_days, weights=weights,
-                          half_life_days=half_life, decay_from=get_settings().decay_from,
-                          priors=dict(get_settings().recall_priors))
+                          half_life_days=half_life, decay_from=decay_from, priors=dict(priors or {}))
     return recommend(users, events, load_artefacts(snap, artifact_uri), as_of, cfg,
                      rerank=RerankConfig(**(rerank or {})), rules=rules, variants=variants, variant_salt=salt)
 
@@ -312,7 +313,8 @@ def score_users(home: str, run_id: str, as_of: datetime, *, top_n: int, n_candid
                              out_dir=str(d), as_of=as_of, top_n=top_n, n_candidates=n_candidates,
                              recent_days=s.recent_days, weights=s.event_weights, half_life=s.half_life_days,
                              artifact_uri=chosen.get("artifact_uri"), rerank=rerank, variants=dict(s.variants),
-                             salt=s.variant_salt, rules=rules, stamp=stamp, pure=False)
+                             salt=s.variant_salt, rules=rules, stamp=stamp, decay_from=s.decay_from,
+                             priors=dict(s.recall_priors), pure=False)
         done = client.gather(futures)  # the shards' figures only
     sources: dict[str, int] = {}
     for fig in done:
