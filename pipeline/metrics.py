@@ -165,6 +165,16 @@ def expected_rank(target_score: np.ndarray, scores: np.ndarray, candidate: np.nd
     return 1.0 + higher + np.maximum(tied, 0) / 2.0
 
 
+def written_rank(target_score: np.ndarray, scores: np.ndarray, candidate: np.ndarray, tie_order: np.ndarray,
+                 target: np.ndarray) -> np.ndarray:
+    """Rank of each row's target in the list as written: 1 + #higher + #equal candidates that ``tie_order``
+    (the lists' second key, lower first) puts before it. ``target``: the target's column per row."""
+    t = np.asarray(target_score, dtype=np.float64)[:, None]
+    higher = ((scores > t) & candidate).sum(axis=1)
+    before = ((scores == t) & candidate & (tie_order[None, :] < tie_order[np.asarray(target)][:, None])).sum(axis=1)
+    return 1.0 + higher + before
+
+
 def single_target_metrics(ranks: np.ndarray, k: int = 10) -> dict[str, float]:
     """Metrics when each user has exactly one relevant item at (possibly fractional) ``ranks``.
 

@@ -42,6 +42,29 @@ def _linear_scores(history: sp.csr_matrix, W: np.ndarray, use_ratings: bool) -> 
     return np.asarray(h @ W, dtype=np.float32)
 
 
+def top_k_rows(scores: np.ndarray, k: int, tie_order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices and scores of each row's best ``k`` (score desc; equal scores by ``tie_order`` asc,
+    the boundary's ties included): the lists exactly as written, whatever argpartition picks among ties."""
+    n_rows, n_cols = scores.shape
+    k = min(k, n_cols)
+    if not n_rows or not k:
+        return np.zeros((n_rows, 0), dtype=np.int64), np.zeros((n_rows, 0))
+    part = np.argpartition(-scores, kth=k - 1, axis=1)[:, :k]
+    thresh = np.take_along_axis(scores, part, axis=1).min(axis=1)
+    r, c = np.nonzero(scores >= thresh[:, None])  # the top k and every item tied with the k-th
+    sc = scores[r, c]
+    order = np.lexsort((tie_order[c], -sc, r))
+    r, c, sc = r[order], c[order], sc[order]
+    starts = np.searchsorted(r, np.arange(n_rows))
+    pos = np.arange(len(r)) - starts[r]
+    take = pos < k
+    idx = np.zeros((n_rows, k), dtype=np.int64)
+    val = np.full((n_rows, k), -np.inf)
+    idx[r[take], pos[take]] = c[take]
+    val[r[take], pos[take]] = sc[take]
+    return idx, val
+
+
 class Recommender:
     """Base class: id maps, the training matrix, batched scoring, seen-item exclusion and top-k."""
 
@@ -80,6 +103,9 @@ class Recommender:
         self.user_ids = np.unique(train[USER_COL].to_numpy())
         self.user_items = self.matrix(train)
         self.popularity = distinct_user_counts(self.user_items).astype(np.float32)
+        # equal scores are ordered by training popularity, then item id: the order lists are written in
+        self.tie_order = np.empty(len(self.item_ids), dtype=np.int64)
+        self.tie_order[np.lexsort((self.item_ids, -self.popularity))] = np.arange(len(self.item_ids))
         self.train_rows = train
         self.history_sequences = None
         self._train_sequences: dict | None = None
@@ -166,11 +192,7 @@ class Recommender:
             if exclude_seen:
                 seen = self._seen(ub, h)
                 sc[seen.nonzero()] = -np.inf
-            idx = np.argpartition(-sc, kth=kk - 1, axis=1)[:, :kk]
-            val = np.take_along_axis(sc, idx, axis=1)
-            order = np.lexsort((idx, -val), axis=1)  # best first, equal scores by catalogue order
-            idx = np.take_along_axis(idx, order, axis=1)
-            val = np.take_along_axis(val, order, axis=1)
+            idx, val = top_k_rows(sc, kk, self.tie_order)
             keep = np.isfinite(val)
             parts.append(pd.DataFrame({
                 USER_COL: np.repeat(ub, kk).reshape(len(ub), kk)[keep],

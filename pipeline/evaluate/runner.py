@@ -105,7 +105,9 @@ def evaluate_frames(
 
     msr-stratified and temporal recommend ``k`` unseen items per test user and score them with MSR's
     metrics; leave-one-out ranks the held-out item among all catalogue items minus the user's history
-    (ties at their expected position) with models fitted once on items[:-2].
+    (equal scores ordered as the written lists order them: training popularity, then id; the tie-aware
+    figures, ties at their expected position, stand beside as ``*_tie_aware``) with models fitted once on
+    items[:-2].
     """
     if protocol not in PROTOCOLS:
         raise PipelineError(f"unknown protocol {protocol!r}", f"valid protocols: {', '.join(PROTOCOLS)}")
@@ -196,8 +198,9 @@ def evaluate_frames(
              "users who had a recommended item; novelty = mean -log2 of that share."]
     if loo is not None:
         notes.append("leave-one-out: models fitted once on items[:-2]; test ranks item -1 over all items "
-                     "minus items[:-1] (item-CF and ALS fold the longer history in); ties at expected "
-                     "position.")
+                     "minus items[:-1] (item-CF and ALS fold the longer history in); equal scores in the "
+                     "written lists' order (training popularity, then item id); *_tie_aware: ties at their "
+                     "expected position.")
     details = {"notes": notes, "beyond": beyond, "valid": valid_rows or None, "tuning": tuning or None,
                "sizes": {"train": len(train), "test": len(test), "test_users": len(test_users)}}
     (out / "details.json").write_text(json.dumps(details, indent=2, default=float))
@@ -210,7 +213,7 @@ def _loo_metrics(model: Recommender, history: pd.DataFrame, targets: pd.DataFram
     """Full-ranking metrics of each user's single target, ranked against everything not in history."""
     users = targets[USER_COL].to_numpy()
     tcol = np.searchsorted(model.item_ids, targets[ITEM_COL].to_numpy())
-    ranks = []
+    ranks, tied = [], []
     step = max(1, model.batch_cells // max(len(model.item_ids), 1))
     hist = history[history[USER_COL].isin(users)]
     rows_all, _ = model._rows(users)
@@ -223,8 +226,12 @@ def _loo_metrics(model: Recommender, history: pd.DataFrame, targets: pd.DataFram
         cand[h.nonzero()] = False
         tc = tcol[s: s + step]
         cand[np.arange(len(ub)), tc] = True  # the target is always a candidate (even if seen before)
-        ranks.append(M.expected_rank(sc[np.arange(len(ub)), tc], sc, cand))
-    return M.single_target_metrics(np.concatenate(ranks) if ranks else np.zeros(0), k)
+        ranks.append(M.written_rank(sc[np.arange(len(ub)), tc], sc, cand, model.tie_order, tc))
+        tied.append(M.expected_rank(sc[np.arange(len(ub)), tc], sc, cand))
+    out = M.single_target_metrics(np.concatenate(ranks) if ranks else np.zeros(0), k)
+    # the tie-aware figure beside it, never in its place: ties at their expected position
+    tie_aware = M.single_target_metrics(np.concatenate(tied) if tied else np.zeros(0), k)
+    return {**out, **{f"{m}_tie_aware": v for m, v in tie_aware.items()}}
 
 
 def run_evaluation(
