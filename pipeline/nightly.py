@@ -195,6 +195,7 @@ def cf_build(home: str, run_id: str, as_of: datetime, k: int = 20, dask_address:
     with _client(client, dask_address) as c:
         return build_recall_models(_dir(home, run_id) / "snapshot", as_of, c, weights=s.event_weights,
                                    half_life_days=s.half_life_days, k=k, seed=s.seed, weighting=s.als_weighting,
+                                   factors=s.als_factors,
                                    decay_from=s.decay_from)
 
 

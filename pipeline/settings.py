@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     #: on the generated shop's nightly (eval_nightly, seeds 3-5) it moved the lists within the seeds' spread,
     #: so the default stays "none" (README "Latest figures").
     als_weighting: Literal["none", "bm25"] = "none"
+    #: ALS latent factors (the run's and the ranker windows' alike).
+    als_factors: int = Field(64, ge=2, le=1024)
     #: What recall's event ages count from: ``as_of`` (the run's cut-off: a user who has not come back for a
     #: month counts less in ALS and item-CF) or ``user_last`` (the user's own latest event: only the order of
     #: their events counts). Item statistics and the ranker's recency inputs always count from as_of.
