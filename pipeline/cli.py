@@ -442,11 +442,19 @@ def evaluate(
     out_dir: Path = typer.Option(..., "--out", help="Output folder (metrics.json, report.html, splits, lists)"),
     params: str = typer.Option("", "--params",
                                help='JSON object: model -> its parameters, e.g. {"pipeline": {"mmr_lambda": 1.0}}'),
+    config: Path | None = typer.Option(None, "--config",
+                                       help="Settings profile (RERANK_KEY=value lines, e.g. profiles/*.env) for the "
+                                       "nightly model"),
 ) -> None:
     """Import -> train -> recommend -> score on a throwaway database; write metrics.json and report.html."""
     from pipeline.evaluate.runner import run_evaluation
 
     model_params = _json_params(params)
+    if config is not None:
+        from pipeline.settings import read_profile
+
+        model_params = model_params or {}
+        model_params["nightly"] = {**read_profile(config), **model_params.get("nightly", {})}
     with _throwaway_database() as url, _progress(f"evaluating {models} on {path} ({protocol.value})"):
         result = run_evaluation(fmt.value, path, protocol=protocol.value, k=k,
                                 models=[m for m in models.split(",") if m], out_dir=out_dir, url=url,

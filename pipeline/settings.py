@@ -278,3 +278,30 @@ def get_settings() -> Settings:
         return given
     key = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("RERANK_")))
     return _cached(key)
+
+
+def read_profile(path: str | Path) -> dict[str, object]:
+    """A settings profile: ``RERANK_KEY=value`` lines (``#`` comments; JSON values for dicts) as setting names
+    and values, checked against the settings (an unknown key or a bad value is a ConfigError naming it)."""
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"no settings profile at {p}", "pass a file of RERANK_KEY=value lines (see profiles/)")
+    out: dict[str, object] = {}
+    for n, line in enumerate(p.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.startswith("RERANK_") or key[7:].lower() not in Settings.model_fields:
+            raise ConfigError(f"{p}:{n}: {line[:60]!r} is not a RERANK_KEY=value line of a known setting",
+                              "setting names are in .env.example")
+        value = value.strip()
+        try:
+            out[key[7:].lower()] = json.loads(value) if value[:1] in "{[" else value
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{p}:{n}: {key} is not valid JSON: {exc}", "dict settings take JSON objects") from exc
+    load_settings(**out)  # a bad value fails here, with the variable's name
+    return out

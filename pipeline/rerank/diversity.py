@@ -38,6 +38,9 @@ class FusedEmbeddings(tuple):
         self.text_dim, self.text_weight = int(text_dim), float(text_weight)
         return self
 
+    def __getnewargs__(self) -> tuple:  # pickled to and from Dask workers: __new__ needs all four
+        return (self[0], self[1], self.text_dim, self.text_weight)
+
     def part_similarity(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Text and picture cosines of item pairs ``a[i], b[i]`` (NaN where an item has no vector or no
         picture)."""

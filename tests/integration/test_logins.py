@@ -20,7 +20,8 @@ from pipeline.publish import publish_run
 pytestmark = pytest.mark.integration
 RERANK = str(Path(sys.executable).with_name("rerank"))
 DAY = datetime(2026, 11, 23, tzinfo=UTC)
-VIEWS = {"recsys.user_recommendations", "recsys.similar_items"}
+#: What the app login (rerank_reader) may read: the lists, similar items and the A/B readout per arm and day.
+VIEWS = {"recsys.user_recommendations", "recsys.similar_items", "recsys.ab_daily"}
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ def test_passwords_are_kept_0600_and_reused(db_url: str, tmp_path: Path, logins:
         psycopg2.connect(login_url(db_url, APP_LOGIN, "wrong")).close()
 
 
-def test_the_app_login_reads_the_two_views_and_nothing_else(db_url: str, logins: dict[str, str]) -> None:
+def test_the_app_login_reads_its_views_and_nothing_else(db_url: str, logins: dict[str, str]) -> None:
     load_items(db_url, 50)
     publish_run(logins[PIPELINE_LOGIN], "nightly_20261123T0000",
                 synthetic_recs("day1", DAY, users=10, items=50, top=5), None, generated_at=DAY)

@@ -62,3 +62,29 @@ def test_a_dot_env_file_is_not_read(tmp_path, monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.delenv(key, raising=False)
     s = load_settings()
     assert s.top_n == 50 and s.home == ".rerank"
+
+
+def test_a_settings_profile_reads_known_keys_and_refuses_the_rest(tmp_path) -> None:  # noqa: ANN001
+    from pipeline.errors import ConfigError
+    from pipeline.settings import read_profile
+
+    ok = tmp_path / "shop.env"
+    ok.write_text('# a profile\nRERANK_ALS_FACTORS=24\nRERANK_RECALL_PRIORS={"als": 0.9}\n\nRERANK_DECAY_FROM=user_last\n')
+    assert read_profile(ok) == {"als_factors": "24", "recall_priors": {"als": 0.9}, "decay_from": "user_last"}
+    for text, word in (("RERANK_ALS_FACTRS=24\n", "ALS_FACTRS"), ("RERANK_DECAY_FROM=yesterday\n", "DECAY_FROM"),
+                       ("RERANK_RECALL_PRIORS={als}\n", "RECALL_PRIORS")):
+        bad = tmp_path / "bad.env"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=word):
+            read_profile(bad)
+
+
+def test_the_checked_in_profiles_are_valid() -> None:
+    from pathlib import Path
+
+    from pipeline.settings import read_profile
+
+    profiles = sorted((Path(__file__).resolve().parents[2] / "profiles").glob("*.env"))
+    assert profiles
+    for p in profiles:
+        assert read_profile(p)
