@@ -58,26 +58,22 @@ lint: setup
 
 # Full-size evaluations (minutes to tens of minutes each on 2 cores); figures in README "Latest figures".
 DATA ?= $${RERANK_SHARED_DATA:-../shared/data}
-# ALS on BM25 weights (k1 10, b 0.5, chosen on the inner split) in place of plain ALS: 5-fold CV of the training
-# part +0.0060 (5 of 5 folds), the real pipeline on 5 msr-stratified splits of it +0.0031..+0.0080 (5 of 5);
-# read once on test: 0.5082 against 0.4981 (research/probe_ml100k.py, sixth round).
-# Not in the mix: RecVAE x3 at 0.75 (5-fold CV of the training part +0.0020, better in 5 of 5 folds, below the
-# +0.003 bar set before; read once on test: pipeline 0.4968 against 0.4981 without it). See issue #6's note.
-ML100K_PIPELINE := {"ease": {"l2": 400}, "pipeline": {"use_ranker": false, "tune": false, "mmr_lambda": 1.0, "sources": {"als": {"seeds": 8, "weighting": "bm25"}, "ease": {"l2": 6000, "use_ratings": true}, "user-knn": {}}, "recall_weights": {"als": 1, "ease": 1, "user-knn": 0.5}}}
-# item-CF with every neighbour is items x items: 48k Taobao items do not fit in memory
-TAOBAO_SOURCES := {"item-cf": {"neighbours": 100}, "als": {}, "seq-knn": {}, "popularity": {}}
+# The evaluator's models' parameters per dataset: research/params/*.json (research-stack on ml-100k: ALS on BM25
+# weights + EASE + user-kNN, chosen on the inner split; see research/RESULTS.md and issue #6's note).
 eval: setup
 	$(BIN)/rerank evaluate --format movielens --path $(DATA)/ml-100k \
-		--protocol msr-stratified --models random,popularity,item-cf,als,bpr,ease,rp3beta,user-knn,pipeline,nightly \
-		--params '$(ML100K_PIPELINE)' --out out/ml-100k
+		--protocol msr-stratified --models random,popularity,item-cf,als,bpr,ease,rp3beta,user-knn,research-stack,nightly \
+		--params @research/params/ml-100k.json --out out/ml-100k
+	$(BIN)/rerank evaluate --format movielens --path $(DATA)/ml-100k --protocol msr-stratified --models nightly \
+		--config profiles/ratings-catalogue.env --out out/ml-100k-profile
 	$(BIN)/rerank evaluate --format amazon-s3rec --path $(DATA)/amazon-s3rec/Beauty.txt \
-		--protocol leave-one-out --models seq-knn,ranker,pipeline --out out/beauty
+		--protocol leave-one-out --models seq-knn,ranker,research-stack --out out/beauty
 	$(BIN)/rerank evaluate --format amazon-s3rec --path $(DATA)/amazon-s3rec/Sports_and_Outdoors.txt \
-		--protocol leave-one-out --models seq-knn,ranker,pipeline \
-		--params '{"ranker": {"max_epochs": 12}, "pipeline": {"max_epochs": 12}}' --out out/sports
+		--protocol leave-one-out --models seq-knn,ranker,research-stack \
+		--params @research/params/sports.json --out out/sports
 	$(BIN)/rerank evaluate --format taobao --path $(DATA)/taobao-userbehavior/UserBehavior_head_814users.csv \
-		--protocol temporal --models popularity,item-cf,als,seq-knn,ranker,pipeline \
-		--params '{"item-cf": {"neighbours": 100}, "ranker": {"sources": $(TAOBAO_SOURCES)}, "pipeline": {"sources": $(TAOBAO_SOURCES)}}' \
+		--protocol temporal --models popularity,item-cf,als,seq-knn,ranker,research-stack \
+		--params @research/params/taobao.json \
 		--out out/taobao
 	$(BIN)/python benchmarks/eval_nightly.py
 	$(BIN)/python -m pipeline.recall.audit --format taobao \

@@ -441,7 +441,8 @@ def evaluate(
     models: str = typer.Option("random,popularity,item-cf", help="Comma-separated model names"),
     out_dir: Path = typer.Option(..., "--out", help="Output folder (metrics.json, report.html, splits, lists)"),
     params: str = typer.Option("", "--params",
-                               help='JSON object: model -> its parameters, e.g. {"pipeline": {"mmr_lambda": 1.0}}'),
+                               help='JSON object: model -> its parameters, e.g. '
+                               '{"research-stack": {"mmr_lambda": 1.0}}; @FILE reads it from a file'),
     config: Path | None = typer.Option(None, "--config",
                                        help="Settings profile (RERANK_KEY=value lines, e.g. profiles/*.env) for the "
                                        "nightly model"),
@@ -474,13 +475,19 @@ def _json_params(text: str) -> dict[str, dict] | None:
     """``--params`` as {model: {param: value}}; anything else is a ConfigError naming the problem."""
     if not text.strip():
         return None
+    if text.startswith("@"):
+        path = Path(text[1:])
+        if not path.is_file():
+            raise ConfigError(f"--params {text}: no such file",
+                              "pass @PATH of a JSON file, e.g. @research/params/ml-100k.json")
+        text = path.read_text()
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--params is not valid JSON: {exc}", 'pass e.g. \'{"als": {"factors": 32}}\'') from exc
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
         raise ConfigError("--params must be a JSON object of objects (model name -> its parameters)",
-                          'e.g. \'{"pipeline": {"mmr_lambda": 0.8}}\'')
+                          'e.g. \'{"research-stack": {"mmr_lambda": 0.8}}\'')
     return value
 
 

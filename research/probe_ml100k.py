@@ -4,7 +4,7 @@
     python research/probe_ml100k.py kfold [--cache DIR] [--extras slim,hoease,...] [--no-weight-grid]
     python research/probe_ml100k.py product --params JSON [--seeds 101,102]
 
-Each probe prints nDCG@10 of a signal alone and added to the Makefile's mix (``ML100K_PIPELINE``: bagged ALS,
+Each probe prints nDCG@10 of a signal alone and added to the Makefile's mix (research/params/ml-100k.json: bagged ALS,
 EASE on ratings with l2 6000, user-kNN at 1 / 1 / 0.5, merged as :mod:`tune_ml100k` emulates ``MergedRecall``).
 Splits, the metric and the cached base scores are ``tune_ml100k``'s; the outer test part is never read here
 unless ``--split outer`` is asked for.
@@ -393,9 +393,9 @@ def probe_product(data: str, params: dict, seeds: tuple[int, ...]) -> None:
     for seed in seeds:
         tr, te = msr_stratified_split(outer_train, 0.75, seed)
         prob = T.Problem(tr, te)
-        b = prob.ndcg(get_model("pipeline", **base).fit(tr).score(prob.users))
+        b = prob.ndcg(get_model("research-stack", **base).fit(tr).score(prob.users))
         t0 = time.perf_counter()
-        m = get_model("pipeline", **{**base, **params}).fit(tr)
+        m = get_model("research-stack", **{**base, **params}).fit(tr)
         v = prob.ndcg(m.score(prob.users))
         res.append((v, b))
         print(f"split seed {seed}: {v:.4f} against {b:.4f} ({v - b:+.4f}), {time.perf_counter() - t0:.0f} s",
@@ -407,12 +407,10 @@ def probe_product(data: str, params: dict, seeds: tuple[int, ...]) -> None:
 
 
 def make_params() -> dict:
-    """``make eval``'s ml-100k ``pipeline`` parameters, read from the Makefile's ML100K_PIPELINE."""
+    """``make eval``'s ml-100k ``research-stack`` parameters (research/params/ml-100k.json)."""
     import json
 
-    text = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
-    line = next(ln for ln in text.splitlines() if ln.startswith("ML100K_PIPELINE :="))
-    return json.loads(line.split(":=", 1)[1])["pipeline"]
+    return json.loads((Path(__file__).resolve().parent / "params" / "ml-100k.json").read_text())["research-stack"]
 
 
 PROBES = {"trend": probe_trend, "fusion": probe_fusion, "ease-weights": probe_ease_weights,

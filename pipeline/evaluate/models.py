@@ -1069,7 +1069,7 @@ ModelFactory = Callable[..., Recommender]
 _REGISTRY: dict[str, ModelFactory] = {}
 #: Models of this package that import torch and the production stages: asking for one imports its module,
 #: which registers it (kept out of this module's import so the plain models load fast).
-RESERVED: dict[str, str] = {"ranker": "pipeline.evaluate.ranker", "pipeline": "pipeline.evaluate.stack",
+RESERVED: dict[str, str] = {"ranker": "pipeline.evaluate.ranker", "research-stack": "pipeline.evaluate.stack",
                             "nightly": "pipeline.evaluate.nightly_model"}
 
 
@@ -1091,8 +1091,10 @@ def get_model(name: str, **params: Any) -> Recommender:
         with contextlib.suppress(ImportError):
             import_module(RESERVED[name])
     if name not in _REGISTRY:
-        hint = f"valid names: {', '.join(model_names())}"
-        if name in RESERVED:
+        hint = f"valid names: {', '.join(sorted({*model_names(), *RESERVED}))}"
+        if name == "pipeline":
+            hint = "the evaluator's research stack is named research-stack; the production run is nightly"
+        elif name in RESERVED:
             hint += f"; {name!r} is provided by {RESERVED[name]}, which has not registered it yet"
         raise ModelError(f"unknown model {name!r}", hint)
     try:

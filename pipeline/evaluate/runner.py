@@ -250,7 +250,7 @@ def run_evaluation(
     With ``url`` (a throwaway database) the dataset is also imported into ``shop.*`` and the events used
     for training are read back from ``shop.events``; the round trip must keep every row. The rating
     column (not part of the shop contract) is joined back from the parsed frames by event_id.
-    ``model_params`` maps a model name to its constructor parameters (e.g. ``{"pipeline": {"mmr_lambda": 1}}``).
+    ``model_params`` maps a model name to its constructor parameters (e.g. ``{"research-stack": {"mmr_lambda": 1}}``).
     """
     from pipeline.ingest import import_dataset, read_dataset
 

@@ -70,7 +70,7 @@ def _softmax_masked(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
 class PipelineModel(RankerRecommender):
     """Recall merge + ranker + fusion + MMR re-rank (see module docstring); ranker params as ``ranker``."""
 
-    name = "pipeline"
+    name = "research-stack"
 
     def __init__(self, *, n_candidates: int = 100, mmr_lambda: float | None = None, fusion: str | None = None,
                  recall_power: float = 1.0, rank_power: float = 1.0, use_ranker: bool = True, tune: bool = True,
@@ -318,4 +318,4 @@ class PipelineModel(RankerRecommender):
         return pd.concat(parts, ignore_index=True)
 
 
-register_model("pipeline", PipelineModel, replace=True)
+register_model("research-stack", PipelineModel, replace=True)

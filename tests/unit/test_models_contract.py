@@ -164,7 +164,7 @@ def test_registry_errors_and_hooks() -> None:
     with pytest.raises(ModelError, match="unknown model 'nope'.*valid names: als, bpr"):
         get_model("nope")
     # reserved names import their module on first use, which registers them
-    assert get_model("ranker").name == "ranker" and get_model("pipeline").name == "pipeline"
+    assert get_model("ranker").name == "ranker" and get_model("research-stack").name == "research-stack"
     registry.RESERVED["later"] = "pipeline.no_such_module"
     try:
         with pytest.raises(ModelError, match="'later' is provided by pipeline.no_such_module"):

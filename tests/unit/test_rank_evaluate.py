@@ -1,4 +1,4 @@
-"""``ranker``, ``pipeline`` and ``seq-knn`` in the evaluation harness: the model contract, a sequence
+"""``ranker``, ``research-stack`` and ``seq-knn`` in the evaluation harness: the model contract, a sequence
 known-answer problem (A -> B -> C), CPU determinism, leave-one-out's ordered history, and the
 ``rerank evaluate --format amazon-s3rec`` path on a tiny synthetic file."""
 
@@ -34,12 +34,12 @@ class TestRanker(ModelContract):
 
 
 class TestPipeline(ModelContract):
-    name = "pipeline"
+    name = "research-stack"
     params = PIPELINE
 
 
 class TestPipelineWithMMR(ModelContract):
-    name = "pipeline"
+    name = "research-stack"
     params = {**PIPELINE, "mmr_lambda": 0.5, "use_ranker": False}
     first_for_3 = first_for_6 = None  # MMR may move the best item down; the contract still holds
 
@@ -77,7 +77,7 @@ def _next_item(model_name: str, params: dict) -> dict[int, int]:
     return recs[recs["rank"] == 1].set_index("user_id")["item_id"].to_dict()
 
 
-@pytest.mark.parametrize(("name", "params"), [("ranker", RANKER), ("pipeline", PIPELINE), ("seq-knn", {})])
+@pytest.mark.parametrize(("name", "params"), [("ranker", RANKER), ("research-stack", PIPELINE), ("seq-knn", {})])
 def test_known_next_item(name: str, params: dict) -> None:
     assert _next_item(name, params) == {0: 3, 2: 9}
 
@@ -132,15 +132,15 @@ def chain_frames(n_users: int) -> ShopFrames:
 
 def test_leave_one_out_harness_with_the_ranker(tmp_path: Path) -> None:
     frames = chain_frames(30)
-    m = evaluate_frames(frames, protocol="leave-one-out", models=["ranker", "pipeline"], out_dir=tmp_path,
+    m = evaluate_frames(frames, protocol="leave-one-out", models=["ranker", "research-stack"], out_dir=tmp_path,
                         dataset="chains", model_params={"ranker": {**RANKER, "early_stopping": True},
-                                                        "pipeline": {**PIPELINE, "tune": True}})
+                                                        "research-stack": {**PIPELINE, "tune": True}})
     res = {r["model"]: r for r in m["results"]}
     # C' is fully determined by B'
-    assert res["ranker"]["hr@10"] == 1.0 and res["pipeline"]["hr@10"] == 1.0
+    assert res["ranker"]["hr@10"] == 1.0 and res["research-stack"]["hr@10"] == 1.0
     assert res["ranker"]["ndcg@10"] > 0.9
     details = json.loads((tmp_path / "details.json").read_text())
-    assert {v["model"] for v in details["valid"]} == {"ranker", "pipeline"}
+    assert {v["model"] for v in details["valid"]} == {"ranker", "research-stack"}
 
 
 def test_cli_amazon_s3rec_leave_one_out(tmp_path: Path, db_url: str) -> None:
@@ -157,12 +157,12 @@ def test_cli_amazon_s3rec_leave_one_out(tmp_path: Path, db_url: str) -> None:
     env = {**os.environ, "RERANK_DATABASE_URL": db_url, "RERANK_HOME": str(tmp_path / "home")}
     rerank = str(Path(sys.executable).with_name("rerank"))
     proc = subprocess.run([rerank, "evaluate", "--format", "amazon-s3rec", "--path", str(path), "--protocol",
-                           "leave-one-out", "--models", "ranker,pipeline", "--out", str(out)],
+                           "leave-one-out", "--models", "ranker,research-stack", "--out", str(out)],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"] == "Tiny" and metrics["protocol"] == "leave-one-out"
-    assert {r["model"] for r in metrics["results"]} == {"ranker", "pipeline"}
+    assert {r["model"] for r in metrics["results"]} == {"ranker", "research-stack"}
     for r in metrics["results"]:
         assert 0.0 <= r["ndcg@10"] <= 1.0 and r["hr@10"] > 0.5
 

@@ -89,11 +89,11 @@ def test_pipeline_trains_the_head_on_the_validation_item(tmp_path: Path) -> None
     params = {"dim": 16, "layers": 1, "seq_len": 5, "dropout": 0.0, "lr": 0.01, "batch_size": 8, "n_neg": 0,
               "max_epochs": 40, "sources": {"item-cf": {}, "seq-knn": {}, "popularity": {}}, "mmr_lambda": 1.0,
               "head_min_targets": 1, "head_epochs": 20}
-    m = evaluate_frames(frames, protocol="leave-one-out", models=["pipeline"], out_dir=tmp_path,
-                        dataset="chains", model_params={"pipeline": params})
+    m = evaluate_frames(frames, protocol="leave-one-out", models=["research-stack"], out_dir=tmp_path,
+                        dataset="chains", model_params={"research-stack": params})
     res = m["results"][0]
     assert res["hr@10"] == 1.0 and res["ndcg@10"] > 0.9  # C' is fully determined by B'
-    tuning = json.loads((tmp_path / "details.json").read_text())["tuning"]["pipeline"]
+    tuning = json.loads((tmp_path / "details.json").read_text())["tuning"]["research-stack"]
     assert tuning["head"] == "mlp" and tuning["targets"] == 60
     assert 0.0 <= tuning["valid_ndcg@10_out_of_fold"] <= 1.0
 

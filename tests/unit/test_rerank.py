@@ -376,12 +376,12 @@ def test_pipeline_model_is_registered_and_lambda_one_keeps_the_recall_top_k() ->
     rng = np.random.default_rng(0)
     train = pd.DataFrame({"user_id": rng.integers(1, 40, 600), "item_id": rng.integers(1, 60, 600)})
     users = np.arange(1, 40)
-    plain = get_model("pipeline", mmr_lambda=1.0, n_candidates=30, dims=8, use_ranker=False,
+    plain = get_model("research-stack", mmr_lambda=1.0, n_candidates=30, dims=8, use_ranker=False,
                       sources={"item-cf": {}}).fit(train)
     recall = get_model("item-cf").fit(train).recommend(users, 10)
     got = plain.recommend(users, 10)
     assert got.groupby("user_id")["item_id"].apply(set).equals(recall.groupby("user_id")["item_id"].apply(set))
-    diverse = get_model("pipeline", mmr_lambda=0.3, n_candidates=30, dims=8, use_ranker=False,
+    diverse = get_model("research-stack", mmr_lambda=0.3, n_candidates=30, dims=8, use_ranker=False,
                         sources={"item-cf": {}}).fit(train).recommend(users, 10)
     assert (diverse.groupby("user_id").size() == 10).all()
     assert not diverse[["user_id", "item_id"]].merge(train).shape[0]  # seen items stay excluded

@@ -69,7 +69,8 @@ def test_a_settings_profile_reads_known_keys_and_refuses_the_rest(tmp_path) -> N
     from pipeline.settings import read_profile
 
     ok = tmp_path / "shop.env"
-    ok.write_text('# a profile\nRERANK_ALS_FACTORS=24\nRERANK_RECALL_PRIORS={"als": 0.9}\n\nRERANK_DECAY_FROM=user_last\n')
+    ok.write_text('# a profile\nRERANK_ALS_FACTORS=24\nRERANK_RECALL_PRIORS={"als": 0.9}\n\n'
+                  'RERANK_DECAY_FROM=user_last\n')
     assert read_profile(ok) == {"als_factors": "24", "recall_priors": {"als": 0.9}, "decay_from": "user_last"}
     for text, word in (("RERANK_ALS_FACTRS=24\n", "ALS_FACTRS"), ("RERANK_DECAY_FROM=yesterday\n", "DECAY_FROM"),
                        ("RERANK_RECALL_PRIORS={als}\n", "RECALL_PRIORS")):
