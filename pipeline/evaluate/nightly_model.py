@@ -9,7 +9,9 @@ their top ``k`` as written: the metrics are those of the published lists, ranks 
 Mapping: every training row becomes a ``purchase`` event at its timestamp (a rating or review means the item
 was consumed, so the run's re-rank leaves it out of that user's list, as the protocols' "unseen items" want);
 items are catalogue stubs (no titles, categories or prices in the harness's frames); ``as_of`` is one second
-after the last training row. Leave-one-out needs a score for every catalogue item and is refused.
+after the last training row. Under leave-one-out the run trains on each user's items[:-1] (``lists_only``:
+the harness fits it on the test history, since published lists cannot fold one in) and the metrics are the
+target's position in the published list.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class NightlyModel(Recommender):
     """The nightly run's published lists (see the module docstring)."""
 
     name = "nightly"
+    #: Metrics from its published lists only (no score for every catalogue item, no fold-in).
+    lists_only = True
 
     def __init__(self, *, seed: int = 42, **settings: object) -> None:
         super().__init__(use_ratings=False, seed=seed)

@@ -22,7 +22,7 @@ from pipeline.errors import InputDataError, PipelineError
 from pipeline.evaluate.models import Recommender, get_model
 from pipeline.evaluate.protocols import PROTOCOLS, leave_one_out, msr_stratified_split, temporal_split
 from pipeline.evaluate.report import write_report
-from pipeline.frames import EVENT_COL, ITEM_COL, RATING_COL, TS_COL, USER_COL, ShopFrames
+from pipeline.frames import EVENT_COL, ITEM_COL, RANK_COL, RATING_COL, TS_COL, USER_COL, ShopFrames
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +152,19 @@ def evaluate_frames(
         model: Recommender = get_model(name, **params.get(name, {}))
         if loo is not None:
             model.set_validation(loo.valid)  # early stopping / tuning target: item -2, never the test item
+        # a model that publishes lists (nightly) cannot fold in a longer history: it runs on items[:-1] itself
+        lists_only = loo is not None and getattr(model, "lists_only", False)
         t0 = time.perf_counter()
-        model.fit(train, catalog)
+        model.fit(loo.test_history if lists_only else train, catalog)
         fit_s = time.perf_counter() - t0
         if getattr(model, "tuning", None):  # what a model chose on validation (pipeline's fusion)
             tuning[name] = model.tuning
         if loo is None:
             recs = model.recommend(test_users, k)
             r = M.ranking_metrics(test, recs, k)
+        elif lists_only:
+            recs = model.recommend(test_users, k)
+            r = _list_loo_metrics(recs, loo.test, k)
         else:
             hist = loo.test_history
             model.set_history(hist)  # sequential models read the order of items[:-1]
@@ -206,6 +211,14 @@ def evaluate_frames(
     (out / "details.json").write_text(json.dumps(details, indent=2, default=float))
     write_report(out, metrics, frames, recs_all, train=train, segments=segments, details=details)
     return metrics
+
+
+def _list_loo_metrics(recs: pd.DataFrame, targets: pd.DataFrame, k: int) -> dict[str, float]:
+    """Leave-one-out metrics of written lists: the target's position in its user's list, a miss when it is
+    not there (or the user has no list)."""
+    pos = recs[[USER_COL, ITEM_COL, RANK_COL]].merge(targets[[USER_COL, ITEM_COL]], on=[USER_COL, ITEM_COL])
+    ranks = pos.groupby(USER_COL)[RANK_COL].min().reindex(pd.unique(targets[USER_COL]))
+    return M.single_target_metrics(ranks.fillna(np.inf).to_numpy(dtype=np.float64), k)
 
 
 def _loo_metrics(model: Recommender, history: pd.DataFrame, targets: pd.DataFrame,

@@ -29,3 +29,18 @@ def test_the_leave_one_out_rank_is_the_position_in_the_written_list() -> None:
     shared = (scores == scores[np.arange(200), target][:, None]).sum(axis=1) > 1
     assert (expected_rank(scores[np.arange(200), target], scores, cand) != ranks)[shared].any()
     assert (expected_rank(scores[np.arange(200), target], scores, cand) == ranks)[~shared].all()
+
+
+def test_leave_one_out_from_published_lists_counts_missing_targets_and_users_as_misses() -> None:
+    import pandas as pd
+    import pytest
+
+    from pipeline.evaluate.runner import _list_loo_metrics
+
+    recs = pd.DataFrame({"user_id": [1, 1, 1, 2, 2], "item_id": [5, 6, 7, 5, 6], "rank": [1, 2, 3, 1, 2],
+                         "score": [3.0, 2.0, 1.0, 2.0, 1.0]})
+    targets = pd.DataFrame({"user_id": [1, 2, 3], "item_id": [6, 9, 5]})  # user 3 has no list
+    m = _list_loo_metrics(recs, targets, 10)
+    assert m["hr"] == pytest.approx(1 / 3) and m["ndcg"] == pytest.approx(1 / np.log2(3) / 3)
+    assert m["mrr"] == pytest.approx(0.5 / 3)
+    assert _list_loo_metrics(recs, targets, 1)["hr"] == 0.0
