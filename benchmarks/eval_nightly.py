@@ -202,6 +202,37 @@ def run_arm(server_url: str, label: str, *, retrain: bool, as_of: datetime, top_
     return published_lists(url), res, secs
 
 
+def tastes_ndcg(url: str, arms: dict[str, pd.DataFrame], items: pd.DataFrame, users: np.ndarray,
+                as_of: datetime, k: int = K) -> dict[str, float]:
+    """nDCG@k of each arm's top k against the generator's true tastes (``datagen.user_tastes``): an item's gain
+    is the user's weight on its category plus half their weight on its brand; the ideal list is the user's k
+    best items on sale at ``as_of``. Over ``users`` (those with tastes)."""
+    from pipeline.db.engine import sa_engine
+
+    eng = sa_engine(url)
+    tastes = pd.read_sql("SELECT user_id, dimension, key, weight FROM datagen.user_tastes", eng)
+    cat = pd.read_sql("SELECT item_id, category, brand, in_stock, visible, created_at FROM shop.items", eng)
+    cat = cat[cat["in_stock"] & cat["visible"] & (pd.to_datetime(cat["created_at"], utc=True) < pd.Timestamp(as_of))]
+    users = np.intersect1d(users, tastes["user_id"].unique())
+    gain = np.zeros((len(users), len(cat)))
+    for dim, col, w in (("category", "category", 1.0), ("brand", "brand", 0.5)):
+        t = tastes[tastes["dimension"] == dim].pivot_table(index="user_id", columns="key", values="weight",
+                                                            aggfunc="sum", fill_value=0.0)
+        gain += w * t.reindex(index=users, columns=cat[col].to_numpy(), fill_value=0.0).to_numpy()
+    col_of = pd.Series(np.arange(len(cat)), index=cat["item_id"].to_numpy())
+    row_of = pd.Series(np.arange(len(users)), index=users)
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = (-np.sort(-gain, axis=1)[:, :k] * disc[: min(k, gain.shape[1])]).sum(axis=1)
+    out = {}
+    for name, recs in arms.items():
+        top = recs[(recs["rank"] <= k) & recs["user_id"].isin(users) & recs["item_id"].isin(col_of.index)]
+        g = gain[row_of[top["user_id"]].to_numpy(), col_of[top["item_id"]].to_numpy()]
+        dcg = np.zeros(len(users))
+        np.add.at(dcg, row_of[top["user_id"]].to_numpy(), g * disc[top["rank"].to_numpy(dtype=int) - 1])
+        out[name] = float(np.mean(np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1), 0.0)))
+    return out
+
+
 def seen_share(recs: pd.DataFrame, seen: pd.DataFrame, users: np.ndarray, k: int = K) -> float:
     """Share of the top-``k`` slots of ``users``' lists that hold an item the user touched before as_of."""
     top = recs[(recs["rank"] <= k) & recs["user_id"].isin(users)]
@@ -335,6 +366,11 @@ def main() -> None:
           f"up (not what is published);\n'all-intent' = truth that keeps re-engagements with seen items "
           f"({all_users} users):")
     print(pd.DataFrame(rows).T.to_string(float_format=lambda x: f"{x:.4f}"))
+    listed_users = np.asarray(listed, dtype=np.int64)
+    tn = tastes_ndcg(shop_url, arms, items, listed_users, as_of)
+    print(f"\nagainst the generator's true tastes (datagen.user_tastes; gain = category weight + half the brand "
+          f"weight, ideal = the user's {K} best items on sale), nDCG@{K} over {len(listed_users)} users: "
+          + ", ".join(f"{name} {v:.4f}" for name, v in tn.items()))
     for k, v in arms.items():
         if "source" in v:
             top = v[v["rank"] <= K]

@@ -229,8 +229,24 @@ def user_sequences(events: pd.DataFrame, users: np.ndarray, cutoff: datetime | p
     return out
 
 
+#: Width of the item vectors the ranker reads: wider ones (the fused text+image vector is 640) are projected
+#: down, so a shard's per-candidate tensors stay within the worker's memory (2000 users x 300 candidates x 640
+#: floats is 1.5 GB per copy; a nightly's worker died of it).
+RANK_EMB_DIM = 64
+
+
+def project(mat: np.ndarray, dim: int = RANK_EMB_DIM, seed: int = 0) -> np.ndarray:
+    """``mat``'s rows through a fixed Gaussian projection to ``dim`` columns (cosines kept approximately,
+    Johnson-Lindenstrauss); the same matrix for a given input width in every process, training and scoring."""
+    if mat.shape[1] <= dim:
+        return mat.astype(np.float32, copy=False)
+    r = np.random.default_rng(seed).standard_normal((mat.shape[1], dim)).astype(np.float32) / np.sqrt(dim)
+    return mat.astype(np.float32, copy=False) @ r
+
+
 def load_item_embeddings(path: str | None) -> pd.DataFrame | None:
-    """``item_embeddings.parquet`` (item_id, embedding list<float32>) as item_id -> float32 matrix rows."""
+    """``item_embeddings.parquet`` (item_id, embedding list<float32>) as item_id -> float32 rows, at most
+    :data:`RANK_EMB_DIM` wide (:func:`project`)."""
     if path is None:
         return None
     import os
@@ -240,6 +256,9 @@ def load_item_embeddings(path: str | None) -> pd.DataFrame | None:
     emb = pd.read_parquet(path)
     if emb.empty or "embedding" not in emb.columns:
         return None
+    mat = np.stack([np.asarray(v, dtype=np.float32) for v in emb["embedding"].to_numpy()])
+    if mat.shape[1] > RANK_EMB_DIM:
+        emb = pd.DataFrame({"item_id": emb["item_id"].to_numpy(), "embedding": list(project(mat))})
     return emb[["item_id", "embedding"]]
 
 
@@ -360,7 +379,7 @@ class UserAffinity:
         keep = order[(np.arange(len(order)) - first) < k]
         hu, hi, w = hu[keep], hi[keep], w[keep]
         hv = _unit(history_vec)[hi]
-        prof = np.zeros((len(self.users), hv.shape[1]), np.float64)
+        prof = np.zeros((len(self.users), hv.shape[1]), np.float32)
         np.add.at(prof, hu, hv * (w / np.maximum(w.max(), 1e-300))[:, None])
         prof = _unit(prof)
         cv = _unit(item_vec)
@@ -381,8 +400,9 @@ class UserAffinity:
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
     n = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(n > 0, n, 1.0)
+    return x / np.where(n > 0, n, np.float32(1.0))
 
 
 def candidate_tensors(cand: pd.DataFrame, item_side: pd.DataFrame, stats: pd.DataFrame,
