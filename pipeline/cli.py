@@ -444,7 +444,7 @@ def evaluate(
                                help='JSON object: model -> its parameters, e.g. '
                                '{"research-stack": {"mmr_lambda": 1.0}}; @FILE reads it from a file'),
     config: Path | None = typer.Option(None, "--config",
-                                       help="Settings profile (RERANK_KEY=value lines, e.g. profiles/*.env) for the "
+                                       help="Settings profile (RERANK_<NAME>=value lines, e.g. profiles/*.env) for the "
                                        "nightly model"),
 ) -> None:
     """Import -> train -> recommend -> score on a throwaway database; write metrics.json and report.html."""

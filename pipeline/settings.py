@@ -281,13 +281,13 @@ def get_settings() -> Settings:
 
 
 def read_profile(path: str | Path) -> dict[str, object]:
-    """A settings profile: ``RERANK_KEY=value`` lines (``#`` comments; JSON values for dicts) as setting names
+    """A settings profile: ``RERANK_<NAME>=value`` lines (``#`` comments; JSON values for dicts) as setting names
     and values, checked against the settings (an unknown key or a bad value is a ConfigError naming it)."""
     import json
 
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"no settings profile at {p}", "pass a file of RERANK_KEY=value lines (see profiles/)")
+        raise ConfigError(f"no settings profile at {p}", "pass a file of RERANK_<NAME>=value lines (see profiles/)")
     out: dict[str, object] = {}
     for n, line in enumerate(p.read_text().splitlines(), start=1):
         line = line.strip()
@@ -296,7 +296,7 @@ def read_profile(path: str | Path) -> dict[str, object]:
         key, sep, value = line.partition("=")
         key = key.strip()
         if not sep or not key.startswith("RERANK_") or key[7:].lower() not in Settings.model_fields:
-            raise ConfigError(f"{p}:{n}: {line[:60]!r} is not a RERANK_KEY=value line of a known setting",
+            raise ConfigError(f"{p}:{n}: {line[:60]!r} is not a RERANK_<NAME>=value line of a known setting",
                               "setting names are in .env.example")
         value = value.strip()
         try:
