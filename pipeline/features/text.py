@@ -20,7 +20,6 @@ item input and MMR read.
 from __future__ import annotations
 
 import json
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -75,16 +74,6 @@ def embed_tfidf(texts: list[str], dim: int = TFIDF_DIM) -> np.ndarray:
     if k < dim:  # tiny catalogues: pad so the schema's dimension stays fixed
         z = np.pad(z, ((0, 0), (0, dim - k)))
     return l2_normalise(z)
-
-
-def _versions(names: list[str]) -> dict[str, str]:
-    out = {}
-    for n in names:
-        try:
-            out[n] = version(n)
-        except PackageNotFoundError:
-            continue
-    return out
 
 
 def write_embeddings(item_ids: np.ndarray, z: np.ndarray, path: Path) -> None:
@@ -180,7 +169,7 @@ def build_item_embeddings(snapshot_dir: str | Path, *, method: str = "multilingu
     else:
         z = embed_tfidf(texts, dim)
         model = f"tfidf-char-svd{dim}"
-        libs = _versions(["scikit-learn", "numpy"])
+        libs = package_versions(["scikit-learn", "numpy"])
     seconds = time.perf_counter() - t0
     ids = items["item_id"].to_numpy(dtype="int64")
     write_embeddings(ids, z, snap / TEXT_FILE)
