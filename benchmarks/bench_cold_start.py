@@ -239,7 +239,8 @@ def run_seed_nightly(seed: int, args: argparse.Namespace, folder: Path, server: 
         home = folder / f"home-{seed}-{name}"
         home.mkdir(parents=True)
         st = load_settings(database_url=url, home=str(home), dask_workers=args.dask_workers, top_n=args.top_n,
-                           seed=seed, snapshot_url=None, **NIGHTLY_VARIANTS[name])
+                           seed=seed, snapshot_url=None, **NIGHTLY_VARIANTS[name],
+                           **({"worker_memory": args.worker_memory} if args.worker_memory else {}))
         t = time.perf_counter()
         res = run_nightly(st, as_of=test_cut.to_pydatetime(), retrain=True)
         secs = time.perf_counter() - t
@@ -308,6 +309,8 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(NIGHTLY_VARIANTS), help="--nightly: which (tfidf,text,image,both)")
     ap.add_argument("--top-n", type=int, default=K_RECALL, help="--nightly: list length (recall@top_n)")
     ap.add_argument("--dask-workers", type=int, default=1, help="--nightly: LocalCluster workers of each run")
+    ap.add_argument("--out", help="--nightly: write the per-seed rows to this CSV after every seed")
+    ap.add_argument("--worker-memory", help="--nightly: RERANK_WORKER_MEMORY of each run (default: the setting's)")
     ap.add_argument("--home", help="--nightly: RERANK_HOME of the embedded server for the scratch databases "
                                    "(default: the RERANK_HOME setting; RERANK_DATABASE_URL wins)")
     args = ap.parse_args()
@@ -326,6 +329,8 @@ def main() -> None:
             for seed in (int(x) for x in args.seeds.split(",")):
                 rows += run_seed_nightly(seed, args, Path(tmp), server)
                 report_nightly(pd.DataFrame(rows), args)  # after every seed: partial figures survive a stop
+                if args.out:
+                    pd.DataFrame(rows).to_csv(args.out, index=False)
         return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
