@@ -50,20 +50,23 @@ OPTIONAL = ["event_id", "query", "session_id", "quantity", "title", "category", 
 HINT = "an events file with user_id, item_id, event_type, ts columns, or a mapping to the file's names"
 
 
-def _resolve(header: list[str], mapping: dict[str, str] | None, path: Path) -> dict[str, str]:
-    """Contract name -> file column, for every contract column the file has; fails on a bad mapping."""
+def resolve_columns(header: list[str], mapping: dict[str, str] | None, path: Path, *,
+                    required: list[str] = REQUIRED, optional: list[str] = OPTIONAL, hint: str = HINT
+                    ) -> dict[str, str]:
+    """Contract name -> file column, for every contract column the file has; fails on a bad mapping, a missing
+    required column or a duplicated header name (``required``/``optional``: the contract, events by default)."""
     mapping = dict(mapping or {})
-    unknown = [k for k in mapping if k not in REQUIRED + OPTIONAL]
+    unknown = [k for k in mapping if k not in required + optional]
     if unknown:
         raise InputDataError(f"mapping names unknown contract column(s) {unknown}",
-                             f"keys are among {REQUIRED + OPTIONAL}")
-    cols = {c: mapping.get(c, c) for c in REQUIRED + OPTIONAL if c in mapping or c in header}
+                             f"keys are among {required + optional}")
+    cols = {c: mapping.get(c, c) for c in required + optional if c in mapping or c in header}
     absent = {c: f for c, f in cols.items() if f not in header}
-    missing = [c for c in REQUIRED if c not in cols]
+    missing = [c for c in required if c not in cols]
     if absent or missing:
         what = [f"{c} (file column {f!r})" for c, f in absent.items()] + missing
         raise InputDataError(f"{path}: column(s) {', '.join(what)} not found; "
-                             f"the file has {safe_text(str(header), 300)}", HINT)
+                             f"the file has {safe_text(str(header), 300)}", hint)
     twice = sorted({f for f in cols.values() if header.count(f) > 1})
     if twice:  # which of the two holds the data is a guess; the last one used to win silently
         raise InputDataError(f"{path}: column name(s) {twice} appear more than once in the header {header}",
@@ -181,7 +184,7 @@ def read_csv(path: Path, mapping: dict[str, str] | None = None) -> ShopFrames:
         header = [x.strip() for x in next(csv.reader([lines[h]], delimiter=sep, strict=True), [])]
     except csv.Error as exc:
         raise InputDataError(f"{path}: the header line is not valid CSV ({one_line(exc)})", HINT) from exc
-    cols = _resolve(header, mapping, path)
+    cols = resolve_columns(header, mapping, path)
     rows = RowSet.from_lines(path.name, "shop.events", lines[h + 1:], first_line=h + 2)
     fields = rows.split(sep, header, quoted=True)
     rows.fields = pd.DataFrame({c: fields[f] for c, f in cols.items()}, index=fields.index)
@@ -199,7 +202,7 @@ def read_parquet(path: Path, mapping: dict[str, str] | None = None) -> ShopFrame
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowInvalid) as exc:
         raise InputDataError(f"{path} is not a readable Parquet file: {one_line(exc)}", HINT) from exc
-    cols = _resolve(list(schema.names), mapping, path)
+    cols = resolve_columns(list(schema.names), mapping, path)
     try:  # a sound footer says nothing of the pages: a corrupt page fails here
         table = pq.read_table(path, columns=list(dict.fromkeys(cols.values())))
     except (OSError, pa.ArrowException) as exc:

@@ -25,8 +25,8 @@ import pandas as pd
 
 from pipeline.errors import InputDataError
 from pipeline.frames import IMPRESSION_COLUMNS
-from pipeline.ingest.base import RowSet, concat_rejects, one_line, read_text, require_file, safe_text
-from pipeline.ingest.generic import _delimiter
+from pipeline.ingest.base import RowSet, concat_rejects, one_line, read_text, require_file
+from pipeline.ingest.generic import _delimiter, resolve_columns
 
 SOURCE = "shop.impressions"
 REQUIRED = ["user_id", "item_id", "rank", "ts"]
@@ -35,21 +35,6 @@ DEFAULTS = {"placement": "home", "variant": "control"}
 MAX_RANK = 10_000
 MAX_TEXT = 200
 HINT = "an impressions file with user_id, item_id, rank, ts (and placement, variant, run_id) columns"
-
-
-def _columns(header: list[str], mapping: dict[str, str] | None, path: Path) -> dict[str, str]:
-    mapping = dict(mapping or {})
-    unknown = [k for k in mapping if k not in REQUIRED + OPTIONAL]
-    if unknown:
-        raise InputDataError(f"mapping names unknown impression column(s) {unknown}",
-                             f"keys are among {REQUIRED + OPTIONAL}")
-    cols = {c: mapping.get(c, c) for c in REQUIRED + OPTIONAL if c in mapping or c in header}
-    missing = [c for c in REQUIRED if c not in cols] + [f"{c} (file column {f!r})" for c, f in cols.items()
-                                                         if f not in header]
-    if missing:
-        raise InputDataError(f"{path}: column(s) {', '.join(missing)} not found; the file has "
-                             f"{safe_text(str(header), 300)}", HINT)
-    return cols
 
 
 def _build(rows: RowSet) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -90,7 +75,8 @@ def read_impressions(path: str | Path, mapping: dict[str, str] | None = None) ->
             table = pq.read_table(path)
         except (OSError, pa.ArrowException) as exc:
             raise InputDataError(f"{path} is not a readable Parquet file: {one_line(exc)}", HINT) from exc
-        cols = _columns(list(table.schema.names), mapping, path)
+        cols = resolve_columns(list(table.schema.names), mapping, path, required=REQUIRED, optional=OPTIONAL,
+                               hint=HINT)
         df = table.select(list(cols.values())).to_pandas().astype(object)
         df.columns = list(cols)
         rows = RowSet.from_records(path.name, SOURCE, df)
@@ -101,7 +87,7 @@ def read_impressions(path: str | Path, mapping: dict[str, str] | None = None) ->
         raise InputDataError(f"{path} is empty (no header)", HINT)
     sep = _delimiter(lines[h])
     header = [x.strip() for x in lines[h].split(sep)]
-    cols = _columns(header, mapping, path)
+    cols = resolve_columns(header, mapping, path, required=REQUIRED, optional=OPTIONAL, hint=HINT)
     rows = RowSet.from_lines(path.name, SOURCE, lines[h + 1:], first_line=h + 2)
     fields = rows.split(sep, header, quoted=True)
     rows.fields = pd.DataFrame({c: fields[f] for c, f in cols.items()}, index=fields.index)

@@ -32,14 +32,6 @@ class LiveRun:
     def model_version(self) -> str:
         return self.art.model_version
 
-    @property
-    def item_feats(self) -> pd.DataFrame:
-        return self.art.item_feats
-
-    @property
-    def neighbours(self) -> pd.DataFrame:
-        return self.art.neighbours
-
 
 _CACHE: dict[tuple, LiveRun] = {}
 
