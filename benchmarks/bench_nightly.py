@@ -39,24 +39,30 @@ class PeakRss:
 
     def __init__(self, every: float = 0.2) -> None:
         self.every, self.phase, self.peaks, self._stop = every, "setup", {}, threading.Event()
+        #: the largest single child process (a Dask worker, against its memory limit) per phase
+        self.child_peaks: dict[str, int] = {}
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> int:
+    def _sample(self) -> tuple[int, int]:
         me = psutil.Process()
-        total = 0
+        total = largest = 0
         for p in [me, *me.children(recursive=True)]:
             try:
                 if p.name().startswith("postgres"):
                     continue
-                total += p.memory_info().rss
+                rss = p.memory_info().rss
             except psutil.Error:
-                pass
-        return total
+                continue
+            total += rss
+            if p.pid != me.pid:
+                largest = max(largest, rss)
+        return total, largest
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            rss = self._sample()
+            rss, child = self._sample()
             self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), rss)
+            self.child_peaks[self.phase] = max(self.child_peaks.get(self.phase, 0), child)
             self._stop.wait(self.every)
 
     def __enter__(self) -> PeakRss:
@@ -167,6 +173,10 @@ def main() -> None:
     ap.add_argument("--skip-generate", action="store_true", help="the database already holds the shop")
     ap.add_argument("--out", type=Path, help="write the figures as JSON here too")
     ap.add_argument("--keep-home", action="store_true", help="keep RERANK_HOME (the run's files) and print it")
+    ap.add_argument("--embedding-method", choices=["multilingual", "tfidf", "auto"],
+                    help="item text vectors (default: the settings' default, what users run)")
+    ap.add_argument("--no-images", action="store_true", help="generate no pictures (default: one per item, as "
+                    "`rerank generate` does)")
     args = ap.parse_args()
 
     from pipeline.datagen import generate_shop, tier_sizes
@@ -179,6 +189,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rerank-bench-home-"))
     url, pg, root = _server(args.url)
     figures: dict = {"tier": args.tier, "users": users, "items": items, "cores": os.cpu_count(),
+                     "embedding_method": args.embedding_method or "default", "images": not args.no_images,
                      "workers": args.workers if not args.dask_address else args.dask_address,
                      "shard_users": args.shard_users}
     try:
@@ -187,13 +198,14 @@ def main() -> None:
             if not args.skip_generate:
                 rss.phase = "generate"
                 t0 = time.perf_counter()
+                images = None if args.no_images else str(work / "images")
                 stats = generate_shop(url, users=users, items=items, days=args.days, seed=42, end=AS_OF,
-                                      events_per_user=events_t / users_t)
+                                      events_per_user=events_t / users_t, images_dir=images)
                 figures["events"] = stats.events
                 figures["generate_s"] = round(time.perf_counter() - t0, 1)
             s = load_settings(database_url=url, home=str(work), dask_workers=args.workers,
                               dask_address=args.dask_address, shard_users=args.shard_users,
-                              embedding_method="tfidf")
+                              **({"embedding_method": args.embedding_method} if args.embedding_method else {}))
             stage_s: dict[str, float] = {}
             order = list(STAGES)
             rss.phase = order[0]
@@ -213,6 +225,7 @@ def main() -> None:
             figures["publish_limit"] = _raw_copy_ratio(url, work / "runs" / res["run_id"], stage_s["publish"])
             figures["score_limit"] = _shard_limits(work, res["run_id"], s)
         figures["peak_rss_gib"] = {k: round(v / 2**30, 2) for k, v in rss.peaks.items()}
+        figures["largest_child_rss_gib"] = {k: round(v / 2**30, 2) for k, v in rss.child_peaks.items()}
         run_peak = max(v for k, v in rss.peaks.items() if k in STAGES)
         figures["peak_rss_nightly_gib"] = round(run_peak / 2**30, 2)
         n_users = users

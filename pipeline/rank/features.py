@@ -365,10 +365,12 @@ class UserAffinity:
 
 
     def content_features(self, users: np.ndarray, item_vec: np.ndarray, history_vec: np.ndarray,
-                         k: int = CONTENT_HISTORY) -> np.ndarray:
+                         k: int = CONTENT_HISTORY, *, chunk_rows: int = 16_384) -> np.ndarray:
         """``len(users) x 2`` in :data:`CONTENT_FEATURES` order: cosine of each candidate's vector
         (``item_vec``, one row per candidate) to the user's profile and the best cosine to one of the user's
-        ``k`` strongest items (``history_vec``: one row per ``self.items``); 0 without history or vectors."""
+        ``k`` strongest items (``history_vec``: one row per ``self.items``); 0 without history or vectors.
+        The best match is taken ``chunk_rows`` candidates at a time against each user's padded ``k`` history
+        vectors, so memory follows the chunk, not the shard."""
         out = np.zeros((len(users), len(CONTENT_FEATURES)), dtype=np.float64)
         if not len(users) or not len(self.item_keys) or history_vec.size == 0:
             return out
@@ -376,26 +378,42 @@ class UserAffinity:
         hu, hi, w = self.item_keys // n_items, self.item_keys % n_items, self.item_weight
         order = np.lexsort((-w, hu))  # per user, strongest first
         first = np.searchsorted(hu[order], hu[order], side="left")
-        keep = order[(np.arange(len(order)) - first) < k]
+        slot = np.arange(len(order)) - first
+        keep = order[slot < k]
+        slot = slot[slot < k]
         hu, hi, w = hu[keep], hi[keep], w[keep]
         hv = _unit(history_vec)[hi]
         prof = np.zeros((len(self.users), hv.shape[1]), np.float32)
         np.add.at(prof, hu, hv * (w / np.maximum(w.max(), 1e-300))[:, None])
         prof = _unit(prof)
-        cv = _unit(item_vec)
+        # each user's k strongest history vectors, padded (a padded slot never wins the max)
+        hist = np.zeros((len(self.users), k, hv.shape[1]), np.float32)
+        hist[hu, slot] = hv
+        filled = np.zeros((len(self.users), k), dtype=bool)
+        filled[hu, slot] = True
         up, known = _positions(self.users, users)
-        rows = np.flatnonzero(known)
-        out[rows, 0] = np.einsum("ij,ij->i", cv[rows], prof[up[rows]])
-        # best single match: candidates grouped by user, one small product per user
-        by_user = rows[np.argsort(up[rows], kind="stable")]
-        starts = np.flatnonzero(np.r_[True, np.diff(up[by_user]) != 0]) if len(by_user) else np.zeros(0, int)
-        hist_start = np.searchsorted(hu, np.arange(len(self.users) + 1))
-        for a, b in zip(starts, np.r_[starts[1:], len(by_user)], strict=True):
-            r = by_user[a:b]
-            u = up[r[0]]
-            h = hv[hist_start[u]:hist_start[u + 1]]
-            if len(h):
-                out[r, 1] = (cv[r] @ h.T).max(axis=1)
+        rows = np.flatnonzero(known & filled[np.minimum(up, len(self.users) - 1), 0])
+        # candidates grouped by user as padded G x W blocks: one batched matmul against each user's k vectors
+        rows = rows[np.argsort(up[rows], kind="stable")]
+        starts = np.flatnonzero(np.r_[True, np.diff(up[rows]) != 0]) if len(rows) else np.zeros(0, int)
+        counts = np.diff(np.append(starts, len(rows)))
+        width = int(counts.max()) if len(rows) else 0
+        step = max(1, chunk_rows // max(width, 1))
+        for g0 in range(0, len(starts), step):
+            g1 = min(g0 + step, len(starts))
+            lo, hi = starts[g0], (starts[g1] if g1 < len(starts) else len(rows))
+            r = rows[lo:hi]
+            cv = _unit(item_vec[r])
+            u = up[r]
+            out[r, 0] = np.einsum("ij,ij->i", cv, prof[u])
+            grp = np.repeat(np.arange(g1 - g0), counts[g0:g1])
+            slot_in = np.arange(len(r)) - np.repeat(starts[g0:g1] - lo, counts[g0:g1])
+            block = np.zeros((g1 - g0, width, cv.shape[1]), np.float32)
+            block[grp, slot_in] = cv
+            gu = up[r[starts[g0:g1] - lo]]
+            sims = np.matmul(block, hist[gu].transpose(0, 2, 1))  # G x W x k
+            sims = np.where(filled[gu][:, None, :], sims, -np.inf).max(axis=2)
+            out[r, 1] = sims[grp, slot_in]
         return out
 
 

@@ -471,8 +471,8 @@ def _merge(cand: pd.DataFrame, n: int, reserve: dict[str, float] | None = None,
     first = strongest[top]
     out = pd.DataFrame({"user_id": u[first], "item_id": i[first], "source": _NAMES[o[first]],
                         "recall_score": rs[first],
-                        "anchor_item_id": pd.array(cand["anchor_item_id"].iloc[first].to_numpy(dtype=object),
-                                                   dtype="Int64"),
+                        "anchor_item_id": pd.array(pd.to_numeric(cand["anchor_item_id"]).to_numpy(
+                            dtype="float64", na_value=np.nan)[first], dtype="Int64"),
                         "p_recall": p_recall[top], "sources": names[which]})
     for k, col in enumerate(SCORE_COLUMNS):
         out[col] = wide[top, k]
@@ -542,7 +542,13 @@ def generate_candidates(users: np.ndarray, events: pd.DataFrame, neighbours: pd.
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in OUT_COLUMNS})
     # every frame holds one source (each source labels its own rows): its code, not a string map per row
-    cand = pd.concat([f.assign(_o=_SOURCE_CODE[f["source"].iat[0]]) for f in frames], ignore_index=True)
+    # and the anchor as float64 (NaN: none), so the merge takes numbers, not a per-row string or object column
+    cand = pd.concat([pd.DataFrame({"user_id": f["user_id"].to_numpy(dtype="int64"),
+                                    "item_id": f["item_id"].to_numpy(dtype="int64"),
+                                    "recall_score": f["recall_score"].to_numpy(dtype="float64"),
+                                    "anchor_item_id": pd.to_numeric(f["anchor_item_id"]).to_numpy(
+                                        dtype="float64", na_value=np.nan),
+                                    "_o": _SOURCE_CODE[f["source"].iat[0]]}) for f in frames], ignore_index=True)
     u, i = cand["user_id"].to_numpy(dtype="int64"), cand["item_id"].to_numpy(dtype="int64")
     ok = np.isin(u, users) & np.isin(i, tables.available_ids)
     bought = hist.loc[hist["bought"], ["user_id", "item_id"]]

@@ -100,6 +100,11 @@ def test_content_inputs_are_cosines_to_the_users_profile_and_best_recent_item() 
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     bare = candidate_tensors(cand, side, item_stats_at(_events(), AS_OF, W, HL), space, affinity=aff)["num"]
     assert not bare[:, [NUMERIC_FEATURES.index(f) for f in CONTENT_FEATURES]].any()  # no vectors: 0
+    # a chunk of one candidate row at a time gives the same figures (memory follows the chunk)
+    rows = np.vstack([np.asarray(vec[i], np.float32) for i in cand["item_id"]])
+    hist = np.vstack([np.asarray(vec.get(i, [0.0, 0.0]), np.float32) for i in aff.items])
+    users = cand["user_id"].to_numpy(dtype=np.int64)
+    np.testing.assert_allclose(aff.content_features(users, rows, hist, chunk_rows=1), want, rtol=1e-5, atol=1e-6)
 
 
 def test_each_sources_own_score_is_an_input_and_absent_is_zero() -> None:
