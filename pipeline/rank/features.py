@@ -253,13 +253,20 @@ def load_item_embeddings(path: str | None) -> pd.DataFrame | None:
 
     if not os.path.exists(path):
         return None
-    emb = pd.read_parquet(path)
-    if emb.empty or "embedding" not in emb.columns:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path)
+    if t.num_rows == 0 or "embedding" not in t.column_names:
         return None
-    mat = np.stack([np.asarray(v, dtype=np.float32) for v in emb["embedding"].to_numpy()])
+    ids = t.column("item_id").to_numpy()
+    col = t.column("embedding").combine_chunks()
+    del t
+    # Arrow straight into one float32 matrix: no per-item Python arrays at full width
+    mat = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(ids), -1)
+    del col
     if mat.shape[1] > RANK_EMB_DIM:
-        emb = pd.DataFrame({"item_id": emb["item_id"].to_numpy(), "embedding": list(project(mat))})
-    return emb[["item_id", "embedding"]]
+        mat = project(mat)
+    return pd.DataFrame({"item_id": ids, "embedding": list(mat)})
 
 
 def embedding_matrix(emb: pd.DataFrame | None, item_ids: np.ndarray, dim: int) -> np.ndarray:

@@ -35,7 +35,7 @@ class ContentIndex:
                                  "item_embeddings.parquet: one fixed-length embedding per item_id")
         if not np.isfinite(vecs).all():
             raise InputDataError("item embeddings contain NaN/inf", "the features stage's item_embeddings.parquet")
-        vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)  # never the caller's array
         order = np.argsort(item_ids, kind="stable")
         self.item_ids = np.asarray(item_ids, dtype=np.int64)[order]
         self.vectors = vecs[order]
@@ -54,6 +54,23 @@ class ContentIndex:
                                  "expected item_id and embedding (list<float32>)")
         return cls(emb["item_id"].to_numpy(), np.vstack(emb["embedding"].to_numpy()) if len(emb) else
                    np.zeros((0, 1), np.float32))
+
+    @classmethod
+    def from_parquet(cls, path: str | Path) -> ContentIndex:
+        """The index of an ``item_id, embedding`` Parquet file, read through Arrow straight into one float32
+        matrix (no per-item Python arrays in between: a worker's peak stays near the index's own size)."""
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(path, columns=["item_id", "embedding"])
+        ids = t.column("item_id").to_numpy().astype(np.int64)
+        emb = t.column("embedding").combine_chunks()
+        del t
+        width = len(emb[0]) if len(emb) else 1
+        flat = emb.flatten().to_numpy(zero_copy_only=False)
+        if len(flat) != len(ids) * width:
+            raise InputDataError(f"item embeddings in {path} do not all have {width} values",
+                                 "item_embeddings.parquet: one fixed-length embedding per item_id")
+        return cls(ids, np.asarray(flat, dtype=np.float32).reshape(len(ids), width))
 
     def rows(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         r = np.searchsorted(self.item_ids, item_ids)
@@ -151,7 +168,8 @@ def load_embeddings(snapshot_dir: str | Path, items: pd.DataFrame | None = None)
 
 @lru_cache(maxsize=2)
 def _cached_index(path: str, mtime: float) -> ContentIndex:
-    return ContentIndex.from_frame(load_embeddings(path))
+    f = Path(path) / EMBEDDINGS_FILE
+    return ContentIndex.from_parquet(f) if f.exists() else ContentIndex.from_frame(load_embeddings(path))
 
 
 def content_index_for(snapshot_dir: str | Path) -> ContentIndex:
@@ -174,7 +192,7 @@ def build_content_neighbours(snapshot_dir: str | Path, k: int = 20) -> int:
     snap = Path(snapshot_dir)
     if not (snap / EMBEDDINGS_FILE).exists():
         return 0
-    index = ContentIndex.from_frame(pd.read_parquet(snap / EMBEDDINGS_FILE, columns=["item_id", "embedding"]))
+    index = ContentIndex.from_parquet(snap / EMBEDDINGS_FILE)
     parts = [index.similar_items(index.item_ids[s:s + 5_000], n=k) for s in range(0, len(index.item_ids), 5_000)]
     out = pd.concat(parts, ignore_index=True) if parts else index.similar_items(index.item_ids[:0], n=k)
     out["method"] = CONTENT_METHOD
