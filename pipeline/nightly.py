@@ -266,14 +266,18 @@ def recommend_shard(users: np.ndarray, events: pd.DataFrame, snap: str | Path, a
                     priors: dict | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """:func:`pipeline.recommend.recommend` for ``users`` from their ``events`` and the run's artefacts under
     ``snap`` (loaded once per worker); returns (their final lists with reasons, the users left without one
-    because nothing is eligible)."""
+    because nothing is eligible). The ranker reads these users' rows of the run's user_features parts."""
+    from pipeline.features.users import read_user_features_of
+    from pipeline.rank.features import PROFILE_COLUMNS
     from pipeline.recommend import RecommendConfig, load_artefacts, recommend
     from pipeline.rerank import RerankConfig
 
     cfg = RecommendConfig(top_n=top_n, n_candidates=n_candidates, recent_days=recent_days, weights=weights,
                           half_life_days=half_life, decay_from=decay_from, priors=dict(priors or {}))
-    return recommend(users, events, load_artefacts(snap, artifact_uri), as_of, cfg,
-                     rerank=RerankConfig(**(rerank or {})), rules=rules, variants=variants, variant_salt=salt)
+    art = load_artefacts(snap, artifact_uri)
+    feats = read_user_features_of(snap, users, list(PROFILE_COLUMNS)) if art.ranker is not None else None
+    return recommend(users, events, art, as_of, cfg, rerank=RerankConfig(**(rerank or {})), rules=rules,
+                     variants=variants, variant_salt=salt, user_feats=feats)
 
 
 @_stage("score_users")

@@ -185,14 +185,17 @@ def _load(snap: str, artifact_uri: str, fold_in: bool, stamp: tuple, model_versi
 def recommend(users: np.ndarray, events: pd.DataFrame, art: Artefacts, as_of: datetime, cfg: RecommendConfig, *,
               fresh_ids: np.ndarray | None = None, rerank: RerankConfig | None = None,
               rules: pd.DataFrame | None = None, variants: dict | None = None,
-              variant_salt: str = "rerank-ab") -> tuple[pd.DataFrame, np.ndarray]:
+              variant_salt: str = "rerank-ab",
+              user_feats: pd.DataFrame | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """``users``' final lists (``user_id, rank, item_id, score, reason, anchor_item_id, source[, variant]``) and
     the users left without one because nothing is eligible.
 
     ``events``: the users' clean events up to ``as_of`` (``event_id, user_id, item_id, event_type, query,
     session_id, quantity, ts``); events stamped at ``as_of`` count. ``fresh_ids``: the event ids of a refresh
     batch, which add the fresh sources (their rows' reasons name the fresh item or query). ``rerank``,
-    ``rules``, ``variants`` and ``variant_salt``: the re-rank (settings, merchandisers' rules, A/B arms)."""
+    ``rules``, ``variants`` and ``variant_salt``: the re-rank (settings, merchandisers' rules, A/B arms).
+    ``user_feats``: the run's user_features rows of ``users`` for the ranker (the nightly shard reads its parts);
+    without them (the refresh: newer events than the run saw) the ranker computes them from ``events``."""
     users = np.unique(np.asarray(users, dtype="int64"))
     tables = art.tables
     rcfg = RecallConfig(as_of=as_of, n_candidates=cfg.n_candidates, recent_days=cfg.recent_days,
@@ -234,7 +237,8 @@ def recommend(users: np.ndarray, events: pd.DataFrame, art: Artefacts, as_of: da
     cand["anchor_item_id"] = cand["anchor_item_id"].astype("Int64")
     # The ranker sees events strictly before its as_of; a second of slack keeps events stamped as_of in view.
     cand["p_rank"] = (np.asarray(art.ranker.score(cand, events, tables.item_feats,
-                                                  pd.Timestamp(as_of) + pd.Timedelta(seconds=1), emb=art.ranker_emb),
+                                                  pd.Timestamp(as_of) + pd.Timedelta(seconds=1), emb=art.ranker_emb,
+                                                  **({} if user_feats is None else {"user_feats": user_feats})),
                                  dtype="float64")
                       if art.ranker is not None and len(cand) else 1.0)
     final = [c for c in _FINAL_COLUMNS if c in cand.columns]  # the re-rank reads these; less to copy per step

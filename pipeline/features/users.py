@@ -242,6 +242,27 @@ def read_user_features(snapshot_dir: str | Path) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
 
 
+def read_user_features_of(snapshot_dir: str | Path, user_ids: np.ndarray,
+                          columns: list[str] | None = None) -> pd.DataFrame | None:
+    """The run's user features of ``user_ids`` only (an Arrow filter on user_id over the parts, only
+    ``columns``): what a scoring shard needs, never the whole table. None when the run wrote no parts."""
+    import pyarrow.dataset as pads
+
+    parts = user_feature_parts(snapshot_dir)
+    if not parts:
+        return None
+    ids = np.unique(np.asarray(user_ids, dtype="int64"))
+    data = pads.dataset([str(p) for p in parts], format="parquet")
+    if columns is not None and not set(columns) <= set(data.schema.names):
+        return None  # parts of an older build: the caller computes what it needs
+    if not len(ids):
+        return data.schema.empty_table().select(columns or data.schema.names).to_pandas()
+    # parts are user_id ranges: the bounds let Arrow skip whole files and row groups before the isin
+    flt = ((pads.field("user_id") >= int(ids[0])) & (pads.field("user_id") <= int(ids[-1]))
+           & pads.field("user_id").isin(ids))
+    return data.to_table(columns=columns, filter=flt).to_pandas()
+
+
 LIST_TYPES = {"category_affinity_keys": "string", "category_affinity_scores": "float64",
               "brand_affinity_keys": "string", "brand_affinity_scores": "float64", "search_terms": "string",
               "seq_item_ids": "int64", "seq_event_types": "string", "seq_gap_s": "float64", "seq_age_s": "float64"}

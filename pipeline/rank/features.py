@@ -40,9 +40,23 @@ AFFINITY_FEATURES: tuple[str, ...] = ("user_item_weight", "user_cat_share", "use
 #: what the shopper just viewed rank above a popular stranger.
 CONTENT_FEATURES: tuple[str, ...] = ("user_content_sim", "user_content_max")
 CONTENT_HISTORY = 20
+#: The user_features stage's figures (:mod:`pipeline.features.users`) per user: log1p of the days since their
+#: last event (capped at :data:`RECENCY_CAP_DAYS`), of their events, purchases, spend, sessions and distinct
+#: items, the share of each event type, and log(candidate price / their decayed mean price). What tells a
+#: loyal buyer from a one-visit browser, which the sequence (50 items at most) and the shares above do not.
+PROFILE_FEATURES: tuple[str, ...] = ("user_log_recency", "user_log_events", "user_log_purchases",
+                                     "user_log_monetary", "user_share_view", "user_share_click", "user_share_cart",
+                                     "user_share_purchase", "user_share_search", "user_log_sessions",
+                                     "user_log_items", "user_price_ratio")
+#: The columns of ``finalize_user_features`` (and so of the run's ``user_features`` parts) they read.
+PROFILE_COLUMNS: tuple[str, ...] = ("user_id", "recency_days", "events", "purchases", "monetary", "n_view",
+                                    "n_click", "n_add_to_cart", "n_purchase", "n_search", "sessions", "items",
+                                    "price_mean")
+RECENCY_CAP_DAYS = 365.0
 #: Numeric per-candidate inputs of a new model, in tensor column order: every recall source's own score
 #: (0 where it did not propose the item), so the ranker learns the fusion the noisy-or fixes by hand.
-NUMERIC_FEATURES: tuple[str, ...] = (*BASE_NUMERIC, *SCORE_COLUMNS, *AFFINITY_FEATURES, *CONTENT_FEATURES)
+NUMERIC_FEATURES: tuple[str, ...] = (*BASE_NUMERIC, *SCORE_COLUMNS, *AFFINITY_FEATURES, *CONTENT_FEATURES,
+                                     *PROFILE_FEATURES)
 PRICE_BUCKETS = 10
 
 
@@ -424,6 +438,80 @@ class UserAffinity:
         return out
 
 
+def user_profile_at(events: pd.DataFrame, users: np.ndarray, cutoff: datetime | pd.Timestamp | None,
+                    items: pd.DataFrame, weights: dict[str, float],
+                    half_life_days: dict[str, float]) -> pd.DataFrame:
+    """:data:`PROFILE_COLUMNS` of ``users`` from their events before ``cutoff``, computed by the user_features
+    stage's own functions (``user_partials`` + ``finalize_user_features``): one definition for the nightly's
+    parts, the training windows and any scoring call without parts. ``cutoff=None``: every event, ages counted
+    from the latest one. ``items``: item_id with price, category and brand where known."""
+    from pipeline.features.users import finalize_user_features, user_partials
+    from pipeline.frames import EVENT_COLUMNS
+
+    users = np.unique(np.asarray(users, dtype=np.int64))
+    ev = events[events["user_id"].isin(users)]
+    if cutoff is not None:
+        ev = ev[ev["ts"] < pd.Timestamp(cutoff)]
+    at = (pd.Timestamp(cutoff) if cutoff is not None
+          else (ev["ts"].max() if len(ev) else pd.Timestamp.now("UTC")))
+    fill = {"event_id": np.arange(len(ev)), "item_id": np.nan, "query": None, "session_id": None, "quantity": 1}
+    ev = ev.assign(**{c: v for c, v in fill.items() if c not in ev.columns})[EVENT_COLUMNS]
+    cat = items.reindex(columns=["item_id", "price", "category", "brand"]).drop_duplicates("item_id")
+    cat = cat.assign(price=pd.to_numeric(cat["price"], errors="coerce").astype("float64"))
+    # seq_len=1: the sequence columns are not read here (the ranker encodes its own sequence)
+    partial = user_partials(ev, cat, at, weights, half_life_days, 1)
+    frame = pd.DataFrame({"user_id": users, "created_at": pd.NaT})
+    return finalize_user_features(frame, partial, cat, at)[list(PROFILE_COLUMNS)]
+
+
+@dataclass
+class UserProfile:
+    """:data:`PROFILE_FEATURES` of a set of users (from their :data:`PROFILE_COLUMNS`) and the catalogue prices
+    the price ratio needs; :meth:`features` looks them up per candidate (0 for users it does not hold)."""
+
+    users: np.ndarray
+    table: np.ndarray  # len(users) x (len(PROFILE_FEATURES) - 1): every feature but the price ratio
+    price_mean: np.ndarray
+    prices: pd.Series  # item_id -> price
+
+    @classmethod
+    def of(cls, feats: pd.DataFrame, items: pd.DataFrame) -> UserProfile:
+        """From a frame with :data:`PROFILE_COLUMNS` (one row per user) and items with item_id, price."""
+        f = feats.drop_duplicates("user_id").sort_values("user_id")
+
+        def col(name: str) -> np.ndarray:
+            return pd.to_numeric(f[name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+        n = np.nan_to_num(col("events"))
+        per = np.where(n > 0, n, 1.0)
+        rec = np.clip(col("recency_days"), 0.0, RECENCY_CAP_DAYS)
+        table = np.column_stack([
+            np.log1p(np.where(np.isnan(rec), RECENCY_CAP_DAYS, rec)), np.log1p(n),
+            np.log1p(np.nan_to_num(col("purchases"))), np.log1p(np.maximum(np.nan_to_num(col("monetary")), 0.0)),
+            *(np.nan_to_num(col(f"n_{t}")) / per for t in ("view", "click", "add_to_cart", "purchase", "search")),
+            np.log1p(np.nan_to_num(col("sessions"))), np.log1p(np.nan_to_num(col("items")))])
+        price = pd.to_numeric(items.get("price", pd.Series(dtype="float64")), errors="coerce")
+        prices = pd.Series(price.to_numpy(dtype=np.float64), index=items["item_id"].to_numpy(dtype=np.int64))
+        return cls(f["user_id"].to_numpy(dtype=np.int64), table, col("price_mean"),
+                   prices[~prices.index.duplicated()])
+
+    def features(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """``len(users) x len(PROFILE_FEATURES)`` in that order, per candidate (``users[i]``, ``items[i]``)."""
+        out = np.zeros((len(users), len(PROFILE_FEATURES)), dtype=np.float64)
+        if not len(users) or not len(self.users):
+            return out
+        up, known = _positions(self.users, users)
+        rows = np.flatnonzero(known)
+        out[rows, :-1] = self.table[up[rows]]
+        code, uniq = pd.factorize(np.asarray(items, dtype=np.int64))
+        price = self.prices.reindex(np.asarray(uniq)).to_numpy(dtype=np.float64)[code]
+        pm = np.where(known, self.price_mean[up], np.nan)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.log(price / pm)
+        out[:, -1] = np.where(np.isfinite(ratio), np.clip(ratio, -5.0, 5.0), 0.0)
+        return out
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     n = np.linalg.norm(x, axis=1, keepdims=True)
@@ -432,9 +520,11 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def candidate_tensors(cand: pd.DataFrame, item_side: pd.DataFrame, stats: pd.DataFrame,
                       space: FeatureSpace, emb: pd.DataFrame | None = None,
-                      affinity: UserAffinity | None = None) -> dict[str, np.ndarray]:
+                      affinity: UserAffinity | None = None,
+                      profile: UserProfile | None = None) -> dict[str, np.ndarray]:
     """Per candidate row: item, side-feature and source indices, numeric features (``space.numeric``, in
-    that order; the affinity ones are 0 without ``affinity``), text/image embedding."""
+    that order; the affinity ones are 0 without ``affinity``, the profile ones without ``profile``),
+    text/image embedding."""
     ids = cand["item_id"].to_numpy(dtype=np.int64)
     n = len(ids)
     # Item-level lookups on the distinct items, then one gather: a batch has ~100x more rows than items.
@@ -447,7 +537,7 @@ def candidate_tensors(cand: pd.DataFrame, item_side: pd.DataFrame, stats: pd.Dat
     num = np.zeros((n, len(space.numeric)), dtype=np.float32, order="F")
     if n:
         st = stats.reindex(uniq)
-        aff = content = None
+        aff = content = prof = None
         for j, name in enumerate(space.numeric):
             if name in ("recall_score", "p_recall") or name in SCORE_COLUMNS:
                 if name in cand.columns:
@@ -476,6 +566,11 @@ def candidate_tensors(cand: pd.DataFrame, item_side: pd.DataFrame, stats: pd.Dat
                     if aff is None:
                         aff = affinity.features(cand["user_id"].to_numpy(dtype=np.int64), ids, index)
                     num[:, j] = aff[:, AFFINITY_FEATURES.index(name)]
+            elif name in PROFILE_FEATURES:
+                if profile is not None:
+                    if prof is None:
+                        prof = profile.features(cand["user_id"].to_numpy(dtype=np.int64), ids)
+                    num[:, j] = prof[:, PROFILE_FEATURES.index(name)]
             else:
                 raise ModelError(f"ranker: unknown numeric feature {name!r} in the model's feature space",
                                  "the model was saved by a newer build: score it with that build")

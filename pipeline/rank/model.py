@@ -33,11 +33,15 @@ from pipeline.rank.data import Groups, Window, sample_groups
 from pipeline.rank.features import (
     AFFINITY_FEATURES,
     CONTENT_FEATURES,
+    PROFILE_COLUMNS,
+    PROFILE_FEATURES,
     FeatureSpace,
     UserAffinity,
+    UserProfile,
     candidate_tensors,
     embedding_matrix,
     item_stats_at,
+    user_profile_at,
     user_sequences,
 )
 from pipeline.rank.net import NetConfig, RankerNet
@@ -222,15 +226,39 @@ class RankerModel:
             return None
         return UserAffinity.of(events, cutoff, side, self.config.event_weights, self.config.half_life_days)
 
+    def _profile(self, events: pd.DataFrame, users: np.ndarray, cutoff: datetime | None, items: pd.DataFrame,
+                 user_feats: pd.DataFrame | None = None) -> UserProfile | None:
+        """The users' :data:`PROFILE_FEATURES` when the model's feature space uses them: from ``user_feats``
+        (the run's user_features rows, :data:`PROFILE_COLUMNS`) for the users it holds, the others computed
+        from ``events`` before ``cutoff`` by the same functions (:func:`user_profile_at`)."""
+        space = self.space
+        if space is None or not set(space.numeric) & set(PROFILE_FEATURES):
+            return None
+        users = np.unique(np.asarray(users, dtype=np.int64))
+        have = None
+        if user_feats is not None and set(PROFILE_COLUMNS) <= set(user_feats.columns):
+            have = user_feats.loc[user_feats["user_id"].isin(users), list(PROFILE_COLUMNS)]
+        missing = users if have is None else np.setdiff1d(users, have["user_id"].to_numpy(dtype=np.int64))
+        if len(missing) or have is None:
+            cfg = self.config
+            fresh = user_profile_at(events, missing, cutoff, items, cfg.event_weights, cfg.half_life_days)
+            have = fresh if have is None or not len(have) else pd.concat([have, fresh], ignore_index=True)
+        return UserProfile.of(have, items)
+
     def encode_groups(self, groups: Groups, history: pd.DataFrame, cutoff: datetime | None,
-                      side: pd.DataFrame, stats: pd.DataFrame, emb: pd.DataFrame | None = None) -> Encoded:
-        """Training groups -> ``Encoded`` (one sequence per group, C = 1 + K candidates)."""
+                      side: pd.DataFrame, stats: pd.DataFrame, emb: pd.DataFrame | None = None,
+                      items: pd.DataFrame | None = None) -> Encoded:
+        """Training groups -> ``Encoded`` (one sequence per group, C = 1 + K candidates). ``items``: the
+        catalogue (item_id, price, category, brand) the profile features read (without: their prices unknown)."""
         space = self.space
         assert space is not None
         size, n = groups.size, len(groups.group_weight)
         seqs = user_sequences(history, groups.seq_users, cutoff, space)
         gseq = groups.rows["seq"].to_numpy(dtype=np.int64)[::size] if n else np.zeros(0, dtype=np.int64)
-        flat = candidate_tensors(groups.rows, side, stats, space, emb, self._affinity(history, cutoff, side))
+        profile = self._profile(history, groups.seq_users, cutoff,
+                                items if items is not None else pd.DataFrame({"item_id": side.index}))
+        flat = candidate_tensors(groups.rows, side, stats, space, emb, self._affinity(history, cutoff, side),
+                                 profile)
         self._cand_emb(flat)
         cand = {k: v.reshape(n, size, *v.shape[1:]) for k, v in flat.items()}
         return Encoded({k: v[gseq] for k, v in seqs.items()}, cand, groups.group_weight.astype(np.float32))
@@ -266,7 +294,7 @@ class RankerModel:
             g = sample_groups(w, pool, n_recall_neg=cfg.n_recall_neg, n_random_neg=cfg.n_random_neg,
                               seed=cfg.seed + k, n_shown_neg=cfg.n_shown_neg, ipw_clip=cfg.ipw_clip)
             stats = item_stats_at(w.history, w.cutoff, cfg.event_weights, cfg.half_life_days, w.stat_scale)
-            parts.append((self.encode_groups(g, w.history, w.cutoff, side, stats, emb), g.group_user))
+            parts.append((self.encode_groups(g, w.history, w.cutoff, side, stats, emb, items), g.group_user))
         data = Encoded.concat([p[0] for p in parts])
         users = np.concatenate([p[1] for p in parts])
         self._train(data, users, side, device)
@@ -417,7 +445,8 @@ class RankerModel:
 
     # -- scoring --------------------------------------------------------------------------------------
     def logits(self, cand: pd.DataFrame, events: pd.DataFrame, item_feats: pd.DataFrame,
-               as_of: datetime | None, *, emb: pd.DataFrame | None = None) -> np.ndarray:
+               as_of: datetime | None, *, emb: pd.DataFrame | None = None,
+               user_feats: pd.DataFrame | None = None) -> np.ndarray:
         """Raw logits per candidate row (see :meth:`score`)."""
         space, net = self._require()
         cfg = self.config
@@ -434,7 +463,9 @@ class RankerModel:
         side = space.side_table(item_feats) if "item_id" in item_feats.columns else space.side_table(
             pd.DataFrame({"item_id": cand["item_id"].unique()}))
         seq = user_sequences(events, blocks.users, as_of, space)
-        flat = candidate_tensors(cand, side, stats, space, emb, self._affinity(events, as_of, side))
+        profile = self._profile(events, blocks.users, as_of,
+                                item_feats if "item_id" in item_feats.columns else cand[["item_id"]], user_feats)
+        flat = candidate_tensors(cand, side, stats, space, emb, self._affinity(events, as_of, side), profile)
         self._cand_emb(flat)
         out = np.empty(n, dtype=np.float32)
         n_users = len(blocks.users)
@@ -449,14 +480,17 @@ class RankerModel:
         return out
 
     def score(self, cand: pd.DataFrame, events: pd.DataFrame, item_feats: pd.DataFrame,
-              as_of: datetime | None, *, emb: pd.DataFrame | None = None) -> np.ndarray:
+              as_of: datetime | None, *, emb: pd.DataFrame | None = None,
+              user_feats: pd.DataFrame | None = None) -> np.ndarray:
         """P_rank per row of ``cand`` (user_id, item_id, and source / recall_score / p_recall when known).
 
         ``events``: the users' events (only ``ts < as_of`` are used); ``item_feats``: item_id with category,
         brand, price and ideally activity / recent_events / trend (else computed from ``events``).
+        ``user_feats``: the run's user_features rows of these users (the nightly reads its parts); users it
+        lacks get theirs computed from ``events`` by the same functions.
         """
         a, b = self.calibration
-        z = self.logits(cand, events, item_feats, as_of, emb=emb).astype(np.float64)
+        z = self.logits(cand, events, item_feats, as_of, emb=emb, user_feats=user_feats).astype(np.float64)
         from scipy.special import expit
 
         # Never exactly 0: the fusion multiplies by it, and a hard 0 would erase recall's order.

@@ -236,3 +236,64 @@ def test_shards_follow_the_budget_and_a_small_budget_gives_the_same_lists(shop: 
     key = ["user_id", "rank", "item_id", "reason", "source", "variant"]
     pd.testing.assert_frame_equal(one[key].reset_index(drop=True), many[key].reset_index(drop=True))
     assert (one["score"] - many["score"]).abs().max() < 1e-6
+
+
+def test_the_runs_user_features_equal_a_recompute_from_the_users_events(shop: str, rerank_env: dict[str, str],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the nightly shard hands the ranker (the run's user_features parts, read for a few users by an
+    Arrow filter) equals what the ranker computes from those users' events at as_of with the same functions
+    (the refresh's path), within float tolerance; so do the model's inputs and scores."""
+    import numpy as np
+
+    from pipeline.extract.snapshot import read_events
+    from pipeline.features.users import read_user_features_of
+    from pipeline.rank.features import PROFILE_COLUMNS, PROFILE_FEATURES, UserProfile, user_profile_at
+    from pipeline.rank.model import RankerModel
+    from pipeline.recommend import load_artefacts
+    from pipeline.runs import run_dir
+
+    s = _settings(rerank_env)
+    res = run_nightly(s, as_of=AS_OF)
+    snap = run_dir(s.home_path, res["run_id"]) / "snapshot"
+    model = RankerModel.load(res["train_ranker"]["artifact_uri"])
+    assert set(PROFILE_FEATURES) <= set(model.space.numeric)
+    all_users = pd.read_parquet(snap / "users.parquet", columns=["user_id"])["user_id"].to_numpy()
+    users = np.sort(all_users)[::7]
+    parts = read_user_features_of(snap, users, list(PROFILE_COLUMNS))
+    assert sorted(parts["user_id"]) == sorted(users) and list(parts.columns) == list(PROFILE_COLUMNS)
+    ev = read_events(snap, filters=[("user_id", "in", users.tolist())])
+    ev = ev.assign(ts=pd.to_datetime(ev["ts"], utc=True))
+    items = load_artefacts(snap).item_feats
+    # recommend() scores at as_of + 1 s (events stamped as_of count): ages differ by that second only
+    again = user_profile_at(ev, users, pd.Timestamp(AS_OF) + pd.Timedelta(seconds=1), items,
+                            model.config.event_weights, model.config.half_life_days)
+    a = parts.sort_values("user_id").reset_index(drop=True)
+    b = again.sort_values("user_id").reset_index(drop=True)
+    assert (a["events"] > 0).sum() > len(users) // 2 and (a["events"] == 0).any()  # both kinds of user
+    for c in ("user_id", "events", "purchases", "n_view", "n_click", "n_add_to_cart", "n_purchase", "n_search",
+              "sessions", "items"):
+        assert a[c].tolist() == b[c].tolist(), c
+    for c in ("monetary", "price_mean", "recency_days"):
+        np.testing.assert_allclose(a[c].to_numpy(dtype=float), b[c].to_numpy(dtype=float), rtol=1e-6, atol=2e-5,
+                                   equal_nan=True, err_msg=c)
+    cand = pd.DataFrame({"user_id": np.repeat(users, 5),
+                         "item_id": np.tile(items["item_id"].to_numpy()[:5], len(users)),
+                         "source": "popularity", "recall_score": 0.5, "p_recall": 0.2})
+    pa = UserProfile.of(a, items).features(cand["user_id"].to_numpy(), cand["item_id"].to_numpy())
+    pb = UserProfile.of(b, items).features(cand["user_id"].to_numpy(), cand["item_id"].to_numpy())
+    np.testing.assert_allclose(pa, pb, rtol=1e-6, atol=2e-5)  # recency: log1p of days one second apart
+    at = pd.Timestamp(AS_OF) + pd.Timedelta(seconds=1)
+    np.testing.assert_allclose(model.score(cand, ev, items, at, user_feats=parts), model.score(cand, ev, items, at),
+                               rtol=1e-4, atol=1e-9)
+    # The shard path hands the parts to the ranker: it computes nobody's features itself.
+    from pipeline.nightly import recommend_shard
+
+    def no_recompute(events, users, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        assert not len(users), f"recomputed users {users} the run's parts hold"
+        return user_profile_at(events, users, *a, **k)
+
+    monkeypatch.setattr("pipeline.rank.model.user_profile_at", no_recompute)
+    lists, _ = recommend_shard(users, ev, snap, AS_OF, top_n=s.top_n, n_candidates=s.candidates,
+                               recent_days=s.recent_days, weights=s.event_weights, half_life=s.half_life_days,
+                               artifact_uri=res["train_ranker"]["artifact_uri"])
+    assert lists["user_id"].nunique() == len(users)

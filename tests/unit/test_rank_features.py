@@ -17,10 +17,13 @@ from pipeline.rank.features import (
     BASE_NUMERIC,
     CONTENT_FEATURES,
     NUMERIC_FEATURES,
+    PROFILE_FEATURES,
     FeatureSpace,
     UserAffinity,
+    UserProfile,
     candidate_tensors,
     item_stats_at,
+    user_profile_at,
 )
 from pipeline.rank.model import SIDECAR_FILE, RankerConfig, RankerModel
 from pipeline.recall.candidates import SCORE_COLUMNS
@@ -105,6 +108,57 @@ def test_content_inputs_are_cosines_to_the_users_profile_and_best_recent_item() 
     hist = np.vstack([np.asarray(vec.get(i, [0.0, 0.0]), np.float32) for i in aff.items])
     users = cand["user_id"].to_numpy(dtype=np.int64)
     np.testing.assert_allclose(aff.content_features(users, rows, hist, chunk_rows=1), want, rtol=1e-5, atol=1e-6)
+
+
+def _profile_want(price: float) -> list[float]:
+    """User 5's profile at AS_OF (view of item 1 one day before, purchase of item 3 at 3.0 two days before)
+    for a candidate at ``price``: the decayed mean price weighs the view 0.5 and the purchase 8 * 0.5."""
+    mean = (0.5 * 1.0 + 4.0 * 3.0) / 4.5
+    return [np.log1p(1.0), np.log1p(2), np.log1p(1), np.log1p(3.0), 0.5, 0.0, 0.0, 0.5, 0.0, 0.0, np.log1p(2),
+            np.log(price / mean)]
+
+
+def test_profile_is_the_user_features_stage_definition_before_the_cutoff() -> None:
+    """RFM, event-type shares, sessions, items and price vs the user's mean, from the user_features
+    functions; a user without events gets the capped recency and zeros."""
+    items = _items()
+    space = _space(items)
+    feats = user_profile_at(_events(), np.array([5, 6]), AS_OF, items, W, HL)
+    assert feats["events"].tolist() == [2, 0] and feats["recency_days"].iloc[0] == pytest.approx(1.0)
+    cand = pd.DataFrame({"user_id": [5, 5, 6], "item_id": [1, 4, 4], "source": "als"})
+    num = candidate_tensors(cand, space.side_table(items), item_stats_at(_events(), AS_OF, W, HL), space,
+                            profile=UserProfile.of(feats, items))["num"]
+    got = num[:, [NUMERIC_FEATURES.index(f) for f in PROFILE_FEATURES]].astype(np.float64)
+    new_user = [np.log1p(365.0)] + [0.0] * (len(PROFILE_FEATURES) - 1)
+    np.testing.assert_allclose(got, [_profile_want(1.0), _profile_want(40.0), new_user], rtol=1e-5, atol=1e-6)
+
+
+def test_training_window_profile_ignores_events_after_the_cutoff() -> None:
+    """The training path (encode_groups at a window's cut-off) gives the same inputs whether or not the
+    history holds events at or after the cut-off; a later cut-off does see them."""
+    from pipeline.rank.data import Groups, events_before
+
+    items = _items()
+    m = RankerModel(RankerConfig(seq_len=4, event_weights=W, half_life_days=HL))
+    m.space = _space(items)
+    side = m.space.side_table(items)
+    ev = _events()  # its view of item 4 one hour after AS_OF must not count
+    later = pd.DataFrame({"event_id": [10, 11, 12], "user_id": 5, "item_id": pd.array([4, 4, None], dtype="Int64"),
+                          "event_type": ["purchase", "purchase", "search"], "query": [None, None, "lamp"],
+                          "ts": pd.to_datetime([AS_OF, AS_OF + timedelta(hours=2), AS_OF + timedelta(hours=3)],
+                                               utc=True)})
+    full = pd.concat([ev, later], ignore_index=True)
+    rows = pd.DataFrame({"user_id": [5, 5], "item_id": [1, 4], "seq": [0, 0], "source": "als",
+                         "recall_score": 0.5, "p_recall": 0.3})
+    g = Groups(rows, np.ones(1), np.array([5]), np.array([5]), [AS_OF], 2)
+    stats = item_stats_at(ev, AS_OF, W, HL)
+    cols = [NUMERIC_FEATURES.index(f) for f in PROFILE_FEATURES]
+    a = m.encode_groups(g, events_before(ev, AS_OF), AS_OF, side, stats, items=items).cand["num"]
+    b = m.encode_groups(g, full, AS_OF, side, stats, items=items).cand["num"]
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a[0][:, cols], [_profile_want(1.0), _profile_want(40.0)], rtol=1e-5, atol=1e-6)
+    c = m.encode_groups(g, full, AS_OF + timedelta(days=1), side, stats, items=items).cand["num"]
+    assert c[0, 0, cols[1]] == pytest.approx(np.log1p(6), rel=1e-6)  # the later cut-off sees all six
 
 
 def test_each_sources_own_score_is_an_input_and_absent_is_zero() -> None:
