@@ -96,6 +96,8 @@ class Artefacts:
     ranker: object | None = None
     ranker_emb: pd.DataFrame | None = None
     model_version: str = "recall-only"
+    #: The ``seq`` source's followers table (None: the run has none, the source is off).
+    followers: pd.DataFrame | None = None
 
     @property
     def item_feats(self) -> pd.DataFrame:
@@ -143,7 +145,7 @@ def load_artefacts(snapshot_dir: str | Path, artifact_uri: str | Path | None = N
 
     snap = Path(snapshot_dir).resolve()
     files = [snap / f for f in ("items.parquet", "item_features.parquet", "neighbours.parquet",
-                                "item_embeddings.parquet")]
+                                "item_embeddings.parquet", "followers.parquet")]
     files += [factors_dir(snap) / f for f in ("user_factors.npy", "item_factors.npy")]
     if artifact_uri:
         files += sorted(Path(artifact_uri).glob("*"))
@@ -160,7 +162,7 @@ def _load_cached(snap: str, artifact_uri: str, fold_in: bool, stamp: tuple, mode
 def _load(snap: str, artifact_uri: str, fold_in: bool, stamp: tuple, model_version: str | None,
           neighbours: pd.DataFrame | None) -> Artefacts:
     from pipeline.recall.content import content_index_for
-    from pipeline.recall.stage import _shared
+    from pipeline.recall.stage import _shared, load_followers
     from pipeline.rerank import load_item_embeddings
 
     feats, nb, fac = _shared(snap)
@@ -170,7 +172,7 @@ def _load(snap: str, artifact_uri: str, fold_in: bool, stamp: tuple, model_versi
         fac = Factors(user_factors=fac.user_factors[:0], item_factors=fac.item_factors, user_ids=fac.user_ids[:0],
                       item_ids=fac.item_ids, meta=fac.meta, weighting=fac.weighting)
     art = Artefacts(tables=run_tables(feats, nb), factors=fac, content_index=content_index_for(snap),
-                    item_embeddings=load_item_embeddings(Path(snap)))
+                    item_embeddings=load_item_embeddings(Path(snap)), followers=load_followers(snap))
     if artifact_uri:
         from pipeline.rank.features import load_item_embeddings as ranker_embeddings
         from pipeline.rank.score import load_model  # cached per worker process
@@ -202,7 +204,7 @@ def recommend(users: np.ndarray, events: pd.DataFrame, art: Artefacts, as_of: da
     # All of generate_candidates' columns stay (per-source scores, ``sources``): the ranker reads them.
     base = generate_candidates(users, events, tables.neighbours, tables.item_feats, rcfg, tables=tables.items,
                                factors=art.factors, content_index=art.content_index,
-                               text_index=art.text_index_for(events))
+                               text_index=art.text_index_for(events), followers=art.followers)
     cand, hint = base, np.full(len(base), None, dtype=object)
     if fresh_ids is not None:
         fresh = fresh_events(events, fresh_ids, as_of, cfg.fresh_minutes)
