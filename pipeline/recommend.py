@@ -214,6 +214,7 @@ def recommend(users: np.ndarray, events: pd.DataFrame, art: Artefacts, as_of: da
         if extra:
             ex = pd.concat(extra, ignore_index=True)
             ex["p_recall"] = ex["source"].map(FRESH_PRIOR) * (0.5 + 0.5 * ex["recall_score"].astype("float64"))
+            ex["p_recall"] = _with_base_evidence(base, ex)
             hint = np.concatenate([hint, ex["hint"].to_numpy(dtype=object)])
             ex = ex.reindex(columns=base.columns)
             for col in base.columns:
@@ -264,6 +265,17 @@ def _purchase_exclusions_by_arm(bought: pd.DataFrame, item_feats: pd.DataFrame, 
                                  windows=c.repurchase_days)
              for _, c, mine in split_by_arm(bought["user_id"], rerank, variants, salt)]
     return pd.concat(parts, ignore_index=True) if parts else purchase_exclusions(bought, item_feats, as_of=now)
+
+
+def _with_base_evidence(base: pd.DataFrame, ex: pd.DataFrame) -> np.ndarray:
+    """Fresh rows' p_recall noisy-or'd with their pair's p_recall in ``base`` (the merge's own rule): a fresh
+    row the run's sources also propose keeps its fresh reason, since the base row can no longer outrank it."""
+    p = ex["p_recall"].to_numpy(dtype="float64")
+    if base.empty or ex.empty:
+        return p
+    pb = pd.Series(base["p_recall"].to_numpy(dtype="float64"), index=pair_index(base))
+    pb = pb[~pb.index.duplicated()].reindex(pair_index(ex)).fillna(0.0).to_numpy()
+    return 1.0 - (1.0 - p) * (1.0 - pb)
 
 
 def _retarget_scores(base: pd.DataFrame, ex: pd.DataFrame) -> np.ndarray:
