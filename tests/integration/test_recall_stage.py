@@ -204,8 +204,12 @@ def test_followers_streamed_by_date_partition_equal_one_read(snapshot: Path, cli
     np.testing.assert_allclose(by_day["score"], whole["score"], rtol=1e-5)
     assert out["follower_rows"] == len(by_day) and out["follower_events"] > 0
     assert load_followers(snap) is not None
+    from pipeline.recommend import load_artefacts
+
+    assert load_artefacts(snap, fold_in=True).followers is not None  # as the refresh loads the live run
     build_followers(snap, items, SeqParams(k=0))
     assert not (snap / "followers.parquet").exists() and load_followers(snap) is None
+    assert load_artefacts(snap, fold_in=True).followers is None  # a run without the table: the source is off
     cfg = RecallConfig(as_of=AS_OF, n_candidates=60, weights=WEIGHTS, half_life_days=HALF_LIFE)
     users = pd.read_parquet(snap / "users.parquet")["user_id"].to_numpy()[:50]
     c = candidates_for_users(users, snap, AS_OF, cfg)
