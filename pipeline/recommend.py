@@ -268,14 +268,17 @@ def _purchase_exclusions_by_arm(bought: pd.DataFrame, item_feats: pd.DataFrame, 
 
 
 def _with_base_evidence(base: pd.DataFrame, ex: pd.DataFrame) -> np.ndarray:
-    """Fresh rows' p_recall noisy-or'd with their pair's p_recall in ``base`` (the merge's own rule): a fresh
-    row the run's sources also propose keeps its fresh reason, since the base row can no longer outrank it."""
+    """Fresh item rows' p_recall raised to their pair's p_recall in ``base`` where that is higher: a just-viewed
+    item's neighbour or a fresh query's match that the run's sources (seq among them, which reads the same fresh
+    history) also propose keeps its fresh reason (as the dedupe's tie-break by source name allows), at the rank the
+    base row had: the lists' order is unchanged. Session rows are left as they are."""
     p = ex["p_recall"].to_numpy(dtype="float64")
     if base.empty or ex.empty:
         return p
     pb = pd.Series(base["p_recall"].to_numpy(dtype="float64"), index=pair_index(base))
     pb = pb[~pb.index.duplicated()].reindex(pair_index(ex)).fillna(0.0).to_numpy()
-    return 1.0 - (1.0 - p) * (1.0 - pb)
+    pb = np.where(ex["source"].isin(["fresh-cf", "fresh-search"]).to_numpy(), pb, 0.0)
+    return np.maximum(p, pb)
 
 
 def _retarget_scores(base: pd.DataFrame, ex: pd.DataFrame) -> np.ndarray:

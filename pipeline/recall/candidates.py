@@ -45,9 +45,10 @@ if TYPE_CHECKING:
 SOURCES: tuple[str, ...] = ("retarget", "item-cf", "seq", "als", "search", "content", "category", "trending",
                             "popularity")
 # All-time popularity above trending: on short histories "trending" is mostly noise from a few recent events.
-# seq at 1.0: on Amazon Beauty's leave-one-out validation item the nightly's lists reach nDCG@10 0.0503 with it,
-# 0.0394 at 0.8 and 0.0095 without the source (research/RESULTS.md, issue 21).
-SOURCE_PRIOR = {"retarget": 1.0, "item-cf": 0.8, "seq": 1.0, "als": 0.7, "search": 0.6, "content": 0.5,
+# seq at item-cf's 0.8: on Amazon Beauty's leave-one-out validation item the nightly's lists reach nDCG@10 0.0394
+# (0.0095 without the source; 0.0503 at 1.0, profiles/purchase-sequences.env), while 1.0 costs ml-100k's inner
+# split 0.1823 -> 0.1214 (0.8: 0.1632) and crowds a refresh's fresh search matches out (research/RESULTS.md).
+SOURCE_PRIOR = {"retarget": 1.0, "item-cf": 0.8, "seq": 0.8, "als": 0.7, "search": 0.6, "content": 0.5,
                 "category": 0.35, "trending": 0.2, "popularity": 0.25}
 CAND_COLUMNS = ["user_id", "item_id", "source", "recall_score", "anchor_item_id"]
 SCORE_COLUMNS = [f"score_{s.replace('-', '_')}" for s in SOURCES]
