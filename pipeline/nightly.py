@@ -188,7 +188,7 @@ def user_features(home: str, run_id: str, as_of: datetime, dask_address: str | N
 @_stage("cf_build")
 def cf_build(home: str, run_id: str, as_of: datetime, k: int = 20, dask_address: str | None = None,
              client: object | None = None) -> dict:
-    """Item-item neighbours (blocked on Dask) and ALS factors for the run."""
+    """Item-item neighbours (blocked on Dask), the seq source's followers and ALS factors for the run."""
     from pipeline.recall.stage import build_recall_models
 
     s = get_settings()
@@ -196,7 +196,7 @@ def cf_build(home: str, run_id: str, as_of: datetime, k: int = 20, dask_address:
         return build_recall_models(_dir(home, run_id) / "snapshot", as_of, c, weights=s.event_weights,
                                    half_life_days=s.half_life_days, k=k, seed=s.seed, weighting=s.als_weighting,
                                    factors=s.als_factors,
-                                   decay_from=s.decay_from)
+                                   decay_from=s.decay_from, seq_k=s.seq_neighbours)
 
 
 @_stage("train_ranker")

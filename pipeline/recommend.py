@@ -96,6 +96,8 @@ class Artefacts:
     ranker: object | None = None
     ranker_emb: pd.DataFrame | None = None
     model_version: str = "recall-only"
+    #: The ``seq`` source's followers table (None: the run has none, the source is off).
+    followers: pd.DataFrame | None = None
 
     @property
     def item_feats(self) -> pd.DataFrame:
@@ -143,7 +145,7 @@ def load_artefacts(snapshot_dir: str | Path, artifact_uri: str | Path | None = N
 
     snap = Path(snapshot_dir).resolve()
     files = [snap / f for f in ("items.parquet", "item_features.parquet", "neighbours.parquet",
-                                "item_embeddings.parquet")]
+                                "item_embeddings.parquet", "followers.parquet")]
     files += [factors_dir(snap) / f for f in ("user_factors.npy", "item_factors.npy")]
     if artifact_uri:
         files += sorted(Path(artifact_uri).glob("*"))
@@ -160,7 +162,7 @@ def _load_cached(snap: str, artifact_uri: str, fold_in: bool, stamp: tuple, mode
 def _load(snap: str, artifact_uri: str, fold_in: bool, stamp: tuple, model_version: str | None,
           neighbours: pd.DataFrame | None) -> Artefacts:
     from pipeline.recall.content import content_index_for
-    from pipeline.recall.stage import _shared
+    from pipeline.recall.stage import _shared, load_followers
     from pipeline.rerank import load_item_embeddings
 
     feats, nb, fac = _shared(snap)
@@ -170,7 +172,7 @@ def _load(snap: str, artifact_uri: str, fold_in: bool, stamp: tuple, model_versi
         fac = Factors(user_factors=fac.user_factors[:0], item_factors=fac.item_factors, user_ids=fac.user_ids[:0],
                       item_ids=fac.item_ids, meta=fac.meta, weighting=fac.weighting)
     art = Artefacts(tables=run_tables(feats, nb), factors=fac, content_index=content_index_for(snap),
-                    item_embeddings=load_item_embeddings(Path(snap)))
+                    item_embeddings=load_item_embeddings(Path(snap)), followers=load_followers(snap))
     if artifact_uri:
         from pipeline.rank.features import load_item_embeddings as ranker_embeddings
         from pipeline.rank.score import load_model  # cached per worker process
@@ -205,7 +207,7 @@ def recommend(users: np.ndarray, events: pd.DataFrame, art: Artefacts, as_of: da
     # All of generate_candidates' columns stay (per-source scores, ``sources``): the ranker reads them.
     base = generate_candidates(users, events, tables.neighbours, tables.item_feats, rcfg, tables=tables.items,
                                factors=art.factors, content_index=art.content_index,
-                               text_index=art.text_index_for(events))
+                               text_index=art.text_index_for(events), followers=art.followers)
     cand, hint = base, np.full(len(base), None, dtype=object)
     if fresh_ids is not None:
         fresh = fresh_events(events, fresh_ids, as_of, cfg.fresh_minutes)
@@ -215,6 +217,7 @@ def recommend(users: np.ndarray, events: pd.DataFrame, art: Artefacts, as_of: da
         if extra:
             ex = pd.concat(extra, ignore_index=True)
             ex["p_recall"] = ex["source"].map(FRESH_PRIOR) * (0.5 + 0.5 * ex["recall_score"].astype("float64"))
+            ex["p_recall"] = _with_base_evidence(base, ex)
             hint = np.concatenate([hint, ex["hint"].to_numpy(dtype=object)])
             ex = ex.reindex(columns=base.columns)
             for col in base.columns:
@@ -266,6 +269,20 @@ def _purchase_exclusions_by_arm(bought: pd.DataFrame, item_feats: pd.DataFrame, 
                                  windows=c.repurchase_days)
              for _, c, mine in split_by_arm(bought["user_id"], rerank, variants, salt)]
     return pd.concat(parts, ignore_index=True) if parts else purchase_exclusions(bought, item_feats, as_of=now)
+
+
+def _with_base_evidence(base: pd.DataFrame, ex: pd.DataFrame) -> np.ndarray:
+    """Fresh item rows' p_recall raised to their pair's p_recall in ``base`` where that is higher: a just-viewed
+    item's neighbour or a fresh query's match that the run's sources (seq among them, which reads the same fresh
+    history) also propose keeps its fresh reason (as the dedupe's tie-break by source name allows), at the rank the
+    base row had: the lists' order is unchanged. Session rows are left as they are."""
+    p = ex["p_recall"].to_numpy(dtype="float64")
+    if base.empty or ex.empty:
+        return p
+    pb = pd.Series(base["p_recall"].to_numpy(dtype="float64"), index=pair_index(base))
+    pb = pb[~pb.index.duplicated()].reindex(pair_index(ex)).fillna(0.0).to_numpy()
+    pb = np.where(ex["source"].isin(["fresh-cf", "fresh-search"]).to_numpy(), pb, 0.0)
+    return np.maximum(p, pb)
 
 
 def _retarget_scores(base: pd.DataFrame, ex: pd.DataFrame) -> np.ndarray:

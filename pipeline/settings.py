@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     #: Overrides of the recall sources' priors (pipeline.recall.candidates.SOURCE_PRIOR: each source's weight
     #: in P_recall, which orders the lists before a ranker is promoted and is fused with P_rank after).
     recall_priors: dict[str, float] = Field(default_factory=dict)
+    #: Followers kept per item for the ``seq`` recall source ("often bought after"; cf_build writes them to the
+    #: snapshot's followers.parquet); 0 switches the source off (no table is written, so no seq candidates).
+    seq_neighbours: int = Field(50, ge=0)
     #: Days of recent events that make up re-targeting and "recently viewed" recall.
     recent_days: int = Field(7, ge=1)
     #: Daily point-in-time windows the ranker trains on (before the gate's holdout day).

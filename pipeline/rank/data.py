@@ -62,10 +62,11 @@ def touched_in(events: pd.DataFrame, start: datetime, end: datetime) -> pd.DataF
 def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_days: int = 7,
                         weights: dict[str, float] | None = None, half_life_days: dict[str, float] | None = None,
                         neighbours_k: int = 20, decay_from: str = "as_of", als: dict | None = None,
-                        priors: dict[str, float] | None = None) -> CandidateFn:
+                        priors: dict[str, float] | None = None, seq_k: int = 0) -> CandidateFn:
     """The production recall (``generate_candidates``) at a cut-off, with neighbours, ALS factors and item
     statistics rebuilt from the events before it (the run's neighbours and factors saw the whole period, the
-    labels included). ``als``: train_als' parameters and ``weighting`` (as cf_build's); None: no ALS source."""
+    labels included). ``als``: train_als' parameters and ``weighting`` (as cf_build's); None: no ALS source.
+    ``seq_k``: followers per item of the ``seq`` source (as cf_build's; 0: no seq source)."""
     from pipeline.features.items import top_category
     from pipeline.rank.features import item_stats_at
     from pipeline.recall.candidates import RecallConfig, generate_candidates
@@ -101,9 +102,21 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
                            half_life_days=hl, decay_from=decay_from, priors=dict(priors or {}))
         mine = ev[ev["user_id"].isin(users)]
         return generate_candidates(np.asarray(users, dtype=np.int64), mine, nb, feats, cfg,
-                                   factors=_window_factors(inter, als))
+                                   factors=_window_factors(inter, als),
+                                   followers=_window_followers(ev, item_ids, seq_k))
 
     return fn
+
+
+def _window_followers(ev: pd.DataFrame, item_ids: np.ndarray, k: int) -> pd.DataFrame | None:
+    """The ``seq`` source's followers of a window's events, built as cf_build builds the run's."""
+    if k <= 0:
+        return None
+    from pipeline.recall.sequential import FollowerBuilder, SeqParams
+
+    b = FollowerBuilder(item_ids, SeqParams(k=k))
+    b.add(ev)
+    return b.table()
 
 
 def _window_factors(inter: object, als: dict | None) -> object | None:

@@ -25,6 +25,7 @@ from pipeline.recall.content import ContentIndex
 from pipeline.recall.factors import Factors, train_als
 from pipeline.recall.matrix import build_interactions
 from pipeline.recall.neighbours import neighbours_from_interactions
+from pipeline.recall.sequential import FollowerBuilder
 from pipeline.recall.text import TextIndex, item_texts, text_embeddings
 
 DEFAULT_WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
@@ -97,6 +98,9 @@ def source_recall(frames: ShopFrames, *, cutoff: str | pd.Timestamp | None = Non
     nb = neighbours_from_interactions(inter, k=50, client=client)
     uf, itf, meta = train_als(inter.user_items, factors=factors, seed=seed, iterations=15)
     fac = Factors(uf, itf, inter.user_ids, inter.item_ids, meta)
+    fb = FollowerBuilder(inter.item_ids)
+    fb.add(train)
+    followers = fb.table()
     has_text = "title" in items.columns and items["title"].notna().any()
     emb = embeddings if embeddings is not None else (text_embeddings(items) if has_text else None)
     content = ContentIndex.from_frame(emb) if emb is not None else None
@@ -114,7 +118,8 @@ def source_recall(frames: ShopFrames, *, cutoff: str | pd.Timestamp | None = Non
         for s in range(0, len(users), batch):
             ub = users[s: s + batch]
             c = generate_candidates(ub, tev[tev["user_id"].isin(ub)], nb, feats, cfg, factors=fac,
-                                    content_index=content, text_index=text_index, sources=only)
+                                    content_index=content, text_index=text_index, sources=only,
+                                    followers=followers)
             parts.append(c[["user_id", "item_id"]])
         cand = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["user_id", "item_id"])
         hits[name] = test.merge(cand.astype("int64"), on=["user_id", "item_id"], how="inner")

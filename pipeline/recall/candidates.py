@@ -4,6 +4,8 @@ Sources, each with a score in [0, 1] and, where one exists, the anchor item that
 
 - ``retarget``: viewed or carted recently, not bought;
 - ``item-cf``: neighbours of the user's strongest items (``neighbours.parquet``);
+- ``seq``: what shoppers picked next after the user's last items (``followers.parquet``, sequential item-kNN of
+  :mod:`pipeline.recall.sequential`); the anchor is the item it followed;
 - ``als``: the user's ALS factors against every item (folded in from the history when the user is new to
   the factors);
 - ``content``: nearest items in embedding space to the user's strongest items (reaches cold items);
@@ -40,10 +42,14 @@ if TYPE_CHECKING:
     from pipeline.recall.factors import Factors
     from pipeline.recall.text import TextIndex
 
-SOURCES: tuple[str, ...] = ("retarget", "item-cf", "als", "search", "content", "category", "trending", "popularity")
+SOURCES: tuple[str, ...] = ("retarget", "item-cf", "seq", "als", "search", "content", "category", "trending",
+                            "popularity")
 # All-time popularity above trending: on short histories "trending" is mostly noise from a few recent events.
-SOURCE_PRIOR = {"retarget": 1.0, "item-cf": 0.8, "als": 0.7, "search": 0.6, "content": 0.5, "category": 0.35,
-                "trending": 0.2, "popularity": 0.25}
+# seq at item-cf's 0.8: on Amazon Beauty's leave-one-out validation item the nightly's lists reach nDCG@10 0.0394
+# (0.0095 without the source; 0.0503 at 1.0, profiles/purchase-sequences.env), while 1.0 costs ml-100k's inner
+# split 0.1823 -> 0.1214 (0.8: 0.1632) and crowds a refresh's fresh search matches out (research/RESULTS.md).
+SOURCE_PRIOR = {"retarget": 1.0, "item-cf": 0.8, "seq": 0.8, "als": 0.7, "search": 0.6, "content": 0.5,
+                "category": 0.35, "trending": 0.2, "popularity": 0.25}
 CAND_COLUMNS = ["user_id", "item_id", "source", "recall_score", "anchor_item_id"]
 SCORE_COLUMNS = [f"score_{s.replace('-', '_')}" for s in SOURCES]
 OUT_COLUMNS = [*CAND_COLUMNS, "p_recall", "sources", *SCORE_COLUMNS]
@@ -67,16 +73,21 @@ class RecallConfig:
     repurchasable: tuple[str, ...] = ("Grocery", "Beauty")
     #: Most candidates one source may contribute per user (popularity fills up to ``n_candidates``).
     per_source: dict[str, int] = field(default_factory=lambda: {
-        "retarget": 50, "item-cf": 150, "als": 150, "search": 50, "content": 100, "category": 100, "trending": 50})
+        "retarget": 50, "item-cf": 150, "seq": 100, "als": 150, "search": 50, "content": 100, "category": 100,
+        "trending": 50})
     #: Recent search queries per user used by search-intent recall; lowest text similarity kept.
     search_queries: int = 5
     search_min_similarity: float = 0.1
+    #: The ``seq`` source reads each user's last ``seq_last`` items, the most recent weighted 1 and each older
+    #: one ``seq_recency ** m`` (pipeline.recall.sequential.SeqParams).
+    seq_last: int = 3
+    seq_recency: float = 0.5
     #: Favourite top-level categories used by ``category`` and ``trending``.
     favourite_categories: int = 2
     #: Share of ``n_candidates`` each source's best items are guaranteed in the merge, whatever their
     #: p_recall (so content keeps cold items in the list and no single strong source crowds out the rest).
     reserve: dict[str, float] = field(default_factory=lambda: {
-        "retarget": 0.1, "item-cf": 0.15, "als": 0.15, "search": 0.05, "content": 0.1, "category": 0.05,
+        "retarget": 0.1, "item-cf": 0.15, "seq": 0.15, "als": 0.15, "search": 0.05, "content": 0.1, "category": 0.05,
         "trending": 0.05})
 
 
@@ -188,6 +199,25 @@ def itemcf_source(hist: pd.DataFrame, neighbours: pd.DataFrame, cfg: RecallConfi
 
 #: Users scored per ALS product: a fixed shape (see als_source) and a bounded (block x items) score matrix.
 ALS_BLOCK = 256
+
+
+def seq_source(events: pd.DataFrame, followers: pd.DataFrame, cfg: RecallConfig, n: int) -> pd.DataFrame | None:
+    """Followers of each user's last items; score = sum of recency weight x follower score; anchor = the item
+    whose followers contributed most (the item it "often comes after")."""
+    from pipeline.recall.sequential import last_items
+
+    if events.empty or followers is None or followers.empty:
+        return None
+    last = last_items(events, cfg.seq_last, cfg.seq_recency)
+    pairs = last.merge(followers[["item_id", "next_item_id", "score"]], on="item_id", how="inner")
+    if pairs.empty:
+        return None
+    pairs["contrib"] = pairs["weight"] * pairs["score"]
+    pairs = pairs.sort_values(["user_id", "next_item_id", "contrib", "item_id"], ascending=[True, True, False, True])
+    agg = pairs.groupby(["user_id", "next_item_id"], sort=False).agg(
+        recall_score=("contrib", "sum"), anchor_item_id=("item_id", "first")).reset_index()
+    return _top_per_user(_frame(agg["user_id"], agg["next_item_id"], "seq", _norm(agg["recall_score"], agg["user_id"]),
+                                agg["anchor_item_id"].to_numpy()), n)
 
 
 def als_source(users: np.ndarray, hist: pd.DataFrame, factors: Factors, n: int) -> pd.DataFrame | None:
@@ -482,10 +512,12 @@ def _merge(cand: pd.DataFrame, n: int, reserve: dict[str, float] | None = None,
 def generate_candidates(users: np.ndarray, events: pd.DataFrame, neighbours: pd.DataFrame,
                         item_feats: pd.DataFrame, cfg: RecallConfig, *, factors: Factors | None = None,
                         content_index: ContentIndex | None = None, text_index: TextIndex | None = None,
-                        sources: tuple[str, ...] | None = None, tables: ItemTables | None = None) -> pd.DataFrame:
+                        sources: tuple[str, ...] | None = None, tables: ItemTables | None = None,
+                        followers: pd.DataFrame | None = None) -> pd.DataFrame:
     """Merged, de-duplicated, filtered candidates for ``users`` (every user gets ``n_candidates`` when the
     available catalogue has that many items). Optional inputs switch on their source: ``factors`` (als),
-    ``content_index`` (content), ``text_index`` (search; built from ``item_feats.title`` when absent).
+    ``content_index`` (content), ``text_index`` (search; built from ``item_feats.title`` when absent),
+    ``followers`` (seq: :data:`pipeline.recall.sequential.FOLLOWER_COLUMNS`).
     ``sources`` restricts the sources (evaluation of one source); popularity is kept only if listed.
     ``tables``: :func:`item_tables` of ``item_feats``, when the caller reuses them across calls."""
     users = np.unique(np.asarray(users, dtype="int64"))
@@ -507,6 +539,9 @@ def generate_candidates(users: np.ndarray, events: pd.DataFrame, neighbours: pd.
                        recent["item_id"].to_numpy())
             frames.append(_top_per_user(r, quota.get("retarget", 50)))
     if "item-cf" in use and (f := itemcf_source(hist, neighbours, cfg, quota.get("item-cf", 150))) is not None:
+        frames.append(f)
+    if "seq" in use and followers is not None and (f := seq_source(events, followers, cfg,
+                                                                   quota.get("seq", 100))) is not None:
         frames.append(f)
     if "als" in use and factors is not None and (f := als_source(users, hist, factors,
                                                                  quota.get("als", 150))) is not None:

@@ -1,7 +1,9 @@
 """The two entry points the nightly run calls: the CF/ALS build and the per-shard candidate generation.
 
 ``build_recall_models`` runs once per run (task ``cf_build``): one interaction matrix from the snapshot,
-item-item neighbours on the Dask workers (``snapshot/neighbours.parquet``, published as similar items) and
+item-item neighbours on the Dask workers (``snapshot/neighbours.parquet``, published as similar items),
+each item's top-K "followed-by" items for the ``seq`` source (``snapshot/followers.parquet``, streamed from the
+snapshot's date partitions in time order, see :class:`~pipeline.recall.sequential.FollowerBuilder`) and
 ALS factors under ``<run_dir>/recall/als/``. ``candidates_for_users`` is one Dask task: it loads what a
 shard needs from the snapshot (its users' events, item features, neighbours, the factors and the content
 index when present) and returns :func:`pipeline.recall.candidates.generate_candidates`' output.
@@ -10,6 +12,7 @@ index when present) and returns :func:`pipeline.recall.candidates.generate_candi
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -18,12 +21,16 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import ConfigError, InputDataError
-from pipeline.extract.snapshot import read_snapshot
+from pipeline.extract.snapshot import events_path, read_snapshot
 from pipeline.files import write_parquet
 from pipeline.recall.candidates import RecallConfig, generate_candidates
 from pipeline.recall.factors import BM25Weights, Factors, load_factors, save_factors, train_als
 from pipeline.recall.matrix import build_interactions
 from pipeline.recall.neighbours import neighbours_from_interactions
+from pipeline.recall.sequential import FOLLOWER_COLUMNS, FollowerBuilder, SeqParams
+
+#: The ``seq`` source's table in a snapshot (absent: the source is off, e.g. a run that predates it).
+FOLLOWERS = "followers.parquet"
 
 
 def factors_dir(snapshot_dir: str | Path, model: str = "als") -> Path:
@@ -31,12 +38,40 @@ def factors_dir(snapshot_dir: str | Path, model: str = "als") -> Path:
     return Path(snapshot_dir).parent / "recall" / model
 
 
+def event_chunks(snapshot_dir: str | Path, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+    """The snapshot's events one date partition at a time, oldest first (a snapshot written without date
+    partitions comes as one chunk)."""
+    cols = columns or ["event_id", "user_id", "item_id", "event_type", "ts"]
+    root = events_path(snapshot_dir)
+    days = sorted(p for p in root.glob("date=*") if p.is_dir())
+    for part in days or ([root] if root.exists() else []):
+        yield pd.read_parquet(part, columns=cols)
+
+
+def build_followers(snapshot_dir: str | Path, item_ids: np.ndarray, params: SeqParams | None = None) -> dict:
+    """Write ``followers.parquet`` (each catalogue item's top ``params.k`` followers) from the snapshot's
+    events, streamed by date partition; ``params.k`` 0 removes the table (the ``seq`` source is off)."""
+    params = params or SeqParams()
+    out = Path(snapshot_dir) / FOLLOWERS
+    if params.k <= 0:
+        out.unlink(missing_ok=True)
+        return {"follower_rows": 0}
+    b = FollowerBuilder(item_ids, params)
+    for chunk in event_chunks(snapshot_dir):
+        b.add(chunk)
+    table = b.table()
+    write_parquet(table, out)
+    return {"follower_rows": len(table), "items_with_followers": int(table["item_id"].nunique()),
+            "follower_events": b.events, "follower_pairs": int(b.counts.nnz)}
+
+
 def build_recall_models(snapshot_dir: str | Path, as_of: datetime, client: object, *, weights: dict[str, float],
                         half_life_days: dict[str, float], k: int = 20, factors: int = 64, seed: int = 42,
                         regularization: float = 20.0, alpha: float = 3.0, iterations: int = 15,
                         method: str = "cosine", block_size: int | None = None, algorithm: str | None = None,
-                        weighting: str = "none", decay_from: str = "as_of") -> dict:
-    """Write ``neighbours.parquet`` (item-CF on Dask) and the ALS factors of the run; return counts/seconds.
+                        weighting: str = "none", decay_from: str = "as_of", seq_k: int | None = None) -> dict:
+    """Write ``neighbours.parquet`` (item-CF on Dask), ``followers.parquet`` (``seq_k`` followers per item, the
+    settings' ``seq_neighbours`` when None; 0: none) and the ALS factors of the run; return counts/seconds.
 
     ``weighting="bm25"`` trains ALS on :class:`~pipeline.recall.factors.BM25Weights` of the interaction
     weights, saved with the factors so a fold-in weights a new history alike."""
@@ -61,6 +96,12 @@ def build_recall_models(snapshot_dir: str | Path, as_of: datetime, client: objec
     out = {"users": len(inter.user_ids), "items": len(inter.item_ids), "nnz": int(inter.user_items.nnz),
            "neighbour_rows": len(nb), "items_with_neighbours": int(nb["item_id"].nunique()),
            "matrix_seconds": round(t1 - t0, 3), "itemcf_seconds": round(t2 - t1, 3)}
+    if seq_k is None:
+        from pipeline.settings import get_settings
+
+        seq_k = get_settings().seq_neighbours
+    out.update(build_followers(snap, inter.item_ids, SeqParams(k=seq_k)))
+    t2, out["seq_seconds"] = time.perf_counter(), round(time.perf_counter() - t2, 3)
     if inter.user_items.nnz:
         bm25, matrix = BM25Weights.fit_transform(inter.user_items) if weighting == "bm25" else (None, inter.user_items)
         uf, itf, meta = train_als(matrix, factors=factors, regularization=regularization, alpha=alpha,
@@ -75,7 +116,7 @@ def _stamp(snap: str) -> tuple:
     """(name, mtime_ns, size) of every file ``_shared`` reads: a re-run of a stage for the same run (the run
     id is the date) rewrites them, and a long-lived worker must not keep serving the first attempt's copy."""
     p = Path(snap)
-    files = [p / f for f in ("items.parquet", "item_features.parquet", "neighbours.parquet")]
+    files = [p / f for f in ("items.parquet", "item_features.parquet", "neighbours.parquet", FOLLOWERS)]
     files += [factors_dir(p) / f for f in ("user_factors.npy", "item_factors.npy", "user_ids.npy", "item_ids.npy")]
     return tuple((f.name, st.st_mtime_ns, st.st_size) for f in files if (st := _stat(f)) is not None)
 
@@ -112,6 +153,19 @@ def _shared_cached(snap: str, stamp: tuple) -> tuple[pd.DataFrame, pd.DataFrame,
     fdir = factors_dir(p)
     fac = load_factors(fdir) if (fdir / "item_factors.npy").exists() else None
     return feats, nb, fac
+
+
+def load_followers(snap: str | Path) -> pd.DataFrame | None:
+    """The run's ``followers.parquet`` (once per worker and version of the snapshot's files); None when the
+    run has none (the ``seq`` source is off)."""
+    snap = str(Path(snap).resolve())
+    return _followers_cached(snap, _stamp(snap))
+
+
+@lru_cache(maxsize=2)
+def _followers_cached(snap: str, stamp: tuple) -> pd.DataFrame | None:
+    f = Path(snap) / FOLLOWERS
+    return pd.read_parquet(f, columns=FOLLOWER_COLUMNS[:3]) if f.exists() else None
 
 
 def _text_index(snap: str):  # noqa: ANN202 - TextIndex
@@ -154,4 +208,4 @@ def candidates_for_users(users: np.ndarray, snapshot_dir: str | Path, as_of: dat
     text_index = _text_index(snap) if "search" in want and (events["event_type"] == "search").any() else None
     content = content_index_for(snap) if "content" in want else None
     return generate_candidates(users, events, nb, feats, cfg, factors=fac, content_index=content,
-                               text_index=text_index, sources=sources)
+                               text_index=text_index, sources=sources, followers=load_followers(snap))

@@ -2,9 +2,10 @@
 
 For the refresh's tests and benchmark (and a refresh demo on a shop that has no nightly run yet): it writes
 the files a nightly run leaves under ``RERANK_HOME/runs/<run_id>/snapshot`` (``items.parquet``,
-``item_features.parquet``, ``neighbours.parquet``) from simple statistics (decayed activity, co-occurrence
-cosine neighbours) and publishes popularity lists with :func:`pipeline.publish.swap.publish_run`. It is a
-stand-in with the nightly run's file names and columns, not a substitute for its quality.
+``item_features.parquet``, ``neighbours.parquet``, ``followers.parquet``) from simple statistics (decayed
+activity, co-occurrence cosine neighbours, the seq source's followers) and publishes popularity lists with
+:func:`pipeline.publish.swap.publish_run`. It is a stand-in with the nightly run's file names and columns, not a
+substitute for its quality.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import scipy.sparse as sp
 from pipeline.db.engine import connect
 from pipeline.features.items import decayed_weight, top_category
 from pipeline.files import write_parquet
+from pipeline.recall.sequential import FollowerBuilder
 
 WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
 HALF_LIFE = {"view": 7.0, "click": 10.0, "add_to_cart": 14.0, "purchase": 30.0}
@@ -81,6 +83,9 @@ def seed_live_run(url: str, home: str | Path, as_of: datetime, *, run_id: str = 
     write_parquet(items, snap / "items.parquet")
     write_parquet(feats, snap / "item_features.parquet")
     write_parquet(nb, snap / "neighbours.parquet")
+    fb = FollowerBuilder(items["item_id"].to_numpy())
+    fb.add(events)
+    write_parquet(fb.table(), snap / "followers.parquet")
 
     users = _read(url, "SELECT user_id FROM shop.users WHERE created_at < %s ORDER BY user_id", (as_of,),
                   ["user_id"])["user_id"].to_numpy(dtype="int64")

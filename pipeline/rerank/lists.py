@@ -23,6 +23,8 @@ from pipeline.rerank.rules import apply_rules, purchase_exclusions, rule_effects
 OUTPUT_COLUMNS = ["user_id", "rank", "item_id", "score", "reason", "anchor_item_id", "source", "variant"]
 #: Sources whose anchor is an item of the user's history ("because you viewed X").
 ANCHORED_SOURCES = ("item-cf", "content", "session", "als-neighbour", "co-view")
+#: Sources whose anchor is the history item the candidate often comes *after* in shoppers' sequences.
+FOLLOWING_SOURCES = ("seq",)
 
 __all__ = ["FUSIONS", "OUTPUT_COLUMNS", "fill_empty_lists", "finalize_lists", "fuse", "reason_text"]
 
@@ -63,9 +65,12 @@ def reason_text(source: str, anchor_title: object, anchor_bought: bool, category
         return how + _quote(anchor_title) + (" you bought" if anchor_bought else " you viewed")
     if source in ANCHORED_SOURCES and has_anchor:
         return ("bought together with " if anchor_bought else "because you viewed ") + _quote(anchor_title)
+    if source in FOLLOWING_SOURCES and has_anchor:
+        return ("often bought after " if anchor_bought else "often viewed after ") + _quote(anchor_title)
     if source == "retarget":
         return "you viewed this recently"
-    if (source == "category" or source in ANCHORED_SOURCES) and isinstance(category, str) and category:
+    if (source == "category" or source in ANCHORED_SOURCES or source in FOLLOWING_SOURCES) and isinstance(
+            category, str) and category:
         return f"popular in {category}"
     if source == "new":
         return "new arrival"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 import psycopg2
@@ -56,6 +57,12 @@ def test_every_user_gets_a_full_list_with_reasons(shop: str, rerank_env: dict[st
     assert not lists.duplicated(["user_id", "item_id"]).any()
     assert lists["reason"].str.len().gt(0).all()
     assert set(lists["source"]) >= {"item-cf", "popularity"}
+    # cf_build wrote the seq source's followers from the extracted (date-partitioned) snapshot
+    snap = Path(rerank_env["RERANK_HOME"]) / "runs" / res["run_id"] / "snapshot"
+    assert res["cf_build"]["follower_rows"] == len(pd.read_parquet(snap / "followers.parquet")) > 0
+    assert res["cf_build"]["follower_events"] > 0 and len(list((snap / "events").glob("date=*"))) > 1
+    seq = lists[lists["source"] == "seq"]
+    assert len(seq) and seq["reason"].str.match("often (bought|viewed) after \u201c").all()
     assert lists["run_id"].nunique() == 1
     # Personal sources reach returning users: not everyone gets the same popularity list.
     assert lists.groupby("user_id")["item_id"].apply(tuple).nunique() > n_users // 4

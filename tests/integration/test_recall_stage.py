@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.recall.candidates import RecallConfig
 from pipeline.recall.itemcf import similarity_topk_dask, similarity_topk_dense
+from pipeline.recall.sequential import SeqParams
 from pipeline.recall.stage import build_recall_models, candidates_for_users, factors_dir
 
 pytestmark = pytest.mark.integration
@@ -96,7 +97,13 @@ def test_build_and_candidates_for_every_user(snapshot: Path, client) -> None:
     sizes = c.groupby("user_id").size()
     assert n_avail > 60 + 20 and len(sizes) == len(users) and (sizes == 60).all()
     assert not c.duplicated(["user_id", "item_id"]).any()
-    assert {"item-cf", "als", "content", "retarget"} <= set(c["source"])
+    assert {"item-cf", "seq", "als", "content", "retarget"} <= set(c["source"])
+    # the seq source's followers, built by cf_build from the snapshot's events
+    fol = pd.read_parquet(snapshot / "followers.parquet")
+    assert list(fol.columns) == ["item_id", "next_item_id", "score", "rank"]
+    assert out["follower_rows"] == len(fol) > 0 and fol.groupby("item_id")["rank"].max().max() <= 50
+    seq = c[c["source"] == "seq"]
+    assert seq["anchor_item_id"].notna().all() and (seq["score_seq"] > 0).all()
     assert c["sources"].str.contains("popularity").any()
     assert c.loc[c["user_id"] == 987654321, "source"].isin(["category", "trending", "popularity"]).all()
     assert c["item_id"].isin([100001, 100002]).any()  # cold items reached through content
@@ -170,3 +177,40 @@ def test_a_merchandisers_repurchase_window_lets_recall_keep_the_bought_items(
                     weights=WEIGHTS, half_life=HALF_LIFE, variants={"control": {"weight": 1}, "back": {"weight": 1e-9,
                                                                                     "repurchase_days": {top: 0.0}}})
     assert item in set(kept["cand"]["item_id"])
+
+
+def test_followers_streamed_by_date_partition_equal_one_read(snapshot: Path, client, tmp_path: Path) -> None:
+    """The extract's layout (events/date=YYYY-MM-DD/) is read one day at a time, each user's last items carried
+    to the next day: the table is the one a single read of every event gives. seq_k=0 removes it (source off)."""
+    import shutil
+
+    from pipeline.recall.stage import build_followers, event_chunks, load_followers
+
+    snap = tmp_path / "run" / "snapshot"
+    shutil.copytree(snapshot, snap)
+    items = np.sort(pd.read_parquet(snap / "items.parquet")["item_id"].to_numpy())
+    build_followers(snap, items)
+    whole = pd.read_parquet(snap / "followers.parquet")
+    ev = pd.read_parquet(snap / "events" / "part.0.parquet")
+    (snap / "events" / "part.0.parquet").unlink()
+    for day, part in ev.groupby(ev["ts"].dt.strftime("%Y-%m-%d")):
+        (snap / "events" / f"date={day}").mkdir()
+        part.to_parquet(snap / "events" / f"date={day}" / "part-0.parquet", index=False)
+    assert sum(1 for _ in event_chunks(snap)) == ev["ts"].dt.date.nunique() > 1
+    out = build_followers(snap, items)
+    by_day = pd.read_parquet(snap / "followers.parquet")
+    pd.testing.assert_frame_equal(by_day[["item_id", "next_item_id", "rank"]], whole[["item_id", "next_item_id",
+                                                                                          "rank"]])
+    np.testing.assert_allclose(by_day["score"], whole["score"], rtol=1e-5)
+    assert out["follower_rows"] == len(by_day) and out["follower_events"] > 0
+    assert load_followers(snap) is not None
+    from pipeline.recommend import load_artefacts
+
+    assert load_artefacts(snap, fold_in=True).followers is not None  # as the refresh loads the live run
+    build_followers(snap, items, SeqParams(k=0))
+    assert not (snap / "followers.parquet").exists() and load_followers(snap) is None
+    assert load_artefacts(snap, fold_in=True).followers is None  # a run without the table: the source is off
+    cfg = RecallConfig(as_of=AS_OF, n_candidates=60, weights=WEIGHTS, half_life_days=HALF_LIFE)
+    users = pd.read_parquet(snap / "users.parquet")["user_id"].to_numpy()[:50]
+    c = candidates_for_users(users, snap, AS_OF, cfg)
+    assert "seq" not in set(c["source"]) and (c["score_seq"] == 0).all()

@@ -436,6 +436,7 @@ def test_cached_and_uncached_live_run_build_the_same_lists(shop: tuple[str, str]
     live.clear_cache()
     run = live.load_live(url, home, pub, pub["champion"])
     assert live.load_live(url, home, pub, pub["champion"]) is run  # the second batch's lookup hits the cache
+    assert run.art.followers is not None and len(run.art.followers)  # the seq source's table loads here too
     cached = [recommend(users, history, run.art, now, CFG, fresh_ids=np.array(ids))[0] for _ in range(2)]
     live.clear_cache()
     fresh_run = live.load_live(url, home, pub, pub["champion"])

@@ -180,13 +180,14 @@ def test_no_leakage_across_the_cutoff() -> None:
     fake["event_type"] = "purchase"
     extra = fake.assign(event_id=fake["event_id"] + 10_000_000, user_id=fake["user_id"].iloc[::-1].to_numpy())
     tampered = pd.concat([ev[~after], fake, extra], ignore_index=True).sample(frac=1.0, random_state=1)
-    fn = recall_candidate_fn(shop.items, n_candidates=30)
+    fn = recall_candidate_fn(shop.items, n_candidates=30, seq_k=20)  # the seq source's followers too
     users = np.unique(ev["user_id"].to_numpy())
     a = build_window(ev, t, AS_OF, fn)
     b = build_window(tampered, t, AS_OF, fn)
     ca = fn(users, a.history, t)
     cb = fn(users, b.history.sort_values(["ts", "event_id"]), t)
     pd.testing.assert_frame_equal(ca.reset_index(drop=True), cb.reset_index(drop=True))
+    assert (ca["score_seq"] > 0).any()
     space = FeatureSpace.fit(shop.items, ev["item_id"].dropna().to_numpy(), ["item-cf"], seq_len=10)
     sa, sb = user_sequences(ev, users, t, space), user_sequences(tampered, users, t, space)
     for k in sa:

@@ -66,7 +66,8 @@ def _random_candidates(seed: int, users: int = 40, items: int = 60, rows: int = 
     anchor = pd.array(np.where(rng.random(rows) < 0.5, rng.integers(1, items, rows), -1), dtype="Int64")
     anchor[anchor == -1] = pd.NA
     return pd.DataFrame({"user_id": rng.integers(1, users + 1, rows) * 1000, "item_id": rng.integers(1, items, rows),
-                         "source": rng.choice(list(SOURCES), rows, p=[.1, .2, .1, .05, .05, .15, .15, .2]),
+                         "source": rng.choice(list(SOURCES), rows,
+                                              p=[.1, .15, .05, .1, .05, .05, .15, .15, .2]),
                          "recall_score": score, "anchor_item_id": anchor})
 
 
@@ -81,7 +82,7 @@ def _assert_same(new: pd.DataFrame, ref: pd.DataFrame) -> None:
 @pytest.mark.parametrize("n", [5, 30, 200])
 def test_merge_equals_the_pandas_reference(seed: int, n: int) -> None:
     cand = _random_candidates(seed)
-    reserve = {"retarget": 0.1, "item-cf": 0.2, "als": 0.15, "category": 0.1, "trending": 0.05}
+    reserve = {"retarget": 0.1, "item-cf": 0.2, "seq": 0.1, "als": 0.15, "category": 0.1, "trending": 0.05}
     _assert_same(_merge(cand, n, reserve), _reference_merge(cand, n, reserve))
     _assert_same(_merge(cand, n), _reference_merge(cand, n))
 
