@@ -470,6 +470,40 @@ def test_category_source_ranks_the_users_own_shelves_by_share_times_shelf_popula
     assert 5 not in got.index  # the most popular item of the shop is on none of the user's shelves
 
 
+def test_category_source_on_coarse_shelves_equals_share_times_popularity_over_every_item() -> None:
+    """Two shelves of 300 items each with tied activities (a catalogue with coarse categories): each user's
+    category rows are the brute-force top n of share * in-shelf popularity over every item of the user's
+    shelves (ties by item id), though the source only ever joins each shelf's top n items."""
+    rng = np.random.default_rng(5)
+    n_items = 600
+    items = pd.DataFrame({"item_id": np.arange(1, n_items + 1), "title": "x", "brand": "b",
+                          "category": np.where(np.arange(n_items) < 300, "A>a", "B>b"), "in_stock": True,
+                          "visible": True})
+    feats = _feats(items.head(7)).head(0)  # the helper's columns, then this catalogue's rows
+    feats = items.assign(activity=rng.integers(1, 6, n_items).astype(float), recent_events=1, trend=0.1,
+                         top_category=items["category"].str.split(">").str[0])[list(feats.columns)]
+    users = np.arange(1, 41)
+    ev = pd.DataFrame({"event_id": np.arange(1, 201), "user_id": np.repeat(users, 5),
+                       "item_id": pd.array(rng.integers(1, n_items + 1, 200), dtype="Int64"), "event_type": "view",
+                       "query": None, "ts": AS_OF - timedelta(hours=1)})
+    n = 25
+    cfg = RecallConfig(as_of=AS_OF, n_candidates=n, weights={"view": 1.0}, half_life_days={"view": 1e9},
+                       per_source={"category": n})
+    got = generate_candidates(users, ev, pd.DataFrame(columns=["item_id", "neighbour_id", "score"]), feats, cfg,
+                              sources=("category",))
+    shelf_of = dict(zip(items["item_id"], items["category"], strict=True))
+    act = dict(zip(feats["item_id"], feats["activity"], strict=True))
+    total = {c: sum(a for i, a in act.items() if shelf_of[i] == c) for c in ("A>a", "B>b")}
+    for u in users:
+        mine = ev.loc[ev["user_id"] == u, "item_id"].astype(int)
+        share = mine.map(shelf_of).value_counts(normalize=True)
+        brute = sorted(((share.get(shelf_of[i], 0.0) * act[i] / total[shelf_of[i]], i) for i in act
+                        if shelf_of[i] in share.index), key=lambda t: (-t[0], t[1]))
+        want = [i for _, i in brute][:n]
+        have = got[got["user_id"] == u].sort_values(["score_category", "item_id"], ascending=[False, True])
+        assert have["item_id"].tolist() == want
+
+
 def test_category_source_falls_back_to_the_top_level_when_the_users_shelves_sell_nothing() -> None:
     items = pd.DataFrame({"item_id": [1, 2, 3], "title": ["k1", "b1", "b2"], "brand": "b",
                           "category": ["Home>Kitchen>Knives", "Home>Kitchen>Boards", "Home>Kitchen>Boards"],
