@@ -162,10 +162,10 @@ def _load_cached(snap: str, artifact_uri: str, fold_in: bool, stamp: tuple, mode
 def _load(snap: str, artifact_uri: str, fold_in: bool, stamp: tuple, model_version: str | None,
           neighbours: pd.DataFrame | None) -> Artefacts:
     from pipeline.recall.content import content_index_for
-    from pipeline.recall.stage import _shared, load_followers
+    from pipeline.recall.stage import load_followers, run_recall_tables
     from pipeline.rerank import load_item_embeddings
 
-    feats, nb, fac = _shared(snap)
+    feats, nb, fac = run_recall_tables(snap)
     if neighbours is not None:
         nb = neighbours
     if fac is not None and fold_in:

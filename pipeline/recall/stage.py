@@ -113,8 +113,9 @@ def build_recall_models(snapshot_dir: str | Path, as_of: datetime, client: objec
 
 
 def _stamp(snap: str) -> tuple:
-    """(name, mtime_ns, size) of every file ``_shared`` reads: a re-run of a stage for the same run (the run
-    id is the date) rewrites them, and a long-lived worker must not keep serving the first attempt's copy."""
+    """(name, mtime_ns, size) of every file :func:`run_recall_tables` reads: a re-run of a stage for the same
+    run (the run id is the date) rewrites them, and a long-lived worker must not keep serving the first
+    attempt's copy."""
     p = Path(snap)
     files = [p / f for f in ("items.parquet", "item_features.parquet", "neighbours.parquet", FOLLOWERS)]
     files += [factors_dir(p) / f for f in ("user_factors.npy", "item_factors.npy", "user_ids.npy", "item_ids.npy")]
@@ -128,7 +129,7 @@ def _stat(f: Path):  # noqa: ANN202 - os.stat_result | None
         return None
 
 
-def _shared(snap: str) -> tuple[pd.DataFrame, pd.DataFrame, Factors | None]:
+def run_recall_tables(snap: str) -> tuple[pd.DataFrame, pd.DataFrame, Factors | None]:
     """What every shard of a run reads (item features with titles, neighbours, factors): once per worker
     and version of the files."""
     return _shared_cached(snap, _stamp(snap))
@@ -203,7 +204,7 @@ def candidates_for_users(users: np.ndarray, snapshot_dir: str | Path, as_of: dat
         from pipeline.extract import read_events
 
         events = read_events(snap, filters=[("user_id", "in", users.tolist())])
-    feats, nb, fac = _shared(snap)
+    feats, nb, fac = run_recall_tables(snap)
     want = set(sources or ("search", "content"))
     text_index = _text_index(snap) if "search" in want and (events["event_type"] == "search").any() else None
     content = content_index_for(snap) if "content" in want else None
