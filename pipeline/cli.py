@@ -501,15 +501,22 @@ class _throwaway_database:
         self.started = None if _settings().database_url else _embedded()
         if self.started is not None and self.started.status()["running"]:
             self.started = None  # somebody else's server: leave it running
-        self.scratch = scratch_database(_url())
+        self.server = _url()
+        self.scratch = scratch_database(self.server)
         return self.scratch.__enter__()
 
     def __exit__(self, *exc: object) -> None:
+        from pipeline.db.scratch import server_in_use
+
         try:
             self.scratch.__exit__(*exc)
         finally:
             if self.started is not None:
-                self.started.down()
+                if server_in_use(self.server):  # another evaluation started on it meanwhile: keep it up
+                    print("the embedded PostgreSQL stays up: another evaluation uses it (`rerank db down` stops "
+                          "it)", file=sys.stderr)
+                else:
+                    self.started.down()
 
 
 @publish_app.command("rollback")

@@ -43,3 +43,18 @@ def scratch_database(server_url: str, prefix: str = "rerank_eval") -> Iterator[s
     finally:
         sa_engine.cache_clear()
         run(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def server_in_use(server_url: str, prefix: str = "rerank_eval") -> bool:
+    """Whether another ``<prefix>_*`` scratch database exists on the server: another evaluation is between its
+    create and its drop. A caller that started an embedded server stops it only when this is False, so a
+    second evaluation on the same server keeps its database (the two stopped each other's server before)."""
+    import psycopg2
+
+    conn = psycopg2.connect(with_database(server_url, "postgres"))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_database WHERE starts_with(datname, %s)", (prefix + "_",))
+            return int(cur.fetchone()[0]) > 0
+    finally:
+        conn.close()

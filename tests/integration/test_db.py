@@ -92,3 +92,16 @@ def test_two_concurrent_upgrades_from_scratch_both_end_at_head(new_database) -> 
         outs = [p.communicate(timeout=120) for p in procs]
         assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
         assert migrate.current(url) == migrate.head()
+
+
+def test_an_evaluation_leaves_the_server_up_while_another_evaluations_scratch_database_exists(
+        pg_server: str) -> None:
+    """`rerank evaluate` stops an embedded server it started only when no other evaluation's scratch database
+    is on it (two evaluations at once used to stop each other's server mid-run)."""
+    from pipeline.db.scratch import scratch_database, server_in_use
+
+    prefix = "rerank_evtest"  # not the evaluator's own prefix: other tests' evaluations do not interfere
+    assert not server_in_use(pg_server, prefix=prefix)
+    with scratch_database(pg_server, prefix=prefix):
+        assert server_in_use(pg_server, prefix=prefix)
+    assert not server_in_use(pg_server, prefix=prefix)
