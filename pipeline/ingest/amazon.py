@@ -2,11 +2,14 @@
 
 - ``<Name>.txt``: one user per line, ``user item_1 ... item_n`` in chronological order, no timestamps. Each
   item becomes a ``purchase`` event (a review implies a purchase, and it is the strongest signal these files
-  carry). Timestamps are synthetic and strictly increasing per user: ``2014-01-01 UTC + position days``
-  (position 0 = oldest; the 2014 release is when the reviews were collected), so ``ts`` order is the
-  file's order and leave-one-out splits recover it exactly. Event ids run over the valid events in file
-  order. A line is the row: any bad token refuses the whole line, since a sequence with a hole would
-  silently change every later position; a second line for the same user is a ``duplicate user``.
+  carry). Timestamps are synthetic and strictly increasing per user, one day apart and aligned at the end:
+  every user's last item is at ``END_TS`` (2014-07-01 UTC; the 2014 release is when the reviews were
+  collected), the one before it a day earlier, and so on. So ``ts`` order is the file's order and
+  leave-one-out splits recover it exactly, and a temporal reader (recency decay, the ranker's daily windows,
+  its holdout day) sees every user's latest items near the end, not only those of the few longest lines.
+  Event ids run over the valid events in file order. A line is the row: any bad token refuses the whole
+  line, since a sequence with a hole would silently change every later position; a second line for the same
+  user is a ``duplicate user``.
 - ``<Name>_item2attributes.json``: item -> attribute ids. S3-Rec stores the brand first (when the item has
   one) and then the category ids of the item's category lists minus the root, in order; the id -> name
   map was not published. So: an attribute id that *never* occurs after position 0 in any item is a brand
@@ -43,8 +46,7 @@ from pipeline.ingest.base import (
     safe_text,
 )
 
-BASE_TS = pd.Timestamp("2014-01-01", tz="UTC")
-STEP = pd.Timedelta(days=1)
+END_TS = pd.Timestamp("2014-07-01", tz="UTC")
 HINT = "PATH is <Name>.txt (lines `user item1 item2 ...`), with <Name>_item2attributes.json beside it"
 
 
@@ -70,7 +72,8 @@ def read_sequences(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     ok = rows.ok
     line, tok, p = flat.index.to_numpy(), flat.to_numpy(), pos.to_numpy()
     sel = ok.reindex(line).to_numpy(dtype=bool) & (p > 0)
-    ts = BASE_TS + pd.to_timedelta(p[sel] - 1, unit="D")
+    last = n.reindex(line[sel]).to_numpy() - 1  # the line's last item's position
+    ts = END_TS - pd.to_timedelta(last - p[sel], unit="D")
     events = event_frame(np.arange(1, int(sel.sum()) + 1), good_user.reindex(line[sel]).to_numpy(),
                          tok[sel].astype("int64"), "purchase", ts)
     return events, rows.rejects()

@@ -118,6 +118,8 @@ def test_amazon_s3rec(tmp_path: Path) -> None:
     assert u1["item_id"].tolist() == [1, 2, 3]
     assert u1["ts"].is_monotonic_increasing and u1["ts"].is_unique
     assert (u1["ts"].diff().dropna() == pd.Timedelta(days=1)).all()
+    # aligned at the end: every user's last item on the same day, so recency means the same for all users
+    assert ev.groupby("user_id")["ts"].max().nunique() == 1
     reasons = dict(zip([r["line"] for r in f.rejects["raw"]], f.rejects["reason"], strict=True))
     assert "bad item_id 'x'" in reasons[3]
     assert reasons[4].startswith("duplicate user: same key as line 1")
