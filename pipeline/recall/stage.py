@@ -101,7 +101,9 @@ def build_recall_models(snapshot_dir: str | Path, as_of: datetime, client: objec
 
         seq_k = get_settings().seq_neighbours
     out.update(build_followers(snap, inter.item_ids, SeqParams(k=seq_k)))
-    t2, out["seq_seconds"] = time.perf_counter(), round(time.perf_counter() - t2, 3)
+    t3 = time.perf_counter()
+    out["seq_seconds"] = round(t3 - t2, 3)
+    t2 = t3  # ALS is timed from here
     if inter.user_items.nnz:
         bm25, matrix = BM25Weights.fit_transform(inter.user_items) if weighting == "bm25" else (None, inter.user_items)
         uf, itf, meta = train_als(matrix, factors=factors, regularization=regularization, alpha=alpha,
