@@ -46,7 +46,14 @@ def test_train_gate_promote_and_score(snapshot: Path, rerank_env: dict[str, str]
 
     from pipeline.cli import app
 
-    shown = CliRunner().invoke(app, ["models", "list"], env={"RERANK_DATABASE_URL": url, "COLUMNS": "200"})
+    from pipeline import cli
+
+    # the CLI's console took its width when pipeline.cli was first imported (80 without a terminal): widen it
+    width, cli.out.width = cli.out.width, 200
+    try:
+        shown = CliRunner().invoke(app, ["models", "list"], env={"RERANK_DATABASE_URL": url, "COLUMNS": "200"})
+    finally:
+        cli.out.width = width
     assert shown.exit_code == 0, shown.output
     assert "new items" in shown.output and f"{res['ndcg@10_new']:.4f}" in shown.output
     # The lead's shard function: load once, score raw candidate frames.
