@@ -59,14 +59,23 @@ def touched_in(events: pd.DataFrame, start: datetime, end: datetime) -> pd.DataF
                          "item_id": ev["item_id"].to_numpy(dtype=np.int64)}).drop_duplicates()
 
 
+#: Candidate columns the ranker never reads: windows drop them (a string and a nullable integer per row).
+_NOT_RANKED = ("sources", "anchor_item_id")
+
+
 def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_days: int = 7,
                         weights: dict[str, float] | None = None, half_life_days: dict[str, float] | None = None,
                         neighbours_k: int = 20, decay_from: str = "as_of", als: dict | None = None,
-                        priors: dict[str, float] | None = None, seq_k: int = 0) -> CandidateFn:
+                        priors: dict[str, float] | None = None, seq_k: int = 0,
+                        chunk_users: int = 2000) -> CandidateFn:
     """The production recall (``generate_candidates``) at a cut-off, with neighbours, ALS factors and item
     statistics rebuilt from the events before it (the run's neighbours and factors saw the whole period, the
     labels included). ``als``: train_als' parameters and ``weighting`` (as cf_build's); None: no ALS source.
-    ``seq_k``: followers per item of the ``seq`` source (as cf_build's; 0: no seq source)."""
+    ``seq_k``: followers per item of the ``seq`` source (as cf_build's; 0: no seq source).
+
+    Recall runs ``chunk_users`` users at a time (a user's candidates do not depend on the others'), so its
+    working memory follows that budget, not the window's users; the frames keep the columns the ranker reads
+    (not ``sources`` nor ``anchor_item_id``)."""
     from pipeline.features.items import top_category
     from pipeline.rank.features import item_stats_at
     from pipeline.recall.candidates import RecallConfig, generate_candidates
@@ -100,10 +109,17 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
                                "score": pd.Series(dtype="float64")})
         cfg = RecallConfig(as_of=cutoff, n_candidates=n_candidates, recent_days=recent_days, weights=w,
                            half_life_days=hl, decay_from=decay_from, priors=dict(priors or {}))
-        mine = ev[ev["user_id"].isin(users)]
-        return generate_candidates(np.asarray(users, dtype=np.int64), mine, nb, feats, cfg,
-                                   factors=_window_factors(inter, als),
-                                   followers=_window_followers(ev, item_ids, seq_k))
+        factors, followers = _window_factors(inter, als), _window_followers(ev, item_ids, seq_k)
+        users = np.unique(np.asarray(users, dtype=np.int64))
+        parts = []
+        for lo in range(0, len(users), max(int(chunk_users), 1)):
+            chunk = users[lo: lo + max(int(chunk_users), 1)]
+            out = generate_candidates(chunk, ev[ev["user_id"].isin(chunk)], nb, feats, cfg, factors=factors,
+                                      followers=followers)
+            parts.append(out.drop(columns=[c for c in _NOT_RANKED if c in out.columns]))
+        if not parts:
+            return generate_candidates(users, ev.iloc[:0], nb, feats, cfg)
+        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
     return fn
 

@@ -44,9 +44,8 @@ def test_train_gate_promote_and_score(snapshot: Path, rerank_env: dict[str, str]
     assert rows[0]["metrics"]["ndcg@10_new"] == res["ndcg@10_new"]
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
-
     from pipeline import cli
+    from pipeline.cli import app
 
     # the CLI's console took its width when pipeline.cli was first imported (80 without a terminal): widen it
     width, cli.out.width = cli.out.width, 200

@@ -201,6 +201,22 @@ def test_no_leakage_across_the_cutoff() -> None:
     assert (a.history["ts"] < t).all() and (a.labels["user_id"].isin(ev.loc[after, "user_id"])).all()
 
 
+def test_window_recall_in_user_chunks_equals_one_call_and_drops_what_the_ranker_never_reads() -> None:
+    """Training windows run recall ``chunk_users`` users at a time (memory follows that budget): the same rows,
+    in the same order, as ``generate_candidates`` on every user at once, less ``sources`` and the anchor."""
+    from pipeline.datagen.build import build_shop
+
+    shop, _ = build_shop(120, 60, 6, seed=3, end=AS_OF)
+    ev = shop.events.sort_values(["ts", "event_id"]).reset_index(drop=True)
+    t = AS_OF - timedelta(days=1)
+    users = np.unique(ev["user_id"].to_numpy())
+    whole = recall_candidate_fn(shop.items, n_candidates=30, seq_k=20, chunk_users=len(users))(users, ev, t)
+    chunked = recall_candidate_fn(shop.items, n_candidates=30, seq_k=20, chunk_users=7)(users, ev, t)
+    assert len(users) > 7 * 3 and whole["user_id"].nunique() > 7 * 3
+    assert "sources" not in chunked and "anchor_item_id" not in chunked
+    pd.testing.assert_frame_equal(whole.reset_index(drop=True), chunked.reset_index(drop=True))
+
+
 def test_fit_rejects_empty_windows() -> None:
     events, items = _known_answer()
     w = build_window(events.iloc[:0], AS_OF - timedelta(days=1), AS_OF, _fn(items))
