@@ -7,6 +7,26 @@ from contextlib import contextmanager
 
 from pipeline.settings import Settings, get_settings
 
+#: The Dask setting with the environment a nanny gives the worker it starts.
+WORKER_ENVIRON = "distributed.nanny.pre-spawn-environ"
+#: Arrays below this many bytes come from the heap, not a fresh mapping each (see :func:`worker_environ`).
+MMAP_THRESHOLD = 32 * 2**20
+
+
+def worker_environ() -> dict[str, object]:
+    """Dask's worker environment (one BLAS/OpenMP thread per worker, ``MALLOC_TRIM_THRESHOLD_``) plus a fixed
+    glibc mmap threshold of :data:`MMAP_THRESHOLD` bytes.
+
+    Dask sets the trim threshold so that workers give freed memory back; setting it also switches off glibc's
+    adaptive mmap threshold, so every array above 128 KiB was mapped and unmapped afresh. A scoring shard spent
+    40-90 % longer in page faults (tier S, 1,000 users in one process: 7.8-8.3 s with Dask's setting, 4.4-4.7 s
+    with this threshold as well, 4.1-4.3 s with neither; peak RSS 0.88, 1.04 and 0.99 GiB)."""
+    import dask
+
+    env = dict(dask.config.get(WORKER_ENVIRON, default={}) or {})
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD)
+    return env
+
 
 @contextmanager
 def dask_client(settings: Settings | None = None, *, address: str | None = None,
@@ -23,9 +43,12 @@ def dask_client(settings: Settings | None = None, *, address: str | None = None,
         finally:
             client.close()
         return
-    cluster = LocalCluster(n_workers=workers or settings.dask_workers, threads_per_worker=1, processes=True,
-                           # ":0": a free port for the HTTP server (None still binds 8787, and warns when taken)
-                           dashboard_address=":0", memory_limit=settings.worker_memory, silence_logs=40)
+    import dask
+
+    with dask.config.set({WORKER_ENVIRON: worker_environ()}):
+        cluster = LocalCluster(n_workers=workers or settings.dask_workers, threads_per_worker=1, processes=True,
+                               # ":0": a free port for the HTTP server (None still binds 8787, and warns when taken)
+                               dashboard_address=":0", memory_limit=settings.worker_memory, silence_logs=40)
     client = Client(cluster)
     try:
         yield client
