@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 from conftest import SECRETS, interpolate
 
+from pipeline.dask_client import MMAP_THRESHOLD
 from pipeline.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,6 +90,7 @@ def test_dask_cluster_is_where_the_code_looks(compose: dict, env_example: dict[s
         assert svc["build"]["target"] == "dask-worker", name
         assert _mounts(svc)[HOME] == "rerank-home", name
         assert _env(svc)["RERANK_HOME"] == HOME, name
+        assert _env(svc)["MALLOC_MMAP_THRESHOLD_"] == str(MMAP_THRESHOLD), name  # as the LocalCluster's workers
         assert svc["depends_on"]["dask-scheduler"]["condition"] == "service_healthy", name
     assert len(DASK_WORKERS) == 2 and all("profiles" not in services[w] for w in DASK_WORKERS)
     assert "rerank-home" in compose["volumes"]
