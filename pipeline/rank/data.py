@@ -111,14 +111,13 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
                            half_life_days=hl, decay_from=decay_from, priors=dict(priors or {}))
         factors, followers = _window_factors(inter, als), _window_followers(ev, item_ids, seq_k)
         users = np.unique(np.asarray(users, dtype=np.int64))
+        step = max(int(chunk_users), 1)
         parts = []
-        for lo in range(0, len(users), max(int(chunk_users), 1)):
-            chunk = users[lo: lo + max(int(chunk_users), 1)]
+        for lo in range(0, max(len(users), 1), step):  # no users: one empty call, the same columns
+            chunk = users[lo: lo + step]
             out = generate_candidates(chunk, ev[ev["user_id"].isin(chunk)], nb, feats, cfg, factors=factors,
                                       followers=followers)
             parts.append(out.drop(columns=[c for c in _NOT_RANKED if c in out.columns]))
-        if not parts:
-            return generate_candidates(users, ev.iloc[:0], nb, feats, cfg)
         return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
     return fn
