@@ -48,7 +48,11 @@ def dask_client(settings: Settings | None = None, *, address: str | None = None,
     with dask.config.set({WORKER_ENVIRON: worker_environ()}):
         cluster = LocalCluster(n_workers=workers or settings.dask_workers, threads_per_worker=1, processes=True,
                                # ":0": a free port for the HTTP server (None still binds 8787, and warns when taken)
-                               dashboard_address=":0", memory_limit=settings.worker_memory, silence_logs=40)
+                               dashboard_address=":0", memory_limit=settings.worker_memory,
+                               # a failed task raises in the client; a worker's heartbeat into the scheduler
+                               # being closed after a failed stage logs an ERROR with a traceback, which would
+                               # break the CLI's one-line error (seen under load)
+                               silence_logs=50)
     client = Client(cluster)
     try:
         yield client
