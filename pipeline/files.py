@@ -105,3 +105,16 @@ def write_text(path: str | Path, text: str) -> None:
     """``Path(path).write_text(text)``, atomically (see :func:`replacing`)."""
     with replacing(path) as tmp:
         tmp.write_text(text)
+
+
+def files_stamp(paths: list[Path]) -> tuple:
+    """(path, mtime_ns, size) of each of ``paths`` that exists: a cache key that changes when a re-run of a
+    stage rewrites a file, so a long-lived worker does not keep serving the first attempt's copy."""
+    out = []
+    for p in paths:
+        try:
+            st = Path(p).stat()
+        except FileNotFoundError:
+            continue
+        out.append((str(p), st.st_mtime_ns, st.st_size))
+    return tuple(out)

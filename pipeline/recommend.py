@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.files import files_stamp
 from pipeline.frames import pair_index
 from pipeline.recall.candidates import RecallConfig, generate_candidates
 from pipeline.recall.factors import Factors
@@ -98,6 +99,8 @@ class Artefacts:
     model_version: str = "recall-only"
     #: The ``seq`` source's followers table (None: the run has none, the source is off).
     followers: pd.DataFrame | None = None
+    #: The run's snapshot folder: the search index reads its multilingual item text vectors from there.
+    snapshot_dir: str | None = None
 
     @property
     def item_feats(self) -> pd.DataFrame:
@@ -108,30 +111,21 @@ class Artefacts:
         return self.tables.neighbours
 
     def text_index_for(self, events: pd.DataFrame) -> object | None:
-        """The search index, built on first need (only users who searched use it)."""
+        """The search index, built on first need (only users who searched use it): semantic (queries in any
+        language) when the run's features stage wrote multilingual item text vectors, else lexical."""
         if self.text_index is None and (events["event_type"] == "search").any():
-            from pipeline.recall.text import TextIndex, item_texts
+            from pipeline.recall.text import item_texts, search_index
 
             avail = self.tables.available
             if len(avail) and "title" in avail:
-                self.text_index = TextIndex(avail["item_id"].to_numpy(), item_texts(avail).tolist())
+                self.text_index = search_index(avail["item_id"].to_numpy(), item_texts(avail).tolist(),
+                                               self.snapshot_dir)
         return self.text_index
 
 
 def artefacts(item_feats: pd.DataFrame, neighbours: pd.DataFrame, **kw: object) -> Artefacts:
     """:class:`Artefacts` of in-memory frames (item features with titles, neighbours) and optional parts."""
     return Artefacts(tables=run_tables(item_feats, neighbours), **kw)
-
-
-def _stamp(paths: list[Path]) -> tuple:
-    return tuple((str(p), st.st_mtime_ns, st.st_size) for p in paths if (st := _stat(p)) is not None)
-
-
-def _stat(p: Path):  # noqa: ANN202 - os.stat_result | None
-    try:
-        return p.stat()
-    except FileNotFoundError:
-        return None
 
 
 def load_artefacts(snapshot_dir: str | Path, artifact_uri: str | Path | None = None, *, fold_in: bool = False,
@@ -145,13 +139,14 @@ def load_artefacts(snapshot_dir: str | Path, artifact_uri: str | Path | None = N
 
     snap = Path(snapshot_dir).resolve()
     files = [snap / f for f in ("items.parquet", "item_features.parquet", "neighbours.parquet",
-                                "item_embeddings.parquet", "followers.parquet")]
+                                "item_embeddings.parquet", "item_embeddings.json", "item_text_embeddings.parquet",
+                                "followers.parquet")]
     files += [factors_dir(snap) / f for f in ("user_factors.npy", "item_factors.npy")]
     if artifact_uri:
         files += sorted(Path(artifact_uri).glob("*"))
     if neighbours is not None:
-        return _load(str(snap), str(artifact_uri or ""), fold_in, _stamp(files), model_version, neighbours)
-    return _load_cached(str(snap), str(artifact_uri or ""), fold_in, _stamp(files), model_version)
+        return _load(str(snap), str(artifact_uri or ""), fold_in, files_stamp(files), model_version, neighbours)
+    return _load_cached(str(snap), str(artifact_uri or ""), fold_in, files_stamp(files), model_version)
 
 
 @lru_cache(maxsize=2)
@@ -172,7 +167,8 @@ def _load(snap: str, artifact_uri: str, fold_in: bool, stamp: tuple, model_versi
         fac = Factors(user_factors=fac.user_factors[:0], item_factors=fac.item_factors, user_ids=fac.user_ids[:0],
                       item_ids=fac.item_ids, meta=fac.meta, weighting=fac.weighting)
     art = Artefacts(tables=run_tables(feats, nb), factors=fac, content_index=content_index_for(snap),
-                    item_embeddings=load_item_embeddings(Path(snap)), followers=load_followers(snap))
+                    item_embeddings=load_item_embeddings(Path(snap)), followers=load_followers(snap),
+                    snapshot_dir=snap)
     if artifact_uri:
         from pipeline.rank.features import load_item_embeddings as ranker_embeddings
         from pipeline.rank.score import load_model  # cached per worker process
@@ -182,6 +178,24 @@ def _load(snap: str, artifact_uri: str, fold_in: bool, stamp: tuple, model_versi
         art.ranker_emb = ranker_embeddings(str(Path(snap) / "item_embeddings.parquet"))
         art.model_version = model_version or str(getattr(art.ranker, "version", None) or Path(artifact_uri).name)
     return art
+
+
+def recall(users: np.ndarray, events: pd.DataFrame, art: Artefacts, as_of: datetime, cfg: RecommendConfig, *,
+           rerank: RerankConfig | None = None, variants: dict | None = None,
+           sources: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """The recall step of :func:`recommend`: ``users``' merged candidates from the run's artefacts, with every
+    column of :func:`~pipeline.recall.candidates.generate_candidates` (the ranker reads the per-source scores).
+
+    ``rerank``/``variants``: categories whose bought items stay candidates (a repurchase window may bring them
+    back); ``sources``: only these sources (the audit and tests of one source)."""
+    tables = art.tables
+    rcfg = RecallConfig(as_of=as_of, n_candidates=cfg.n_candidates, recent_days=cfg.recent_days,
+                        weights=cfg.weights, half_life_days=cfg.half_life_days, decay_from=cfg.decay_from,
+                        priors=cfg.priors,
+                        repurchasable=repurchasable_categories(rerank, variants, also=RecallConfig.repurchasable))
+    return generate_candidates(np.asarray(users, dtype="int64"), events, tables.neighbours, tables.item_feats,
+                               rcfg, tables=tables.items, factors=art.factors, content_index=art.content_index,
+                               text_index=art.text_index_for(events), followers=art.followers, sources=sources)
 
 
 def recommend(users: np.ndarray, events: pd.DataFrame, art: Artefacts, as_of: datetime, cfg: RecommendConfig, *,
@@ -200,14 +214,8 @@ def recommend(users: np.ndarray, events: pd.DataFrame, art: Artefacts, as_of: da
     without them (the refresh: newer events than the run saw) the ranker computes them from ``events``."""
     users = np.unique(np.asarray(users, dtype="int64"))
     tables = art.tables
-    rcfg = RecallConfig(as_of=as_of, n_candidates=cfg.n_candidates, recent_days=cfg.recent_days,
-                        weights=cfg.weights, half_life_days=cfg.half_life_days, decay_from=cfg.decay_from,
-                        priors=cfg.priors,
-                        repurchasable=repurchasable_categories(rerank, variants, also=RecallConfig.repurchasable))
     # All of generate_candidates' columns stay (per-source scores, ``sources``): the ranker reads them.
-    base = generate_candidates(users, events, tables.neighbours, tables.item_feats, rcfg, tables=tables.items,
-                               factors=art.factors, content_index=art.content_index,
-                               text_index=art.text_index_for(events), followers=art.followers)
+    base = recall(users, events, art, as_of, cfg, rerank=rerank, variants=variants)
     cand, hint = base, np.full(len(base), None, dtype=object)
     if fresh_ids is not None:
         fresh = fresh_events(events, fresh_ids, as_of, cfg.fresh_minutes)

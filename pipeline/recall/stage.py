@@ -4,9 +4,8 @@
 item-item neighbours on the Dask workers (``snapshot/neighbours.parquet``, published as similar items),
 each item's top-K "followed-by" items for the ``seq`` source (``snapshot/followers.parquet``, streamed from the
 snapshot's date partitions in time order, see :class:`~pipeline.recall.sequential.FollowerBuilder`) and
-ALS factors under ``<run_dir>/recall/als/``. ``candidates_for_users`` is one Dask task: it loads what a
-shard needs from the snapshot (its users' events, item features, neighbours, the factors and the content
-index when present) and returns :func:`pipeline.recall.candidates.generate_candidates`' output.
+ALS factors under ``<run_dir>/recall/als/``. ``run_recall_tables`` and ``load_followers`` load what every
+shard reads, once per worker and version of the files (:func:`pipeline.recommend.load_artefacts`).
 """
 
 from __future__ import annotations
@@ -22,8 +21,7 @@ import pandas as pd
 
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.extract.snapshot import events_path, read_snapshot
-from pipeline.files import write_parquet
-from pipeline.recall.candidates import RecallConfig, generate_candidates
+from pipeline.files import files_stamp, write_parquet
 from pipeline.recall.factors import BM25Weights, Factors, load_factors, save_factors, train_als
 from pipeline.recall.matrix import build_interactions
 from pipeline.recall.neighbours import neighbours_from_interactions
@@ -121,14 +119,7 @@ def _stamp(snap: str) -> tuple:
     p = Path(snap)
     files = [p / f for f in ("items.parquet", "item_features.parquet", "neighbours.parquet", FOLLOWERS)]
     files += [factors_dir(p) / f for f in ("user_factors.npy", "item_factors.npy", "user_ids.npy", "item_ids.npy")]
-    return tuple((f.name, st.st_mtime_ns, st.st_size) for f in files if (st := _stat(f)) is not None)
-
-
-def _stat(f: Path):  # noqa: ANN202 - os.stat_result | None
-    try:
-        return f.stat()
-    except FileNotFoundError:
-        return None
+    return files_stamp(files)
 
 
 def run_recall_tables(snap: str) -> tuple[pd.DataFrame, pd.DataFrame, Factors | None]:
@@ -169,46 +160,3 @@ def load_followers(snap: str | Path) -> pd.DataFrame | None:
 def _followers_cached(snap: str, stamp: tuple) -> pd.DataFrame | None:
     f = Path(snap) / FOLLOWERS
     return pd.read_parquet(f, columns=FOLLOWER_COLUMNS[:3]) if f.exists() else None
-
-
-def _text_index(snap: str):  # noqa: ANN202 - TextIndex
-    return _text_index_cached(snap, _stamp(snap))
-
-
-@lru_cache(maxsize=2)
-def _text_index_cached(snap: str, stamp: tuple):  # noqa: ANN202 - TextIndex
-    from pipeline.recall.text import item_texts, search_index
-
-    feats = _shared_cached(snap, stamp)[0]
-    avail = feats[feats["in_stock"].astype(bool) & feats["visible"].astype(bool)]
-    return search_index(avail["item_id"].to_numpy(), item_texts(avail).tolist(), snap)
-
-
-def candidates_for_users(users: np.ndarray, snapshot_dir: str | Path, as_of: datetime,
-                         cfg: RecallConfig | None = None, *, sources: tuple[str, ...] | None = None,
-                         events: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Candidates of one shard of users from the run's snapshot (``generate_candidates``' columns).
-
-    ``cfg`` defaults to the settings' values; ``events`` (the users' events) skips the Parquet read, as the
-    refresh does with its fresh events.
-    """
-    from pipeline.recall.content import content_index_for
-
-    snap = str(Path(snapshot_dir).resolve())
-    if cfg is None:
-        from pipeline.settings import get_settings
-
-        s = get_settings()
-        cfg = RecallConfig(as_of=as_of, n_candidates=s.candidates, recent_days=s.recent_days,
-                           weights=s.event_weights, half_life_days=s.half_life_days)
-    users = np.asarray(users, dtype="int64")
-    if events is None:
-        from pipeline.extract import read_events
-
-        events = read_events(snap, filters=[("user_id", "in", users.tolist())])
-    feats, nb, fac = run_recall_tables(snap)
-    want = set(sources or ("search", "content"))
-    text_index = _text_index(snap) if "search" in want and (events["event_type"] == "search").any() else None
-    content = content_index_for(snap) if "content" in want else None
-    return generate_candidates(users, events, nb, feats, cfg, factors=fac, content_index=content,
-                               text_index=text_index, sources=sources, followers=load_followers(snap))

@@ -144,7 +144,11 @@ def test_content_recall_skips_a_user_without_a_usable_query() -> None:
 
 
 def test_a_shard_reads_the_snapshot_as_it_is_now(tmp_path: Path) -> None:
-    from pipeline.recall.stage import candidates_for_users
+    from pipeline.recommend import RecommendConfig, load_artefacts, recall
+
+    def candidates(users: np.ndarray) -> pd.DataFrame:  # the shared path's recall step, artefacts as a shard loads them
+        cfg = RecommendConfig(n_candidates=30, weights=WEIGHTS, half_life_days=HALF_LIFE)
+        return recall(users, ev, load_artefacts(snap), AS_OF, cfg, sources=("category", "popularity"))
 
     snap = tmp_path / "runs" / "nightly_2026-11-24" / "snapshot"
     snap.mkdir(parents=True)
@@ -152,12 +156,12 @@ def test_a_shard_reads_the_snapshot_as_it_is_now(tmp_path: Path) -> None:
     feats[["item_id", "title", "category", "brand", "in_stock", "visible"]].to_parquet(snap / "items.parquet")
     feats.to_parquet(snap / "item_features.parquet", index=False)
     ev = _events([(1, 1, 1, "view", None, AS_OF - timedelta(days=1))])
-    first = candidates_for_users(np.array([1, 2]), snap, AS_OF, _cfg(), sources=("category", "popularity"), events=ev)
+    first = candidates(np.array([1, 2]))
     assert 2 in set(first["item_id"])
     # the same run (id = the date) is re-extracted: item 2 went out of stock; a long-lived worker re-runs it
     feats.loc[feats["item_id"] == 2, "in_stock"] = False
     feats.to_parquet(snap / "item_features.parquet", index=False)
-    again = candidates_for_users(np.array([1, 2]), snap, AS_OF, _cfg(), sources=("category", "popularity"), events=ev)
+    again = candidates(np.array([1, 2]))
     assert 2 not in set(again["item_id"])
 
 

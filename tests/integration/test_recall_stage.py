@@ -10,15 +10,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.recall.candidates import RecallConfig
 from pipeline.recall.itemcf import similarity_topk_dask, similarity_topk_dense
 from pipeline.recall.sequential import SeqParams
-from pipeline.recall.stage import build_recall_models, candidates_for_users, factors_dir
+from pipeline.recall.stage import build_recall_models, factors_dir
 
 pytestmark = pytest.mark.integration
 AS_OF = datetime(2026, 11, 24, tzinfo=UTC)
 WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
 HALF_LIFE = {"view": 7.0, "click": 10.0, "add_to_cart": 14.0, "purchase": 30.0}
+
+
+def _recall(users: np.ndarray, snap: Path, n: int = 60) -> pd.DataFrame:
+    """The shared path's recall step (pipeline.recommend.recall) on the run's artefacts, as a shard runs it."""
+    from pipeline.extract import read_events
+    from pipeline.recommend import RecommendConfig, load_artefacts, recall
+
+    events = read_events(snap, filters=[("user_id", "in", [int(u) for u in users])])
+    cfg = RecommendConfig(n_candidates=n, weights=WEIGHTS, half_life_days=HALF_LIFE)
+    return recall(np.unique(users), events, load_artefacts(snap), AS_OF, cfg)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +99,7 @@ def test_build_and_candidates_for_every_user(snapshot: Path, client) -> None:
     assert (factors_dir(snapshot) / "meta.json").exists()
     users = pd.read_parquet(snapshot / "users.parquet")["user_id"].to_numpy()
     users = np.append(users, 987654321)  # a user the snapshot has never seen
-    cfg = RecallConfig(as_of=AS_OF, n_candidates=60, weights=WEIGHTS, half_life_days=HALF_LIFE)
-    c = candidates_for_users(users, snapshot, AS_OF, cfg)
+    c = _recall(users, snapshot)
     items = pd.read_parquet(snapshot / "items.parquet")
     n_avail = int((items["in_stock"] & items["visible"]).sum())
     sizes = c.groupby("user_id").size()
@@ -107,7 +115,7 @@ def test_build_and_candidates_for_every_user(snapshot: Path, client) -> None:
     assert c["sources"].str.contains("popularity").any()
     assert c.loc[c["user_id"] == 987654321, "source"].isin(["category", "trending", "popularity"]).all()
     assert c["item_id"].isin([100001, 100002]).any()  # cold items reached through content
-    again = candidates_for_users(users[::-1], snapshot, AS_OF, cfg)
+    again = _recall(users[::-1], snapshot)
     pd.testing.assert_frame_equal(c, again)
 
 
@@ -134,8 +142,7 @@ def test_als_on_bm25_weights_is_the_same_fit_on_the_weighted_matrix(snapshot: Pa
     np.testing.assert_allclose(f.item_factors, itf, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(f.weighting.idf, w.idf)
     users = np.append(pd.read_parquet(snap / "users.parquet")["user_id"].to_numpy()[:20], 987654321)
-    c = candidates_for_users(users, snap, AS_OF, RecallConfig(as_of=AS_OF, n_candidates=60, weights=WEIGHTS,
-                                                              half_life_days=HALF_LIFE))
+    c = _recall(users, snap)
     assert c["user_id"].nunique() == len(users) and "als" in set(c["source"])
     with pytest.raises(ConfigError, match="RERANK_ALS_WEIGHTING"):
         build_recall_models(snap, AS_OF, client, weights=WEIGHTS, half_life_days=HALF_LIFE, weighting="tfidf")
@@ -210,7 +217,6 @@ def test_followers_streamed_by_date_partition_equal_one_read(snapshot: Path, cli
     build_followers(snap, items, SeqParams(k=0))
     assert not (snap / "followers.parquet").exists() and load_followers(snap) is None
     assert load_artefacts(snap, fold_in=True).followers is None  # a run without the table: the source is off
-    cfg = RecallConfig(as_of=AS_OF, n_candidates=60, weights=WEIGHTS, half_life_days=HALF_LIFE)
     users = pd.read_parquet(snap / "users.parquet")["user_id"].to_numpy()[:50]
-    c = candidates_for_users(users, snap, AS_OF, cfg)
+    c = _recall(users, snap)
     assert "seq" not in set(c["source"]) and (c["score_seq"] == 0).all()

@@ -91,3 +91,42 @@ def test_search_recall_finds_an_item_by_a_query_in_the_other_language() -> None:
     assert best.loc[10] == 1 and best.loc[11] == 2  # Chinese query -> English title and the other way round
     lexical = search_source(events, TextIndex(items["item_id"].to_numpy(), texts), cfg, n=1)
     assert lexical is None or 10 not in set(lexical["user_id"])  # words alone cannot cross the language
+
+
+def test_the_shared_path_searches_by_meaning_when_the_run_wrote_multilingual_vectors(tmp_path) -> None:  # noqa: ANN001
+    """pipeline.recommend (nightly shard and refresh) reads the snapshot's multilingual item text vectors for
+    its search source; it used to build a lexical index only, and the semantic one served tests alone."""
+    import json
+
+    from pipeline.features.text import write_embeddings
+    from pipeline.recall.text import SemanticTextIndex
+    from pipeline.recommend import RecommendConfig, load_artefacts, recall
+
+    titles = ["Vorik Wireless Earbuds Black", "Lumora 便携吹风机 A33", "Calum Classic Coffee Maker Blue",
+              "Paxis 瑜伽垫 T10"]
+    cats = ["Electronics", "Beauty", "Home", "Sports"]
+    feats = pd.DataFrame({"item_id": [1, 2, 3, 4], "title": titles, "brand": ["Vorik", "Lumora", "Calum", "Paxis"],
+                          "category": cats, "in_stock": True, "visible": True, "activity": [4.0, 3.0, 2.0, 1.0],
+                          "recent_events": 1, "trend": 0.0, "top_category": cats})
+    snap = tmp_path / "snapshot"
+    snap.mkdir()
+    feats[["item_id", "title", "category", "brand", "in_stock", "visible"]].to_parquet(snap / "items.parquet")
+    feats.to_parquet(snap / "item_features.parquet", index=False)
+    as_of = datetime(2026, 11, 24, tzinfo=UTC)
+    events = pd.DataFrame({"event_id": [1, 2], "user_id": [10, 11], "item_id": pd.array([None, None], dtype="Int64"),
+                           "event_type": "search", "query": ["蓝牙耳机", "hair dryer"], "session_id": "s",
+                           "quantity": 1, "ts": pd.to_datetime([as_of, as_of], utc=True) - pd.Timedelta(hours=1)})
+    cfg = RecommendConfig(n_candidates=4)
+
+    def best() -> pd.Series:
+        c = recall(np.array([10, 11]), events, load_artefacts(snap), as_of, cfg, sources=("search",))
+        return c.sort_values(["user_id", "p_recall"], ascending=[True, False]).groupby("user_id")["item_id"].first()
+
+    lexical = best()  # no vectors in the snapshot: words alone, the Chinese query reaches nothing
+    assert 10 not in lexical.index
+    texts = item_texts(feats).tolist()
+    write_embeddings(feats["item_id"].to_numpy(), encode_texts(texts), snap / "item_text_embeddings.parquet")
+    (snap / "item_embeddings.json").write_text(json.dumps({"method": "multilingual"}))
+    assert isinstance(load_artefacts(snap).text_index_for(events), SemanticTextIndex)
+    found = best()
+    assert found.loc[10] == 1 and found.loc[11] == 2
