@@ -34,6 +34,11 @@ from pipeline.errors import EmbeddedPostgresError
 
 DB_NAME = "rerank"
 SUPERUSER = "postgres"
+#: Server settings for a run's bulk loads and index builds, as the compose service and the RDS parameter group
+#: set them (README, "Postgres for the publish"): the publish's (user_id, rank) index sorts in memory, and a
+#: shop's COPY does not checkpoint every gigabyte of WAL. Only maintenance work takes the 1GB, while it runs.
+SERVER_SETTINGS: dict[str, str] = {"maintenance_work_mem": "1GB", "max_wal_size": "4GB",
+                                   "checkpoint_timeout": "15min", "work_mem": "64MB"}
 #: As root, where the server's folder goes when its user cannot reach RERANK_HOME (one folder per home).
 SERVER_OWNED_BASE = Path("/var/lib/ecom-rerank")
 SECRETS_DIR = "secrets"
@@ -334,6 +339,7 @@ class EmbeddedPostgres:
         for _ in range(3):
             port = port or _free_port()
             opts = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories='' -c fsync=on"
+            opts += "".join(f" -c {k}={v}" for k, v in SERVER_SETTINGS.items())
             proc = self._run(bins, "pg_ctl", "-D", str(self.pgdata), "-l", str(self.log), "-w", "-t", "60",
                              "-o", opts, "start", timeout=90)
             if proc.returncode == 0:

@@ -45,6 +45,10 @@ def test_postgres_16_with_publish_settings(compose: dict) -> None:
     assert pg["image"].startswith("postgres:16")
     cmd = " ".join(_cmd(pg))
     assert "maintenance_work_mem=" in cmd and "max_wal_size=" in cmd
+    # the embedded server (make demo, benchmarks) runs with the same publish settings
+    from pipeline.db.embedded import SERVER_SETTINGS
+
+    assert all(f"{k}={v}" in _cmd(pg) for k, v in SERVER_SETTINGS.items())
     assert any(v.startswith("./docker/postgres-init:") for v in pg["volumes"])
     assert (REPO / "docker" / "postgres-init" / "01-airflow-db.sh").exists()
 

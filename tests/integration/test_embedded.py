@@ -13,8 +13,9 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from psycopg2 import sql
 
-from pipeline.db.embedded import EmbeddedPostgres
+from pipeline.db.embedded import SERVER_SETTINGS, EmbeddedPostgres
 from pipeline.errors import EmbeddedPostgresError
 
 pytestmark = pytest.mark.integration
@@ -46,6 +47,10 @@ def test_two_processes_calling_up_at_once_share_one_server(home: Path) -> None:
     with conn.cursor() as cur:
         cur.execute("SELECT current_database()")
         assert cur.fetchone() == ("rerank",)
+        # the publish's settings, as the compose service sets them
+        for name, value in SERVER_SETTINGS.items():
+            cur.execute(sql.SQL("SHOW {}").format(sql.Identifier(name)))
+            assert cur.fetchone()[0] == value, name
     conn.close()
     pg = EmbeddedPostgres(home)
     assert pg.status()["running"] is True
