@@ -179,10 +179,11 @@ def user_features(home: str, run_id: str, as_of: datetime, dask_address: str | N
     snap = _dir(home, run_id) / "snapshot"
     with _client(client, dask_address) as c:
         out = build_user_features(snap, as_of, c, weights=s.event_weights, half_life_days=s.half_life_days,
-                                  seq_len=50, shard_users=s.shard_users)
+                                  seq_len=50, shard_users=s.shard_users, chunk_rows=s.chunk_rows)
     if url:
         write_feature_tables(url, run_id, snap, which=("users",))
-    return {"users": out["users"], "users_without_events": out["users_without_events"], "parts": out["parts"]}
+    return {"users": out["users"], "users_without_events": out["users_without_events"], "parts": out["parts"],
+            "events_sharded": out["events_sharded"]}
 
 
 @_stage("cf_build")
@@ -327,6 +328,7 @@ def score_users(home: str, run_id: str, as_of: datetime, *, top_n: int, n_candid
             sources[name] = sources.get(name, 0) + int(n)
     return {"users": sum(f["users"] for f in done), "rows": sum(f["rows"] for f in done), "shards": len(done),
             "shard_users": int(shard_size or s.shard_users), "events_sharded": layout["rows"],
+            "events_layout_reused": bool(layout.get("reused")),
             "exhausted_users": sum(f["exhausted"] for f in done), "sources": sources}
 
 

@@ -4,7 +4,8 @@
 one task, whatever the shop's size). ``shard_events`` streams every file of the run's date-partitioned events
 view in record batches of ``chunk_rows`` rows, splits each batch by shard and writes the pieces under
 ``events_by_shard/shard=NNNNN/``: one Dask task per source file, each holding one batch at a time. A shard's
-read (``read_shard_events``) then touches only its own folder.
+read (``read_shard_events``) then touches only its own folder. The user_features stage writes the layout and
+score_users reuses it (same bounds, same event files); a partial run (``--users``) writes its own.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import pandas as pd
 from pipeline.files import replacing_dir
 
 SHARDS_DIR = "events_by_shard"
+#: The layout's key (bounds, source files) and row count, beside the shard folders.
+LAYOUT_FILE = "layout.json"
 
 
 def plan_shards(users: np.ndarray, shard_users: int) -> np.ndarray:
@@ -68,13 +71,35 @@ def _split_file(src: str, dest: str, bounds: np.ndarray, chunk_rows: int, tag: s
     return rows
 
 
+def _layout_key(sources: list[str], bounds: np.ndarray) -> dict:
+    from pipeline.files import files_stamp
+
+    return {"bounds": [int(b) for b in bounds], "sources": [list(x) for x in files_stamp([Path(s) for s in sources])]}
+
+
 def shard_events(snapshot_dir: str | Path, bounds: np.ndarray, client: object | None, *,
-                 chunk_rows: int) -> dict:
-    """Write ``snapshot/events_by_shard`` from ``snapshot/events`` (replacing an earlier layout)."""
+                 chunk_rows: int, reuse: bool = True) -> dict:
+    """Write ``snapshot/events_by_shard`` from ``snapshot/events`` (replacing an earlier layout).
+
+    With ``reuse``, a layout already written for the same ``bounds`` from the same event files (their paths,
+    sizes and mtimes, kept in ``layout.json``) is kept as it is: the user_features stage writes it and
+    score_users reads the same shards, so the run splits its events once."""
+    import json
+
     from pipeline.extract.snapshot import events_path
+    from pipeline.files import write_text
 
     snap = Path(snapshot_dir)
     sources = sorted(str(p) for p in events_path(snap).rglob("*.parquet"))
+    key = _layout_key(sources, bounds)
+    meta = snap / SHARDS_DIR / LAYOUT_FILE
+    if reuse and meta.is_file():
+        try:
+            old = json.loads(meta.read_text())
+        except ValueError:
+            old = {}
+        if {k: old.get(k) for k in key} == key:
+            return {"rows": int(old.get("rows", 0)), "shards": len(bounds), "files": len(sources), "reused": True}
     with replacing_dir(snap / SHARDS_DIR) as tmp:
         tags = [f"f{i:05d}" for i in range(len(sources))]
         if client is not None and sources:
@@ -84,7 +109,8 @@ def shard_events(snapshot_dir: str | Path, bounds: np.ndarray, client: object | 
             rows = sum(client.gather(futures))  # type: ignore[attr-defined]
         else:
             rows = sum(_split_file(s, str(tmp), bounds, chunk_rows, t) for s, t in zip(sources, tags, strict=True))
-    return {"rows": int(rows), "shards": len(bounds), "files": len(sources)}
+        write_text(tmp / LAYOUT_FILE, json.dumps({**key, "rows": int(rows)}))
+    return {"rows": int(rows), "shards": len(bounds), "files": len(sources), "reused": False}
 
 
 def read_shard_events(snapshot_dir: str | Path, k: int) -> pd.DataFrame:

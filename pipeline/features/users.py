@@ -1,10 +1,11 @@
 """User features: RFM, event-type counts, decayed category/brand affinities, price preference, search terms
 and the last-N behaviour sequence the ranker consumes.
 
-Fit -> finalize -> transform on Dask. The event files are event_id ranges, so one user's events span
-files; each task therefore takes a user_id range and reads just those users' events from every file
-(an Arrow filter), computes :func:`user_partials` and finalizes them: no central merge, and the finalize
-runs in parallel too (a tree merge of per-file partials spent most of its time in one serial merge).
+Fit -> finalize -> transform on Dask. The event files are date partitions, so one user's events span
+files; the stage therefore splits the events by user shard once (:mod:`pipeline.extract.shards`, the layout
+score_users reuses) and each task reads its own shard's folder, computes :func:`user_partials` and finalizes
+them: no central merge, and no task reads the whole shop (an Arrow user_id filter over every file made each
+task scan every event, so the stage grew with users x events).
 The partials are still mergeable (:func:`merge_partials`: per-user sums, per (user, key) decayed sums,
 each user's last ``seq_len`` events per part), which the unit tests check, so a partition-at-a-time
 consumer can use them. Transform and finalize run without a cluster in the unit tests.
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.extract.snapshot import events_path, read_events
+from pipeline.extract.snapshot import read_events
 from pipeline.features.items import decayed_weight, top_category
 from pipeline.files import replacing, replacing_dir
 
@@ -157,37 +158,24 @@ def _as_list(v: object) -> list:
     return []
 
 
-def user_shard_features(events_dir: str, lo: int, hi: int, users: pd.DataFrame, items: pd.DataFrame,
-                        as_of: datetime, weights: dict, half_life: dict, seq_len: int,
+def user_shard_features(snapshot_dir: str, k: int, users: pd.DataFrame, items: pd.DataFrame, as_of: datetime,
+                        weights: dict, half_life: dict, seq_len: int,
                         out: str | None = None) -> pd.DataFrame | tuple[int, int]:
-    """One task: the finished features of the users with ``lo <= user_id < hi`` (with ``out``: written there,
-    and only (users, users without events) returned).
+    """One task: the finished features of shard ``k``'s ``users`` (with ``out``: written there, and only
+    (users, users without events) returned).
 
-    It reads only those users' events (an Arrow filter over every event file), so a shard holds all of a
-    user's events, and the partials need no merge across tasks.
+    It reads only its shard's folder of the run's user-sharded events (:mod:`pipeline.extract.shards`), so its
+    memory and time follow the shard, not the shop, and a shard holds all of its users' events.
     """
-    import pyarrow.dataset as pads
+    from pipeline.extract.shards import read_shard_events
 
-    from pipeline.frames import EVENT_COLUMNS
-
-    # Hive ``date=`` directories: the partition column is not needed, only the file columns are read.
-    data = pads.dataset(events_dir, format="parquet", partitioning="hive")
-    part = data.to_table(columns=EVENT_COLUMNS,
-                         filter=(pads.field("user_id") >= lo) & (pads.field("user_id") < hi)).to_pandas()
+    part = read_shard_events(snapshot_dir, k)
     partial = user_partials(part, items, as_of, weights, half_life, seq_len)
     feats = finalize_user_features(users, partial, items, as_of).sort_values("user_id").reset_index(drop=True)
     if out is None:
         return feats
     write_user_features(feats, out)
     return len(feats), int(feats["new_user"].sum())
-
-
-def user_shards(user_ids: np.ndarray, n: int) -> list[tuple[int, int]]:
-    """Half-open user_id ranges with about equal numbers of users."""
-    ids = np.unique(np.asarray(user_ids, dtype="int64"))
-    if len(ids) == 0:
-        return []
-    return [(int(c[0]), int(c[-1]) + 1) for c in np.array_split(ids, min(n, len(ids))) if len(c)]
 
 
 #: Users per shard at most (a shard's events and lists must fit a worker comfortably).
@@ -198,37 +186,41 @@ USER_FEATURES = "user_features"
 
 def build_user_features(snapshot_dir: str | Path, as_of: datetime, client: object, *,
                         weights: dict[str, float], half_life_days: dict[str, float], seq_len: int = 50,
-                        shard_users: int = USERS_PER_SHARD) -> dict:
+                        shard_users: int = USERS_PER_SHARD, chunk_rows: int = 500_000) -> dict:
     """Per-user features for every snapshot user, written as ``user_features/part-*.parquet``; returns counts.
 
-    Users are split into user_id ranges of at most ``shard_users`` users (at least two per worker); each Dask
-    task computes its users' features start to finish and writes its own part, so no process ever holds
-    every user's features (:func:`read_user_features` concatenates the parts where a small shop wants them).
+    Users are cut into the scoring stage's shards (:func:`pipeline.extract.shards.plan_shards`, at most
+    ``shard_users`` each); the snapshot's events are split by shard once (``chunk_rows`` rows at a time; the
+    layout score_users reuses), and each Dask task computes its shard's features from its own events and
+    writes its own part, so no process ever holds every user's features or reads every event.
     """
+    from pipeline.extract.shards import plan_shards, shard_events, shard_of
+
     snap = Path(snapshot_dir)
     items = pd.read_parquet(snap / "items.parquet", columns=["item_id", "price", "category", "brand"])
     users = pd.read_parquet(snap / "users.parquet")
-    try:
-        workers = len(client.scheduler_info()["workers"]) or 1  # type: ignore[attr-defined]
-    except Exception:  # not a distributed client
-        workers = 1
-    shards = user_shards(users["user_id"].to_numpy(), max(2 * workers, -(-len(users) // max(1, shard_users))))
+    bounds = plan_shards(users["user_id"].to_numpy(), shard_users)
     with replacing_dir(snap / USER_FEATURES) as out:
-        if shards:
+        if len(bounds):
+            layout = shard_events(snap, bounds, client, chunk_rows=chunk_rows)
             items_f = client.scatter(items, broadcast=True)  # type: ignore[attr-defined]
-            futs = [client.submit(user_shard_features, str(events_path(snap)), lo, hi,  # type: ignore[attr-defined]
-                                  users[(users["user_id"] >= lo) & (users["user_id"] < hi)], items_f, as_of,
-                                  weights, half_life_days, seq_len, out=str(out / f"part-{k:05d}.parquet"),
-                                  pure=False) for k, (lo, hi) in enumerate(shards)]
+            users = users.sort_values("user_id", kind="stable").reset_index(drop=True)
+            cuts = np.r_[0, np.searchsorted(shard_of(users["user_id"].to_numpy(), bounds),
+                                            np.arange(1, len(bounds)), side="left"), len(users)]
+            futs = [client.submit(user_shard_features, str(snap), k,  # type: ignore[attr-defined]
+                                  users.iloc[cuts[k]:cuts[k + 1]].reset_index(drop=True), items_f, as_of, weights,
+                                  half_life_days, seq_len, out=str(out / f"part-{k:05d}.parquet"), pure=False)
+                    for k in range(len(bounds))]
             counts = client.gather(futs)  # type: ignore[attr-defined]
         else:
+            layout = {"rows": 0}
             empty = read_events(snap).iloc[:0]
             feats = finalize_user_features(users, user_partials(empty, items, as_of, weights, half_life_days,
                                                                 seq_len), items, as_of)
             write_user_features(feats, out / "part-00000.parquet")
             counts = [(len(feats), int(feats["new_user"].sum()))]
     return {"users": sum(n for n, _ in counts), "users_without_events": sum(m for _, m in counts),
-            "parts": len(counts)}
+            "parts": len(counts), "events_sharded": int(layout["rows"])}
 
 
 def user_feature_parts(snapshot_dir: str | Path) -> list[Path]:

@@ -228,6 +228,9 @@ def test_shards_follow_the_budget_and_a_small_budget_gives_the_same_lists(shop: 
 
     res = run_nightly(_settings(rerank_env, shard_users=100_000), as_of=AS_OF)
     assert res["score_users"]["shards"] == 1
+    # user_features split the events by shard; scoring read that layout instead of splitting them again
+    assert res["score_users"]["events_layout_reused"] is True
+    assert res["user_features"]["events_sharded"] == res["score_users"]["events_sharded"] > 0
     run_dir = Path(rerank_env["RERANK_HOME"]) / "runs" / res["run_id"]
     one = pd.concat([pd.read_parquet(p) for p in rec_parts(run_dir)], ignore_index=True)
     s = _settings(rerank_env, shard_users=7)
@@ -236,6 +239,7 @@ def test_shards_follow_the_budget_and_a_small_budget_gives_the_same_lists(shop: 
                                   url=shop)
     n_users = one["user_id"].nunique()
     assert out["shards"] == -(-n_users // 7) and out["shard_users"] == 7
+    assert out["events_layout_reused"] is False  # other bounds: the events were split again
     parts = rec_parts(run_dir)
     assert len(parts) == out["shards"]
     assert max(pd.read_parquet(p, columns=["user_id"])["user_id"].nunique() for p in parts) <= 7
