@@ -13,6 +13,17 @@ WORKER_ENVIRON = "distributed.nanny.pre-spawn-environ"
 MMAP_THRESHOLD = 32 * 2**20
 
 
+#: Dask's memory manager on our workers: no pausing and no spilling. A task here holds no Dask data (each
+#: returns a small dict and writes its own Parquet part); a worker's memory is the run's artefacts, cached
+#: for its next shard, which neither pausing nor spilling can free. At tier L (1M users, 100k items) both
+#: workers passed the 80 % pause line with that cache and the run stalled for good instead of going on or
+#: failing; the 95 % terminate line stays, so a worker that truly outgrows its budget is restarted and the
+#: stage fails with KilledWorker. Compose and Helm set the same as DASK_DISTRIBUTED__WORKER__MEMORY__* .
+WORKER_MEMORY_CONFIG: dict[str, object] = {"distributed.worker.memory.pause": False,
+                                           "distributed.worker.memory.spill": False,
+                                           "distributed.worker.memory.target": False}
+
+
 def worker_environ() -> dict[str, object]:
     """Dask's worker environment (one BLAS/OpenMP thread per worker, ``MALLOC_TRIM_THRESHOLD_``) plus a fixed
     glibc mmap threshold of :data:`MMAP_THRESHOLD` bytes.
@@ -45,7 +56,7 @@ def dask_client(settings: Settings | None = None, *, address: str | None = None,
         return
     import dask
 
-    with dask.config.set({WORKER_ENVIRON: worker_environ()}):
+    with dask.config.set({WORKER_ENVIRON: worker_environ(), **WORKER_MEMORY_CONFIG}):
         cluster = LocalCluster(n_workers=workers or settings.dask_workers, threads_per_worker=1, processes=True,
                                # ":0": a free port for the HTTP server (None still binds 8787, and warns when taken)
                                dashboard_address=":0", memory_limit=settings.worker_memory,

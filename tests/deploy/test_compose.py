@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 from conftest import SECRETS, interpolate
 
-from pipeline.dask_client import MMAP_THRESHOLD
+from pipeline.dask_client import MMAP_THRESHOLD, WORKER_MEMORY_CONFIG
 from pipeline.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,6 +95,8 @@ def test_dask_cluster_is_where_the_code_looks(compose: dict, env_example: dict[s
         assert _mounts(svc)[HOME] == "rerank-home", name
         assert _env(svc)["RERANK_HOME"] == HOME, name
         assert _env(svc)["MALLOC_MMAP_THRESHOLD_"] == str(MMAP_THRESHOLD), name  # as the LocalCluster's workers
+        for key, value in WORKER_MEMORY_CONFIG.items():  # no pause or spill, as the LocalCluster's workers
+            assert _env(svc)["DASK_" + key.upper().replace(".", "__").replace("-", "_")] == str(value)
         assert svc["depends_on"]["dask-scheduler"]["condition"] == "service_healthy", name
     assert len(DASK_WORKERS) == 2 and all("profiles" not in services[w] for w in DASK_WORKERS)
     assert "rerank-home" in compose["volumes"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.dask_client import MMAP_THRESHOLD
+from pipeline.dask_client import MMAP_THRESHOLD, WORKER_MEMORY_CONFIG
 from pipeline.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,6 +97,8 @@ def test_dask_values_keys_and_workers(dask_values: dict) -> None:
         env = {e["name"]: e["value"] for e in g["env"]}
         assert env["RERANK_HOME"] == HOME
         assert env["MALLOC_MMAP_THRESHOLD_"] == str(MMAP_THRESHOLD)  # as the LocalCluster's workers
+        for key, value in WORKER_MEMORY_CONFIG.items():  # no pause or spill, as the LocalCluster's workers
+            assert env["DASK_" + key.upper().replace(".", "__").replace("-", "_")] == str(value)
         assert {m["mountPath"] for m in g["mounts"]["volumeMounts"]} == {HOME}
     gpu = dask_values["additional_worker_groups"][0]
     assert gpu["extraArgs"] == ["--resources", "GPU=1"] and gpu["resources"]["limits"]["nvidia.com/gpu"] == 1

@@ -142,7 +142,15 @@ def test_local_cluster_workers_keep_one_thread_and_a_fixed_mmap_threshold() -> N
         return {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
                                                "OPENBLAS_NUM_THREADS")}
 
+    def memory(dask_worker) -> tuple:  # noqa: ANN001
+        m = dask_worker.memory_manager
+        return m.memory_pause_fraction, m.memory_spill_fraction, m.memory_target_fraction
+
     with dask_client(load_settings(dask_workers=1, dask_address=None)) as client:
         seen = list(client.run(env).values())
+        fractions = list(client.run(memory).values())
     assert seen == [{"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": "65536",
                      "OPENBLAS_NUM_THREADS": "1"}]
+    # no pause (a worker holding the run's cached artefacts above 80 % stalled the tier L run for good), no
+    # spill (the nanny's terminate line stays)
+    assert fractions == [(False, False, False)]
