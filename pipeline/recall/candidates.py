@@ -267,21 +267,6 @@ def als_source(users: np.ndarray, hist: pd.DataFrame, factors: Factors, n: int) 
     return _top_per_user(df, n)
 
 
-def _rows_top_n(m: sp.csr_matrix, n: int, *, floor: float) -> sp.csr_matrix:
-    """Each row's entries >= ``floor`` and at least as large as its n-th largest (ties kept)."""
-    m = m.copy()
-    m.data[m.data < floor] = 0
-    m.eliminate_zeros()
-    for r in range(m.shape[0]):
-        lo, hi = m.indptr[r], m.indptr[r + 1]
-        if hi - lo > n:
-            row = m.data[lo:hi]
-            kth = np.partition(row, hi - lo - n)[hi - lo - n]
-            row[row < kth] = 0
-    m.eliminate_zeros()
-    return m
-
-
 def search_source(events: pd.DataFrame, text_index: TextIndex, cfg: RecallConfig, n: int) -> pd.DataFrame | None:
     """Items whose text matches the user's recent queries (best query's cosine, decayed by query age)."""
     if "query" not in events.columns:
@@ -299,7 +284,7 @@ def search_source(events: pd.DataFrame, text_index: TextIndex, cfg: RecallConfig
     # Pruned per distinct query before it is copied to each user who typed it: a score is the cosine times a
     # factor <= 1, so cosines below the floor never qualify, and a query's items below its n-th best cosine
     # (ties kept) cannot reach a user's top n through that query.
-    sims = _rows_top_n(text_index.query(list(distinct)).tocsr(), n, floor=cfg.search_min_similarity)
+    sims = text_index.top_matches(list(distinct), n, cfg.search_min_similarity)
     sims = sims[codes].tocoo()
     age = (pd.Timestamp(cfg.as_of) - q["ts"]).dt.total_seconds().to_numpy() / 86400.0
     decay = np.exp2(-np.clip(age, 0, None) / max(cfg.recent_days, 1))

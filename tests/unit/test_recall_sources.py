@@ -522,9 +522,28 @@ def test_search_rows_pruned_per_query_keep_each_rows_best_and_ties() -> None:
     as the row's n-th best (ties kept), before copying a query's row to each user who typed it."""
     import scipy.sparse as sp
 
-    from pipeline.recall.candidates import _rows_top_n
+    from pipeline.recall.text import rows_top_n
 
     m = sp.csr_matrix(np.array([[0.9, 0.5, 0.5, 0.2, 0.05], [0.1, 0.0, 0.3, 0.0, 0.0]]))
-    out = _rows_top_n(m, 2, floor=0.1).toarray()
+    out = rows_top_n(m, 2, floor=0.1).toarray()
     np.testing.assert_array_equal(out, [[0.9, 0.5, 0.5, 0.0, 0.0], [0.1, 0.0, 0.3, 0.0, 0.0]])
     assert m.toarray()[0, 3] == 0.2  # the input is left alone
+
+
+def test_search_matches_cached_per_query_equal_a_fresh_match() -> None:
+    """The index keeps each distinct query's pruned row for the next shard: repeated, reordered and new
+    queries give the rows a fresh index gives, and the cache stays within its bound."""
+    from pipeline.recall import text as T
+
+    ids = np.arange(1, 41)
+    texts = [f"{c} {w} item {i}" for i, (c, w) in enumerate(zip(["red", "blue", "green", "black"] * 10,
+                                                                 ["shoe", "lamp", "mug", "sofa", "bag"] * 8))]
+    queries = ["red shoe", "blue lamp", "red shoe", "green mug sofa", "black bag"]
+    fresh = T.rows_top_n(T.TextIndex(ids, texts).query(queries).tocsr(), 3, floor=0.05).toarray()
+    idx = T.TextIndex(ids, texts)
+    np.testing.assert_allclose(idx.top_matches(queries, 3, 0.05).toarray(), fresh)
+    again = idx.top_matches(queries[::-1] + ["mug"], 3, 0.05).toarray()
+    np.testing.assert_allclose(again[:5], fresh[::-1])
+    np.testing.assert_allclose(again[5], T.rows_top_n(idx.query(["mug"]).tocsr(), 3, floor=0.05).toarray()[0])
+    assert len(idx._top_cache) == 5  # four distinct queries, then "mug"
+    assert idx.top_matches([], 3, 0.05).shape == (0, 40)
