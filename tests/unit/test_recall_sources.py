@@ -536,8 +536,8 @@ def test_search_matches_cached_per_query_equal_a_fresh_match() -> None:
     from pipeline.recall import text as T
 
     ids = np.arange(1, 41)
-    texts = [f"{c} {w} item {i}" for i, (c, w) in enumerate(zip(["red", "blue", "green", "black"] * 10,
-                                                                 ["shoe", "lamp", "mug", "sofa", "bag"] * 8))]
+    colours, things = ["red", "blue", "green", "black"] * 10, ["shoe", "lamp", "mug", "sofa", "bag"] * 8
+    texts = [f"{c} {w} item {i}" for i, (c, w) in enumerate(zip(colours, things, strict=True))]
     queries = ["red shoe", "blue lamp", "red shoe", "green mug sofa", "black bag"]
     fresh = T.rows_top_n(T.TextIndex(ids, texts).query(queries).tocsr(), 3, floor=0.05).toarray()
     idx = T.TextIndex(ids, texts)
