@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.files import replacing_dir
+from pipeline.files import files_stamp, replacing_dir, write_text
 
 SHARDS_DIR = "events_by_shard"
 #: The layout's key (bounds, source files) and row count, beside the shard folders.
@@ -37,11 +37,16 @@ def shard_of(user_ids: np.ndarray, bounds: np.ndarray) -> np.ndarray:
                       max(len(bounds) - 1, 0))
 
 
+def shard_cuts(sorted_ids: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Where each shard after the first starts in ``sorted_ids`` (ascending user ids): ``len(bounds) - 1``
+    positions, for ``np.split`` or slicing a frame sorted by user."""
+    return np.searchsorted(shard_of(sorted_ids, bounds), np.arange(1, len(bounds)), side="left")
+
+
 def split_users(users: np.ndarray, bounds: np.ndarray) -> list[np.ndarray]:
     """Every shard's users (sorted), from one pass over the users: a list as long as ``bounds``."""
     users = np.unique(np.asarray(users, dtype="int64"))
-    cuts = np.searchsorted(shard_of(users, bounds), np.arange(1, len(bounds)), side="left")
-    return np.split(users, cuts) if len(bounds) else []
+    return np.split(users, shard_cuts(users, bounds)) if len(bounds) else []
 
 
 def shard_users(users: np.ndarray, bounds: np.ndarray, k: int) -> np.ndarray:
@@ -72,8 +77,6 @@ def _split_file(src: str, dest: str, bounds: np.ndarray, chunk_rows: int, tag: s
 
 
 def _layout_key(sources: list[str], bounds: np.ndarray) -> dict:
-    from pipeline.files import files_stamp
-
     return {"bounds": [int(b) for b in bounds], "sources": [list(x) for x in files_stamp([Path(s) for s in sources])]}
 
 
@@ -87,7 +90,6 @@ def shard_events(snapshot_dir: str | Path, bounds: np.ndarray, client: object | 
     import json
 
     from pipeline.extract.snapshot import events_path
-    from pipeline.files import write_text
 
     snap = Path(snapshot_dir)
     sources = sorted(str(p) for p in events_path(snap).rglob("*.parquet"))

@@ -194,7 +194,7 @@ def build_user_features(snapshot_dir: str | Path, as_of: datetime, client: objec
     layout score_users reuses), and each Dask task computes its shard's features from its own events and
     writes its own part, so no process ever holds every user's features or reads every event.
     """
-    from pipeline.extract.shards import plan_shards, shard_events, shard_of
+    from pipeline.extract.shards import plan_shards, shard_cuts, shard_events
 
     snap = Path(snapshot_dir)
     items = pd.read_parquet(snap / "items.parquet", columns=["item_id", "price", "category", "brand"])
@@ -205,8 +205,7 @@ def build_user_features(snapshot_dir: str | Path, as_of: datetime, client: objec
             layout = shard_events(snap, bounds, client, chunk_rows=chunk_rows)
             items_f = client.scatter(items, broadcast=True)  # type: ignore[attr-defined]
             users = users.sort_values("user_id", kind="stable").reset_index(drop=True)
-            cuts = np.r_[0, np.searchsorted(shard_of(users["user_id"].to_numpy(), bounds),
-                                            np.arange(1, len(bounds)), side="left"), len(users)]
+            cuts = np.r_[0, shard_cuts(users["user_id"].to_numpy(), bounds), len(users)]
             futs = [client.submit(user_shard_features, str(snap), k,  # type: ignore[attr-defined]
                                   users.iloc[cuts[k]:cuts[k + 1]].reset_index(drop=True), items_f, as_of, weights,
                                   half_life_days, seq_len, out=str(out / f"part-{k:05d}.parquet"), pure=False)

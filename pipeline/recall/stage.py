@@ -113,7 +113,7 @@ def build_recall_models(snapshot_dir: str | Path, as_of: datetime, client: objec
 
 
 def _stamp(snap: str) -> tuple:
-    """(name, mtime_ns, size) of every file :func:`run_recall_tables` reads: a re-run of a stage for the same
+    """(path, mtime_ns, size) of every file :func:`run_recall_tables` reads: a re-run of a stage for the same
     run (the run id is the date) rewrites them, and a long-lived worker must not keep serving the first
     attempt's copy."""
     p = Path(snap)

@@ -62,6 +62,8 @@ class TextIndex:
         tf = counts.copy()
         tf.data = 1.0 + np.log(tf.data)
         self.matrix = _l2(tf @ sp.diags(self.idf)).tocsr()
+        #: (text, n, floor) -> a pruned row's (item positions, scores): see :meth:`top_matches`.
+        self._top_cache: dict[tuple[str, int, float], tuple[np.ndarray, np.ndarray]] = {}
 
     def vectors(self, texts: Iterable[str]) -> sp.csr_matrix:
         q = hashed_counts(texts, self.n_features)
@@ -77,7 +79,7 @@ class TextIndex:
         (ties kept). Rows are cached per (text, n, floor) on the index, which a worker keeps for the run: the
         same few hundred queries recur in every shard, and the semantic index matches each against every item
         vector (at 100k items that was a fifth of a shard's time)."""
-        cache: dict = self.__dict__.setdefault("_top_cache", {})
+        cache = self._top_cache
         missing = [t for t in dict.fromkeys(texts) if (t, n, floor) not in cache]
         if missing:
             m = rows_top_n(self.query(missing).tocsr(), n, floor=floor)

@@ -67,5 +67,6 @@ def test_only_the_shared_path_composes_recall_rank_and_rerank() -> None:
     callers = {p for _, p, m in IMPORTS if _target(m) == "recommend"}
     assert {"nightly", "refresh"} <= callers
     composers = [(f, m) for f, p, m in IMPORTS if p in ("nightly", "refresh")
-                 and m in ("pipeline.recall.candidates.generate_candidates", "pipeline.rerank.finalize_lists")]
+                 and m in ("pipeline.recall.candidates.generate_candidates", "pipeline.rerank.finalize_lists",
+                           "pipeline.recall.stage.candidates_for_users")]
     assert not composers, composers
