@@ -67,23 +67,26 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
                         weights: dict[str, float] | None = None, half_life_days: dict[str, float] | None = None,
                         neighbours_k: int = 20, decay_from: str = "as_of", als: dict | None = None,
                         priors: dict[str, float] | None = None, seq_k: int = 0,
-                        chunk_users: int = 2000) -> CandidateFn:
+                        chunk_users: int = 2000, itemcf_algorithm: str | None = None) -> CandidateFn:
     """The production recall (``generate_candidates``) at a cut-off, with neighbours, ALS factors and item
     statistics rebuilt from the events before it (the run's neighbours and factors saw the whole period, the
     labels included). ``als``: train_als' parameters and ``weighting`` (as cf_build's); None: no ALS source.
-    ``seq_k``: followers per item of the ``seq`` source (as cf_build's; 0: no seq source).
+    ``seq_k``: followers per item of the ``seq`` source (as cf_build's; 0: no seq source). The item-CF
+    neighbours are built as cf_build builds the run's (``itemcf_algorithm``, default the settings'): the sparse
+    top-k scores only the co-occurrences there are, where the dense one costs items x items per window.
 
     Recall runs ``chunk_users`` users at a time (a user's candidates do not depend on the others'), so its
     working memory follows that budget, not the window's users; the frames keep the columns the ranker reads
     (not ``sources`` nor ``anchor_item_id``)."""
     from pipeline.features.items import top_category
     from pipeline.rank.features import item_stats_at
-    from pipeline.recall.candidates import RecallConfig, generate_candidates
-    from pipeline.recall.itemcf import cosine_topk
+    from pipeline.recall.candidates import RecallConfig, generate_candidates, item_tables
     from pipeline.recall.matrix import build_interactions
+    from pipeline.recall.neighbours import neighbours_from_interactions
     from pipeline.settings import Settings
 
     defaults = Settings.model_fields
+    algorithm = itemcf_algorithm or defaults["itemcf_algorithm"].default
     w = weights or defaults["event_weights"].default_factory()  # type: ignore[misc]
     hl = half_life_days or defaults["half_life_days"].default_factory()  # type: ignore[misc]
     catalogue = items.drop_duplicates("item_id").sort_values("item_id")
@@ -100,10 +103,8 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
         inter = build_interactions(ev, cutoff, weights=w, half_life_days=hl, item_ids=item_ids,
                                    decay_from=decay_from)
         if inter.user_items.nnz:
-            idx, sc = cosine_topk(inter.user_items, k=min(neighbours_k, max(len(item_ids) - 1, 1)))
-            r, c = np.nonzero(sc > 0)
-            nb = pd.DataFrame({"item_id": item_ids[r], "similar_item_id": item_ids[idx[r, c]],
-                               "score": sc[r, c].astype("float64")})
+            nb = neighbours_from_interactions(inter, k=min(neighbours_k, max(len(item_ids) - 1, 1)),
+                                              algorithm=algorithm)
         else:
             nb = pd.DataFrame({"item_id": pd.Series(dtype="int64"), "similar_item_id": pd.Series(dtype="int64"),
                                "score": pd.Series(dtype="float64")})
@@ -111,12 +112,13 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
                            half_life_days=hl, decay_from=decay_from, priors=dict(priors or {}))
         factors, followers = _window_factors(inter, als), _window_followers(ev, item_ids, seq_k)
         users = np.unique(np.asarray(users, dtype=np.int64))
+        tables = item_tables(feats)  # the window's catalogue tables, once for all its user chunks
         step = max(int(chunk_users), 1)
         parts = []
         for lo in range(0, max(len(users), 1), step):  # no users: one empty call, the same columns
             chunk = users[lo: lo + step]
             out = generate_candidates(chunk, ev[ev["user_id"].isin(chunk)], nb, feats, cfg, factors=factors,
-                                      followers=followers)
+                                      followers=followers, tables=tables)
             parts.append(out.drop(columns=[c for c in _NOT_RANKED if c in out.columns]))
         return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 

@@ -189,7 +189,8 @@ def _recall_params(n_candidates: int | None = None) -> dict:
     return {"n_candidates": int(n_candidates or s.candidates), "recent_days": int(s.recent_days),
             "weights": dict(s.event_weights), "half_life_days": dict(s.half_life_days), "decay_from": s.decay_from,
             "als": {"seed": int(s.seed), "weighting": s.als_weighting, "factors": int(s.als_factors)},
-            "priors": dict(s.recall_priors), "seq_k": int(s.seq_neighbours), "chunk_users": int(s.shard_users)}
+            "priors": dict(s.recall_priors), "seq_k": int(s.seq_neighbours), "chunk_users": int(s.shard_users),
+            "itemcf_algorithm": s.itemcf_algorithm}
 
 
 def _holdout(events: pd.DataFrame, items: pd.DataFrame, as_of: datetime, recall: dict,

@@ -120,6 +120,23 @@ class ItemTables:
             self._memo[key] = (per_cat, mix)
         return self._memo[key]
 
+    def shelves(self, n: int) -> pd.DataFrame:
+        """Each leaf category's top ``n`` items (item_id, category, in_cat = share of the shelf's popularity).
+
+        A user's top n within one shelf are that shelf's top n by in_cat (their share is one factor for the
+        whole shelf), so only those can reach the user's top n: the category source merges users x shelves x n
+        rows, never users x the items of their shelves (one coarse category of 48k items made it 40M rows for
+        800 users)."""
+        key = ("shelf", n)
+        if key not in self._memo:
+            pop = self.pop
+            shelf = pop.loc[pop["popularity"] > 0, ["item_id", "category", "popularity"]]
+            shelf = shelf.assign(in_cat=shelf["popularity"] / shelf.groupby("category")["popularity"].transform("sum"))
+            shelf = (shelf.sort_values(["category", "in_cat", "item_id"], ascending=[True, False, True],
+                                       kind="stable").groupby("category", sort=False).head(n))
+            self._memo[key] = shelf[["item_id", "category", "in_cat"]]
+        return self._memo[key]
+
     def repurchasable_ids(self, categories: tuple[str, ...]) -> np.ndarray:
         key = ("rep", tuple(categories))
         if key not in self._memo:
@@ -318,14 +335,7 @@ def _leaf_affinity(hist: pd.DataFrame, tables: ItemTables, n: int) -> pd.DataFra
     h = hist.merge(pop[["item_id", "category"]], on="item_id")
     aff = h.groupby(["user_id", "category"], sort=False)["weight"].sum().reset_index()
     aff["share"] = aff["weight"] / aff.groupby("user_id")["weight"].transform("sum")
-    shelf = pop.loc[pop["popularity"] > 0, ["item_id", "category", "popularity"]]
-    shelf = shelf.assign(in_cat=shelf["popularity"] / shelf.groupby("category")["popularity"].transform("sum"))
-    # A user's top n within one shelf are that shelf's top n by in_cat (their share is one factor for the whole
-    # shelf), so only those can reach the user's top n: the merge is users x shelves x n rows, never users x the
-    # items of their shelves (one coarse category of 48k items made it 40M rows for 800 users).
-    shelf = (shelf.sort_values(["category", "in_cat", "item_id"], ascending=[True, False, True], kind="stable")
-             .groupby("category", sort=False).head(n))
-    warm = aff[["user_id", "category", "share"]].merge(shelf[["item_id", "category", "in_cat"]], on="category")
+    warm = aff[["user_id", "category", "share"]].merge(tables.shelves(n), on="category")
     if warm.empty:
         return None
     raw = warm["share"] * warm["in_cat"]

@@ -217,6 +217,32 @@ def test_window_recall_in_user_chunks_equals_one_call_and_drops_what_the_ranker_
     pd.testing.assert_frame_equal(whole.reset_index(drop=True), chunked.reset_index(drop=True))
 
 
+def test_window_neighbours_are_built_as_cf_build_builds_the_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The windows' item-CF neighbours take the run's top-k algorithm (the sparse one by default, whose cost
+    follows the co-occurrences, not items x items per window)."""
+    from pipeline.datagen.build import build_shop
+    from pipeline.recall import itemcf
+
+    shop, _ = build_shop(120, 60, 6, seed=3, end=AS_OF)
+    ev = shop.events.sort_values(["ts", "event_id"]).reset_index(drop=True)
+    t = AS_OF - timedelta(days=1)
+    users = np.unique(ev["user_id"].to_numpy())
+    seen: list[str] = []
+    real = itemcf.similarity_topk_dense
+
+    def spy(*a: object, **kw: object) -> object:
+        seen.append(str(kw.get("algorithm", "dense")))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(itemcf, "similarity_topk_dense", spy)
+    sparse = recall_candidate_fn(shop.items, n_candidates=30)(users, ev, t)
+    assert seen == ["sparse"]
+    dense = recall_candidate_fn(shop.items, n_candidates=30, itemcf_algorithm="dense")(users, ev, t)
+    assert seen == ["sparse", "dense"]
+    # same scores either way on this shop (the algorithms differ only in which tie at the k-th place is kept)
+    pd.testing.assert_frame_equal(sparse.reset_index(drop=True), dense.reset_index(drop=True))
+
+
 def test_fit_rejects_empty_windows() -> None:
     events, items = _known_answer()
     w = build_window(events.iloc[:0], AS_OF - timedelta(days=1), AS_OF, _fn(items))
