@@ -15,6 +15,7 @@ steps per batch instead of a Python loop per user.
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -105,18 +106,20 @@ def normalise(mat: np.ndarray) -> np.ndarray:
 #: A worker scores shard after shard against one catalogue; renormalising it per call cost a pass over every
 #: item vector per shard (tier L: 100k x 512). Each entry holds its arrays, so an id() is never reused.
 _PREPARED: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, pd.Index, np.ndarray]] = {}
+_PREPARED_LOCK = threading.Lock()
 
 
 def prepared_embeddings(ids: np.ndarray, mat: np.ndarray) -> tuple[pd.Index, np.ndarray]:
     """(index of ``ids``, ``normalise(mat)`` with a zero last row for items without a vector), once per
     matrix and process; the matrix must not change in place afterwards (nothing here writes to it)."""
     key = (id(ids), id(mat))
-    hit = _PREPARED.get(key)
-    if hit is None or hit[0] is not ids or hit[1] is not mat:
-        unit = np.vstack([normalise(mat), np.zeros((1, mat.shape[1]), np.float32)])
-        while len(_PREPARED) >= 2:
-            _PREPARED.pop(next(iter(_PREPARED)))
-        hit = _PREPARED[key] = (ids, mat, pd.Index(ids), unit)
+    with _PREPARED_LOCK:  # a worker with two threads scores two shards at once
+        hit = _PREPARED.get(key)
+        if hit is None or hit[0] is not ids or hit[1] is not mat:
+            unit = np.vstack([normalise(mat), np.zeros((1, mat.shape[1]), np.float32)])
+            while len(_PREPARED) >= 2:
+                _PREPARED.pop(next(iter(_PREPARED)))
+            hit = _PREPARED[key] = (ids, mat, pd.Index(ids), unit)
     return hit[2], hit[3]
 
 
