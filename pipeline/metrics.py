@@ -318,7 +318,11 @@ def intra_list_diversity(
         V.data[:] = 1.0  # a label repeated on one item still counts once
     else:
         ids, mat = item_embeddings
-        row_of = pd.Series(np.arange(len(ids)), index=np.asarray(ids))
+        # only the listed items' rows: the gate calls this per part, and converting every item's vector
+        # (100k x 512 at tier L) per part made its cost follow the catalogue
+        used = np.flatnonzero(pd.Index(np.asarray(ids)).isin(top[col_item].unique()))
+        ids, mat = np.asarray(ids)[used], mat[used]
+        row_of = pd.Series(np.arange(len(ids)), index=ids)
         V = sp.csr_matrix(mat, dtype=np.float64) if sp.issparse(mat) else sp.csr_matrix(
             np.asarray(mat, dtype=np.float64))
     return _mean_pairwise_cosine(top, V, row_of, col_user, col_item)
