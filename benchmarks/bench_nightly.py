@@ -23,6 +23,7 @@ import json
 import os
 import pstats
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -225,6 +226,12 @@ def main() -> None:
 
             def on_stage(name: str, out: dict, secs: float) -> None:
                 stage_s[name] = round(secs, 1)
+                # a line per stage as it ends: a run that fails later keeps its figures so far
+                print(json.dumps({"stage": name, "seconds": stage_s[name],
+                                  "peak_rss_gib": round(rss.peaks.get(name, 0) / 2**30, 2),
+                                  "largest_child_rss_gib": round(rss.child_peaks.get(name, 0) / 2**30, 2),
+                                  **({"workers_lost": out["workers_lost"]} if "workers_lost" in out else {})}),
+                      file=sys.stderr, flush=True)
                 nxt = order.index(name) + 1
                 rss.phase = order[nxt] if nxt < len(order) else "after"
 

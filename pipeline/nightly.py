@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +27,8 @@ from pipeline.errors import ConfigError, InputDataError, PipelineError
 from pipeline.files import write_parquet, write_text
 from pipeline.settings import Settings, get_settings, use_settings
 
+log = logging.getLogger(__name__)
+
 STAGES = ("validate", "extract", "item_features", "user_features", "cf_build", "train_ranker",
           "evaluate_gate", "score_users", "quality_gate", "publish", "report")
 
@@ -41,8 +44,17 @@ def _stage(name: str) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
         def run(*args: object, **kwargs: object) -> dict:
             bound = sig.bind(*args, **kwargs)
             home = bound.arguments.get("home") or str(get_settings().home_path)
+            client = bound.arguments.get("client")
+            before = _worker_addresses(client)
             t0 = time.perf_counter()
             out = fn(*args, **kwargs)
+            if client is not None:  # a client shared by stages (rerank run nightly, an external cluster)
+                lost = before - _worker_addresses(client)
+                if lost:  # a nanny restarted a worker: most often its memory limit (RERANK_WORKER_MEMORY)
+                    out = {**out, "workers_lost": len(lost)}
+                    log.warning("stage %s: %d Dask worker(s) lost and replaced during the stage; check "
+                                "RERANK_WORKER_MEMORY against the workers' peak", name, len(lost))
+                client.run(release_worker_caches)  # type: ignore[attr-defined]
             # One file per stage: the DAG runs some stages in parallel, so a shared file would race.
             folder = _dir(str(home), str(bound.arguments["run_id"])) / "stages"
             folder.mkdir(exist_ok=True)
@@ -53,6 +65,28 @@ def _stage(name: str) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
         return run
 
     return wrap
+
+
+def _worker_addresses(client: object | None) -> set[str]:
+    return set(client.scheduler_info()["workers"]) if client is not None else set()  # type: ignore[attr-defined]
+
+
+def release_worker_caches() -> None:
+    """Run on each worker after a stage: drop the run's cached artefacts (scoring's catalogue, factors and
+    model; the gate's item vectors) and hand the freed memory back, so the next stage starts from a bare
+    worker as it does under Airflow (a cluster per task)."""
+    import contextlib
+    import ctypes
+    import gc
+
+    from pipeline.publish.gate import release_caches as release_gate_caches
+    from pipeline.recommend import release_caches
+
+    release_caches()
+    release_gate_caches()
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _dir(home: str | Path, run_id: str) -> Path:
@@ -344,7 +378,6 @@ def quality_gate(home: str, run_id: str, thresholds: dict | None = None, url: st
     from pipeline.publish.gate import check_parts
     from pipeline.publish.parts import rec_parts
     from pipeline.publish.swap import LiveRows
-    from pipeline.rerank import load_item_embeddings
 
     d = _dir(home, run_id)
     parts = rec_parts(d)
@@ -358,7 +391,7 @@ def quality_gate(home: str, run_id: str, thresholds: dict | None = None, url: st
     exhausted = _exhausted(d)
     return check_parts(parts, users=users, items=items, exhausted=exhausted,
                        thresholds=thresholds if thresholds is not None else dict(get_settings().gate),
-                       live=live, item_embeddings=load_item_embeddings(d / "snapshot"),
+                       live=live, item_embeddings=d / "snapshot" / "item_embeddings.parquet",
                        top_n=top_n or params.get("top_n"), nothing_live=url is not None and live is None,
                        client=client)
 

@@ -149,6 +149,18 @@ def load_artefacts(snapshot_dir: str | Path, artifact_uri: str | Path | None = N
     return _load_cached(str(snap), str(artifact_uri or ""), fold_in, files_stamp(files), model_version)
 
 
+def release_caches() -> None:
+    """Drop every run's artefacts this process holds (the per-worker caches of :func:`load_artefacts` and of
+    the files under it): a stage that scored leaves its workers as it found them for the next stage."""
+    from pipeline.rank.score import release_models
+    from pipeline.recall.content import _cached_index
+    from pipeline.recall.stage import _followers_cached, _shared_cached
+
+    for cached in (_load_cached, _cached_index, _shared_cached, _followers_cached):
+        cached.cache_clear()
+    release_models()
+
+
 @lru_cache(maxsize=2)
 def _load_cached(snap: str, artifact_uri: str, fold_in: bool, stamp: tuple, model_version: str | None) -> Artefacts:
     return _load(snap, artifact_uri, fold_in, stamp, model_version, None)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -231,19 +232,40 @@ class PartContext:
 
     available: np.ndarray  # item ids in stock and visible
     items: pd.DataFrame  # item_id (+ category) for diversity over categories
-    item_embeddings: tuple[np.ndarray, np.ndarray] | None
+    #: (ids, matrix), or the path of the run's ``item_embeddings.parquet``, read once per process where used
+    item_embeddings: tuple[np.ndarray, np.ndarray] | str | None
     diversity_k: int
     top_n: int | None
     short_below: int  # a list shorter than this is short: min(top_n, available items)
     fallback_sources: tuple[str, ...]
 
 
-def _diversity_users(recs: pd.DataFrame, ctx: PartContext) -> int:
+def _vectors(emb: tuple[np.ndarray, np.ndarray] | str | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The item vectors of a :class:`PartContext`: a path is read once per process and file version."""
+    if not isinstance(emb, str):
+        return emb
+    p = Path(emb)
+    return _vectors_at(emb, p.stat().st_mtime_ns if p.exists() else 0)
+
+
+@lru_cache(maxsize=1)
+def _vectors_at(path: str, mtime_ns: int) -> tuple[np.ndarray, np.ndarray] | None:
+    from pipeline.rerank import load_item_embeddings
+
+    return load_item_embeddings(path)
+
+
+def release_caches() -> None:
+    """Forget the item vectors the gate read in this process."""
+    _vectors_at.cache_clear()
+
+
+def _diversity_users(recs: pd.DataFrame, ctx: PartContext, emb: tuple[np.ndarray, np.ndarray] | None) -> int:
     """Users whose diversity enters the mean: at least two of their top ``k`` items have a vector."""
     from pipeline.metrics import ordered_top_k
 
     top = ordered_top_k(recs, ctx.diversity_k)
-    ids = ctx.item_embeddings[0] if ctx.item_embeddings is not None else ctx.items["item_id"].to_numpy()
+    ids = emb[0] if emb is not None else ctx.items["item_id"].to_numpy()
     known = top["item_id"].isin(ids)
     return int((known.groupby(top["user_id"].to_numpy()).sum() >= 2).sum())
 
@@ -268,9 +290,10 @@ def part_figures(recs: pd.DataFrame, ctx: PartContext, live: pd.DataFrame | Live
         length = recs.groupby("user_id").size()
         out["long_lists"] = int((length > ctx.top_n).sum())
         out["short_users"] = int((length < ctx.short_below).sum())
-    d = list_diversity(recs, ctx.items, ctx.diversity_k, ctx.item_embeddings)
+    emb = _vectors(ctx.item_embeddings)
+    d = list_diversity(recs, ctx.items, ctx.diversity_k, emb)
     if d is not None:  # the part's mean over its users, weighted back into a sum
-        n = _diversity_users(recs, ctx)
+        n = _diversity_users(recs, ctx, emb)
         out["div_sum"], out["div_n"] = (1.0 - d) * n, n
     if live is not None:
         rows = live(users) if callable(live) else live[live["user_id"].isin(users)]
@@ -325,6 +348,10 @@ def _figures_from_totals(total: dict, *, users: pd.Series, exhausted: pd.Series 
     return figures
 
 
+def _same(x: object) -> object:
+    return x
+
+
 def _part_figures_at(path: str, ctx: PartContext, live: pd.DataFrame | LiveSource | None) -> dict:
     """One Dask task (or loop step): read one part, reduce it, let it go."""
     return part_figures(pd.read_parquet(path), ctx, live)
@@ -333,8 +360,8 @@ def _part_figures_at(path: str, ctx: PartContext, live: pd.DataFrame | LiveSourc
 def check_parts(parts: list[Path] | list[pd.DataFrame], *, users: pd.Series, items: pd.DataFrame,
                 thresholds: GateThresholds | dict | None = None, live: pd.DataFrame | LiveSource | None = None,
                 fallback_sources: tuple[str, ...] = ("popularity",),
-                item_embeddings: tuple[np.ndarray, np.ndarray] | None = None, top_n: int | None = None,
-                nothing_live: bool = False, exhausted: pd.Series | None = None,
+                item_embeddings: tuple[np.ndarray, np.ndarray] | str | Path | None = None,
+                top_n: int | None = None, nothing_live: bool = False, exhausted: pd.Series | None = None,
                 client: object | None = None) -> dict:
     """:func:`check_output` over a run's lists in parts (Parquet paths, or frames), one part in memory at a
     time: each part is reduced to additive figures (on the Dask ``client``'s workers when given, else in a
@@ -342,11 +369,14 @@ def check_parts(parts: list[Path] | list[pd.DataFrame], *, users: pd.Series, ite
     not the number of users' lists.
 
     ``live``: the live rows as a frame, or a callable giving the live rows of a part's users (the whole live
-    table is never read at once).
+    table is never read at once). ``item_embeddings``: (ids, matrix), or the path of an
+    ``item_embeddings.parquet`` that each process reads once (a missing file: diversity over categories).
     """
     t = thresholds if isinstance(thresholds, GateThresholds) else GateThresholds.from_dict(thresholds)
     available = _available(items)
     n_available = available.nunique()
+    if isinstance(item_embeddings, Path | str):
+        item_embeddings = str(item_embeddings) if Path(item_embeddings).exists() else None
     ctx = PartContext(available=np.unique(available.to_numpy(dtype="int64")),
                       items=items[[c for c in ("item_id", "category") if c in items]],
                       item_embeddings=item_embeddings, diversity_k=t.diversity_k, top_n=top_n,
@@ -354,7 +384,9 @@ def check_parts(parts: list[Path] | list[pd.DataFrame], *, users: pd.Series, ite
                       fallback_sources=tuple(fallback_sources))
     paths = [p for p in parts if not isinstance(p, pd.DataFrame)]
     if client is not None and paths and len(paths) == len(parts):
-        shared = client.scatter(ctx, broadcast=True)  # type: ignore[attr-defined]
+        # The context as a task, not scattered data: a worker lost mid-gate (a restart) has it recomputed,
+        # where scattered data is gone for good ("already forgotten").
+        shared = client.submit(_same, ctx, pure=False)  # type: ignore[attr-defined]
         futures = client.map(_part_figures_at, [str(p) for p in paths], ctx=shared, live=live,  # type: ignore[attr-defined]
                              pure=False)
         reduced = client.gather(futures)  # type: ignore[attr-defined]

@@ -53,6 +53,12 @@ def load_model(artifact_uri: str | Path, *, threads: int | None = None) -> Ranke
     return model
 
 
+def release_models() -> None:
+    """Forget the model :func:`load_model` keeps for this process."""
+    with _LOCK:
+        _CACHE.clear()
+
+
 def load_champion(url: str) -> RankerModel | None:
     """The champion model from ``recsys.models`` (None when there is none, or its files are gone)."""
     from pipeline.rank.registry import champion

@@ -26,21 +26,43 @@ from pipeline.rerank.config import stable_hash
 ItemEmbeddings = tuple[np.ndarray, np.ndarray]  # (item_ids, float32 matrix with one row per item)
 
 
-class FusedEmbeddings(tuple):
-    """``(item_ids, matrix)`` of fused text+image vectors that also knows where the parts are: the first
+class ItemVectors(tuple):
+    """``(item_ids, matrix)`` of item vectors as a run loads them (:func:`load_item_embeddings`); unpacks like
+    :data:`ItemEmbeddings`. MMR's operands (the id index and unit rows) are prepared once per loaded
+    catalogue and kept here, with the run's artefacts: a worker scores shard after shard against it."""
+
+    def __new__(cls, ids: np.ndarray, mat: np.ndarray) -> ItemVectors:
+        self = super().__new__(cls, (ids, mat))
+        self._prepared: tuple[pd.Index, np.ndarray] | None = None
+        self._lock = threading.Lock()
+        return self
+
+    def __reduce__(self) -> tuple:  # to and from Dask workers: the arrays only, prepared again there
+        return (type(self), (self[0], self[1]))
+
+    def prepared(self) -> tuple[pd.Index, np.ndarray]:
+        """:func:`prepare` of these vectors, computed on the first call (a worker may run two shards at once)."""
+        with self._lock:
+            if self._prepared is None:
+                self._prepared = prepare(self[0], self[1])
+            return self._prepared
+
+
+class FusedEmbeddings(ItemVectors):
+    """:class:`ItemVectors` of fused text+image vectors that also knows where the parts are: the first
     ``text_dim`` columns are ``sqrt(text_weight)`` x the text vector, the rest ``sqrt(1 - text_weight)`` x
-    the projected picture vector (:mod:`pipeline.features.fusion`). Unpacks like :data:`ItemEmbeddings`."""
+    the projected picture vector (:mod:`pipeline.features.fusion`)."""
 
     text_dim: int
     text_weight: float
 
     def __new__(cls, ids: np.ndarray, mat: np.ndarray, text_dim: int, text_weight: float) -> FusedEmbeddings:
-        self = super().__new__(cls, (ids, mat))
+        self = super().__new__(cls, ids, mat)
         self.text_dim, self.text_weight = int(text_dim), float(text_weight)
         return self
 
-    def __getnewargs__(self) -> tuple:  # pickled to and from Dask workers: __new__ needs all four
-        return (self[0], self[1], self.text_dim, self.text_weight)
+    def __reduce__(self) -> tuple:
+        return (type(self), (self[0], self[1], self.text_dim, self.text_weight))
 
     def part_similarity(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Text and picture cosines of item pairs ``a[i], b[i]`` (NaN where an item has no vector or no
@@ -93,7 +115,7 @@ def load_item_embeddings(path: str | Path) -> ItemEmbeddings | None:
         fusion = meta.get("fusion") or {}
         if fusion.get("image_proj_dim") and meta.get("text_dim") and int(meta["text_dim"]) < width:
             return FusedEmbeddings(ids, mat, int(meta["text_dim"]), float(fusion["text_weight"]))
-    return ids, mat
+    return ItemVectors(ids, mat)
 
 
 def normalise(mat: np.ndarray) -> np.ndarray:
@@ -102,25 +124,9 @@ def normalise(mat: np.ndarray) -> np.ndarray:
     return (mat / np.where(norm > 0, norm, 1.0)).astype(np.float32)
 
 
-#: Prepared MMR operands of the last item matrices seen: (ids, matrix, id index, unit rows + a zero last row).
-#: A worker scores shard after shard against one catalogue; renormalising it per call cost a pass over every
-#: item vector per shard (tier L: 100k x 512). Each entry holds its arrays, so an id() is never reused.
-_PREPARED: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, pd.Index, np.ndarray]] = {}
-_PREPARED_LOCK = threading.Lock()
-
-
-def prepared_embeddings(ids: np.ndarray, mat: np.ndarray) -> tuple[pd.Index, np.ndarray]:
-    """(index of ``ids``, ``normalise(mat)`` with a zero last row for items without a vector), once per
-    matrix and process; the matrix must not change in place afterwards (nothing here writes to it)."""
-    key = (id(ids), id(mat))
-    with _PREPARED_LOCK:  # a worker with two threads scores two shards at once
-        hit = _PREPARED.get(key)
-        if hit is None or hit[0] is not ids or hit[1] is not mat:
-            unit = np.vstack([normalise(mat), np.zeros((1, mat.shape[1]), np.float32)])
-            while len(_PREPARED) >= 2:
-                _PREPARED.pop(next(iter(_PREPARED)))
-            hit = _PREPARED[key] = (ids, mat, pd.Index(ids), unit)
-    return hit[2], hit[3]
+def prepare(ids: np.ndarray, mat: np.ndarray) -> tuple[pd.Index, np.ndarray]:
+    """MMR's operands: (index of ``ids``, ``normalise(mat)`` with a zero last row for items without a vector)."""
+    return pd.Index(ids), np.vstack([normalise(mat), np.zeros((1, mat.shape[1]), np.float32)])
 
 
 #: The bytes of item vectors one MMR block holds: every greedy step reads them all, and a block that stays in
@@ -210,7 +216,8 @@ def mmr_select(df: pd.DataFrame, *, top_n: int, mmr_lambda: float = 1.0, max_cat
     rel = np.where(best > 0, score.to_numpy(dtype="float64") / np.where(best > 0, best, 1.0), 0.0)
     erow = None
     if embeddings is not None and mmr_lambda < 1.0:
-        index, mat = prepared_embeddings(*embeddings)  # last row: no embedding
+        # last row: no embedding; a run's loaded vectors are prepared once, plain (ids, matrix) pairs per call
+        index, mat = embeddings.prepared() if isinstance(embeddings, ItemVectors) else prepare(*embeddings)
         erow = index.get_indexer(d["item_id"].to_numpy())
         erow = np.where(erow >= 0, erow, len(mat) - 1)
     cat_cap, brand_cap = cap_count(top_n, max_category_share), cap_count(top_n, max_brand_share)

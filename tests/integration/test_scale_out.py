@@ -128,6 +128,14 @@ def test_external_scheduler_publishes_what_the_local_cluster_does(
     with Client(external_dask, timeout="30s") as client:
         prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
         assert len(client.scheduler_info()["workers"]) == 2
+        # Each stage left the workers without the run's cached artefacts (scoring's catalogue, factors, model;
+        # the gate's vectors): the next stage, or the next run on this cluster, starts from bare workers.
+        caches = (("pipeline.recommend", "_load_cached"), ("pipeline.publish.gate", "_vectors_at"))
+        held = client.run(lambda: tuple(getattr(__import__(m, fromlist=["_"]), f).cache_info().currsize
+                                        for m, f in caches))
+        assert list(held.values()) == [(0, 0), (0, 0)]
+        loaded = client.run(lambda: "pipeline.recommend" in __import__("sys").modules)
+        assert all(loaded.values())  # the workers did score (so the empty caches above were emptied)
     assert "score_shard" in prefixes, prefixes  # dask's key_split drops the leading underscore
     assert len(prefixes) > 1, prefixes  # extract / feature tasks as well
 

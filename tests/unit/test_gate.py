@@ -286,3 +286,45 @@ def test_parts_are_read_from_parquet_one_at_a_time_and_the_legacy_file_is_one_pa
     from_files = check_parts(rec_parts(run), **kw)
     assert from_files == check_parts([run / "recs.parquet"], **kw)
     assert from_files["rows"] == len(recs)
+
+
+def test_gate_on_dask_reads_the_vectors_by_path_and_keeps_its_context_as_a_task(tmp_path: Path) -> None:
+    """On a cluster the gate's context is a task, not scattered data (a worker lost mid-gate has it recomputed;
+    scattered data was "already forgotten" at tier L), and the item vectors travel as the path of the run's
+    file, read once per worker: the figures equal the loop's over the same lists with the vectors in memory.
+    After a worker restart the context task is recomputed where scattered data is gone."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.dask_client import dask_client
+    from pipeline.publish.gate import _same, release_caches
+    from pipeline.settings import load_settings
+
+    recs, items = _random_lists(seed=5)
+    ids = items["item_id"].to_numpy()
+    vectors = (np.eye(21)[ids % 21] + 0.05 * np.random.default_rng(0).normal(size=(len(ids), 21))).astype("float32")
+    path = tmp_path / "item_embeddings.parquet"
+    pq.write_table(pa.table({"item_id": ids, "embedding": list(vectors)}), path)
+    paths = []
+    for i, part in enumerate(_split(recs, 4)):
+        paths.append(tmp_path / f"part-{i}.parquet")
+        part.sort_values(["user_id", "rank"]).to_parquet(paths[-1], index=False)
+    kw = {"users": pd.Series(np.arange(1, 301)), "items": items, "top_n": 10,
+          "thresholds": {"max_empty_lists": 10**6, "max_duplicate_items": 10**6, "max_bad_ranks": 10**6,
+                         "max_bad_scores": 10**6, "max_long_lists": 10**6, "max_short_share": 1.0,
+                         "max_unavailable_items": 10**6, "max_missing_reasons": 10**6, "max_fallback_share": 1.0}}
+    in_memory = check_parts(paths, item_embeddings=(ids, vectors), **kw)
+    assert 0.2 < in_memory["diversity"] < 0.8
+    assert check_parts(paths, item_embeddings=path, **kw) == in_memory  # the loop reads the file once
+    release_caches()
+    no_file = check_parts(paths, item_embeddings=tmp_path / "absent.parquet", **kw)
+    assert no_file["diversity"] != in_memory["diversity"]  # over categories, not vectors
+    with dask_client(load_settings(dask_workers=1, dask_address=None)) as client:
+        assert check_parts(paths, item_embeddings=path, client=client, **kw) == in_memory
+        scattered, as_task = client.scatter([7]), client.submit(_same, [7], pure=False)
+        assert as_task.result(timeout=30) == [7]
+        client.restart_workers(list(client.scheduler_info()["workers"]))
+        assert as_task.result(timeout=30) == [7]  # recomputed on the new worker
+        with pytest.raises(Exception, match="lost|forgotten|cancel"):  # what the scattered context met
+            scattered[0].result(timeout=30)
+        assert check_parts(paths, item_embeddings=path, client=client, **kw) == in_memory

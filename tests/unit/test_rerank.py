@@ -178,22 +178,32 @@ def test_mmr_uses_embeddings_when_given() -> None:
     assert _ids(finalize_lists(_cand(items), items, top_n=3, config=cat, item_embeddings=emb)) == [1, 2, 3]
 
 
-def test_mmr_normalises_a_catalogue_once_per_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A worker scores many shards against one catalogue: its vectors are normalised on the first call only,
-    with the same lists every time; another matrix (another run's) is prepared afresh."""
+def test_mmr_normalises_a_loaded_catalogue_once() -> None:
+    """A worker scores many shards against one run's loaded vectors: they are normalised on the first call
+    only, with the same lists as a plain (ids, matrix) pair prepared per call; another catalogue (another
+    run's) is prepared afresh, and a pickled copy (a Dask worker's) prepares its own."""
+    import pickle
+
     from pipeline.rerank import diversity
 
     calls: list[int] = []
     real = diversity.normalise
-    monkeypatch.setattr(diversity, "normalise", lambda m: calls.append(len(m)) or real(m))
-    items = _items(3, category=["A"] * 3)
-    c = _cand(items).assign(score=[1.0, 0.9, 0.8]).merge(items[["item_id", "category", "top_category"]])
-    emb = (np.array([1, 2, 3]), np.array([[1, 0], [1, 0.01], [0, 1]], dtype=np.float32))
-    first = [mmr_select(c, top_n=3, mmr_lambda=0.7, embeddings=emb)["item_id"].tolist() for _ in range(3)]
-    assert first == [[1, 3, 2]] * 3 and calls == [3]
-    other = (emb[0], np.array([[1, 0], [0, 1], [1, 0.01]], dtype=np.float32))  # item 3 now resembles item 1
-    assert mmr_select(c, top_n=3, mmr_lambda=0.7, embeddings=other)["item_id"].tolist() == [1, 2, 3]
-    assert calls == [3, 3]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(diversity, "normalise", lambda m: calls.append(len(m)) or real(m))
+        items = _items(3, category=["A"] * 3)
+        c = _cand(items).assign(score=[1.0, 0.9, 0.8]).merge(items[["item_id", "category", "top_category"]])
+        ids, mat = np.array([1, 2, 3]), np.array([[1, 0], [1, 0.01], [0, 1]], dtype=np.float32)
+        emb = diversity.ItemVectors(ids, mat)
+        first = [mmr_select(c, top_n=3, mmr_lambda=0.7, embeddings=emb)["item_id"].tolist() for _ in range(3)]
+        assert first == [[1, 3, 2]] * 3 and calls == [3]
+        assert mmr_select(c, top_n=3, mmr_lambda=0.7, embeddings=(ids, mat))["item_id"].tolist() == [1, 3, 2]
+        assert calls == [3, 3]  # a plain pair: per call
+        other = diversity.ItemVectors(ids, np.array([[1, 0], [0, 1], [1, 0.01]], dtype=np.float32))
+        assert mmr_select(c, top_n=3, mmr_lambda=0.7, embeddings=other)["item_id"].tolist() == [1, 2, 3]
+        copy = pickle.loads(pickle.dumps(emb))
+        assert type(copy) is diversity.ItemVectors and copy._prepared is None
+        assert mmr_select(c, top_n=3, mmr_lambda=0.7, embeddings=copy)["item_id"].tolist() == [1, 3, 2]
+        assert calls == [3, 3, 3, 3]
 
 
 def test_category_and_brand_caps_move_items_down_never_out() -> None:
