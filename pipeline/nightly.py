@@ -139,12 +139,16 @@ def validate(url: str, run_id: str, as_of: datetime, max_bad_share: float | None
 
 @contextmanager
 def _client(client: object | None, dask_address: str | None) -> Iterator[object]:
-    """The caller's client when given (one cluster for a whole run), else one for this stage."""
+    """The caller's client when given (one cluster for a whole run), else one for this stage. A stage's own
+    client on an external cluster leaves its workers bare at the end, as a shared client does after each stage
+    (:func:`release_worker_caches`); a LocalCluster closes with the stage."""
     if client is not None:
         yield client
         return
     with dask_client(address=dask_address) as own:
         yield own
+        if dask_address or get_settings().dask_address:
+            own.run(release_worker_caches)  # type: ignore[attr-defined]
 
 
 @_stage("extract")

@@ -35,7 +35,7 @@ HL = {"view": 7.0, "click": 10.0, "add_to_cart": 14.0, "purchase": 30.0}
 def cluster():  # noqa: ANN201 - distributed.Client
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=40) as lc, Client(lc) as client:
         yield client
 

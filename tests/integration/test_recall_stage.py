@@ -34,7 +34,7 @@ def _recall(users: np.ndarray, snap: Path, n: int = 60) -> pd.DataFrame:
 def client():
     from distributed import Client
 
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c:
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as c:
         yield c
 
 

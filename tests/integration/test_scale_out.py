@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.db.engine import connect
 from pipeline.nightly import run_nightly
-from pipeline.settings import load_settings
+from pipeline.settings import load_settings, use_settings
 
 pytestmark = pytest.mark.integration
 AS_OF = datetime(2026, 11, 24, tzinfo=UTC)
@@ -138,6 +138,16 @@ def test_external_scheduler_publishes_what_the_local_cluster_does(
         assert all(loaded.values())  # the workers did score (so the empty caches above were emptied)
     assert "score_shard" in prefixes, prefixes  # dask's key_split drops the leading underscore
     assert len(prefixes) > 1, prefixes  # extract / feature tasks as well
+    # One stage as an Airflow task runs it (its own client on the external cluster): the same, at its end.
+    from pipeline.nightly import score_users
+
+    with use_settings(settings):
+        again = score_users(str(settings.home_path), external["run_id"], AS_OF, top_n=20, n_candidates=60)
+    assert again["rows"] == len(on_external)
+    with Client(external_dask, timeout="30s") as client:
+        held = client.run(lambda: tuple(getattr(__import__(m, fromlist=["_"]), f).cache_info().currsize
+                                        for m, f in caches))
+    assert list(held.values()) == [(0, 0), (0, 0)]
 
 
 def test_local_cluster_workers_keep_one_thread_and_a_fixed_mmap_threshold() -> None:

@@ -101,7 +101,7 @@ def test_good_rows_survive_extraction_unchanged(corpus: str, tmp_path: Path) -> 
     from pipeline.extract import extract_snapshot, read_snapshot
 
     validate_source(corpus, "r1", AS_OF, max_bad_share=1.0, data_docs=False)
-    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as client:
         counts = extract_snapshot(corpus, tmp_path / "snap", AS_OF, client)
     events, items, _ = read_snapshot(tmp_path / "snap")
     assert counts["events"] == 3 and sorted(events["event_id"]) == [9101, 9102, 9103]
