@@ -239,6 +239,8 @@ def seq_source(events: pd.DataFrame, followers: pd.DataFrame, cfg: RecallConfig,
 
 def als_source(users: np.ndarray, hist: pd.DataFrame, factors: Factors, n: int) -> pd.DataFrame | None:
     """Top-``n`` items by ALS score; users unknown to the factors but with a history are folded in."""
+    import torch
+
     from pipeline.recall.factors import fold_in
 
     rows, known = factors.user_rows(users)
@@ -258,10 +260,17 @@ def als_source(users: np.ndarray, hist: pd.DataFrame, factors: Factors, n: int) 
             reg, alpha = float(factors.meta.get("regularization", 20.0)), float(factors.meta.get("alpha", 1.0))
             U[sub] = fold_in(factors.fold_in_matrix(m[sub]), factors.item_factors, reg, alpha=alpha)
     active = np.flatnonzero(np.abs(U).sum(axis=1) > 0)
-    if not len(active):
+    kk = min(n, len(factors.item_ids))
+    if not len(active) or kk < 1:
         return None
+    # the users' seen items as (position in ``active``, factor column): masked in the score blocks, so each
+    # block keeps only its users' ``n`` best unseen items instead of n + the longest history
     seen = hist[hist["user_id"].isin(users[active])]
-    kk = min(n + (int(seen.groupby("user_id").size().max()) if len(seen) else 0), len(factors.item_ids))
+    cols = np.searchsorted(factors.item_ids, seen["item_id"].to_numpy())
+    known_item = cols < len(factors.item_ids)
+    known_item[known_item] = factors.item_ids[cols[known_item]] == seen["item_id"].to_numpy()[known_item]
+    seen_row = pd.Index(users[active]).get_indexer(seen["user_id"].to_numpy()[known_item])
+    seen_col = cols[known_item]
     frames = []
     for start in range(0, len(active), ALS_BLOCK):
         block = active[start:start + ALS_BLOCK]
@@ -270,15 +279,14 @@ def als_source(users: np.ndarray, hist: pd.DataFrame, factors: Factors, n: int) 
         Ub = np.zeros((ALS_BLOCK, U.shape[1]), np.float32)
         Ub[: len(block)] = U[block]
         scores = (Ub @ factors.item_factors.T)[: len(block)]
-        # every item at least as good as the kk-th (ties included): which of equal scores argpartition keeps is
-        # arbitrary and kk depends on the shard; _top_per_user then breaks ties by item id
-        kth = -np.partition(-scores, kth=kk - 1, axis=1)[:, kk - 1]
+        mine = (seen_row >= start) & (seen_row < start + len(block))
+        scores[seen_row[mine] - start, seen_col[mine]] = -np.inf
+        # every item at least as good as the kk-th (ties included): which of equal scores a top-k keeps is
+        # arbitrary; _top_per_user then breaks ties by item id. torch's top-k: half of np.partition's time.
+        kth = torch.topk(torch.from_numpy(scores), kk, dim=1, sorted=False).values.min(dim=1).values.numpy()
         r, c = np.nonzero((scores >= kth[:, None]) & (scores > 0))
         frames.append(_frame(users[block][r], factors.item_ids[c], "als", scores[r, c]))
     df = pd.concat(frames, ignore_index=True)
-    if len(seen):
-        df = df.merge(seen[["user_id", "item_id"]].assign(_s=True), on=["user_id", "item_id"], how="left")
-        df = df[df["_s"].isna()].drop(columns="_s")
     df = df[df["recall_score"] > 0]
     df["recall_score"] = _norm(df["recall_score"], df["user_id"])
     return _top_per_user(df, n)

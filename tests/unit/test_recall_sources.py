@@ -225,6 +225,40 @@ def test_bm25_factors_round_trip_and_fold_in_through_the_weighting(tmp_path) -> 
         load_factors(tmp_path / "als")
 
 
+def test_als_source_is_each_users_best_unseen_items_in_blocks_with_ties_and_heavy_histories() -> None:
+    """ALS recall masks the users' seen items in each score block and keeps its n best: the same rows as
+    scoring every item, dropping the seen ones and taking the n best by score then item id, over blocks of
+    users, tied scores and histories longer than the list."""
+    from pipeline.recall import candidates
+    from pipeline.recall.candidates import als_source
+
+    rng = np.random.default_rng(8)
+    n_users, n_items, n = 2 * candidates.ALS_BLOCK + 37, 300, 15
+    # small integers: every score is exact in any summation order (no BLAS rounding), with many exact ties
+    itf = rng.integers(-3, 4, size=(n_items, 6)).astype(np.float32)
+    uf = rng.integers(-3, 4, size=(n_users, 6)).astype(np.float32)
+    uf[5] = 0.0  # a user without a vector: no ALS rows
+    f = Factors(uf, itf, np.arange(n_users) * 2, np.arange(n_items) + 1000, {})
+    users = np.arange(n_users) * 2
+    heavy = pd.DataFrame({"user_id": 2, "item_id": np.arange(1000, 1000 + 200), "weight": 1.0})  # > n seen
+    hist = pd.concat([heavy, pd.DataFrame({"user_id": rng.choice(users, 3000),
+                                           "item_id": rng.integers(990, 1000 + n_items, 3000),  # some unknown
+                                           "weight": 1.0})]).drop_duplicates(["user_id", "item_id"])
+    got = als_source(users, hist, f, n=n)
+    want = []
+    for i, u in enumerate(users):
+        sc = uf[i] @ itf.T
+        seen = set(hist.loc[hist["user_id"] == u, "item_id"])
+        rows = [(-float(sc[j]), 1000 + j) for j in range(n_items) if sc[j] > 0 and 1000 + j not in seen]
+        rows = sorted(rows)[:n]
+        want += [(int(u), item, -neg / -rows[0][0]) for neg, item in rows]
+    want = pd.DataFrame(want, columns=["user_id", "item_id", "recall_score"])
+    assert 5 * 2 not in set(got["user_id"]) and len(got) == len(want) > n * (n_users - 2)
+    assert got["user_id"].tolist() == want["user_id"].tolist()
+    assert got["item_id"].tolist() == want["item_id"].tolist()
+    np.testing.assert_allclose(got["recall_score"].to_numpy(), want["recall_score"].to_numpy(), rtol=1e-5)
+
+
 def test_interactions_repeats_add_up_and_decay() -> None:
     ev = pd.DataFrame({"user_id": [1, 1, 1], "item_id": pd.array([7, 7, 8], dtype="Int64"),
                        "event_type": ["view", "view", "purchase"],
