@@ -45,23 +45,28 @@ DECAY_FROM = ("as_of", "user_last")
 
 
 def decayed_weight(events: pd.DataFrame, as_of: datetime, weights: dict[str, float],
-                   half_life_days: dict[str, float], decay_from: str = "as_of") -> pd.Series:
+                   half_life_days: dict[str, float], decay_from: str = "as_of",
+                   user_last: pd.Series | None = None) -> pd.Series:
     """Weight of each event: its type's weight halved every half-life of that type before ``as_of`` (or
     before the user's latest event, ``decay_from="user_last"``)."""
     w = _per_type(events, weights, 0.0)
-    return pd.Series(w * decay_factor(events, as_of, half_life_days, decay_from).to_numpy(), index=events.index)
+    return pd.Series(w * decay_factor(events, as_of, half_life_days, decay_from, user_last).to_numpy(),
+                     index=events.index)
 
 
 def decay_factor(events: pd.DataFrame, as_of: datetime, half_life_days: dict[str, float],
-                 decay_from: str = "as_of") -> pd.Series:
+                 decay_from: str = "as_of", user_last: pd.Series | None = None) -> pd.Series:
     """``2 ** (-age / half_life)`` of each event, with its type's half-life (7 days when unknown); the age is
-    counted from ``as_of`` or, with ``decay_from="user_last"``, from the user's latest event (at most as_of)."""
+    counted from ``as_of`` or, with ``decay_from="user_last"``, from the user's latest event (at most as_of):
+    of ``events``, or ``user_last`` (ts by user_id) when they are one chunk of a user's events."""
     if decay_from not in DECAY_FROM:
         raise ValueError(f"decay_from must be one of {DECAY_FROM}, not {decay_from!r}")
     hl = _per_type(events, half_life_days, 7.0)
     ref = pd.Timestamp(as_of)
     if decay_from == "user_last" and len(events):
-        ref = events.groupby("user_id")["ts"].transform("max").clip(upper=ref)
+        last = (user_last.reindex(events["user_id"].to_numpy()).set_axis(events.index) if user_last is not None
+                else events.groupby("user_id")["ts"].transform("max"))
+        ref = last.clip(upper=ref)
     age_days = (ref - events["ts"]).dt.total_seconds().to_numpy() / 86400.0
     return pd.Series(np.exp2(-np.clip(age_days, 0, None) / hl), index=events.index)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -39,6 +40,42 @@ def build_interactions(events: pd.DataFrame, as_of: datetime, *, weights: dict[s
     m = sp.csr_matrix((w[ok], (rows[ok], cols[ok])), shape=(len(users), len(items)), dtype=np.float32)
     m.sum_duplicates()
     return Interactions(m, users, items)
+
+
+def interactions_from_chunks(chunks: Callable[[], Iterable[pd.DataFrame]], as_of: datetime, *,
+                             weights: dict[str, float], half_life_days: dict[str, float], item_ids: np.ndarray,
+                             decay_from: str = "as_of") -> Interactions:
+    """:func:`build_interactions` over events that come in chunks (a snapshot's date partitions, each call of
+    ``chunks`` reading them afresh), never all at once: one pass for the users (and their latest event), one
+    that adds each chunk's sums into the matrix. Memory follows the matrix (users x their items), not the
+    events; the sums may differ from the one-frame build in the last float32 bits (another grouping)."""
+    items = np.asarray(item_ids)
+    last: pd.Series | None = None
+    users: list[np.ndarray] = [np.zeros(0, "int64")]
+    for ch in chunks():
+        ev = ch[ch["item_id"].notna() & ch["event_type"].isin(list(weights))]
+        users.append(np.unique(ev["user_id"].to_numpy(dtype="int64")))
+        if decay_from == "user_last" and len(ev):
+            top = ev.groupby("user_id")["ts"].max()
+            last = top if last is None else pd.concat([last, top]).groupby(level=0).max()
+    user_ids = np.unique(np.concatenate(users))
+    m = sp.csr_matrix((len(user_ids), len(items)), dtype=np.float32)
+    for ch in chunks():
+        ev = ch[ch["item_id"].notna() & ch["event_type"].isin(list(weights))]
+        if not len(ev):
+            continue
+        if "event_id" in ev:  # a fixed order within the chunk, whatever order the files hold
+            ev = ev.sort_values(["ts", "event_id"], kind="stable")
+        w = decayed_weight(ev, as_of, weights, half_life_days, decay_from, user_last=last).to_numpy()
+        item = ev["item_id"].astype("int64").to_numpy()
+        cols = np.searchsorted(items, item)
+        ok = (cols < len(items)) & (items[np.minimum(cols, len(items) - 1)] == item)
+        rows = np.searchsorted(user_ids, ev["user_id"].to_numpy(dtype="int64"))
+        part = sp.csr_matrix((w[ok], (rows[ok], cols[ok])), shape=m.shape, dtype=np.float32)
+        part.sum_duplicates()
+        m = m + part
+    m.sum_duplicates()
+    return Interactions(sp.csr_matrix(m, dtype=np.float32), user_ids, items)
 
 
 def cap_user_history(user_items: sp.csr_matrix, max_items: int | None) -> sp.csr_matrix:

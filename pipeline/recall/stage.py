@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import ConfigError, InputDataError
-from pipeline.extract.snapshot import events_path, read_snapshot
+from pipeline.extract.snapshot import events_path
 from pipeline.files import files_stamp, write_parquet
 from pipeline.recall.factors import BM25Weights, Factors, load_factors, save_factors, train_als
-from pipeline.recall.matrix import build_interactions
+from pipeline.recall.matrix import interactions_from_chunks
 from pipeline.recall.neighbours import neighbours_from_interactions
 from pipeline.recall.sequential import FOLLOWER_COLUMNS, FollowerBuilder, SeqParams
 
@@ -79,9 +79,12 @@ def build_recall_models(snapshot_dir: str | Path, as_of: datetime, client: objec
     if not (snap / "items.parquet").exists():
         raise InputDataError(f"no snapshot at {snap}", "run the extract stage for this run first")
     t0 = time.perf_counter()
-    events, items, _ = read_snapshot(snap)
-    inter = build_interactions(events, as_of, weights=weights, half_life_days=half_life_days, decay_from=decay_from,
-                               item_ids=np.sort(items["item_id"].to_numpy()))
+    items = pd.read_parquet(snap / "items.parquet", columns=["item_id"])
+    # the events one date partition at a time: the client's memory follows the matrix, not the events
+    inter = interactions_from_chunks(
+        lambda: event_chunks(snap, ["event_id", "user_id", "item_id", "event_type", "ts"]), as_of,
+        weights=weights, half_life_days=half_life_days, decay_from=decay_from,
+        item_ids=np.sort(items["item_id"].to_numpy()))
     t1 = time.perf_counter()
     if algorithm is None:
         from pipeline.settings import get_settings

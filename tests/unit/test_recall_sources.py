@@ -259,6 +259,33 @@ def test_als_source_is_each_users_best_unseen_items_in_blocks_with_ties_and_heav
     np.testing.assert_allclose(got["recall_score"].to_numpy(), want["recall_score"].to_numpy(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("decay_from", ["as_of", "user_last"])
+def test_interactions_from_chunks_equal_the_one_frame_build(decay_from: str) -> None:
+    """cf_build reads the snapshot's events a date partition at a time: the matrix equals the one-frame build
+    (to float32 rounding), users' latest events spanning chunks included; searches and unknown items left out."""
+    from pipeline.datagen.build import build_shop
+    from pipeline.recall.matrix import interactions_from_chunks
+
+    shop, _ = build_shop(300, 80, 10, seed=5, end=AS_OF)
+    ev = shop.events.sort_values(["ts", "event_id"]).reset_index(drop=True)
+    ev = pd.concat([ev, ev.iloc[:3].assign(item_id=10**6, event_id=ev["event_id"].max() + np.arange(1, 4))])
+    items = np.sort(shop.items["item_id"].to_numpy())
+    days = [g for _, g in ev.groupby(ev["ts"].dt.date)]
+    assert len(days) > 5 and (ev["event_type"] == "search").any()
+    whole = build_interactions(ev, AS_OF, weights=WEIGHTS, half_life_days=HALF_LIFE, item_ids=items,
+                               decay_from=decay_from)
+    chunked = interactions_from_chunks(lambda: (d.sample(frac=1.0, random_state=1) for d in days), AS_OF,
+                                       weights=WEIGHTS, half_life_days=HALF_LIFE, item_ids=items,
+                                       decay_from=decay_from)
+    np.testing.assert_array_equal(chunked.user_ids, whole.user_ids)
+    np.testing.assert_array_equal(chunked.item_ids, whole.item_ids)
+    a, b = chunked.user_items, whole.user_items
+    assert a.dtype == np.float32 and a.nnz == b.nnz > 500
+    np.testing.assert_array_equal(a.indptr, b.indptr)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.data, b.data, rtol=1e-5)
+
+
 def test_interactions_repeats_add_up_and_decay() -> None:
     ev = pd.DataFrame({"user_id": [1, 1, 1], "item_id": pd.array([7, 7, 8], dtype="Int64"),
                        "event_type": ["view", "view", "purchase"],
