@@ -56,6 +56,9 @@ def dask_client(settings: Settings | None = None, *, address: str | None = None,
         return
     import dask
 
+    # Set for the cluster's whole life, not only its start: a nanny hands a worker it restarts (after a memory
+    # kill) the config it shares with this process, so a restarted worker fell back to Dask's pause line and the
+    # tier L scoring stalled with both workers paused (the first workers had been started inside the setting).
     with dask.config.set({WORKER_ENVIRON: worker_environ(), **WORKER_MEMORY_CONFIG}):
         cluster = LocalCluster(n_workers=workers or settings.dask_workers, threads_per_worker=1, processes=True,
                                # ":0": a free port for the HTTP server (None still binds 8787, and warns when taken)
@@ -64,9 +67,9 @@ def dask_client(settings: Settings | None = None, *, address: str | None = None,
                                # being closed after a failed stage logs an ERROR with a traceback, which would
                                # break the CLI's one-line error (seen under load)
                                silence_logs=50)
-    client = Client(cluster)
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
+        client = Client(cluster)
+        try:
+            yield client
+        finally:
+            client.close()
+            cluster.close()
