@@ -34,12 +34,19 @@ def build_interactions(events: pd.DataFrame, as_of: datetime, *, weights: dict[s
     w = decayed_weight(ev, as_of, weights, half_life_days, decay_from).to_numpy()
     users = np.unique(ev["user_id"].to_numpy())
     items = np.unique(ev["item_id"].astype("int64").to_numpy()) if item_ids is None else np.asarray(item_ids)
-    rows = np.searchsorted(users, ev["user_id"].to_numpy())
-    cols = np.searchsorted(items, ev["item_id"].astype("int64").to_numpy())
-    ok = (cols < len(items)) & (items[np.minimum(cols, len(items) - 1)] == ev["item_id"].to_numpy())
-    m = sp.csr_matrix((w[ok], (rows[ok], cols[ok])), shape=(len(users), len(items)), dtype=np.float32)
+    return Interactions(_summed(ev, w, users, items), users, items)
+
+
+def _summed(ev: pd.DataFrame, w: np.ndarray, user_ids: np.ndarray, items: np.ndarray) -> sp.csr_matrix:
+    """``w`` summed per (user, item) of ``ev`` as a float32 CSR over ``user_ids`` x ``items`` (other items
+    left out)."""
+    item = ev["item_id"].astype("int64").to_numpy()
+    cols = np.searchsorted(items, item)
+    ok = (cols < len(items)) & (items[np.minimum(cols, len(items) - 1)] == item)
+    rows = np.searchsorted(user_ids, ev["user_id"].to_numpy(dtype="int64"))
+    m = sp.csr_matrix((w[ok], (rows[ok], cols[ok])), shape=(len(user_ids), len(items)), dtype=np.float32)
     m.sum_duplicates()
-    return Interactions(m, users, items)
+    return m
 
 
 def interactions_from_chunks(chunks: Callable[[], Iterable[pd.DataFrame]], as_of: datetime, *,
@@ -67,13 +74,7 @@ def interactions_from_chunks(chunks: Callable[[], Iterable[pd.DataFrame]], as_of
         if "event_id" in ev:  # a fixed order within the chunk, whatever order the files hold
             ev = ev.sort_values(["ts", "event_id"], kind="stable")
         w = decayed_weight(ev, as_of, weights, half_life_days, decay_from, user_last=last).to_numpy()
-        item = ev["item_id"].astype("int64").to_numpy()
-        cols = np.searchsorted(items, item)
-        ok = (cols < len(items)) & (items[np.minimum(cols, len(items) - 1)] == item)
-        rows = np.searchsorted(user_ids, ev["user_id"].to_numpy(dtype="int64"))
-        part = sp.csr_matrix((w[ok], (rows[ok], cols[ok])), shape=m.shape, dtype=np.float32)
-        part.sum_duplicates()
-        m = m + part
+        m = m + _summed(ev, w, user_ids, items)
     m.sum_duplicates()
     return Interactions(sp.csr_matrix(m, dtype=np.float32), user_ids, items)
 
