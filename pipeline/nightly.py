@@ -45,11 +45,11 @@ def _stage(name: str) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
             bound = sig.bind(*args, **kwargs)
             home = bound.arguments.get("home") or str(get_settings().home_path)
             client = bound.arguments.get("client")
-            before = _worker_addresses(client)
+            before = _removals(client)
             t0 = time.perf_counter()
             out = fn(*args, **kwargs)
             if client is not None:  # a client shared by stages (rerank run nightly, an external cluster)
-                lost = before - _worker_addresses(client)
+                lost = _removals(client) - before
                 if lost:  # a nanny restarted a worker: most often its memory limit (RERANK_WORKER_MEMORY)
                     out = {**out, "workers_lost": len(lost)}
                     log.warning("stage %s: %d Dask worker(s) lost and replaced during the stage; check "
@@ -67,8 +67,13 @@ def _stage(name: str) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
     return wrap
 
 
-def _worker_addresses(client: object | None) -> set[str]:
-    return set(client.scheduler_info()["workers"]) if client is not None else set()  # type: ignore[attr-defined]
+def _removals(client: object | None) -> set[tuple[float, str]]:
+    """The scheduler's log of removed workers (time, address): each restart counts, the same worker's too."""
+    if client is None:
+        return set()
+    events = client.get_events("all")  # type: ignore[attr-defined]
+    return {(ts, msg.get("worker", "")) for ts, msg in events
+            if isinstance(msg, dict) and msg.get("action") == "remove-worker"}
 
 
 def release_worker_caches() -> None:

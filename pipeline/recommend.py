@@ -153,11 +153,12 @@ def release_caches() -> None:
     """Drop every run's artefacts this process holds (the per-worker caches of :func:`load_artefacts` and of
     the files under it): a stage that scored leaves its workers as it found them for the next stage."""
     from pipeline.rank.score import release_models
-    from pipeline.recall.content import _cached_index
-    from pipeline.recall.stage import _followers_cached, _shared_cached
+    from pipeline.recall.content import release_index
+    from pipeline.recall.stage import release_tables
 
-    for cached in (_load_cached, _cached_index, _shared_cached, _followers_cached):
-        cached.cache_clear()
+    _load_cached.cache_clear()
+    release_index()
+    release_tables()
     release_models()
 
 

@@ -172,6 +172,11 @@ def _cached_index(path: str, mtime: float) -> ContentIndex:
     return ContentIndex.from_parquet(f) if f.exists() else ContentIndex.from_frame(load_embeddings(path))
 
 
+def release_index() -> None:
+    """Drop the content indexes this process holds (a worker after its run's scoring stage)."""
+    _cached_index.cache_clear()
+
+
 def content_index_for(snapshot_dir: str | Path) -> ContentIndex:
     """The snapshot's content index, built once per worker process (keyed by path and embeddings mtime)."""
     snap = Path(snapshot_dir)

@@ -152,6 +152,12 @@ def _shared_cached(snap: str, stamp: tuple) -> tuple[pd.DataFrame, pd.DataFrame,
     return feats, nb, fac
 
 
+def release_tables() -> None:
+    """Drop the run tables and followers this process holds (a worker after its run's scoring stage)."""
+    _shared_cached.cache_clear()
+    _followers_cached.cache_clear()
+
+
 def load_followers(snap: str | Path) -> pd.DataFrame | None:
     """The run's ``followers.parquet`` (once per worker and version of the snapshot's files); None when the
     run has none (the ``seq`` source is off)."""

@@ -3,6 +3,7 @@ processes (started here on loopback with the `dask` CLI) publishes exactly what 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -179,3 +180,24 @@ def test_local_cluster_workers_keep_one_thread_and_a_fixed_mmap_threshold() -> N
     # no pause (a worker holding the run's cached artefacts above 80 % stalled the tier L run for good), no
     # spill (the nanny's terminate line stays)
     assert fractions == [(False, False, False)] * 2
+
+
+def test_a_stage_counts_every_worker_restart_it_saw(tmp_path: Path) -> None:
+    """``workers_lost`` in a stage's figures counts each restart the scheduler logged, the same worker's
+    second one too (comparing addresses before and after counted one)."""
+    from pipeline.dask_client import dask_client
+    from pipeline.nightly import _stage
+    from pipeline.settings import load_settings
+
+    @_stage("probe")
+    def probe(home: str, run_id: str, client: object, restarts: int) -> dict:
+        for _ in range(restarts):
+            client.restart_workers(list(client.scheduler_info()["workers"]))  # type: ignore[attr-defined]
+        return {"ok": True}
+
+    with dask_client(load_settings(dask_workers=1, dask_address=None)) as client:
+        calm = probe(str(tmp_path), "r", client, 0)
+        twice = probe(str(tmp_path), "r", client, 2)
+    assert "workers_lost" not in calm
+    assert twice["workers_lost"] == 2
+    assert json.loads((tmp_path / "runs" / "r" / "stages" / "probe.json").read_text())["workers_lost"] == 2
