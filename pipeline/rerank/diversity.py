@@ -140,9 +140,10 @@ def cap_count(top_n: int, share: float) -> int:
 
 
 def _greedy(rel: np.ndarray, valid: np.ndarray, top: np.ndarray, full: np.ndarray, brand: np.ndarray,
-            emb: np.ndarray | None, n: int, lam: float, cat_cap: int, brand_cap: int,
+            gram: np.ndarray | None, n: int, lam: float, cat_cap: int, brand_cap: int,
             retarget: np.ndarray | None = None, retarget_share: float = 1.0) -> np.ndarray:
-    """Positions (into each row's candidates) picked in order; -1 where a user ran out."""
+    """Positions (into each row's candidates) picked in order; -1 where a user ran out. ``gram``: each user's
+    candidate-by-candidate cosines (U, C, C), None to use the category paths as similarity."""
     U, C = rel.shape
     order = np.full((U, n), -1, dtype=np.int64)
     selected = np.zeros((U, C), dtype=bool)
@@ -179,8 +180,8 @@ def _greedy(rel: np.ndarray, valid: np.ndarray, top: np.ndarray, full: np.ndarra
         bc = brand[rows, pick][:, None]
         brand_cnt += (brand == bc) & (bc >= 0) & hcol
         if use_sim:
-            if emb is not None:
-                sim = np.matmul(emb, emb[rows, pick][:, :, None])[:, :, 0]
+            if gram is not None:
+                sim = gram[rows, pick]
             else:
                 fc = full[rows, pick][:, None]
                 sim = 0.5 * same_top + 0.5 * ((full == fc) & (fc >= 0))
@@ -197,7 +198,7 @@ def mmr_select(df: pd.DataFrame, *, top_n: int, mmr_lambda: float = 1.0, max_cat
     rows ``max_retarget_share`` caps in every prefix of the list, not only in the whole of it, so they do not
     all gather at the top). Only the ``pool`` best candidates per user (default ``max(3 * top_n, 100)``) are
     considered, the usual MMR shortcut. Every cap moves items down, never out. ``batch_users``: users per
-    vectorised block (default: as many as keep the block's item vectors within :data:`BLOCK_BYTES`).
+    vectorised block (default: as many as keep the block's similarities within :data:`BLOCK_BYTES`).
     """
     if df.empty:
         return df.assign(rank=pd.Series(dtype="int32"))
@@ -225,9 +226,9 @@ def mmr_select(df: pd.DataFrame, *, top_n: int, mmr_lambda: float = 1.0, max_cat
             else None)
     starts = np.flatnonzero(np.r_[True, ucode[1:] != ucode[:-1]])
     n_users = len(starts)
-    if batch_users is None:  # each greedy step reads the block's vectors: a block that stays in cache
+    if batch_users is None:  # each greedy step reads the block's similarities: a block that stays in cache
         width = int(pos.max()) + 1
-        per_user = width * (mat.shape[1] * 4 if erow is not None else 64)
+        per_user = width * (width * 4 if erow is not None else 64)
         batch_users = int(np.clip(BLOCK_BYTES // max(per_user, 1), 8, 256))
     picked = []
     for b0 in range(0, n_users, batch_users):
@@ -242,12 +243,19 @@ def mmr_select(df: pd.DataFrame, *, top_n: int, mmr_lambda: float = 1.0, max_cat
             return out
 
         valid = pad(np.ones(hi - lo, bool), False, "bool")
-        emb = None
+        gram = None
         if erow is not None:
-            emb = np.zeros((U, C, mat.shape[1]), dtype=np.float32)
-            emb[u, p] = mat[erow[lo:hi]]
+            # every pair's cosine at once (one batched GEMM), not a pass over the vectors per greedy step:
+            # the steps then read (C, C) floats per user instead of (C, dim)
+            if hi - lo == U * C:  # every user has C candidates (the usual case): one gather, no padding copy
+                emb = mat[erow[lo:hi]].reshape(U, C, mat.shape[1])
+            else:
+                emb = np.zeros((U, C, mat.shape[1]), dtype=np.float32)
+                emb[u, p] = mat[erow[lo:hi]]
+            gram = np.matmul(emb, emb.transpose(0, 2, 1))
+            del emb
         order = _greedy(pad(rel[lo:hi], 0.0, "float32"), valid, pad(top[lo:hi], -1, "int64"),
-                        pad(full[lo:hi], -1, "int64"), pad(brand[lo:hi], -1, "int64"), emb, top_n,
+                        pad(full[lo:hi], -1, "int64"), pad(brand[lo:hi], -1, "int64"), gram, top_n,
                         mmr_lambda, cat_cap, brand_cap,
                         None if flag is None else pad(flag[lo:hi], False, "bool"), max_retarget_share)
         uu, rr = np.nonzero(order >= 0)
