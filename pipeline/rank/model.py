@@ -205,6 +205,9 @@ class RankerModel:
         self.metrics: dict = {}
         self.history: list[dict] = []
         self._item_emb: np.ndarray | None = None
+        #: (item features frame, its side table, its stats) of the last scoring call: a worker scores many
+        #: shards against the same cached catalogue, and the side table costs the catalogue's size each time.
+        self._catalogue: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None = None
         #: The registry's model_version once registered or loaded from the registry.
         self.version: str | None = None
 
@@ -454,14 +457,20 @@ class RankerModel:
         if n == 0:
             return np.zeros(0, dtype=np.float32)
         blocks = UserBlocks.of(cand["user_id"].to_numpy(dtype=np.int64))
-        if {"activity", "recent_events", "trend"} <= set(item_feats.columns):
-            stats = item_feats.drop_duplicates("item_id").set_index("item_id")[["activity", "recent_events",
-                                                                               "trend"]]
+        has_stats = {"activity", "recent_events", "trend"} <= set(item_feats.columns)
+        catalogue = "item_id" in item_feats.columns and has_stats
+        if catalogue and self._catalogue is not None and self._catalogue[0] is item_feats:
+            side, stats = self._catalogue[1:]
         else:
-            stats = item_stats_at(events, as_of or pd.Timestamp.max.tz_localize("UTC"), cfg.event_weights,
-                                  cfg.half_life_days)
-        side = space.side_table(item_feats) if "item_id" in item_feats.columns else space.side_table(
-            pd.DataFrame({"item_id": cand["item_id"].unique()}))
+            if has_stats:
+                stats = item_feats.drop_duplicates("item_id").set_index("item_id")[["activity", "recent_events",
+                                                                                   "trend"]]
+            else:
+                stats = item_stats_at(events, as_of or pd.Timestamp.max.tz_localize("UTC"), cfg.event_weights,
+                                      cfg.half_life_days)
+            side = space.side_table(item_feats) if "item_id" in item_feats.columns else space.side_table(
+                pd.DataFrame({"item_id": cand["item_id"].unique()}))
+            self._catalogue = (item_feats, side, stats) if catalogue else None
         seq = user_sequences(events, blocks.users, as_of, space)
         profile = self._profile(events, blocks.users, as_of,
                                 item_feats if "item_id" in item_feats.columns else cand[["item_id"]], user_feats)

@@ -110,6 +110,24 @@ def test_scores_independent_of_row_order_and_batching(known) -> None:
     np.testing.assert_allclose(a[perm], b, rtol=1e-5, atol=1e-6)
 
 
+def test_a_catalogue_frame_is_encoded_once_and_a_new_frame_afresh(known, tmp_path) -> None:
+    """The side table of the item features is kept for the next call on the same frame (a worker's shards share
+    one cached catalogue); another frame, here with the categories swapped, is encoded afresh: the scores equal
+    those of a model that never saw the first frame."""
+    model, events, items = known
+    hw = build_window(events, AS_OF - timedelta(days=1), AS_OF, _fn(items))
+    feats = items.assign(activity=np.arange(len(items), dtype="float64"), recent_events=1, trend=0.1)
+    model.save(tmp_path / "m")
+    a = model.score(hw.candidates, hw.history, feats, hw.cutoff)
+    assert model._catalogue is not None and model._catalogue[0] is feats
+    np.testing.assert_array_equal(model.score(hw.candidates, hw.history, feats, hw.cutoff), a)
+    swapped = feats.assign(category=feats["category"].map({"A>x": "B>y", "B>y": "A>x"}))
+    b = model.score(hw.candidates, hw.history, swapped, hw.cutoff)
+    np.testing.assert_array_equal(b, RankerModel.load(tmp_path / "m").score(hw.candidates, hw.history, swapped,
+                                                                            hw.cutoff))
+    assert not np.array_equal(a, b)
+
+
 def test_cpu_training_is_deterministic() -> None:
     events, items = _known_answer()
     cfg = replace(TINY, max_epochs=2)
