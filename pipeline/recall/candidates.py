@@ -428,6 +428,18 @@ def _first_max(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return np.minimum.reduceat(np.where(values == best, np.arange(n), n), starts)
 
 
+def _by_group_then_desc(group: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Positions in order of ``group`` ascending, ``score`` descending, then position (the order of
+    ``np.lexsort((np.arange(n), -score, group))``; NaN scores last in their group, as there): a stable sort of
+    the scores, then a stable radix sort of the group codes when they fit 16 bits (a shard's users or
+    (user, source) pairs), which is a fraction of a three-key lexsort's time."""
+    by_score = np.argsort(-score, kind="stable")
+    g = group[by_score]
+    if len(g) and (g.min() < 0 or g.max() >= 2**15):
+        g = sorted_codes(g)[1]  # dense codes, same order
+    return by_score[np.argsort(g.astype(np.int16) if len(g) and g.max() < 2**15 else g, kind="stable")]
+
+
 def sorted_codes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(the sorted distinct values of ``x``, each value's position among them): a hash pass over ``x`` and a
     sort of the distinct values only, not ``np.unique``'s sort of every row."""
@@ -485,14 +497,15 @@ def _merge(cand: pd.DataFrame, n: int, reserve: dict[str, float] | None = None,
     cand_r = np.flatnonzero(limits[ok] > 0)
     if len(cand_r):
         uo = (gk[cand_r] // n_items) * n_src + ok[cand_r]
-        order = cand_r[np.lexsort((gk[cand_r] % n_items, -rk[cand_r], uo))]
+        # rows are in (user, item) order, so within a (user, source) group the items already ascend
+        order = cand_r[_by_group_then_desc(uo, rk[cand_r])]
         within = _rank_in_group(_group_starts((gk[order] // n_items) * n_src + ok[order]), len(order))
         reserved[order] = within < limits[ok[order]]
     res = np.logical_or.reduceat(reserved, starts)
     # top n per user: the reserved first (best p_recall first), then the rest; listed by p_recall, item id
     gg = gk[starts]
     uu = gg // n_items
-    top = np.lexsort((gg % n_items, -p_recall, uu))
+    top = _by_group_then_desc(uu, p_recall)  # gg ascends: equal p_recall by item id
     ut = uu[top]
     rt = res[top]
     ustarts = _group_starts(ut)

@@ -121,3 +121,17 @@ def test_generate_candidates_with_shared_item_tables_equals_without() -> None:
     pd.testing.assert_frame_equal(plain, shared)
     pd.testing.assert_frame_equal(plain, again)
     assert set(plain["user_id"]) == set(users) and (plain.groupby("user_id").size() == 40).all()
+
+
+@pytest.mark.parametrize("span", [50, 2**20])
+def test_group_then_descending_order_equals_a_three_key_lexsort(span: int) -> None:
+    """The merge's two orderings equal ``np.lexsort((position, -score, group))``: ties and NaN scores included,
+    with group codes that fit the 16-bit radix sort and codes that do not."""
+    from pipeline.recall.candidates import _by_group_then_desc
+
+    rng = np.random.default_rng(span)
+    group = rng.integers(0, span, 5000) * (3 if span > 2**15 else 1)
+    score = rng.integers(0, 20, 5000) / 10.0
+    score[rng.random(5000) < 0.05] = np.nan
+    want = np.lexsort((np.arange(5000), -score, group))
+    np.testing.assert_array_equal(_by_group_then_desc(group, score), want)
