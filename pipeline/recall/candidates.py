@@ -283,8 +283,20 @@ def als_source(users: np.ndarray, hist: pd.DataFrame, factors: Factors, n: int) 
         scores[seen_row[mine] - start, seen_col[mine]] = -np.inf
         # every item at least as good as the kk-th (ties included): which of equal scores a top-k keeps is
         # arbitrary; _top_per_user then breaks ties by item id. torch's top-k: half of np.partition's time.
-        kth = torch.topk(torch.from_numpy(scores), kk, dim=1, sorted=False).values.min(dim=1).values.numpy()
-        r, c = np.nonzero((scores >= kth[:, None]) & (scores > 0))
+        # One more than kk: where the next score is below the kk-th, the top kk are exactly those items; only
+        # rows with a tie across that line scan every item (a pass over the whole catalogue per row).
+        more = kk < scores.shape[1]
+        top = torch.topk(torch.from_numpy(scores), kk + more, dim=1, sorted=True)
+        vals, idx = top.values.numpy(), top.indices.numpy()
+        kth = vals[:, kk - 1]
+        tied = vals[:, kk] >= kth if more else np.ones(len(block), dtype=bool)
+        r, c = np.nonzero(~tied[:, None] & (vals[:, :kk] > 0))
+        c = idx[r, c]
+        if tied.any():
+            rt = np.flatnonzero(tied)
+            sub = scores[rt]
+            r2, c2 = np.nonzero((sub >= kth[rt, None]) & (sub > 0))
+            r, c = np.concatenate([r, rt[r2]]), np.concatenate([c, c2])
         frames.append(_frame(users[block][r], factors.item_ids[c], "als", scores[r, c]))
     df = pd.concat(frames, ignore_index=True)
     df = df[df["recall_score"] > 0]

@@ -225,18 +225,20 @@ def test_bm25_factors_round_trip_and_fold_in_through_the_weighting(tmp_path) -> 
         load_factors(tmp_path / "als")
 
 
-def test_als_source_is_each_users_best_unseen_items_in_blocks_with_ties_and_heavy_histories() -> None:
+@pytest.mark.parametrize("spread", [3, 60])
+def test_als_source_is_each_users_best_unseen_items_in_blocks_with_ties_and_heavy_histories(spread: int) -> None:
     """ALS recall masks the users' seen items in each score block and keeps its n best: the same rows as
     scoring every item, dropping the seen ones and taking the n best by score then item id, over blocks of
-    users, tied scores and histories longer than the list."""
+    users, tied scores and histories longer than the list. Spread 3: ties across the n-th score in most rows
+    (the rows scanned whole); 60: few ties (the top-k alone)."""
     from pipeline.recall import candidates
     from pipeline.recall.candidates import als_source
 
     rng = np.random.default_rng(8)
     n_users, n_items, n = 2 * candidates.ALS_BLOCK + 37, 300, 15
-    # small integers: every score is exact in any summation order (no BLAS rounding), with many exact ties
-    itf = rng.integers(-3, 4, size=(n_items, 6)).astype(np.float32)
-    uf = rng.integers(-3, 4, size=(n_users, 6)).astype(np.float32)
+    # integers: every score is exact in any summation order (no BLAS rounding); small ones tie often
+    itf = rng.integers(-spread, spread + 1, size=(n_items, 6)).astype(np.float32)
+    uf = rng.integers(-spread, spread + 1, size=(n_users, 6)).astype(np.float32)
     uf[5] = 0.0  # a user without a vector: no ALS rows
     f = Factors(uf, itf, np.arange(n_users) * 2, np.arange(n_items) + 1000, {})
     users = np.arange(n_users) * 2
