@@ -10,6 +10,7 @@ Index conventions (every vocabulary): 0 = padding / absent, 1 = unknown (seen at
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -283,17 +284,42 @@ def load_item_embeddings(path: str | None) -> pd.DataFrame | None:
     return pd.DataFrame({"item_id": ids, "embedding": list(mat)})
 
 
+#: (a weak reference to the last embeddings frame read, its item index, its rows as one matrix): a worker
+#: scores many shards against the run's one cached frame, and stacking its per-item arrays cost the catalogue's
+#: size per call. Weak: the entry never keeps a run's frame alive, and a new frame is never taken for it.
+_STACKED: list[tuple[weakref.ref, pd.Index, np.ndarray] | None] = [None]
+
+
+def _stacked(emb: pd.DataFrame) -> tuple[pd.Index, np.ndarray]:
+    last = _STACKED[0]
+    if last is not None and last[0]() is emb:
+        return last[1], last[2]
+    e = emb.drop_duplicates("item_id")
+    width = max((len(v) for v in e["embedding"]), default=0)
+    mat = np.zeros((len(e), width), dtype=np.float32)
+    for r, v in enumerate(e["embedding"].to_numpy()):
+        mat[r, : len(v)] = v
+    index = pd.Index(e["item_id"].to_numpy())
+
+    def forget(ref: weakref.ref) -> None:  # the frame is gone (a released run): so is its matrix
+        if _STACKED[0] is not None and _STACKED[0][0] is ref:
+            _STACKED[0] = None
+
+    _STACKED[0] = (weakref.ref(emb, forget), index, mat)
+    return index, mat
+
+
 def embedding_matrix(emb: pd.DataFrame | None, item_ids: np.ndarray, dim: int) -> np.ndarray:
     """Rows of ``emb`` for ``item_ids`` (zeros where absent), shape ``len(item_ids) x dim``."""
     out = np.zeros((len(item_ids), dim), dtype=np.float32)
-    if emb is None or dim == 0 or len(item_ids) == 0:
+    if emb is None or dim == 0 or len(item_ids) == 0 or not len(emb):
         return out
-    e = emb.drop_duplicates("item_id").set_index("item_id")["embedding"]
-    pos = pd.Index(e.index).get_indexer(np.asarray(item_ids))
+    index, mat = _stacked(emb)
+    pos = index.get_indexer(np.asarray(item_ids))
     ok = np.flatnonzero(pos >= 0)
     if len(ok):
-        mat = np.stack([np.asarray(v, dtype=np.float32)[:dim] for v in e.to_numpy()[pos[ok]]])
-        out[ok, : mat.shape[1]] = mat
+        w = min(dim, mat.shape[1])
+        out[ok, :w] = mat[pos[ok], :w]
     return out
 
 

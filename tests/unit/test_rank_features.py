@@ -229,3 +229,21 @@ def test_calibration_of_separable_logits_stays_finite_and_below_one() -> None:
     assert 0 < a < 1
     p = torch.sigmoid(a * torch.cat([pos, neg], dim=1) + b)
     assert float(p.max()) < 1.0 and float(p[:, 0].min()) > float(p[:, 1:].median())
+
+
+def test_embedding_rows_are_stacked_once_per_frame_and_dropped_with_it() -> None:
+    """The scoring path reads the run's one embeddings frame per shard: its rows are stacked once, a new frame
+    (other vectors) is read afresh, and the stacked matrix goes when its frame does."""
+    import gc
+
+    from pipeline.rank import features as F
+
+    a = pd.DataFrame({"item_id": [3, 1, 2], "embedding": [np.array([3.0, 0.0]), np.array([1.0, 0.0]),
+                                                           np.array([2.0, 0.0])]})
+    np.testing.assert_array_equal(F.embedding_matrix(a, np.array([2, 9, 3]), 2), [[2, 0], [0, 0], [3, 0]])
+    assert F._STACKED[0] is not None and F._STACKED[0][0]() is a
+    b = a.assign(embedding=[np.array([0.0, 3.0]), np.array([0.0, 1.0]), np.array([0.0, 2.0])])
+    np.testing.assert_array_equal(F.embedding_matrix(b, np.array([1]), 3), [[0, 1, 0]])
+    del a, b
+    gc.collect()
+    assert F._STACKED[0] is None
