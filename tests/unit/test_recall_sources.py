@@ -610,3 +610,31 @@ def test_search_matches_cached_per_query_equal_a_fresh_match() -> None:
     np.testing.assert_allclose(again[5], T.rows_top_n(idx.query(["mug"]).tocsr(), 3, floor=0.05).toarray()[0])
     assert len(idx._top_cache) == 5  # four distinct queries, then "mug"
     assert idx.top_matches([], 3, 0.05).shape == (0, 40)
+
+
+def test_content_index_above_the_exact_size_is_an_inverted_file_close_to_exact_and_batch_independent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A catalogue above EXACT_MAX_ITEMS is searched through faiss' inverted file: nearly the exact top items,
+    the same index from the same input, and each query's answer independent of the others in its batch (a
+    user's list must not depend on the shard it lands in)."""
+    from pipeline.recall import content
+    from pipeline.recall.content import ContentIndex
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((40, 32)).astype(np.float32)
+    vecs = centres[rng.integers(0, 40, 4000)] + 0.6 * rng.standard_normal((4000, 32)).astype(np.float32)
+    ids = np.arange(1, 4001)
+    exact = ContentIndex(ids, vecs)
+    monkeypatch.setattr(content, "EXACT_MAX_ITEMS", 1000)
+    ann, again = ContentIndex(ids, vecs), ContentIndex(ids, vecs)
+    assert type(exact.index).__name__ == "IndexFlatIP" and type(ann.index).__name__ == "IndexIVFFlat"
+    hist = pd.DataFrame({"user_id": np.repeat(np.arange(300), 3), "item_id": rng.choice(ids, 900),
+                         "weight": rng.random(900) + 0.1}).drop_duplicates(["user_id", "item_id"])
+    want = content_candidates(hist, exact, n=20)
+    got = content_candidates(hist, ann, n=20)
+    pd.testing.assert_frame_equal(got, content_candidates(hist, again, n=20))
+    overlap = (got.merge(want, on=["user_id", "item_id"]).shape[0]) / len(want)
+    assert overlap >= 0.9, overlap
+    one = pd.concat([content_candidates(hist[hist["user_id"] == u], ann, n=20) for u in (5, 77, 250)])
+    pd.testing.assert_frame_equal(one.reset_index(drop=True),
+                                  got[got["user_id"].isin([5, 77, 250])].reset_index(drop=True))
