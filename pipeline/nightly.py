@@ -71,9 +71,15 @@ def _removals(client: object | None) -> set[tuple[float, str]]:
     """The scheduler's log of removed workers (time, address): each restart counts, the same worker's too."""
     if client is None:
         return set()
-    events = client.get_events("all")  # type: ignore[attr-defined]
-    return {(ts, msg.get("worker", "")) for ts, msg in events
-            if isinstance(msg, dict) and msg.get("action") == "remove-worker"}
+
+    # Read on the scheduler, only these plain pairs back: the topic's other events may hold objects the
+    # comm cannot serialise (a WorkerState), and asking for the whole topic broke the connection. A nested
+    # function travels by value, so the scheduler needs no copy of this package.
+    def removed(dask_scheduler) -> list[tuple[float, str]]:  # noqa: ANN001
+        return [(float(ts), str(msg.get("worker", ""))) for ts, msg in dask_scheduler.get_events("all")
+                if isinstance(msg, dict) and msg.get("action") == "remove-worker"]
+
+    return {tuple(e) for e in client.run_on_scheduler(removed)}  # type: ignore[attr-defined]
 
 
 def release_worker_caches() -> None:
