@@ -21,8 +21,8 @@ import pandas as pd
 
 from pipeline.errors import InputDataError
 
-#: Largest catalogue searched exactly. Above it a shard's content search ran 1.5 s of a 9 s shard at 100k items
-#: (2000 users x 512 dims); the inverted file takes 0.8 s there, with 98.6 % of the exact top 100 (research/RESULTS.md).
+#: Largest catalogue searched exactly: exact search costs every user the catalogue's size, the inverted file
+#: a fraction of it at nearly the same items (its figures against exact search: research/RESULTS.md).
 EXACT_MAX_ITEMS = 50_000
 #: Inverted lists (at most; fewer for smaller catalogues) and lists probed per query.
 IVF_LISTS = 1024
@@ -54,7 +54,7 @@ class ContentIndex:
             lists = int(min(IVF_LISTS, max(64, 4 * np.sqrt(len(self.item_ids)))))
             self._quantizer = faiss.IndexFlatIP(dim)  # the IVF index refers to it: kept alive here
             ivf = faiss.IndexIVFFlat(self._quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
-            # k-means on a fixed-seed sample of 64 points per list, 10 rounds: ~6 s at 100k items once per process
+            # k-means on a fixed-seed sample of 64 points per list, 10 rounds: built once per process
             ivf.cp.seed, ivf.cp.niter, ivf.cp.max_points_per_centroid = 1234, 10, 64
             ivf.train(self.vectors)
             ivf.nprobe = min(IVF_PROBE, lists)
