@@ -448,8 +448,9 @@ def _by_group_then_desc(group: np.ndarray, score: np.ndarray) -> np.ndarray:
     by_score = np.argsort(-score, kind="stable")
     g = group[by_score]
     if len(g) and (g.min() < 0 or g.max() >= 2**15):
-        g = sorted_codes(g)[1]  # dense codes, same order
-    return by_score[np.argsort(g.astype(np.int16) if len(g) and g.max() < 2**15 else g, kind="stable")]
+        g = sorted_codes(g)[1]  # dense codes, same order: 16 bits when there are few enough groups
+    fits = not len(g) or g.max() < 2**15
+    return by_score[np.argsort(g.astype(np.int16) if fits else g, kind="stable")]
 
 
 def sorted_codes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
