@@ -378,3 +378,14 @@ def segment_metrics(
                        (f"warm items (> {cold_item_max} train rows)", tc > cold_item_max)):
         add(name, per_user_ranking(truth[mask.to_numpy()], recs, k, col_user=col_user, col_item=col_item))
     return pd.DataFrame(rows)
+
+
+def paired_lower_bound(a: pd.Series, b: pd.Series, *, confidence: float, resamples: int = 2000,
+                       seed: int = 0) -> float:
+    """One-sided lower bound at ``confidence`` of mean(a - b) over the same users (paired bootstrap)."""
+    d = (a - b.reindex(a.index, fill_value=0.0)).to_numpy(dtype="float64")
+    if not len(d):
+        return 0.0
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+    return float(np.quantile(means, 1.0 - confidence))

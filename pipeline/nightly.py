@@ -277,7 +277,11 @@ def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime, tolerance: 
     row = champion(url)
     chosen = {"model_version": row["model_version"], "artifact_uri": row["artifact_uri"]} if row else {
         "model_version": "recall-only", "artifact_uri": None}
-    write_text(_dir(home, run_id) / "model.json", json.dumps(chosen))
+    # recall-only ordering uses the priors this run's train_ranker chose; a model scores with its own (load_artefacts)
+    trained = _dir(home, run_id) / "ranker.json"
+    recall = (json.loads(trained.read_text()).get("recall") or {}) if trained.exists() else {}
+    chosen["recall_priors"] = dict(recall.get("priors", s.recall_priors))
+    write_text(_dir(home, run_id) / runs.RUN_MODEL_FILE, json.dumps(chosen))
     return {**out, "scoring_model": chosen["model_version"]}
 
 
@@ -352,7 +356,7 @@ def score_users(home: str, run_id: str, as_of: datetime, *, top_n: int, n_candid
     users = pd.read_parquet(snap / "users.parquet", columns=["user_id"])["user_id"].to_numpy()
     if user_ids:
         users = np.intersect1d(users, np.asarray(list(user_ids), dtype="int64"))
-    chosen_path = d / "model.json"
+    chosen_path = d / runs.RUN_MODEL_FILE
     chosen = json.loads(chosen_path.read_text()) if chosen_path.exists() else {}
     model_version = chosen.get("model_version") or model_version
     bounds = plan_shards(users, shard_size or s.shard_users)

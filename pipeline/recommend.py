@@ -14,6 +14,7 @@ final lists with reasons. Nothing else composes recall, ranking and re-rank:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -45,6 +46,7 @@ from pipeline.rerank import (
     split_by_arm,
 )
 from pipeline.rerank.rules import purchase_exclusions
+from pipeline.runs import RUN_MODEL_FILE
 
 #: Columns finalize_lists reads (the ranker reads all of them, the re-rank only these).
 _FINAL_COLUMNS = ["user_id", "item_id", "source", "p_recall", "anchor_item_id", "p_rank", "score_retarget"]
@@ -101,6 +103,9 @@ class Artefacts:
     followers: pd.DataFrame | None = None
     #: The run's snapshot folder: the search index reads its multilingual item text vectors from there.
     snapshot_dir: str | None = None
+    #: Recall's priors for this run (they win over the config's): the ranker's own, which it was trained with,
+    #: or, ordering by recall only, those the run chose (``model.json``; pipeline.rank.tune). None: the config's.
+    priors: dict[str, float] | None = None
 
     @property
     def item_feats(self) -> pd.DataFrame:
@@ -142,6 +147,7 @@ def load_artefacts(snapshot_dir: str | Path, artifact_uri: str | Path | None = N
                                 "item_embeddings.parquet", "item_embeddings.json", "item_text_embeddings.parquet",
                                 "followers.parquet")]
     files += [factors_dir(snap) / f for f in ("user_factors.npy", "item_factors.npy")]
+    files.append(snap.parent / RUN_MODEL_FILE)
     if artifact_uri:
         files += sorted(Path(artifact_uri).glob("*"))
     if neighbours is not None:
@@ -190,6 +196,10 @@ def _load(snap: str, artifact_uri: str, fold_in: bool, stamp: tuple, model_versi
         # the embeddings the model trained and was gated with: items it never saw still get theirs
         art.ranker_emb = ranker_embeddings(str(Path(snap) / "item_embeddings.parquet"))
         art.model_version = model_version or str(getattr(art.ranker, "version", None) or Path(artifact_uri).name)
+        art.priors = (getattr(art.ranker, "metrics", None) or {}).get("recall_priors")
+    else:
+        chosen = Path(snap).parent / RUN_MODEL_FILE
+        art.priors = json.loads(chosen.read_text()).get("recall_priors") if chosen.exists() else None
     return art
 
 
@@ -204,7 +214,7 @@ def recall(users: np.ndarray, events: pd.DataFrame, art: Artefacts, as_of: datet
     tables = art.tables
     rcfg = RecallConfig(as_of=as_of, n_candidates=cfg.n_candidates, recent_days=cfg.recent_days,
                         weights=cfg.weights, half_life_days=cfg.half_life_days, decay_from=cfg.decay_from,
-                        priors=cfg.priors,
+                        priors=cfg.priors if art.priors is None else art.priors,
                         repurchasable=repurchasable_categories(rerank, variants, also=RecallConfig.repurchasable))
     return generate_candidates(np.asarray(users, dtype="int64"), events, tables.neighbours, tables.item_feats,
                                rcfg, tables=tables.items, factors=art.factors, content_index=art.content_index,

@@ -10,6 +10,9 @@ from pathlib import Path
 from pipeline.db.engine import connect
 from pipeline.errors import ConfigError
 
+#: The file in a run's folder that names the model it scores with and recall's priors (the evaluate_gate stage).
+RUN_MODEL_FILE = "model.json"
+
 
 def parse_as_of(value: str | date | datetime | None) -> datetime:
     """A run's as_of as an aware UTC datetime; a bare date means its midnight (events before that day end)."""

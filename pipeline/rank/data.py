@@ -80,7 +80,7 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
     (not ``sources`` nor ``anchor_item_id``)."""
     from pipeline.features.items import top_category
     from pipeline.rank.features import item_stats_at
-    from pipeline.recall.candidates import RecallConfig, generate_candidates, item_tables
+    from pipeline.recall.candidates import RecallConfig, generate_candidates, item_tables, source_masks
     from pipeline.recall.matrix import build_interactions
     from pipeline.recall.neighbours import neighbours_from_interactions
     from pipeline.settings import Settings
@@ -119,6 +119,8 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
             chunk = users[lo: lo + step]
             out = generate_candidates(chunk, ev[ev["user_id"].isin(chunk)], nb, feats, cfg, factors=factors,
                                       followers=followers, tables=tables)
+            if "sources" in out.columns:  # which sources proposed each row: the prior tuning re-fuses them
+                out["source_mask"] = source_masks(out["sources"]).astype("int16")
             parts.append(out.drop(columns=[c for c in _NOT_RANKED if c in out.columns]))
         return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 

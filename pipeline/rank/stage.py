@@ -28,10 +28,12 @@ from pipeline import runs
 from pipeline.errors import ModelError
 from pipeline.files import write_text
 from pipeline.frames import pair_index
+from pipeline.metrics import paired_lower_bound
 from pipeline.rank.data import Window, build_window, daily_windows, recall_candidate_fn, user_sample
 from pipeline.rank.features import item_stats_at, load_item_embeddings
 from pipeline.rank.model import RankerConfig, RankerModel
 from pipeline.rank.registry import champion, get_model_row, promote, register_candidate, update_metrics
+from pipeline.rank.tune import tune_priors
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +137,6 @@ def per_user_ndcg(model: RankerModel | None, win: Window, items: pd.DataFrame, *
     return per.set_index("user_id")["ndcg"].astype("float64").reindex(users, fill_value=0.0)
 
 
-def paired_lower_bound(a: pd.Series, b: pd.Series, *, confidence: float, resamples: int = 2000,
-                       seed: int = 0) -> float:
-    """One-sided lower bound at ``confidence`` of mean(a - b) over the same users (paired bootstrap)."""
-    d = (a - b.reindex(a.index, fill_value=0.0)).to_numpy(dtype="float64")
-    if not len(d):
-        return 0.0
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
-    return float(np.quantile(means, 1.0 - confidence))
-
-
 def holdout_metrics(model: RankerModel | None, win: Window, items: pd.DataFrame, *, k: int = GATE_K,
                     emb: pd.DataFrame | None = None, config: RankerConfig | None = None) -> dict[str, float]:
     """nDCG@k / HR@k of the fused lists (P_recall * P_rank) on a holdout window; ``model=None``: recall only.
@@ -231,6 +222,13 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
     t0 = time.perf_counter()
     sample = training_sample(snap, sample_users or s.rank_sample_users, seed)
     events, items, emb = _load(snap, sample)
+    hold, tuning = None, None
+    if s.tune_priors:  # recall's priors first: the training windows and the holdout fuse with what scoring uses
+        hold = _holdout(events, items, as_of, recall, sample.scale)
+        tuning = tune_priors(hold, recall["priors"], confidence=s.gate_confidence, seed=seed)
+        if tuning.adopted:
+            recall, hold = {**recall, "priors": tuning.priors}, None
+    tuned = {"prior_tuning": tuning.report} if tuning is not None else {}
     fn = recall_candidate_fn(items, **recall)
     first_ts = events["ts"].min() if len(events) else None
     train_days, (hold_start, _) = daily_windows(as_of, n_windows)
@@ -241,13 +239,15 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
     windows = [w for w in windows if len(w.labels)]
     if not windows:
         res = {"model_version": champ["model_version"] if champ else "recall-only", "trained": False,
-               "reason": "no labelled training window (too few days of click/cart/purchase events)"}
-        write_text(out_file, json.dumps(res))
+               "reason": "no labelled training window (too few days of click/cart/purchase events)",
+               "recall": recall, **tuned}
+        write_text(out_file, json.dumps(res, default=str))
         return res
     data_s = time.perf_counter() - t0
     model = RankerModel(cfg).fit(windows, items, emb=emb, device=device)
     train_s = time.perf_counter() - t0 - data_s
-    hold = _holdout(events, items, as_of, recall, sample.scale)
+    if hold is None:
+        hold = _holdout(events, items, as_of, recall, sample.scale)
     cand_m = holdout_metrics(model, hold, items, emb=emb)
     base_m = holdout_metrics(None, hold, items)
     # The weights are part of the name: a re-run that reproduces the model lands on the same row and files,
@@ -256,6 +256,7 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
     version = f"ranker-{pd.Timestamp(as_of):%Y%m%dT%H%M}-{model.config_digest[:8]}-{_weights_digest(model)}"
     model.version = version
     model.metrics.update({"holdout": cand_m, "recall_only": base_m, "windows": len(windows),
+                          "recall_priors": dict(recall["priors"]),
                           "holdout_cutoff": hold.cutoff.isoformat(), "data_seconds": round(data_s, 3),
                           "train_seconds": round(train_s, 3)})
     artifact = Path(home).expanduser().resolve() / "models" / version
@@ -267,11 +268,11 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
                "holdout": [hold.cutoff.isoformat(), hold.end.isoformat()], "config_digest": model.config_digest,
                "epochs": model.metrics["epochs"], "device": model.metrics["device"],
                "train_groups": model.metrics["train_groups"], "windows": len(windows),
-               "impressions": 0 if shown is None else len(shown)}
+               "impressions": 0 if shown is None else len(shown), "recall_priors": dict(recall["priors"])}
     reg = register_candidate(url, version, str(artifact), metrics, run_id=run_id)
     res = {"model_version": version, "trained": True, "status": reg["status"], "artifact_uri": str(artifact),
            "recall": recall, **metrics, "train_seconds": round(train_s, 3), "sample": sample.describe(),
-           "data_seconds": round(data_s, 3)}
+           "data_seconds": round(data_s, 3), **tuned}
     write_text(out_file, json.dumps(res, default=str))
     return res
 

@@ -415,6 +415,47 @@ def _codes(source: pd.Series) -> np.ndarray:
     return codes
 
 
+def prior_vector(priors: dict[str, float] | None = None) -> np.ndarray:
+    """Each source's prior in SOURCES order: SOURCE_PRIOR with ``priors``' overrides."""
+    if not priors:
+        return _PRIOR
+    return np.array([priors.get(s_, SOURCE_PRIOR[s_]) for s_ in SOURCES], dtype="float64")
+
+
+def source_masks(sources: pd.Series) -> np.ndarray:
+    """The merge's ``sources`` ("item-cf|als") as a bit mask per row (bit k: SOURCES[k] proposed the item),
+    mapped through the few distinct strings."""
+    codes, names = pd.factorize(sources.astype("object").fillna(""))
+    bits = np.array([sum(1 << _SOURCE_CODE[s_] for s_ in str(n).split("|") if s_) for n in names] or [0],
+                    dtype="int64")
+    return bits[codes] if len(codes) else np.zeros(0, dtype="int64")
+
+
+def source_terms(scores: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(rows, sources), source-major in memory: ``0.5 + 0.5 * score`` where the source proposed the row, else 0.
+    Times a source's prior, its calibrated probability in :func:`_merge`'s noisy-or. ``scores``: the rows'
+    ``SCORE_COLUMNS``; ``masks``: :func:`source_masks`."""
+    out = np.zeros((len(SOURCES), len(masks)), dtype="float32")
+    for k in range(len(SOURCES)):
+        present = (masks >> k) & 1 == 1
+        out[k, present] = 0.5 + 0.5 * np.clip(scores[present, k], 0, 1)
+    return out.T
+
+
+def source_logs(terms: np.ndarray, prior: float) -> np.ndarray:
+    """One source's addend of the noisy-or in log space (``terms``: its column of :func:`source_terms`)."""
+    return np.nan_to_num(np.log1p(-np.minimum(terms.astype("float64") * prior, 1 - 1e-9)), nan=0.0)
+
+
+def noisy_or(terms: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """p_recall of each row of :func:`source_terms` under the priors ``prior`` (the merge's formula; a NaN
+    score adds nothing)."""
+    total = np.zeros(len(terms))
+    for k in range(terms.shape[1]):
+        total += source_logs(terms[:, k], float(prior[k]))
+    return 1.0 - np.exp(total)
+
+
 def _group_starts(*keys: np.ndarray) -> np.ndarray:
     """Positions where any of the (sorted) ``keys`` changes: the first row of each group."""
     n = len(keys[0])
@@ -482,7 +523,7 @@ def _merge(cand: pd.DataFrame, n: int, reserve: dict[str, float] | None = None,
     i = cand["item_id"].to_numpy(dtype="int64")
     o = cand["_o"].to_numpy(dtype="int64") if "_o" in cand.columns else _codes(cand["source"])
     rs = cand["recall_score"].to_numpy(dtype="float64")
-    prior = _PRIOR if not priors else np.array([priors.get(s_, SOURCE_PRIOR[s_]) for s_ in SOURCES], dtype="float64")
+    prior = prior_vector(priors)
     p = prior[o] * (0.5 + 0.5 * np.clip(rs, 0, 1))
     uk = sorted_codes(u)[1]
     items, ik = sorted_codes(i)

@@ -66,6 +66,34 @@ def test_every_user_gets_a_full_list_with_reasons(shop: str, rerank_env: dict[st
     assert lists["run_id"].nunique() == 1
     # Personal sources reach returning users: not everyone gets the same popularity list.
     assert lists.groupby("user_id")["item_id"].apply(tuple).nunique() > n_users // 4
+    # train_ranker chose recall's priors on its holdout (pipeline.rank.tune); the run scores with them when it
+    # orders by recall only, a model with its own; the refresh loads the same through load_artefacts
+    import dataclasses
+    import json
+
+    from pipeline.extract.snapshot import read_events
+    from pipeline.rank.model import RankerModel
+    from pipeline.recommend import RecommendConfig, load_artefacts, recall
+
+    trained = json.loads((snap.parent / "ranker.json").read_text())
+    chosen = json.loads((snap.parent / "model.json").read_text())
+    assert "base" in trained["prior_tuning"] and "reason" in trained["prior_tuning"]  # 400 users: no search
+    assert chosen["recall_priors"] == trained["recall"]["priors"] == {}
+    art = load_artefacts(snap, chosen["artifact_uri"])
+    own = RankerModel.load(chosen["artifact_uri"]).metrics["recall_priors"] if chosen["artifact_uri"] else None
+    assert art.priors == (own if chosen["artifact_uri"] else chosen["recall_priors"])
+    users = lists["user_id"].unique()[:20]
+    ev = read_events(snap, filters=[("user_id", "in", users.tolist())])
+    ev = ev.assign(ts=pd.to_datetime(ev["ts"], utc=True))
+    cfg = RecommendConfig(top_n=20, n_candidates=60)
+    mine = recall(users, ev, dataclasses.replace(art, priors={"popularity": 1.0}), AS_OF, cfg)
+    theirs = recall(users, ev, dataclasses.replace(art, priors={}), AS_OF, cfg)
+    m, t = mine.set_index(["user_id", "item_id"]), theirs.set_index(["user_id", "item_id"])
+    both = m.index.intersection(t.index)
+    pop = m.loc[both, "sources"].str.contains("popularity").to_numpy()
+    assert pop.sum() > 20 and (~pop).sum() > 20
+    assert (m.loc[both[pop], "p_recall"] > t.loc[both[pop], "p_recall"]).all()  # popularity's prior 1.0, not 0.25
+    assert (m.loc[both[~pop], "p_recall"] == t.loc[both[~pop], "p_recall"]).all()
 
 
 def test_rerun_of_the_same_date_gives_the_same_lists(shop: str, rerank_env: dict[str, str]) -> None:
