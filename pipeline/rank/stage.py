@@ -5,6 +5,8 @@ windows are the ``n_windows`` days before ``t``, each point-in-time correct (fea
 labels after it). The gate scores the candidate and the champion on the same holdout (candidates and
 features from events before ``t``) and promotes the candidate only if its nDCG@10 is not worse than the
 champion's by more than ``tolerance``. Lists are ranked by the fused score P_recall * P_rank, as published.
+Before the windows are built, recall's priors (P_recall's source weights) may be tuned on the same holdout
+(``RERANK_TUNE_PRIORS``, :mod:`pipeline.rank.tune`); the windows, the holdout and the model then use them.
 
 Both stages read only the events of a bounded sample of users (``RERANK_RANK_SAMPLE_USERS``, drawn by
 :func:`pipeline.rank.data.user_sample` from the run's seed): the same users for the training windows, the
@@ -222,12 +224,12 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
     t0 = time.perf_counter()
     sample = training_sample(snap, sample_users or s.rank_sample_users, seed)
     events, items, emb = _load(snap, sample)
-    hold, tuning = None, None
+    tuning = None
     if s.tune_priors:  # recall's priors first: the training windows and the holdout fuse with what scoring uses
-        hold = _holdout(events, items, as_of, recall, sample.scale)
-        tuning = tune_priors(hold, recall["priors"], confidence=s.gate_confidence, seed=seed)
-        if tuning.adopted:
-            recall, hold = {**recall, "priors": tuning.priors}, None
+        # (the holdout is built again after training: kept, its candidates would sit beside the windows')
+        tuning = tune_priors(_holdout(events, items, as_of, recall, sample.scale), recall["priors"],
+                             confidence=s.gate_confidence, seed=seed)
+        recall = {**recall, "priors": tuning.priors}
     tuned = {"prior_tuning": tuning.report} if tuning is not None else {}
     fn = recall_candidate_fn(items, **recall)
     first_ts = events["ts"].min() if len(events) else None
@@ -246,8 +248,7 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
     data_s = time.perf_counter() - t0
     model = RankerModel(cfg).fit(windows, items, emb=emb, device=device)
     train_s = time.perf_counter() - t0 - data_s
-    if hold is None:
-        hold = _holdout(events, items, as_of, recall, sample.scale)
+    hold = _holdout(events, items, as_of, recall, sample.scale)
     cand_m = holdout_metrics(model, hold, items, emb=emb)
     base_m = holdout_metrics(None, hold, items)
     # The weights are part of the name: a re-run that reproduces the model lands on the same row and files,
