@@ -88,10 +88,11 @@ class Settings(BaseSettings):
     #: Overrides of the recall sources' priors (pipeline.recall.candidates.SOURCE_PRIOR: each source's weight
     #: in P_recall, which orders the lists before a ranker is promoted and is fused with P_rank after).
     recall_priors: dict[str, float] = Field(default_factory=dict)
-    #: train_ranker searches the priors on half of its holdout day's users and keeps them when the other half
-    #: shows them better at ``gate_confidence`` (pipeline.rank.tune); the run, and the model it trains, then
-    #: score with them. ``false``: recall_priors as given.
-    tune_priors: bool = True
+    #: ``true``: train_ranker searches the priors on half of its holdout day's users and keeps them when the other
+    #: half shows them better at ``gate_confidence`` (pipeline.rank.tune); the run, and the model it trains, then
+    #: score with them. Off by default: on the validation sets it did not lift the published lists (a promoted
+    #: ranker already weighs the sources; research/RESULTS.md, issue 21).
+    tune_priors: bool = False
     #: Followers kept per item for the ``seq`` recall source ("often bought after"; cf_build writes them to the
     #: snapshot's followers.parquet); 0 switches the source off (no table is written, so no seq candidates).
     seq_neighbours: int = Field(50, ge=0)

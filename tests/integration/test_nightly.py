@@ -42,7 +42,7 @@ def _settings(env: dict[str, str], **kw: object):
 
 
 def test_every_user_gets_a_full_list_with_reasons(shop: str, rerank_env: dict[str, str]) -> None:
-    res = run_nightly(_settings(rerank_env), as_of=AS_OF)
+    res = run_nightly(_settings(rerank_env, tune_priors=True), as_of=AS_OF)
     lists = _lists(shop)
     with connect(shop) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM shop.users WHERE created_at < %s", (AS_OF,))
@@ -225,6 +225,12 @@ def test_stage_figures_are_recorded_in_runs(shop: str, rerank_env: dict[str, str
                            "evaluate_gate", "score_users", "quality_gate", "publish"}
     assert stages["score_users"]["rows"] == res["score_users"]["rows"]
     assert all(v["seconds"] >= 0 for v in stages.values())
+    # RERANK_TUNE_PRIORS is off by default: nothing searched, the configured priors score
+    import json
+
+    run = Path(rerank_env["RERANK_HOME"]) / "runs" / res["run_id"]
+    assert "prior_tuning" not in json.loads((run / "ranker.json").read_text())
+    assert json.loads((run / "model.json").read_text())["recall_priors"] == {}
 
 
 def test_a_brand_new_shop_without_events_gets_its_first_lists(rerank_env: dict[str, str]) -> None:
