@@ -77,7 +77,8 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
 
     Recall runs ``chunk_users`` users at a time (a user's candidates do not depend on the others'), so its
     working memory follows that budget, not the window's users; the frames keep the columns the ranker reads
-    (not ``sources`` nor ``anchor_item_id``)."""
+    (not ``sources`` nor ``anchor_item_id``), and ``source_mask``: the sources that proposed each row, as bits
+    (:func:`pipeline.recall.candidates.source_masks`), for the prior tuning's re-fusion."""
     from pipeline.features.items import top_category
     from pipeline.rank.features import item_stats_at
     from pipeline.recall.candidates import RecallConfig, generate_candidates, item_tables, source_masks
