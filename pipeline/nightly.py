@@ -277,10 +277,12 @@ def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime, tolerance: 
     row = champion(url)
     chosen = {"model_version": row["model_version"], "artifact_uri": row["artifact_uri"]} if row else {
         "model_version": "recall-only", "artifact_uri": None}
-    # recall-only ordering uses the priors this run's train_ranker chose; a model scores with its own (load_artefacts)
+    # the priors the run scores with: a model's own, which it was trained with (load_artefacts reads them from its
+    # sidecar); recall-only ordering, those this run's train_ranker chose
     trained = _dir(home, run_id) / "ranker.json"
     recall = (json.loads(trained.read_text()).get("recall") or {}) if trained.exists() else {}
-    chosen["recall_priors"] = dict(recall.get("priors", s.recall_priors))
+    own = ((row or {}).get("metrics") or {}).get("recall_priors")
+    chosen["recall_priors"] = dict(own if own is not None else recall.get("priors", s.recall_priors))
     write_text(_dir(home, run_id) / runs.RUN_MODEL_FILE, json.dumps(chosen))
     return {**out, "scoring_model": chosen["model_version"]}
 

@@ -67,7 +67,8 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
                         weights: dict[str, float] | None = None, half_life_days: dict[str, float] | None = None,
                         neighbours_k: int = 20, decay_from: str = "as_of", als: dict | None = None,
                         priors: dict[str, float] | None = None, seq_k: int = 0,
-                        chunk_users: int = 2000, itemcf_algorithm: str | None = None) -> CandidateFn:
+                        chunk_users: int = 2000, itemcf_algorithm: str | None = None,
+                        source_mask: bool = False) -> CandidateFn:
     """The production recall (``generate_candidates``) at a cut-off, with neighbours, ALS factors and item
     statistics rebuilt from the events before it (the run's neighbours and factors saw the whole period, the
     labels included). ``als``: train_als' parameters and ``weighting`` (as cf_build's); None: no ALS source.
@@ -77,8 +78,9 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
 
     Recall runs ``chunk_users`` users at a time (a user's candidates do not depend on the others'), so its
     working memory follows that budget, not the window's users; the frames keep the columns the ranker reads
-    (not ``sources`` nor ``anchor_item_id``), and ``source_mask``: the sources that proposed each row, as bits
-    (:func:`pipeline.recall.candidates.source_masks`), for the prior tuning's re-fusion."""
+    (not ``sources`` nor ``anchor_item_id``); with ``source_mask``, a ``source_mask`` column instead: the sources
+    that proposed each row as bits (:func:`pipeline.recall.candidates.source_masks`), for the prior tuning's
+    re-fusion."""
     from pipeline.features.items import top_category
     from pipeline.rank.features import item_stats_at
     from pipeline.recall.candidates import RecallConfig, generate_candidates, item_tables, source_masks
@@ -120,7 +122,7 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
             chunk = users[lo: lo + step]
             out = generate_candidates(chunk, ev[ev["user_id"].isin(chunk)], nb, feats, cfg, factors=factors,
                                       followers=followers, tables=tables)
-            if "sources" in out.columns:  # which sources proposed each row: the prior tuning re-fuses them
+            if source_mask and "sources" in out.columns:
                 out["source_mask"] = source_masks(out["sources"]).astype("int16")
             parts.append(out.drop(columns=[c for c in _NOT_RANKED if c in out.columns]))
         return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]

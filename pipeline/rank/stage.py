@@ -187,9 +187,10 @@ def _recall_params(n_candidates: int | None = None) -> dict:
 
 
 def _holdout(events: pd.DataFrame, items: pd.DataFrame, as_of: datetime, recall: dict,
-             stat_scale: float = 1.0) -> Window:
+             stat_scale: float = 1.0, *, source_mask: bool = False) -> Window:
     _, (t, end) = daily_windows(as_of, 0)
-    return build_window(events, t, end, recall_candidate_fn(items, **recall), stat_scale=stat_scale)
+    return build_window(events, t, end, recall_candidate_fn(items, **recall, source_mask=source_mask),
+                        stat_scale=stat_scale)
 
 
 def _weights_digest(model: RankerModel) -> str:
@@ -227,10 +228,10 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
     tuning = None
     if s.tune_priors:  # recall's priors first: the training windows and the holdout fuse with what scoring uses
         # (the holdout is built again after training: kept, its candidates would sit beside the windows')
-        tuning = tune_priors(_holdout(events, items, as_of, recall, sample.scale), recall["priors"],
-                             confidence=s.gate_confidence, seed=seed)
+        tuning = tune_priors(_holdout(events, items, as_of, recall, sample.scale, source_mask=True),
+                             recall["priors"], confidence=s.gate_confidence, seed=seed)
         recall = {**recall, "priors": tuning.priors}
-    tuned = {"prior_tuning": tuning.report} if tuning is not None else {}
+    tuning_report = {"prior_tuning": tuning.report} if tuning is not None else {}
     fn = recall_candidate_fn(items, **recall)
     first_ts = events["ts"].min() if len(events) else None
     train_days, (hold_start, _) = daily_windows(as_of, n_windows)
@@ -242,7 +243,7 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
     if not windows:
         res = {"model_version": champ["model_version"] if champ else "recall-only", "trained": False,
                "reason": "no labelled training window (too few days of click/cart/purchase events)",
-               "recall": recall, **tuned}
+               "recall": recall, **tuning_report}
         write_text(out_file, json.dumps(res, default=str))
         return res
     data_s = time.perf_counter() - t0
@@ -273,7 +274,7 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
     reg = register_candidate(url, version, str(artifact), metrics, run_id=run_id)
     res = {"model_version": version, "trained": True, "status": reg["status"], "artifact_uri": str(artifact),
            "recall": recall, **metrics, "train_seconds": round(train_s, 3), "sample": sample.describe(),
-           "data_seconds": round(data_s, 3), **tuned}
+           "data_seconds": round(data_s, 3), **tuning_report}
     write_text(out_file, json.dumps(res, default=str))
     return res
 

@@ -431,6 +431,16 @@ def source_masks(sources: pd.Series) -> np.ndarray:
     return bits[codes] if len(codes) else np.zeros(0, dtype="int64")
 
 
+def calibrated(score: np.ndarray) -> np.ndarray:
+    """A source's score in [0, 1] as the factor of its prior in P_recall: ``0.5 + 0.5 * score``."""
+    return 0.5 + 0.5 * np.clip(score, 0, 1)
+
+
+def _log_miss(p: np.ndarray) -> np.ndarray:
+    """log(1 - p), the noisy-or's addend per proposing source (a NaN adds nothing)."""
+    return np.nan_to_num(np.log1p(-np.minimum(p, 1 - 1e-9)), nan=0.0)
+
+
 def source_terms(scores: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """(rows, sources), source-major in memory: ``0.5 + 0.5 * score`` where the source proposed the row, else 0.
     Times a source's prior, its calibrated probability in :func:`_merge`'s noisy-or. ``scores``: the rows'
@@ -438,13 +448,13 @@ def source_terms(scores: np.ndarray, masks: np.ndarray) -> np.ndarray:
     out = np.zeros((len(SOURCES), len(masks)), dtype="float32")
     for k in range(len(SOURCES)):
         present = (masks >> k) & 1 == 1
-        out[k, present] = 0.5 + 0.5 * np.clip(scores[present, k], 0, 1)
+        out[k, present] = calibrated(scores[present, k])
     return out.T
 
 
 def source_logs(terms: np.ndarray, prior: float) -> np.ndarray:
     """One source's addend of the noisy-or in log space (``terms``: its column of :func:`source_terms`)."""
-    return np.nan_to_num(np.log1p(-np.minimum(terms.astype("float64") * prior, 1 - 1e-9)), nan=0.0)
+    return _log_miss(terms.astype("float64") * prior)
 
 
 def noisy_or(terms: np.ndarray, prior: np.ndarray) -> np.ndarray:
@@ -524,7 +534,7 @@ def _merge(cand: pd.DataFrame, n: int, reserve: dict[str, float] | None = None,
     o = cand["_o"].to_numpy(dtype="int64") if "_o" in cand.columns else _codes(cand["source"])
     rs = cand["recall_score"].to_numpy(dtype="float64")
     prior = prior_vector(priors)
-    p = prior[o] * (0.5 + 0.5 * np.clip(rs, 0, 1))
+    p = prior[o] * calibrated(rs)
     uk = sorted_codes(u)[1]
     items, ik = sorted_codes(i)
     n_items = len(items)
@@ -541,7 +551,7 @@ def _merge(cand: pd.DataFrame, n: int, reserve: dict[str, float] | None = None,
     strongest = rows[_first_max(pk, starts)]
     sizes = np.diff(np.append(starts, len(rows)))
     # noisy-or; a NaN score adds nothing (as a NaN-skipping sum would)
-    p_recall = 1.0 - np.exp(np.add.reduceat(np.nan_to_num(np.log1p(-np.minimum(pk, 1 - 1e-9)), nan=0.0), starts))
+    p_recall = 1.0 - np.exp(np.add.reduceat(_log_miss(pk), starts))
     mask = np.bitwise_or.reduceat(np.left_shift(np.int64(1), ok), starts)
     wide = np.zeros((n_groups, n_src), dtype="float64")
     wide[np.repeat(np.arange(n_groups), sizes), ok] = rk
