@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -68,7 +69,7 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
                         neighbours_k: int = 20, decay_from: str = "as_of", als: dict | None = None,
                         priors: dict[str, float] | None = None, seq_k: int = 0,
                         chunk_users: int = 2000, itemcf_algorithm: str | None = None,
-                        source_mask: bool = False) -> CandidateFn:
+                        source_mask: bool = False, snapshot_dir: str | Path | None = None) -> CandidateFn:
     """The production recall (``generate_candidates``) at a cut-off, with neighbours, ALS factors and item
     statistics rebuilt from the events before it (the run's neighbours and factors saw the whole period, the
     labels included). ``als``: train_als' parameters and ``weighting`` (as cf_build's); None: no ALS source.
@@ -80,7 +81,12 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
     working memory follows that budget, not the window's users; the frames keep the columns the ranker reads
     (not ``sources`` nor ``anchor_item_id``); with ``source_mask``, a ``source_mask`` column instead: the sources
     that proposed each row as bits (:func:`pipeline.recall.candidates.source_masks`), for the prior tuning's
-    re-fusion."""
+    re-fusion.
+
+    ``snapshot_dir``: the run's snapshot, whose item-content index gives the windows the ``content`` source and
+    whose multilingual text vectors make ``search`` semantic, as scoring has them (item text and images, no
+    events: nothing to cut at ``c``). Without it the windows have no ``content`` rows, which a ranker so trained
+    meets first when it scores."""
     from pipeline.features.items import top_category
     from pipeline.rank.features import item_stats_at
     from pipeline.recall.candidates import RecallConfig, generate_candidates, item_tables, source_masks
@@ -94,15 +100,24 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
     hl = half_life_days or defaults["half_life_days"].default_factory()  # type: ignore[misc]
     catalogue = items.drop_duplicates("item_id").sort_values("item_id")
     item_ids = catalogue["item_id"].to_numpy(dtype=np.int64)
+    content = text = None
+    if snapshot_dir is not None:
+        from pipeline.recall.content import content_index_for
+
+        content = content_index_for(snapshot_dir)
+    # the catalogue's columns scoring's item features carry into recall (shelves, search text)
+    side = catalogue[[c for c in ("item_id", "category", "title", "brand") if c in catalogue.columns]]
 
     def fn(users: np.ndarray, ev: pd.DataFrame, cutoff: datetime) -> pd.DataFrame:
+        nonlocal text
         stats = item_stats_at(ev, cutoff, w, hl)
-        feats = catalogue[["item_id"]].assign(
+        feats = side.assign(
             in_stock=catalogue.get("in_stock", True), visible=catalogue.get("visible", True),
             top_category=top_category(catalogue.get("category", pd.Series("", index=catalogue.index))))
-        feats = feats.join(stats[["activity", "trend"]], on="item_id")
-        feats["activity"] = feats["activity"].fillna(0.0)
-        feats["trend"] = feats["trend"].fillna(0.1)
+        feats = feats.join(stats[["activity", "recent_events", "trend"]], on="item_id")
+        feats = feats.fillna({"activity": 0.0, "recent_events": 0.0, "trend": 0.1})
+        if text is None and "title" in feats and (ev["event_type"] == "search").any():
+            text = _search_index(feats, snapshot_dir)  # as scoring builds it, once for every window (item text)
         inter = build_interactions(ev, cutoff, weights=w, half_life_days=hl, item_ids=item_ids,
                                    decay_from=decay_from)
         if inter.user_items.nnz:
@@ -121,13 +136,23 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
         for lo in range(0, max(len(users), 1), step):  # no users: one empty call, the same columns
             chunk = users[lo: lo + step]
             out = generate_candidates(chunk, ev[ev["user_id"].isin(chunk)], nb, feats, cfg, factors=factors,
-                                      followers=followers, tables=tables)
+                                      followers=followers, tables=tables, content_index=content, text_index=text)
             if source_mask and "sources" in out.columns:
                 out["source_mask"] = source_masks(out["sources"]).astype("int16")
             parts.append(out.drop(columns=[c for c in _NOT_RANKED if c in out.columns]))
         return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
     return fn
+
+
+def _search_index(feats: pd.DataFrame, snapshot_dir: str | Path | None) -> object:
+    """The search index scoring builds (:meth:`pipeline.recommend.Artefacts.text_index_for`) over the
+    catalogue's available items: semantic with the snapshot's multilingual vectors, else lexical."""
+    from pipeline.recall.text import item_texts, search_index
+
+    avail = feats.loc[feats["in_stock"].astype(bool) & feats["visible"].astype(bool)]
+    return search_index(avail["item_id"].to_numpy(), item_texts(avail).tolist(),
+                        None if snapshot_dir is None else str(snapshot_dir))
 
 
 def _window_followers(ev: pd.DataFrame, item_ids: np.ndarray, k: int) -> pd.DataFrame | None:

@@ -187,10 +187,10 @@ def _recall_params(n_candidates: int | None = None) -> dict:
 
 
 def _holdout(events: pd.DataFrame, items: pd.DataFrame, as_of: datetime, recall: dict,
-             stat_scale: float = 1.0, *, source_mask: bool = False) -> Window:
+             stat_scale: float = 1.0, *, source_mask: bool = False, snap: Path | None = None) -> Window:
     _, (t, end) = daily_windows(as_of, 0)
-    return build_window(events, t, end, recall_candidate_fn(items, **recall, source_mask=source_mask),
-                        stat_scale=stat_scale)
+    return build_window(events, t, end, recall_candidate_fn(items, **recall, source_mask=source_mask,
+                                                            snapshot_dir=snap), stat_scale=stat_scale)
 
 
 def _weights_digest(model: RankerModel) -> str:
@@ -228,11 +228,11 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
     tuning = None
     if s.tune_priors:  # recall's priors first: the training windows and the holdout fuse with what scoring uses
         # (the holdout is built again after training: kept, its candidates would sit beside the windows')
-        tuning = tune_priors(_holdout(events, items, as_of, recall, sample.scale, source_mask=True),
+        tuning = tune_priors(_holdout(events, items, as_of, recall, sample.scale, source_mask=True, snap=snap),
                              recall["priors"], confidence=s.gate_confidence, seed=seed)
         recall = {**recall, "priors": tuning.priors}
     tuning_report = {"prior_tuning": tuning.report} if tuning is not None else {}
-    fn = recall_candidate_fn(items, **recall)
+    fn = recall_candidate_fn(items, **recall, snapshot_dir=snap)  # every source scoring has, content included
     first_ts = events["ts"].min() if len(events) else None
     train_days, (hold_start, _) = daily_windows(as_of, n_windows)
     shown, propensity = _impressions(snap, sample, events, hold_start)
@@ -249,7 +249,7 @@ def train_ranker(url: str, home: str, run_id: str, as_of: datetime, *, retrain: 
     data_s = time.perf_counter() - t0
     model = RankerModel(cfg).fit(windows, items, emb=emb, device=device)
     train_s = time.perf_counter() - t0 - data_s
-    hold = _holdout(events, items, as_of, recall, sample.scale)
+    hold = _holdout(events, items, as_of, recall, sample.scale, snap=snap)
     cand_m = holdout_metrics(model, hold, items, emb=emb)
     base_m = holdout_metrics(None, hold, items)
     # The weights are part of the name: a re-run that reproduces the model lands on the same row and files,
@@ -309,7 +309,7 @@ def evaluate_gate(url: str, home: str, run_id: str, as_of: datetime, *, toleranc
     drawn = trained.get("sample")  # the users the candidate was trained and measured on
     sample = training_sample(snap, drawn["users"], drawn["seed"]) if drawn else None
     events, items, emb = _load(snap, sample)
-    hold = _holdout(events, items, as_of, trained["recall"], sample.scale if sample else 1.0)
+    hold = _holdout(events, items, as_of, trained["recall"], sample.scale if sample else 1.0, snap=snap)
     key = f"ndcg@{GATE_K}"
     # The process's own thread count: load_model otherwise sizes torch for a scoring worker, and a later
     # training in this process (the next nightly in a long-lived scheduler) would then sum differently.

@@ -288,3 +288,27 @@ def test_holdout_metrics_report_discovery_apart_from_every_intent() -> None:
     assert m["ndcg@10"] == pytest.approx(((1 + at3) / (1 + at2) + at2 + 1.0) / 3)
     assert m["ndcg@10_new"] == pytest.approx(at2)
     assert m["hr@10"] == pytest.approx(1.0) and m["hr@10_new"] == pytest.approx(1.0)
+
+
+def test_window_recall_has_every_source_scoring_has(tmp_path: object) -> None:
+    """The ranker learns on the candidates scoring gives it: with the run's snapshot, a window proposes from
+    every recall source scoring has (content from the item vectors, search, trending from recent events)."""
+    from pathlib import Path
+
+    from pipeline.datagen.build import build_shop
+    from pipeline.recall.candidates import SOURCES
+
+    shop, _ = build_shop(120, 60, 6, seed=3, end=AS_OF)
+    ev = shop.events.sort_values(["ts", "event_id"]).reset_index(drop=True)
+    t = AS_OF - timedelta(days=1)
+    users = np.unique(ev["user_id"].to_numpy())
+    snap = Path(str(tmp_path))
+    shop.items.to_parquet(snap / "items.parquet")  # no fused vectors: the content index of the items' text
+    assert (ev.loc[ev["ts"] < t, "event_type"] == "search").any()
+    als = {"seed": 1, "factors": 8, "iterations": 3}
+    cand = recall_candidate_fn(shop.items, n_candidates=30, seq_k=20, als=als, snapshot_dir=snap)(users, ev, t)
+    proposed = {s for s in SOURCES if (cand[f"score_{s.replace('-', '_')}"] > 0).any()}
+    assert proposed == set(SOURCES)
+    # without the snapshot there is no content source: the gap a ranker trained so would meet when scoring
+    bare = recall_candidate_fn(shop.items, n_candidates=30, seq_k=20, als=als)(users, ev, t)
+    assert not (bare["score_content"] > 0).any() and (bare["score_trending"] > 0).any()
