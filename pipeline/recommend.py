@@ -119,12 +119,11 @@ class Artefacts:
         """The search index, built on first need (only users who searched use it): semantic (queries in any
         language) when the run's features stage wrote multilingual item text vectors, else lexical."""
         if self.text_index is None and (events["event_type"] == "search").any():
-            from pipeline.recall.text import item_texts, search_index
+            from pipeline.recall.text import catalogue_search_index
 
             avail = self.tables.available
             if len(avail) and "title" in avail:
-                self.text_index = search_index(avail["item_id"].to_numpy(), item_texts(avail).tolist(),
-                                               self.snapshot_dir)
+                self.text_index = catalogue_search_index(avail, self.snapshot_dir)
         return self.text_index
 
 

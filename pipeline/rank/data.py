@@ -92,6 +92,7 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
     from pipeline.recall.candidates import RecallConfig, generate_candidates, item_tables, source_masks
     from pipeline.recall.matrix import build_interactions
     from pipeline.recall.neighbours import neighbours_from_interactions
+    from pipeline.recall.text import catalogue_search_index
     from pipeline.settings import Settings
 
     defaults = Settings.model_fields
@@ -105,19 +106,16 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
         from pipeline.recall.content import content_index_for
 
         content = content_index_for(snapshot_dir)
-    # the catalogue's columns scoring's item features carry into recall (shelves, search text)
-    side = catalogue[[c for c in ("item_id", "category", "title", "brand") if c in catalogue.columns]]
+    # the catalogue's columns scoring's item features carry into recall (shelves, search text), once for all windows
+    side = catalogue[[c for c in ("item_id", "category", "title", "brand") if c in catalogue.columns]].assign(
+        in_stock=catalogue.get("in_stock", True), visible=catalogue.get("visible", True),
+        top_category=top_category(catalogue.get("category", pd.Series("", index=catalogue.index))))
 
     def fn(users: np.ndarray, ev: pd.DataFrame, cutoff: datetime) -> pd.DataFrame:
         nonlocal text
         stats = item_stats_at(ev, cutoff, w, hl)
-        feats = side.assign(
-            in_stock=catalogue.get("in_stock", True), visible=catalogue.get("visible", True),
-            top_category=top_category(catalogue.get("category", pd.Series("", index=catalogue.index))))
-        feats = feats.join(stats[["activity", "recent_events", "trend"]], on="item_id")
+        feats = side.join(stats[["activity", "recent_events", "trend"]], on="item_id")
         feats = feats.fillna({"activity": 0.0, "recent_events": 0.0, "trend": 0.1})
-        if text is None and "title" in feats and (ev["event_type"] == "search").any():
-            text = _search_index(feats, snapshot_dir)  # as scoring builds it, once for every window (item text)
         inter = build_interactions(ev, cutoff, weights=w, half_life_days=hl, item_ids=item_ids,
                                    decay_from=decay_from)
         if inter.user_items.nnz:
@@ -131,6 +129,9 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
         factors, followers = _window_factors(inter, als), _window_followers(ev, item_ids, seq_k)
         users = np.unique(np.asarray(users, dtype=np.int64))
         tables = item_tables(feats)  # the window's catalogue tables, once for all its user chunks
+        if text is None and "title" in feats and (ev["event_type"] == "search").any():
+            # as scoring builds it (item text only: once for every window)
+            text = catalogue_search_index(tables.available, None if snapshot_dir is None else str(snapshot_dir))
         step = max(int(chunk_users), 1)
         parts = []
         for lo in range(0, max(len(users), 1), step):  # no users: one empty call, the same columns
@@ -143,16 +144,6 @@ def recall_candidate_fn(items: pd.DataFrame, *, n_candidates: int = 100, recent_
         return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
     return fn
-
-
-def _search_index(feats: pd.DataFrame, snapshot_dir: str | Path | None) -> object:
-    """The search index scoring builds (:meth:`pipeline.recommend.Artefacts.text_index_for`) over the
-    catalogue's available items: semantic with the snapshot's multilingual vectors, else lexical."""
-    from pipeline.recall.text import item_texts, search_index
-
-    avail = feats.loc[feats["in_stock"].astype(bool) & feats["visible"].astype(bool)]
-    return search_index(avail["item_id"].to_numpy(), item_texts(avail).tolist(),
-                        None if snapshot_dir is None else str(snapshot_dir))
 
 
 def _window_followers(ev: pd.DataFrame, item_ids: np.ndarray, k: int) -> pd.DataFrame | None:

@@ -633,9 +633,9 @@ def generate_candidates(users: np.ndarray, events: pd.DataFrame, neighbours: pd.
         frames.append(f)
     if "search" in use:
         if text_index is None and "title" in item_feats.columns and (events["event_type"] == "search").any():
-            from pipeline.recall.text import TextIndex, item_texts
+            from pipeline.recall.text import catalogue_search_index
 
-            text_index = TextIndex(available["item_id"].to_numpy(), item_texts(available).tolist())
+            text_index = catalogue_search_index(available)
         if text_index is not None and (f := search_source(events, text_index, cfg,
                                                           quota.get("search", 50))) is not None:
             frames.append(f)

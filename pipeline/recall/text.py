@@ -201,3 +201,9 @@ def search_index(item_ids: np.ndarray, texts: list[str], snapshot_dir: str | Non
                 vec = np.where(found[:, None], mat[order][pos], 0.0).astype(np.float32)
                 return SemanticTextIndex(item_ids, texts, vec)
     return TextIndex(item_ids, texts)
+
+
+def catalogue_search_index(available: pd.DataFrame, snapshot_dir: str | None = None) -> TextIndex:
+    """The search index over the available items (``item_id``, ``title``, optional ``brand`` / ``category``),
+    as every caller builds it: scoring (the run's artefacts), the ranker's windows and recall without one."""
+    return search_index(available["item_id"].to_numpy(), item_texts(available).tolist(), snapshot_dir)
