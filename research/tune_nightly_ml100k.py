@@ -1,6 +1,6 @@
 """The production nightly run (``rerank evaluate --models nightly``) on the inner split of ml-100k's training part.
 
-    python research/tune_nightly_ml100k.py [--arm 'NAME={"setting": value, ...}' ...] [--als]
+    python research/tune_nightly_ml100k.py [--arm 'NAME={"setting": value, ...}' ...] [--als] [--stubs]
 
 The outer split is the harness's (``msr_stratified_split(interactions, 0.75, 42)``); the inner split is
 ``msr_stratified_split(outer_train, 0.75, 7)`` (research/tune_ml100k.py). Each arm runs ``run_nightly`` with
@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("--data", default=os.environ.get("RERANK_SHARED_DATA", "../shared/data") + "/ml-100k")
     ap.add_argument("--arm", action="append", default=[], help='NAME={"setting": value}; default arm: defaults')
     ap.add_argument("--als", action="store_true", help="the evaluator's ALS on the same split, for reference")
+    ap.add_argument("--stubs", action="store_true", help="item stubs, as the evaluator gave the run before it "
+                    "handed over the dataset's titles and genres")
     args = ap.parse_args()
 
     from pipeline.evaluate.nightly_model import NightlyModel
@@ -35,7 +37,8 @@ def main() -> None:
     from pipeline.ingest import read_dataset
     from pipeline.metrics import ranking_metrics
 
-    inter = interactions(read_dataset("movielens", args.data))
+    frames = read_dataset("movielens", args.data)
+    inter = interactions(frames)
     outer_train, _ = msr_stratified_split(inter, 0.75, 42)
     train, valid = msr_stratified_split(outer_train, 0.75, 7)
     users = valid["user_id"].unique()
@@ -50,7 +53,9 @@ def main() -> None:
               flush=True)
     for name, settings in arms:
         t0 = time.time()
-        model = NightlyModel(**settings).fit(train)
+        model = NightlyModel(**settings)
+        model.set_item_descriptors(None if args.stubs else frames.items)
+        model.fit(train)
         recs = model.recommend(users, k=10)
         m = ranking_metrics(valid, recs, 10)
         gate = model.run_figures.get("evaluate_gate", {})

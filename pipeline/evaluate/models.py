@@ -117,6 +117,11 @@ class Recommender:
         tuning before :meth:`fit`; never the test item. Models that do not tune ignore them."""
         self.valid_rows = valid
 
+    def set_item_descriptors(self, items: pd.DataFrame | None) -> None:
+        """The dataset's item descriptors (``item_id`` and any of title, description, category, brand, price),
+        handed over before :meth:`fit`; only models that read item text or categories use them."""
+        self.item_descriptors = items
+
     def set_history(self, rows: pd.DataFrame | None) -> None:
         """Ordered history rows (user_id, item_id, ts / event_id) behind the next supplied-history scoring
         calls; only models with ``uses_order`` read them (``None`` goes back to the fitted history)."""

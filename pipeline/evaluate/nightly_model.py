@@ -8,7 +8,8 @@ their top ``k`` as written: the metrics are those of the published lists, ranks 
 
 Mapping: every training row becomes a ``purchase`` event at its timestamp (a rating or review means the item
 was consumed, so the run's re-rank leaves it out of that user's list, as the protocols' "unseen items" want);
-items are catalogue stubs (no titles, categories or prices in the harness's frames); ``as_of`` is one second
+items are the dataset's own (title, category, brand, price where it has them; ``item <id>`` and category
+``unknown`` where it has none: :func:`with_descriptors`); ``as_of`` is one second
 after the last training row. Under leave-one-out the run trains on each user's items[:-1] (``lists_only``:
 the harness fits it on the test history, since published lists cannot fold one in) and the metrics are the
 target's position in the published list.
@@ -38,6 +39,26 @@ def train_ts(train: pd.DataFrame) -> pd.Series:
     if pd.api.types.is_numeric_dtype(train[TS_COL]):
         return pd.to_datetime(train[TS_COL], utc=True, unit="s")
     return pd.to_datetime(train[TS_COL], utc=True)
+
+
+#: Item columns the run reads from the dataset when it has them (the stubs keep theirs where it has none).
+DESCRIPTORS = ("title", "description", "category", "brand", "price")
+
+
+def with_descriptors(stubs: pd.DataFrame, descriptors: pd.DataFrame | None) -> pd.DataFrame:
+    """``stubs`` with each of :data:`DESCRIPTORS` taken from the dataset's ``descriptors`` where it has a value
+    for the item: the run sees the categories, brands and titles a shop would have, not stubs."""
+    if descriptors is None or ITEM_COL not in descriptors.columns:
+        return stubs
+    d = descriptors.drop_duplicates(ITEM_COL).set_index(ITEM_COL)
+    out = stubs.copy()
+    for col in DESCRIPTORS:
+        if col in d.columns:
+            got = out[ITEM_COL].map(d[col])
+            if col == "category":
+                got = got.where(got.astype("string").str.strip().fillna("") != "", None)
+            out[col] = got.where(got.notna(), out[col]).astype("object" if col != "price" else "float64")
+    return out
 
 
 class NightlyModel(Recommender):
@@ -89,6 +110,7 @@ class NightlyModel(Recommender):
                               "description": None, "category": "unknown", "brand": None, "price": None,
                               "in_stock": True, "visible": True, "created_at": start, "image_path": None,
                               "attrs": None})
+        items = with_descriptors(items, getattr(self, "item_descriptors", None))
         events = pd.DataFrame({"event_id": np.arange(1, len(train) + 1, dtype="int64"),
                                "user_id": train[USER_COL].to_numpy(dtype="int64"),
                                "item_id": train[ITEM_COL].to_numpy(dtype="int64"), "event_type": "purchase",

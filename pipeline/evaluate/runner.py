@@ -150,6 +150,7 @@ def evaluate_frames(
     params = model_params or {}
     for name in models:
         model: Recommender = get_model(name, **params.get(name, {}))
+        model.set_item_descriptors(frames.items)  # descriptors only: the catalogue stays the protocol's
         if loo is not None:
             model.set_validation(loo.valid)  # early stopping / tuning target: item -2, never the test item
         # a model that publishes lists (nightly) cannot fold in a longer history: it runs on items[:-1] itself

@@ -84,6 +84,9 @@ class RecallConfig:
     seq_recency: float = 0.5
     #: Favourite top-level categories used by ``category`` and ``trending``.
     favourite_categories: int = 2
+    #: ``category``'s chance that a visit goes to one of the user's own shelves rather than where the shop's
+    #: visits go (:func:`_leaf_affinity`); 1 keeps the user's shelves only.
+    category_blend: float = 0.5
     #: Share of ``n_candidates`` each source's best items are guaranteed in the merge, whatever their
     #: p_recall (so content keeps cold items in the list and no single strong source crowds out the rest).
     reserve: dict[str, float] = field(default_factory=lambda: {
@@ -345,21 +348,38 @@ def content_source(hist: pd.DataFrame, index: ContentIndex, cfg: RecallConfig, n
     return cc[CAND_COLUMNS]
 
 
-def _leaf_affinity(hist: pd.DataFrame, tables: ItemTables, n: int) -> pd.DataFrame | None:
-    """``category`` for users with history: share(u, c) * popularity(i) / popularity(c) over the user's own
-    categories (the item's full path, not its top level), i.e. "the popular items of the shelves this user
-    keeps coming back to", weighted by how much of the user's (decayed) history each shelf holds."""
+def _leaf_affinity(hist: pd.DataFrame, tables: ItemTables, n: int, blend: float) -> pd.DataFrame | None:
+    """``category`` for users with history: the chance that the user's next item is ``i``, when a visit goes
+    to one of the user's own shelves with probability ``blend`` (shelf ``c`` in proportion to its share of the
+    user's decayed history) and otherwise to a shelf the way the whole shop's visits go, and then to an item
+    of that shelf in proportion to its popularity there:
+    ``blend * share(u, c) * pop(i) / pop(c) + (1 - blend) * pop(i) / pop(shop)``.
+    Candidates: the top ``n`` of the user's shelves and the shop's top ``n``; the user's top ``n`` kept."""
     pop = tables.pop
     if not len(hist) or "category" not in pop.columns:
         return None
     h = hist.merge(pop[["item_id", "category"]], on="item_id")
     aff = h.groupby(["user_id", "category"], sort=False)["weight"].sum().reset_index()
     aff["share"] = aff["weight"] / aff.groupby("user_id")["weight"].transform("sum")
-    warm = aff[["user_id", "category", "share"]].merge(tables.shelves(n), on="category")
-    if warm.empty:
+    shelves = tables.shelves(n)
+    warm = aff[["user_id", "category", "share"]].merge(shelves, on="category")
+    if warm.empty and blend >= 1.0:
         return None
-    raw = warm["share"] * warm["in_cat"]
-    return _top_per_user(_frame(warm["user_id"], warm["item_id"], "category", _norm(raw, warm["user_id"])), n)
+    shop = tables.pop_order.head(n)
+    total = max(float(pop["popularity"].clip(lower=0).sum()), 1e-12)
+    share_of = (pop.set_index("item_id")["popularity"].clip(lower=0) / total)
+    rows = [pd.DataFrame({"user_id": warm["user_id"].to_numpy("int64"), "item_id": warm["item_id"].to_numpy("int64"),
+                          "own": (warm["share"] * warm["in_cat"]).to_numpy("float64")})]
+    if blend < 1.0 and len(shop):
+        users = aff["user_id"].unique()
+        rows.append(pd.DataFrame({"user_id": np.repeat(users, len(shop)),
+                                  "item_id": np.tile(shop["item_id"].to_numpy("int64"), len(users)),
+                                  "own": 0.0}))
+    c = pd.concat(rows, ignore_index=True).groupby(["user_id", "item_id"], sort=False)["own"].max().reset_index()
+    raw = blend * c["own"] + (1.0 - blend) * share_of.reindex(c["item_id"]).fillna(0.0).to_numpy()
+    if not len(c):
+        return None
+    return _top_per_user(_frame(c["user_id"], c["item_id"], "category", _norm(raw, c["user_id"])), n)
 
 
 def category_sources(users: np.ndarray, hist: pd.DataFrame, tables: ItemTables, cfg: RecallConfig
@@ -377,7 +397,7 @@ def category_sources(users: np.ndarray, hist: pd.DataFrame, tables: ItemTables, 
     fav["fav_rank"] = fav.groupby("user_id").cumcount()
     cold = np.setdiff1d(np.asarray(users, dtype="int64"), fav["user_id"].to_numpy())
     covered = np.zeros(0, dtype="int64")
-    if (leaf := _leaf_affinity(hist, tables, n_cat)) is not None:
+    if (leaf := _leaf_affinity(hist, tables, n_cat, cfg.category_blend)) is not None:
         out.append(leaf)
         covered = leaf["user_id"].unique()
     for source, col, n in (("category", "popularity", n_cat), ("trending", "trending", n_tr)):

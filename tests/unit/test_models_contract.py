@@ -444,3 +444,20 @@ def test_recvae_seeds_bag_the_fits_of_consecutive_seeds() -> None:
                                   singles[0])
     with pytest.raises(ModelError, match="seeds"):
         get_model("recvae", seeds=0)
+
+
+def test_nightly_shop_takes_the_datasets_item_descriptors() -> None:
+    """The nightly model's shop has the dataset's categories, brands and titles (a shop would), not stubs;
+    an item the descriptors lack, or whose category is blank, keeps the stub's values."""
+    from pipeline.evaluate.nightly_model import NightlyModel
+
+    m = NightlyModel()
+    m.set_item_descriptors(pd.DataFrame({"item_id": [10, 11, 12, 99], "title": ["Tea", None, "Pot", "x"],
+                                         "category": ["Grocery>Tea", " ", "Home>Kitchen", "y"],
+                                         "brand": ["b1", "b2", None, "z"]}))
+    m.user_ids, m.item_ids = np.array([0, 1]), np.array([10, 11, 12, 13])
+    items = m._shop(TRAIN.head(2).assign(user_id=[0, 1], item_id=[10, 11])).items.set_index("item_id")
+    assert items.loc[[10, 11, 12, 13], "category"].tolist() == ["Grocery>Tea", "unknown", "Home>Kitchen", "unknown"]
+    assert items.loc[[10, 11, 12, 13], "title"].tolist() == ["Tea", "item 11", "Pot", "item 13"]
+    assert items.loc[10, "brand"] == "b1" and items.loc[11, "brand"] == "b2" and pd.isna(items.loc[13, "brand"])
+    assert 99 not in items.index  # descriptors never add items: the catalogue is the protocol's

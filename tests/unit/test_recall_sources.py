@@ -6,6 +6,7 @@ source, a user whose history is item 1 must get 2 and 3 before any item of the o
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -513,9 +514,11 @@ def test_sparse_prefilter_keeps_every_top_k_entry_and_ties() -> None:
         assert keep[rows == i][s >= kth].all()  # every top-k value and every tie with the k-th survives
 
 
-def test_category_source_ranks_the_users_own_shelves_by_share_times_shelf_popularity() -> None:
+@pytest.mark.parametrize("blend", [1.0, 0.5])
+def test_category_source_ranks_the_users_own_shelves_by_share_times_shelf_popularity(blend: float) -> None:
     """Two shelves of one top category: a user with 3/4 of their (decayed) weight on the knives shelf and
-    1/4 on the boards shelf gets score share * activity / shelf activity, normalised to the user's best."""
+    1/4 on the boards shelf gets blend * share * activity / shelf activity + (1 - blend) * activity / the
+    shop's activity, normalised to the user's best; the shop's best seller comes in only with the shop term."""
     items = pd.DataFrame({"item_id": [1, 2, 3, 4, 5], "title": ["k1", "k2", "b1", "b2", "s1"], "brand": "b",
                           "category": ["Home>Kitchen>Knives"] * 2 + ["Home>Kitchen>Boards"] * 2
                           + ["Sports>Running>Shoes"], "in_stock": True, "visible": True})
@@ -523,45 +526,52 @@ def test_category_source_ranks_the_users_own_shelves_by_share_times_shelf_popula
     feats["activity"] = [6.0, 2.0, 1.0, 3.0, 50.0]
     ev = pd.DataFrame({"event_id": [1, 2, 3, 4], "user_id": 7, "item_id": pd.array([1, 1, 1, 3], dtype="Int64"),
                        "event_type": "view", "query": None, "ts": AS_OF - timedelta(hours=1)})
-    cfg = RecallConfig(as_of=AS_OF, n_candidates=5, weights={"view": 1.0}, half_life_days={"view": 1e9})
+    cfg = RecallConfig(as_of=AS_OF, n_candidates=5, weights={"view": 1.0}, half_life_days={"view": 1e9},
+                       category_blend=blend)
     c = generate_candidates(np.array([7]), ev, pd.DataFrame(columns=["item_id", "neighbour_id", "score"]), feats,
                             cfg, sources=("category",))
     got = c.set_index("item_id")["score_category"]
-    raw = {1: 0.75 * 6 / 8, 2: 0.75 * 2 / 8, 3: 0.25 * 1 / 4, 4: 0.25 * 3 / 4}
+    own = {1: 0.75 * 6 / 8, 2: 0.75 * 2 / 8, 3: 0.25 * 1 / 4, 4: 0.25 * 3 / 4, 5: 0.0}
+    act = dict(zip(feats["item_id"], feats["activity"], strict=True))
+    raw = {i: blend * o + (1 - blend) * act[i] / 62 for i, o in own.items() if blend < 1 or o > 0}
     top = max(raw.values())
     assert got.reindex(list(raw)).round(6).tolist() == [round(v / top, 6) for v in raw.values()]
-    assert 5 not in got.index  # the most popular item of the shop is on none of the user's shelves
+    assert (5 in got.index) == (blend < 1)  # the shop's best seller is on none of the user's shelves
 
 
-def test_category_source_on_coarse_shelves_equals_share_times_popularity_over_every_item() -> None:
-    """Two shelves of 300 items each with tied activities (a catalogue with coarse categories): each user's
-    category rows are the brute-force top n of share * in-shelf popularity over every item of the user's
-    shelves (ties by item id), though the source only ever joins each shelf's top n items."""
+@pytest.mark.parametrize("blend", [1.0, 0.5])
+def test_category_source_on_coarse_shelves_equals_share_times_popularity_over_every_item(blend: float) -> None:
+    """Three shelves of 200 items each with tied activities (a catalogue with coarse categories): each user's
+    category rows are the brute-force top n of blend * share * in-shelf popularity + (1 - blend) * the item's
+    share of the shop over every item (ties by item id), though the source only ever joins each shelf's top n
+    items and the shop's top n."""
     rng = np.random.default_rng(5)
     n_items = 600
     items = pd.DataFrame({"item_id": np.arange(1, n_items + 1), "title": "x", "brand": "b",
-                          "category": np.where(np.arange(n_items) < 300, "A>a", "B>b"), "in_stock": True,
+                          "category": np.array(["A>a", "B>b", "C>c"])[np.arange(n_items) // 200], "in_stock": True,
                           "visible": True})
     feats = _feats(items.head(7)).head(0)  # the helper's columns, then this catalogue's rows
     feats = items.assign(activity=rng.integers(1, 6, n_items).astype(float), recent_events=1, trend=0.1,
                          top_category=items["category"].str.split(">").str[0])[list(feats.columns)]
     users = np.arange(1, 41)
     ev = pd.DataFrame({"event_id": np.arange(1, 201), "user_id": np.repeat(users, 5),
-                       "item_id": pd.array(rng.integers(1, n_items + 1, 200), dtype="Int64"), "event_type": "view",
+                       "item_id": pd.array(rng.integers(1, 401, 200), dtype="Int64"), "event_type": "view",
                        "query": None, "ts": AS_OF - timedelta(hours=1)})
     n = 25
     cfg = RecallConfig(as_of=AS_OF, n_candidates=n, weights={"view": 1.0}, half_life_days={"view": 1e9},
-                       per_source={"category": n})
+                       per_source={"category": n}, category_blend=blend)
     got = generate_candidates(users, ev, pd.DataFrame(columns=["item_id", "neighbour_id", "score"]), feats, cfg,
                               sources=("category",))
     shelf_of = dict(zip(items["item_id"], items["category"], strict=True))
     act = dict(zip(feats["item_id"], feats["activity"], strict=True))
-    total = {c: sum(a for i, a in act.items() if shelf_of[i] == c) for c in ("A>a", "B>b")}
+    total = {c: sum(a for i, a in act.items() if shelf_of[i] == c) for c in ("A>a", "B>b", "C>c")}
+    shop = sum(act.values())
     for u in users:
         mine = ev.loc[ev["user_id"] == u, "item_id"].astype(int)
         share = mine.map(shelf_of).value_counts(normalize=True)
-        brute = sorted(((share.get(shelf_of[i], 0.0) * act[i] / total[shelf_of[i]], i) for i in act
-                        if shelf_of[i] in share.index), key=lambda t: (-t[0], t[1]))
+        brute = sorted(((blend * share.get(shelf_of[i], 0.0) * act[i] / total[shelf_of[i]]
+                         + (1 - blend) * act[i] / shop, i) for i in act
+                        if blend < 1 or shelf_of[i] in share.index), key=lambda t: (-t[0], t[1]))
         want = [i for _, i in brute][:n]
         have = got[got["user_id"] == u].sort_values(["score_category", "item_id"], ascending=[False, True])
         assert have["item_id"].tolist() == want
@@ -576,7 +586,7 @@ def test_category_source_falls_back_to_the_top_level_when_the_users_shelves_sell
     ev = pd.DataFrame({"event_id": [1], "user_id": 7, "item_id": pd.array([1], dtype="Int64"),
                        "event_type": "view", "query": None, "ts": AS_OF - timedelta(hours=1)})
     c = generate_candidates(np.array([7]), ev, pd.DataFrame(columns=["item_id", "neighbour_id", "score"]), feats,
-                            _cfg(), sources=("category",))
+                            replace(_cfg(), category_blend=1.0), sources=("category",))
     assert c.sort_values("score_category", ascending=False)["item_id"].tolist() == [3, 2]
 
 
