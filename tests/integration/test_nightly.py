@@ -280,7 +280,8 @@ def test_shards_follow_the_budget_and_a_small_budget_gives_the_same_lists(shop: 
     many = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
     key = ["user_id", "rank", "item_id", "reason", "source", "variant"]
     pd.testing.assert_frame_equal(one[key].reset_index(drop=True), many[key].reset_index(drop=True))
-    assert (one["score"] - many["score"]).abs().max() < 1e-6
+    # scores are written to 6 places: a sum taken in another order may round one unit apart
+    assert (one["score"] - many["score"]).abs().max() < 1.5e-6
 
 
 def test_the_runs_user_features_equal_a_recompute_from_the_users_events(shop: str, rerank_env: dict[str, str],

