@@ -69,6 +69,8 @@ class Recommender:
     """Base class: id maps, the training matrix, batched scoring, seen-item exclusion and top-k."""
 
     name = "base"
+    #: The dataset's item descriptors (:meth:`set_item_descriptors`); None: ids only.
+    item_descriptors: pd.DataFrame | None = None
     #: Whether :meth:`score` uses a supplied history (fold-in) instead of the fitted one.
     uses_history = False
     #: Whether the model reads the *order* of a history (sequential models): a matrix has none, so the

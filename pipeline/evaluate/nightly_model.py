@@ -110,7 +110,7 @@ class NightlyModel(Recommender):
                               "description": None, "category": "unknown", "brand": None, "price": None,
                               "in_stock": True, "visible": True, "created_at": start, "image_path": None,
                               "attrs": None})
-        items = with_descriptors(items, getattr(self, "item_descriptors", None))
+        items = with_descriptors(items, self.item_descriptors)
         events = pd.DataFrame({"event_id": np.arange(1, len(train) + 1, dtype="int64"),
                                "user_id": train[USER_COL].to_numpy(dtype="int64"),
                                "item_id": train[ITEM_COL].to_numpy(dtype="int64"), "event_type": "purchase",

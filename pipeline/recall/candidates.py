@@ -140,6 +140,16 @@ class ItemTables:
             self._memo[key] = shelf[["item_id", "category", "in_cat"]]
         return self._memo[key]
 
+    def shop_shares(self, n: int) -> tuple[np.ndarray, pd.Series]:
+        """(the shop's top ``n`` item ids, each available item's share of the shop's popularity by item id):
+        the shop term of the ``category`` source, the same for every user."""
+        key = ("shop", n)
+        if key not in self._memo:
+            pos = self.pop.set_index("item_id")["popularity"].clip(lower=0)
+            share = pos / max(float(pos.sum()), 1e-12)
+            self._memo[key] = (self.pop_order["item_id"].head(n).to_numpy("int64"), share)
+        return self._memo[key]
+
     def repurchasable_ids(self, categories: tuple[str, ...]) -> np.ndarray:
         key = ("rep", tuple(categories))
         if key not in self._memo:
@@ -361,24 +371,21 @@ def _leaf_affinity(hist: pd.DataFrame, tables: ItemTables, n: int, blend: float)
     h = hist.merge(pop[["item_id", "category"]], on="item_id")
     aff = h.groupby(["user_id", "category"], sort=False)["weight"].sum().reset_index()
     aff["share"] = aff["weight"] / aff.groupby("user_id")["weight"].transform("sum")
-    shelves = tables.shelves(n)
-    warm = aff[["user_id", "category", "share"]].merge(shelves, on="category")
+    warm = aff[["user_id", "category", "share"]].merge(tables.shelves(n), on="category")
     if warm.empty and blend >= 1.0:
         return None
-    shop = tables.pop_order.head(n)
-    total = max(float(pop["popularity"].clip(lower=0).sum()), 1e-12)
-    share_of = (pop.set_index("item_id")["popularity"].clip(lower=0) / total)
+    shop_top, share_of = tables.shop_shares(n)
+    # a shop row's own term is 0 even on one of the user's shelves: that shelf's top n, above, outrank it there
     rows = [pd.DataFrame({"user_id": warm["user_id"].to_numpy("int64"), "item_id": warm["item_id"].to_numpy("int64"),
                           "own": (warm["share"] * warm["in_cat"]).to_numpy("float64")})]
-    if blend < 1.0 and len(shop):
+    if blend < 1.0 and len(shop_top):
         users = aff["user_id"].unique()
-        rows.append(pd.DataFrame({"user_id": np.repeat(users, len(shop)),
-                                  "item_id": np.tile(shop["item_id"].to_numpy("int64"), len(users)),
-                                  "own": 0.0}))
+        rows.append(pd.DataFrame({"user_id": np.repeat(users, len(shop_top)),
+                                  "item_id": np.tile(shop_top, len(users)), "own": 0.0}))
     c = pd.concat(rows, ignore_index=True).groupby(["user_id", "item_id"], sort=False)["own"].max().reset_index()
-    raw = blend * c["own"] + (1.0 - blend) * share_of.reindex(c["item_id"]).fillna(0.0).to_numpy()
     if not len(c):
         return None
+    raw = blend * c["own"] + (1.0 - blend) * share_of.reindex(c["item_id"]).fillna(0.0).to_numpy()
     return _top_per_user(_frame(c["user_id"], c["item_id"], "category", _norm(raw, c["user_id"])), n)
 
 
